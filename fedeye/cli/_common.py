@@ -1,0 +1,36 @@
+"""What every FedEye command shares: the console and clean exits on user errors."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fedeye.errors import FedEyeError
+
+console = Console()
+err_console = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def exits_cleanly(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn a :class:`FedEyeError` into its message on stderr and exit code 1.
+
+    Anything else is a bug and keeps its traceback.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except FedEyeError as err:
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}")
+            raise typer.Exit(1) from None
+
+    return wrapper

@@ -1,0 +1,194 @@
+"""Run configuration: one TOML file validated into pydantic models.
+
+A run file has one table per domain::
+
+    name = "my-study"
+    [data]
+    root = "sites"            # a folder holding one folder per site
+    [model]
+    arch = "vit-tiny-cpu"
+    [strategy]
+    name = "fedavg"
+    [training]
+    rounds = 5
+
+The same nested keys, flattened with dots, are Flower's run config: the
+``[tool.flwr.app.config]`` table of ``pyproject.toml`` and
+``flwr run . --run-config RUN.toml`` both map onto :class:`RunConfig`
+through :func:`from_flower_config`.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedeye.errors import ConfigError
+from fedeye.models.config import ModelConfig
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Section):
+    """Where the sites' data lives (simulation) and how it is split."""
+
+    root: Path | None = Field(
+        default=None,
+        description="Folder whose sub-folders are the sites (simulation). In a "
+        "deployment each SuperNode names its own folder in its node config.",
+    )
+    eval_split: Literal["val", "test"] = Field(
+        default="val", description="Split evaluated every round."
+    )
+    final_split: Literal["val", "test"] = Field(
+        default="test", description="Split evaluated once after the last round."
+    )
+
+
+class StrategyConfig(_Section):
+    """Which aggregation algorithm runs on the coordinator."""
+
+    name: str = Field(default="fedavg", description="A registered strategy name.")
+    fraction_train: float = Field(default=1.0, gt=0.0, le=1.0, description="Share of sites sampled to train each round.")
+    fraction_evaluate: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of sites sampled to evaluate each round.")
+    min_train_nodes: int = Field(default=2, ge=1, description="Fewest sites that train in a round.")
+    min_evaluate_nodes: int = Field(default=2, ge=0, description="Fewest sites that evaluate in a round.")
+    min_available_nodes: int = Field(default=2, ge=1, description="Sites that must be connected before a round starts.")
+    round_timeout: float = Field(default=3600.0, gt=0, description="Seconds to wait for site replies in a round.")
+
+
+class TrainingConfig(_Section):
+    """Local training at each site."""
+
+    rounds: int = Field(default=3, ge=1, description="Federated rounds.")
+    local_epochs: int = Field(default=1, ge=1, description="Epochs over the local train split per round.")
+    batch_size: int = Field(default=32, ge=1, description="Local mini-batch size.")
+    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(default=0.05, ge=0, description="AdamW weight decay.")
+    augment: bool = Field(default=True, description="Light flips/crops during local training.")
+    class_weighting: Literal["none", "balanced"] = Field(
+        default="balanced", description="balanced: weight the loss by inverse local class frequency (prevalence differs by site)."
+    )
+    seed: int = Field(default=0, description="Seed of model initialisation and local shuffling.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where sites train.")
+
+
+class PrivacyConfig(_Section):
+    """Differential privacy requested by the coordinator (placeholder: off)."""
+
+    enabled: bool = Field(default=False, description="Ask sites for DP-SGD. Not implemented yet.")
+
+
+class SimulationConfig(_Section):
+    """Flower Simulation Engine resources."""
+
+    num_sites: int | None = Field(default=None, ge=1, description="Simulated SuperNodes; default: number of site folders.")
+    client_cpus: float = Field(default=1.0, gt=0, description="CPUs per simulated site (also its torch threads).")
+    client_gpus: float = Field(default=0.0, ge=0, description="GPUs per simulated site.")
+
+
+class OutputConfig(_Section):
+    """Where the run store and model files go."""
+
+    dir: Path = Field(default=Path.home() / ".fedeye", description="Folder for run outputs and the default SQLite store.")
+    db: str | None = Field(default=None, description="SQLAlchemy URL of the run store; default: FEDEYE_DB or <dir>/fedeye.db.")
+
+
+class RunConfig(_Section):
+    """Everything that describes one federated run."""
+
+    name: str = Field(default="fedeye-run", min_length=1, description="Human-readable run name.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def to_json(self) -> str:
+        """Serialise for a Flower ConfigRecord or the run store."""
+        return self.model_dump_json()
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid run configuration"]
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        got = item.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  - {field}: {item['msg']}{shown}")
+    lines.append("Fix these fields; `fedeye simulate --help` lists the sections.")
+    return "\n".join(lines)
+
+
+def parse_run_config(raw: dict[str, Any], *, source: str = "run config") -> RunConfig:
+    """Validate a nested mapping into a :class:`RunConfig`.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``source`` and every invalid field.
+    """
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(source, err)) from None
+
+
+def load_run_config(path: Path) -> RunConfig:
+    """Read and validate a run TOML file; relative data paths resolve against it."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such run file. Write one (see README, 'Run files').")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML ({err}). Check the syntax near that line.") from None
+    cfg = parse_run_config(raw, source=str(path))
+    return _resolve_paths(cfg, base=path.parent)
+
+
+def _resolve_paths(cfg: RunConfig, *, base: Path) -> RunConfig:
+    data = cfg.data
+    if data.root is not None and not data.root.is_absolute():
+        data = data.model_copy(update={"root": (base / data.root).resolve()})
+    return cfg.model_copy(update={"data": data})
+
+
+def from_flower_config(flat: dict[str, Any]) -> RunConfig:
+    """Map Flower's flattened run config (``"training.rounds": 3``) onto a RunConfig.
+
+    Flower config values cannot be null, so an empty string means "unset".
+    Keys use either hyphens or underscores.
+    """
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value == "":
+            continue
+        parts = key.replace("-", "_").split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return parse_run_config(nested, source="Flower run config")
+
+
+def to_flower_config(cfg: RunConfig) -> dict[str, str | int | float | bool]:
+    """Flatten a RunConfig into Flower run-config scalars (None -> "")."""
+    flat: dict[str, str | int | float | bool] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, sub)
+        else:
+            flat[prefix] = "" if value is None else value
+
+    walk("", json.loads(cfg.model_dump_json()))
+    return flat

@@ -1,0 +1,67 @@
+"""FedEye's domain exceptions.
+
+Every error a user can fix (bad config, bad site data, missing model file, an
+unreachable store) derives from :class:`FedEyeError`. The CLI turns these into
+a clean message and exit code 1; anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class FedEyeError(Exception):
+    """Base class of every error caused by input a user can correct."""
+
+
+class ConfigError(FedEyeError):
+    """A run or site configuration file is missing, unparsable or invalid."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in user data: where it is, what is wrong, what to do.
+
+    ``row`` is the 1-based line number in the file (header is line 1) when the
+    problem belongs to a row; ``file`` names the file that holds it.
+    """
+
+    file: str
+    message: str
+    fix: str
+    row: int | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = self.file if self.row is None else f"{self.file}:{self.row}"
+        if self.field:
+            where += f" [{self.field}]"
+        return f"{where}: {self.message} -> {self.fix}"
+
+
+class SiteDataError(FedEyeError):
+    """A site folder fails validation; carries every problem found."""
+
+    def __init__(self, site: str, problems: Sequence[Problem]) -> None:
+        self.site = site
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"site {site!r} has {len(self.problems)} problem(s):\n{lines}")
+
+
+class ModelError(FedEyeError):
+    """A model file or checkpoint cannot be loaded or does not fit."""
+
+
+class StoreError(FedEyeError):
+    """The run store cannot be opened, or a requested run does not exist."""
+
+
+class FederationError(FedEyeError):
+    """A run cannot go on: e.g. no site could train in a round."""
+
+
+class SiteExistsError(FedEyeError):
+    """Writing a site (e.g. synthetic data) would overwrite a non-empty folder."""

@@ -1,0 +1,120 @@
+"""One federated run on the coordinator: the ServerApp's body.
+
+Named steps: open the store, build the initial global model, run the
+strategy with a checkpoint every round, evaluate the final model on every
+site's test split, save it, and close the run record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedeye.config import RunConfig
+from fedeye.models import build_model, save_model
+from fedeye.models.io import load_state
+from fedeye.server.recorder import ProgressSink, RunRecorder
+from fedeye.server.store import RunStore, resolve_db_url
+from fedeye.strategies import build_strategy
+
+
+def open_store(cfg: RunConfig) -> RunStore:
+    """The run store named by the config (``output.db``, ``FEDEYE_DB`` or ``output.dir``)."""
+    return RunStore(resolve_db_url(cfg.output.db, default_dir=cfg.output.dir))
+
+
+def create_run(store: RunStore, cfg: RunConfig, *, num_sites: int) -> str:
+    """Record a new run for ``cfg`` and return its id."""
+    return store.create_run(
+        name=cfg.name, strategy=cfg.strategy.name, config=cfg.model_dump(mode="json"),
+        num_rounds=cfg.training.rounds, num_sites=num_sites,
+    )
+
+
+def run_dir(cfg: RunConfig, run_id: str) -> Path:
+    """Folder of one run's checkpoints and final model."""
+    return cfg.output.dir / "runs" / run_id
+
+
+def run_federation(
+    grid: Grid, cfg: RunConfig, *, store: RunStore, run_id: str, progress: ProgressSink | None = None
+) -> Path:
+    """Run every round of ``cfg`` on ``grid``; returns the final model's path.
+
+    The run row ends ``finished`` or, if anything raises, ``failed`` with the
+    reason, and the exception propagates.
+    """
+    try:
+        path = _run(grid, cfg, store=store, run_id=run_id, progress=progress)
+    except BaseException as err:
+        store.finish_run(run_id, status="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    store.finish_run(run_id, status="finished")
+    return path
+
+
+def _run(grid: Grid, cfg: RunConfig, *, store: RunStore, run_id: str, progress: ProgressSink | None) -> Path:
+    recorder = RunRecorder(store, run_id, progress=progress)
+    strategy = build_strategy(cfg.strategy, observer=recorder)
+    model = _initial_model(cfg)
+    out = run_dir(cfg, run_id)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.training.rounds,
+        timeout=cfg.strategy.round_timeout,
+        train_config=_message_config(cfg),
+        evaluate_config=_message_config(cfg, split=cfg.data.eval_split),
+        evaluate_fn=_checkpointer(cfg, store=store, run_id=run_id, out=out),
+    )
+    load_state(model, result.arrays.to_torch_state_dict())
+    _final_evaluation(grid, strategy, result.arrays, cfg, recorder)
+    return _save_final(model, cfg, store=store, run_id=run_id, out=out)
+
+
+def _initial_model(cfg: RunConfig) -> torch.nn.Module:
+    torch.manual_seed(cfg.training.seed)
+    return build_model(cfg.model)
+
+
+def _message_config(cfg: RunConfig, *, split: str | None = None) -> ConfigRecord:
+    record = ConfigRecord({"run-config": cfg.to_json()})
+    if split is not None:
+        record["split"] = split
+    return record
+
+
+def _checkpointer(cfg: RunConfig, *, store: RunStore, run_id: str, out: Path):  # type: ignore[no-untyped-def]
+    """An ``evaluate_fn`` that saves the global model after every round."""
+
+    def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        if server_round == 0:
+            return None
+        model = build_model(cfg.model)
+        load_state(model, arrays.to_torch_state_dict())
+        path = out / "checkpoints" / f"round-{server_round:03d}.pt"
+        save_model(path, model, cfg.model, metadata={"run_id": run_id, "round": server_round})
+        store.record_artifact(run_id, server_round=server_round, kind="checkpoint", path=path)
+        return None
+
+    return checkpoint
+
+
+def _final_evaluation(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, recorder: RunRecorder) -> None:
+    """Evaluate the final global model on every site's ``data.final_split``."""
+    config = _message_config(cfg, split=cfg.data.final_split)
+    config["server-round"] = cfg.training.rounds
+    messages = list(strategy.configure_evaluate(cfg.training.rounds, arrays, config, grid))  # type: ignore[attr-defined]
+    replies = list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))
+    recorder.on_replies(cfg.training.rounds, "test", replies)
+
+
+def _save_final(model: torch.nn.Module, cfg: RunConfig, *, store: RunStore, run_id: str, out: Path) -> Path:
+    path = out / "global-model.pt"
+    save_model(path, model, cfg.model, metadata={"run_id": run_id, "round": cfg.training.rounds, "run_name": cfg.name})
+    store.record_artifact(run_id, server_round=cfg.training.rounds, kind="final-model", path=path)
+    return path

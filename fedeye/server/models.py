@@ -1,0 +1,93 @@
+"""Tables of the run store (SQLModel).
+
+Four tables: ``runs``, ``rounds``, ``site_metrics`` and ``artifacts``. They
+are plain SQLAlchemy types that work on SQLite and PostgreSQL alike: JSON for
+dicts, timezone-aware timestamps, and Flower node ids (64-bit *unsigned*, so
+too big for a signed ``BIGINT``) kept as decimal strings.
+
+Nothing outside :mod:`fedeye.server.store` should touch these classes; the
+store hands out frozen dataclasses instead of live ORM rows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+NODE_ID_DIGITS = 20  # len(str(2**64 - 1))
+
+
+def _json_column(*, nullable: bool) -> Any:
+    return Field(default=None, sa_column=Column(JSON, nullable=nullable))
+
+
+def _time_column(*, nullable: bool) -> Any:
+    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable))
+
+
+class RunRow(SQLModel, table=True):
+    """One federated training run."""
+
+    __tablename__ = "runs"
+
+    id: str = Field(primary_key=True, max_length=64)  # e.g. "r-20261122-091500-ab12"
+    name: str = Field(max_length=200)
+    status: str = Field(max_length=16, index=True)  # running/finished/failed/stopped
+    strategy: str = Field(max_length=64)
+    config: dict[str, Any] = _json_column(nullable=False)  # the full run config
+    num_rounds: int
+    num_sites: int
+    started_at: datetime = _time_column(nullable=False)
+    ended_at: datetime | None = _time_column(nullable=True)
+    error: str | None = Field(default=None)  # why a failed run failed
+
+
+class RoundRow(SQLModel, table=True):
+    """Aggregated results of one server round; train and evaluate fill it in turn."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("run_id", "server_round"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="runs.id", index=True, max_length=64)
+    server_round: int
+    started_at: datetime = _time_column(nullable=False)
+    ended_at: datetime | None = _time_column(nullable=True)
+    train_metrics: dict[str, Any] | None = _json_column(nullable=True)
+    eval_metrics: dict[str, Any] | None = _json_column(nullable=True)
+    num_sites_trained: int | None = None
+    num_sites_evaluated: int | None = None
+
+
+class SiteMetricRow(SQLModel, table=True):
+    """What one site reported in one phase of one round."""
+
+    __tablename__ = "site_metrics"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="runs.id", index=True, max_length=64)
+    server_round: int
+    phase: str = Field(max_length=16)  # "train" or "evaluate"
+    site: str = Field(max_length=200)
+    node_id: str = Field(max_length=NODE_ID_DIGITS)  # uint64 as decimal text
+    num_examples: int
+    metrics: dict[str, Any] = _json_column(nullable=False)
+    status: str = Field(max_length=16)  # ok/failed/dropped
+
+
+class ArtifactRow(SQLModel, table=True):
+    """A file a run produced: a checkpoint or the final model."""
+
+    __tablename__ = "artifacts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="runs.id", index=True, max_length=64)
+    server_round: int | None = None  # None for files not tied to a round
+    kind: str = Field(max_length=32)  # "checkpoint", "final-model", ...
+    path: str
+    sha256: str = Field(max_length=64)
+    size_bytes: int
+    created_at: datetime = _time_column(nullable=False)

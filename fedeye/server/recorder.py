@@ -1,0 +1,104 @@
+"""The run recorder: turns each round's site replies into store rows and progress.
+
+It is the :class:`~fedeye.strategies.base.RoundObserver` attached to the
+strategy, so every FedEye strategy is recorded the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from flwr.app import Message
+
+from fedeye.errors import FederationError
+from fedeye.server.store import RunStore
+
+
+@dataclass(frozen=True)
+class SiteReport:
+    """One site's reply in one phase of a round, as the coordinator saw it."""
+
+    server_round: int
+    phase: str
+    site: str
+    node_id: int
+    num_examples: int
+    metrics: dict[str, float]
+    status: str = "ok"
+    reason: str = ""
+
+
+class ProgressSink(Protocol):
+    """Receives progress events (the CLI's rich display implements it)."""
+
+    def round_started(self, server_round: int, phase: str, num_sites: int) -> None: ...
+
+    def site_reported(self, report: SiteReport) -> None: ...
+
+
+def site_report(server_round: int, phase: str, msg: Message) -> SiteReport:
+    """Read a reply into a :class:`SiteReport` (an error reply becomes ``failed``)."""
+    node_id = int(msg.metadata.src_node_id)
+    if msg.has_error():
+        return SiteReport(server_round, phase, f"node-{node_id}", node_id, 0, {}, "failed", str(msg.error.reason))
+    content = msg.content
+    site = str(content["site"]["name"]) if "site" in content.config_records else f"node-{node_id}"
+    metrics = {k: float(v) for k, v in content["metrics"].items() if isinstance(v, (int, float))}
+    num_examples = int(metrics.pop("num-examples", 0))
+    return SiteReport(server_round, phase, site, node_id, num_examples, metrics)
+
+
+def weighted_mean(reports: list[SiteReport]) -> dict[str, float]:
+    """Example-weighted mean of every metric over ok reports, ignoring NaN values."""
+    ok = [r for r in reports if r.status == "ok"]
+    names = sorted({name for r in ok for name in r.metrics})
+    means: dict[str, float] = {}
+    for name in names:
+        pairs = [(r.metrics[name], r.num_examples) for r in ok if name in r.metrics and math.isfinite(r.metrics[name])]
+        total = sum(w for _, w in pairs)
+        if total > 0:
+            means[name] = sum(v * w for v, w in pairs) / total
+    return means
+
+
+class RunRecorder:
+    """Stores every round's per-site and aggregated metrics; forwards progress."""
+
+    def __init__(self, store: RunStore, run_id: str, *, progress: ProgressSink | None = None) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.progress = progress
+
+    def on_round_start(self, server_round: int, phase: str, num_sites: int) -> None:
+        if self.progress:
+            self.progress.round_started(server_round, phase, num_sites)
+
+    def on_replies(self, server_round: int, phase: str, replies: list[Message]) -> None:
+        reports = [site_report(server_round, phase, msg) for msg in replies]
+        for report in reports:
+            self._store_site(report)
+            if self.progress:
+                self.progress.site_reported(report)
+        self._store_round(server_round, phase, reports)
+        if phase == "train" and reports and all(r.status != "ok" for r in reports):
+            reasons = "; ".join(f"{r.site}: {r.reason}" for r in reports)
+            raise FederationError(f"no site could train in round {server_round}: {reasons}")
+
+    def _store_site(self, report: SiteReport) -> None:
+        metrics: Mapping[str, float] = report.metrics if report.status == "ok" else {}
+        self.store.record_site_metrics(
+            self.run_id, server_round=report.server_round, phase=report.phase,  # type: ignore[arg-type]
+            site=report.site, node_id=report.node_id, num_examples=report.num_examples,
+            metrics=metrics, status=report.status,  # type: ignore[arg-type]
+        )
+
+    def _store_round(self, server_round: int, phase: str, reports: list[SiteReport]) -> None:
+        ok = sum(r.status == "ok" for r in reports)
+        mean = weighted_mean(reports)
+        if phase == "train":
+            self.store.record_round(self.run_id, server_round=server_round, train_metrics=mean, num_sites_trained=ok)
+        elif phase == "evaluate":
+            self.store.record_round(self.run_id, server_round=server_round, eval_metrics=mean, num_sites_evaluated=ok)

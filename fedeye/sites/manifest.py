@@ -1,0 +1,310 @@
+"""CSV-manifest site format: ``manifest.csv`` plus the images it names.
+
+Columns: ``image`` (path relative to the folder), ``label`` (class index),
+``patient_id``; optional ``eye`` (OD/OS), ``age``, ``sex`` (M/F/O), ``race``,
+``ethnicity`` and ``split`` (train/val/test). Without ``split`` the samples are
+split by patient with :func:`fedeye.sites.split.split_patients`.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fedeye.errors import Problem, SiteDataError
+from fedeye.sites.base import (
+    SITE_TOML,
+    SPLITS,
+    Sample,
+    SiteFormat,
+    SiteInfo,
+    SiteScan,
+    SplitName,
+    load_site_info,
+    read_site_toml,
+    register_format,
+    site_info_problems,
+)
+from fedeye.sites.split import split_patients
+
+MANIFEST = "manifest.csv"
+REQUIRED_COLUMNS = ("image", "label", "patient_id")
+ATTRIBUTE_COLUMNS = ("eye", "age", "sex", "race", "ethnicity")
+EYES = ("OD", "OS")
+SEXES = ("M", "F", "O")
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    """One parsed manifest line before its split is known."""
+
+    row: int
+    image: str
+    label: int
+    patient_id: str
+    split: SplitName | None
+    attrs: dict[str, str]
+
+
+# ------------------------------------------------------------------ pure checks
+
+
+def column_problems(header: Sequence[str], *, file: str) -> list[Problem]:
+    """Report every required column missing from the header."""
+    return [
+        Problem(
+            file=file,
+            row=1,
+            field=name,
+            message=f"required column '{name}' is missing (header has {list(header)})",
+            fix=f"add a '{name}' column; required columns are {list(REQUIRED_COLUMNS)}",
+        )
+        for name in REQUIRED_COLUMNS
+        if name not in header
+    ]
+
+
+def parse_row(
+    row: int, record: dict[str, str], *, num_classes: int, file: str
+) -> tuple[ManifestRow | None, list[Problem]]:
+    """Validate one manifest line; return the parsed row (if usable) and its problems."""
+    problems: list[Problem] = []
+    image = record.get("image", "")
+    patient_id = record.get("patient_id", "")
+    for name, value in (("image", image), ("patient_id", patient_id)):
+        if name in record and not value:
+            problems.append(_row_problem(file, row, name, f"'{name}' is empty", f"fill in '{name}'"))
+    label, label_problems = _parse_label(row, record.get("label"), num_classes=num_classes, file=file)
+    split, split_problems = _parse_split(row, record, file=file)
+    attrs, attr_problems = _parse_attrs(row, record, file=file)
+    problems += label_problems + split_problems + attr_problems
+    if problems or label is None or "image" not in record or "patient_id" not in record:
+        return None, problems
+    return ManifestRow(row, image, label, patient_id, split, attrs), []
+
+
+def _row_problem(file: str, row: int, name: str, message: str, fix: str) -> Problem:
+    return Problem(file=file, row=row, field=name, message=message, fix=fix)
+
+
+def _parse_label(
+    row: int, raw: str | None, *, num_classes: int, file: str
+) -> tuple[int | None, list[Problem]]:
+    if raw is None:
+        return None, []
+    valid = f"an integer in 0..{num_classes - 1} (one per label_names entry in {SITE_TOML})"
+    try:
+        label = int(raw)
+    except ValueError:
+        return None, [_row_problem(file, row, "label", f"label {raw!r} is not an integer", f"use {valid}")]
+    if not 0 <= label < num_classes:
+        message = f"label {label} is outside range(0, {num_classes})"
+        return None, [_row_problem(file, row, "label", message, f"use {valid}, or extend label_names")]
+    return label, []
+
+
+def _parse_split(row: int, record: dict[str, str], *, file: str) -> tuple[SplitName | None, list[Problem]]:
+    if "split" not in record:
+        return None, []
+    value = record["split"].lower()
+    for split in SPLITS:
+        if value == split:
+            return split, []
+    message = f"split {record['split']!r} is not one of {list(SPLITS)}"
+    fix = "use train, val or test, or drop the split column to get an automatic patient-level split"
+    return None, [_row_problem(file, row, "split", message, fix)]
+
+
+def _parse_attrs(row: int, record: dict[str, str], *, file: str) -> tuple[dict[str, str], list[Problem]]:
+    attrs = {name: record[name] for name in ATTRIBUTE_COLUMNS if record.get(name)}
+    problems: list[Problem] = []
+    if "eye" in attrs:
+        attrs["eye"] = attrs["eye"].upper()
+        if attrs["eye"] not in EYES:
+            problems.append(_row_problem(file, row, "eye", f"eye {record['eye']!r} is not OD or OS", "use OD (right) or OS (left), or leave it empty"))
+    if "sex" in attrs:
+        attrs["sex"] = attrs["sex"].upper()
+        if attrs["sex"] not in SEXES:
+            problems.append(_row_problem(file, row, "sex", f"sex {record['sex']!r} is not one of {list(SEXES)}", "use M, F or O, or leave it empty"))
+    if "age" in attrs and not _is_age(attrs["age"]):
+        problems.append(_row_problem(file, row, "age", f"age {attrs['age']!r} is not a number in 0..130", "write the age in years, e.g. 63, or leave it empty"))
+    return attrs, problems
+
+
+def _is_age(raw: str) -> bool:
+    try:
+        return 0 <= float(raw) <= 130
+    except ValueError:
+        return False
+
+
+def assign_splits(rows: Sequence[ManifestRow], *, file: str) -> tuple[list[Sample], list[Problem]]:
+    """Attach a split to every row: the manifest's own, or a patient-level one."""
+    if rows and all(r.split is None for r in rows):
+        by_patient = split_patients([r.patient_id for r in rows])
+        return [_to_sample(r, by_patient[r.patient_id]) for r in rows], []
+    problems = patient_leak_problems(rows, file=file)
+    return [_to_sample(r, r.split) for r in rows if r.split is not None], problems
+
+
+def _to_sample(r: ManifestRow, split: SplitName) -> Sample:
+    return Sample(row=r.row, image=r.image, label=r.label, patient_id=r.patient_id, split=split, attrs=r.attrs)
+
+
+def patient_leak_problems(rows: Sequence[ManifestRow], *, file: str) -> list[Problem]:
+    """Report every row whose patient already appeared in another split."""
+    first: dict[str, ManifestRow] = {}
+    problems: list[Problem] = []
+    for r in rows:
+        seen = first.setdefault(r.patient_id, r)
+        if r.split is not None and seen.split is not None and r.split != seen.split:
+            message = (
+                f"patient {r.patient_id!r} is in split {r.split!r} here but in "
+                f"{seen.split!r} on line {seen.row}"
+            )
+            fix = "put all images of a patient in one split (or drop the split column)"
+            problems.append(_row_problem(file, r.row, "split", message, fix))
+    return problems
+
+
+def empty_split_problems(samples: Sequence[Sample], *, file: str) -> list[Problem]:
+    """Report each of train/val/test that has no sample."""
+    present = {s.split for s in samples}
+    return [
+        Problem(
+            file=file,
+            field="split",
+            message=f"split '{split}' has no images",
+            fix=(
+                f"assign some patients to '{split}', or drop the split column "
+                "(the automatic split needs at least 3 patients)"
+            ),
+        )
+        for split in SPLITS
+        if split not in present
+    ]
+
+
+# --------------------------------------------------------------------- the format
+
+
+@register_format
+class ManifestSite(SiteFormat):
+    """A site described by ``manifest.csv`` (see module docstring).
+
+    >>> site = ManifestSite(Path("hospital-a"))  # doctest: +SKIP
+    >>> site.problems()  # doctest: +SKIP
+    []
+    """
+
+    format_name = "manifest"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self._sizes: dict[str, tuple[int, int]] = {}
+
+    @classmethod
+    def can_open(cls, root: Path) -> bool:
+        return (Path(root) / MANIFEST).is_file()
+
+    @cached_property
+    def info(self) -> SiteInfo:
+        return load_site_info(self.root)
+
+    @property
+    def manifest_path(self) -> Path:
+        """Path of the site's ``manifest.csv``."""
+        return self.root / MANIFEST
+
+    def scan(self) -> SiteScan:
+        """Parse the manifest and check every image; never raises for bad data."""
+        if not hasattr(self, "_scan"):
+            self._scan = self._scan_uncached()
+        return self._scan
+
+    def _scan_uncached(self) -> SiteScan:
+        file = str(self.manifest_path)
+        toml_problems = self._info_problems()
+        num_classes = len(self.info.label_names) if not toml_problems else 2
+        header, records, read_problems = _read_csv(self.manifest_path)
+        if read_problems:
+            return SiteScan([], toml_problems + read_problems)
+        problems = toml_problems + column_problems(header, file=file)
+        rows: list[ManifestRow] = []
+        for row, record in records:
+            parsed, row_problems = parse_row(row, record, num_classes=num_classes, file=file)
+            image_problems = self._image_problems(row, record["image"], file) if record.get("image") else []
+            problems += row_problems + image_problems
+            rows += [parsed] if parsed and not image_problems else []
+        samples, split_problems = assign_splits(rows, file=file)
+        if samples:
+            split_problems += empty_split_problems(samples, file=file)
+        return SiteScan(samples, problems + split_problems)
+
+    def _info_problems(self) -> list[Problem]:
+        data, problems = read_site_toml(self.root)
+        file = str(self.root / SITE_TOML)
+        return problems or site_info_problems(data, file=file, default_name=self.root.resolve().name)
+
+    def _image_problems(self, row: int, image: str, file: str) -> list[Problem]:
+        path = self.root / image
+        if not path.is_file():
+            fix = f"copy the image to {path} or fix the path (relative to {self.root})"
+            return [_row_problem(file, row, "image", f"image file {image!r} not found", fix)]
+        try:
+            with Image.open(path) as img:
+                img.load()
+                self._sizes[image] = img.size
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            fix = "re-export the image as PNG or JPEG, or remove its row"
+            return [_row_problem(file, row, "image", f"cannot read image {image!r}: {exc}", fix)]
+        return []
+
+    def read_image(self, sample: Sample) -> np.ndarray:
+        """Decode a sample's image as uint8 RGB (fundus) or gray (OCT)."""
+        mode = "L" if self.info.modality == "oct" else "RGB"
+        try:
+            with Image.open(self.root / sample.image) as img:
+                return np.asarray(img.convert(mode), dtype=np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            problem = Problem(
+                file=str(self.manifest_path), row=sample.row, field="image",
+                message=f"cannot read image {sample.image!r}: {exc}",
+                fix="run the site check and fix the image",
+            )
+            raise SiteDataError(self.site_name, [problem]) from exc
+
+    def image_size(self, sample: Sample) -> tuple[int, int]:
+        """Return ``(width, height)`` from the image header, without decoding."""
+        if sample.image not in self._sizes:
+            with Image.open(self.root / sample.image) as img:
+                self._sizes[sample.image] = img.size
+        return self._sizes[sample.image]
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[Problem]]:
+    """Read a CSV into its header and ``(line, record)`` pairs; blank lines are skipped."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            lines = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return [], [], [Problem(file=str(path), message=f"cannot read manifest: {exc}", fix="save it as UTF-8 CSV")]
+    if not lines or not any(cell.strip() for cell in lines[0]):
+        fix = "write a header line 'image,label,patient_id' and one line per image"
+        return [], [], [Problem(file=str(path), message="manifest is empty", fix=fix)]
+    header = [cell.strip().lower() for cell in lines[0]]
+    records = [
+        (number, {name: (cells[i].strip() if i < len(cells) else "") for i, name in enumerate(header)})
+        for number, cells in enumerate(lines[1:], start=2)
+        if any(cell.strip() for cell in cells)
+    ]
+    if not records:
+        fix = "add one line per image below the header"
+        return header, [], [Problem(file=str(path), row=1, message="manifest has a header but no images", fix=fix)]
+    return header, records, []

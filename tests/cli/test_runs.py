@@ -1,0 +1,188 @@
+"""``fedeye runs list`` and ``fedeye runs show``, driven through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from fedeye.cli.runs import build_runs_app, flatten_config, format_duration, metric_names
+from fedeye.server.store import RunStore
+
+WIDE = {"COLUMNS": "250"}  # rich reads the terminal width from here
+SITES = {
+    "moorfields": {"auc": 0.8123, "accuracy": 0.75, "sensitivity": 0.7, "specificity": 0.8,
+                   "loss": 0.51, "num-examples": 120},
+    "aravind": {"auc": 0.7011, "accuracy": 0.66, "sensitivity": 0.6, "specificity": 0.72,
+                "loss": 0.63, "num-examples": 80},
+}
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.delenv("FEDEYE_DB", raising=False)
+    return CliRunner()
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> typer.Typer:
+    """A small app that mounts the runs sub-app the way the lead CLI does."""
+    root = typer.Typer()
+    root.add_typer(build_runs_app(default_dir=tmp_path / "home"), name="runs")
+    return root
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'runs.db'}"
+
+
+def _record_run(db: str, model: Path) -> str:
+    store = RunStore(db)
+    run_id = store.create_run(
+        name="dr-screening", strategy="fedprox",
+        config={"strategy": {"name": "fedprox", "proximal-mu": 0.1}, "num-rounds": 3},
+        num_rounds=3, num_sites=2,
+    )
+    for server_round in (1, 2):
+        store.record_round(run_id, server_round=server_round, train_metrics={"loss": 0.9},
+                           num_sites_trained=2)
+        for node_id, (site, metrics) in enumerate(SITES.items(), start=2**63):
+            store.record_site_metrics(
+                run_id, server_round=server_round, phase="evaluate", site=site,
+                node_id=node_id, num_examples=int(metrics["num-examples"]), metrics=metrics,
+            )
+        store.record_round(run_id, server_round=server_round, eval_metrics={"auc": 0.7654},
+                           num_sites_evaluated=2)
+    model.write_bytes(b"final weights")
+    store.record_artifact(run_id, server_round=2, kind="final-model", path=model)
+    store.finish_run(run_id, status="finished")
+    return run_id
+
+
+def test_list_shows_runs(runner: CliRunner, app: typer.Typer, db: str, tmp_path: Path) -> None:
+    run_id = _record_run(db, tmp_path / "final.pt")
+
+    result = runner.invoke(app, ["runs", "list", "--db", db], env=WIDE)
+
+    assert result.exit_code == 0, result.output
+    assert run_id in result.output
+    assert "dr-screening" in result.output
+    assert "finished" in result.output
+    assert "2/3" in result.output
+
+
+def test_list_json(runner: CliRunner, app: typer.Typer, db: str, tmp_path: Path) -> None:
+    run_id = _record_run(db, tmp_path / "final.pt")
+
+    result = runner.invoke(app, ["runs", "list", "--db", db, "--json"])
+
+    assert result.exit_code == 0, result.output
+    (run,) = json.loads(result.stdout)
+    assert run["run_id"] == run_id
+    assert run["rounds_done"] == 2 and run["status"] == "finished"
+    assert run["duration_s"] >= 0
+
+
+def test_list_reads_db_from_environment(
+    runner: CliRunner, app: typer.Typer, db: str, tmp_path: Path
+) -> None:
+    run_id = _record_run(db, tmp_path / "final.pt")
+
+    result = runner.invoke(app, ["runs", "list", "--json"], env={"FEDEYE_DB": db})
+
+    assert [r["run_id"] for r in json.loads(result.stdout)] == [run_id]
+
+
+def test_list_empty_default_store(runner: CliRunner, app: typer.Typer, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["runs", "list"])
+
+    assert result.exit_code == 0, result.output
+    assert "No runs recorded yet" in result.output
+    assert (tmp_path / "home" / "fedeye.db").exists()
+
+
+def test_show_renders_rounds_sites_and_model(
+    runner: CliRunner, app: typer.Typer, db: str, tmp_path: Path
+) -> None:
+    run_id = _record_run(db, tmp_path / "final.pt")
+
+    result = runner.invoke(app, ["runs", "show", run_id[:-1], "--db", db], env=WIDE)
+
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert run_id in out and "fedprox" in out and "proximal-mu" in out
+    assert "eval auc" in out and "0.765" in out
+    assert "evaluation of round 2" in out
+    for header in ("n images", "auc", "accuracy", "sensitivity", "specificity", "loss"):
+        assert header in out
+    assert "moorfields" in out and "0.8123" in out and "120" in out
+    assert str((tmp_path / "final.pt").resolve()) in out
+
+
+def test_show_json(runner: CliRunner, app: typer.Typer, db: str, tmp_path: Path) -> None:
+    run_id = _record_run(db, tmp_path / "final.pt")
+
+    result = runner.invoke(app, ["runs", "show", run_id, "--db", db, "--json"])
+
+    assert result.exit_code == 0, result.output
+    detail = json.loads(result.stdout)
+    assert detail["run"]["run_id"] == run_id
+    assert detail["config"]["strategy"]["proximal-mu"] == 0.1
+    assert [r["server_round"] for r in detail["rounds"]] == [1, 2]
+    assert detail["site_metrics"][0]["node_id"] >= 2**63
+    assert detail["artifacts"][0]["kind"] == "final-model"
+
+
+def test_show_unknown_run_exits_1(runner: CliRunner, app: typer.Typer, db: str) -> None:
+    result = runner.invoke(app, ["runs", "show", "r-nope", "--db", db])
+
+    assert result.exit_code == 1
+    assert "no run 'r-nope'" in result.stderr
+    assert "fedeye runs list" in result.stderr
+    assert result.stdout == ""
+
+
+def test_bad_db_url_exits_1(runner: CliRunner, app: typer.Typer) -> None:
+    result = runner.invoke(app, ["runs", "list", "--db", "nosuchdb://x/y"])
+
+    assert result.exit_code == 1
+    assert "cannot open run store nosuchdb://x/y" in result.stderr
+
+
+def test_show_running_run_without_results(runner: CliRunner, app: typer.Typer, db: str) -> None:
+    run_id = RunStore(db).create_run(
+        name="fresh", strategy="fedavg", config={}, num_rounds=5, num_sites=3
+    )
+
+    result = runner.invoke(app, ["runs", "show", run_id, "--db", db], env=WIDE)
+
+    assert result.exit_code == 0, result.output
+    assert "running" in result.output and "0/5" in result.output
+
+
+def test_format_duration() -> None:
+    from datetime import timedelta
+
+    assert format_duration(timedelta(seconds=12)) == "12s"
+    assert format_duration(timedelta(minutes=2, seconds=5)) == "2m05s"
+    assert format_duration(timedelta(hours=1, minutes=2, seconds=3)) == "1h02m03s"
+
+
+def test_metric_names_shows_known_ones_only_and_drops_num_examples() -> None:
+    names = metric_names([{"zeta": 1.0, "loss": 0.1, "num-examples": 3.0}, None, {"auc": 0.5}])
+
+    assert names == ["auc", "loss"]
+
+
+def test_metric_names_falls_back_to_all_when_none_is_known() -> None:
+    assert metric_names([{"zeta": 1.0, "alpha": 2.0, "num-examples": 3.0}]) == ["alpha", "zeta"]
+
+
+def test_flatten_config() -> None:
+    assert flatten_config({"a": {"b": 1, "c": "x"}, "d": [1, 2], "e": {}}) == [
+        ("a.b", "1"), ("a.c", "x"), ("d", "[1, 2]"), ("e", "{}"),
+    ]

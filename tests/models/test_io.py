@@ -1,0 +1,104 @@
+"""save_model / load_model and the state helpers used by the Flower client and server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from opacus import GradSampleModule
+
+from fedeye.errors import ModelError
+from fedeye.models import ModelConfig, build_model, load_model, load_state, model_state, save_model
+
+
+def test_roundtrip_gives_equal_outputs(tmp_path: Path) -> None:
+    cfg = ModelConfig(mode="prompt", num_domains=3, num_classes=4)
+    model = build_model(cfg).eval()
+    images, domain = torch.randn(2, 3, 64, 64), torch.tensor([0, 2])
+    path = tmp_path / "run" / "model.pt"
+
+    save_model(path, model, cfg, metadata={"round": 3, "auc": 0.91})
+    loaded, loaded_cfg, metadata = load_model(path)
+
+    assert loaded_cfg == cfg
+    assert metadata == {"round": 3, "auc": 0.91}
+    assert [p.requires_grad for p in loaded.parameters()] == [p.requires_grad for p in model.parameters()]
+    torch.testing.assert_close(loaded.eval()(images, domain=domain), model(images, domain=domain))
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp file left behind
+
+
+def test_saved_backbone_path_need_not_exist_when_loading(tmp_path: Path, timm_checkpoint: Path) -> None:
+    cfg = ModelConfig(arch="vit-small", img_size=32, backbone_weights=timm_checkpoint)
+    save_model(tmp_path / "m.pt", build_model(cfg), cfg.model_copy(update={"backbone_weights": tmp_path / "gone.pth"}))
+    _, loaded_cfg, _ = load_model(tmp_path / "m.pt")
+    assert loaded_cfg.backbone_weights == tmp_path / "gone.pth"
+
+
+def test_unserialisable_metadata_is_refused(tmp_path: Path) -> None:
+    cfg = ModelConfig()
+    with pytest.raises(TypeError, match="JSON"):
+        save_model(tmp_path / "m.pt", build_model(cfg), cfg, metadata={"when": object()})
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="nope.pt does not exist"):
+        load_model(tmp_path / "nope.pt")
+
+
+def test_corrupt_file(tmp_path: Path) -> None:
+    cfg = ModelConfig()
+    path = tmp_path / "model.pt"
+    save_model(path, build_model(cfg), cfg)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ModelError, match="model.pt is corrupt.*re-save"):
+        load_model(path)
+
+
+def test_foreign_file(tmp_path: Path) -> None:
+    path = tmp_path / "weights.pth"
+    torch.save({"cls_token": torch.zeros(1)}, path)
+    with pytest.raises(ModelError, match="not a FedEye model file.*backbone_weights"):
+        load_model(path)
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path: Path) -> None:
+    cfg = ModelConfig(num_classes=2)
+    path = tmp_path / "m.pt"
+    save_model(path, build_model(cfg), cfg.model_copy(update={"num_classes": 3}))
+    with pytest.raises(ModelError, match=r"m.pt: weights do not fit.*head.weight"):
+        load_model(path)
+
+
+def test_state_helpers_strip_the_opacus_prefix() -> None:
+    cfg = ModelConfig(num_domains=2)
+    source, target = build_model(cfg), build_model(cfg)
+    wrapped = GradSampleModule(target)
+
+    state = model_state(GradSampleModule(source))
+    load_state(wrapped, {f"_module.{k}": v for k, v in state.items()})
+
+    assert not any(k.startswith("_module.") for k in state)
+    assert state.keys() == source.state_dict().keys()
+    torch.testing.assert_close(target.state_dict(), source.state_dict())
+
+
+def test_trainable_only_state_is_small_and_loads_non_strict() -> None:
+    cfg = ModelConfig(mode="prompt", num_domains=2)
+    source, target = build_model(cfg), build_model(cfg)
+
+    state = model_state(source, trainable_only=True)
+    load_state(target, state, strict=False)
+
+    assert set(state) == {"shared_prompts.tokens", "domain_prompts.tokens", "head.weight", "head.bias"}
+    torch.testing.assert_close(target.head.weight, source.head.weight)
+    with pytest.raises(ModelError, match="missing keys"):
+        load_state(target, state)
+
+
+def test_load_state_accepts_numpy_arrays_from_flower() -> None:
+    cfg = ModelConfig()
+    source, target = build_model(cfg), build_model(cfg)
+    load_state(target, {k: v.numpy() for k, v in model_state(source).items()})
+    torch.testing.assert_close(target.state_dict(), source.state_dict())

@@ -1,0 +1,63 @@
+"""Run config: TOML -> pydantic, Flower's flattened config, clear errors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fedeye.config import RunConfig, from_flower_config, load_run_config, to_flower_config
+from fedeye.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_run_file_validates_and_resolves_relative_data_root(tmp_path: Path) -> None:
+    run_file = tmp_path / "run.toml"
+    run_file.write_text('name = "x"\n[data]\nroot = "sites"\n[training]\nrounds = 5\n')
+    cfg = load_run_config(run_file)
+    assert cfg.training.rounds == 5
+    assert cfg.data.root == (tmp_path / "sites").resolve()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ("[training]\nrounds = 0\n", "training.rounds"),
+        ("[model]\narch = \"vit-huge\"\n", "model.arch"),
+        ("[strategy]\nfraction_train = 1.5\n", "strategy.fraction_train"),
+        ("[training]\nlearning_rate = 0.1\n", "training.learning_rate"),
+    ],
+)
+def test_bad_values_name_the_field(tmp_path: Path, body: str, field: str) -> None:
+    run_file = tmp_path / "run.toml"
+    run_file.write_text(body)
+    with pytest.raises(ConfigError) as err:
+        load_run_config(run_file)
+    assert field in str(err.value) and str(run_file) in str(err.value)
+
+
+def test_unparsable_and_missing_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[training\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_run_config(bad)
+    with pytest.raises(ConfigError, match="no such run file"):
+        load_run_config(tmp_path / "missing.toml")
+
+
+def test_flower_config_roundtrip() -> None:
+    cfg = RunConfig.model_validate({"data": {"root": "/x"}, "training": {"rounds": 7}})
+    back = from_flower_config(to_flower_config(cfg))
+    assert back == cfg
+
+
+def test_pyproject_flower_config_covers_every_key_and_validates() -> None:
+    """`flwr run .` only accepts overrides of keys the app declares."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    declared = pyproject["tool"]["flwr"]["app"]["config"]
+    expected = set(to_flower_config(RunConfig()))
+    assert set(declared) == expected
+    cfg = from_flower_config(declared)
+    assert cfg.strategy.name == "fedavg"
