@@ -26,6 +26,10 @@ app.add_typer(site_app, name="site")
 app.add_typer(sites_app, name="sites")
 
 Modality = Literal["fundus", "oct"]
+BackboneOption = Annotated[
+    Path | None,
+    typer.Option("--backbone-weights", help="Local timm- or RETFound-format checkpoint to start the backbone from."),
+]
 
 
 @site_app.command("check")
@@ -70,6 +74,7 @@ def sites_synth(
 def simulate(
     config: Annotated[Path, typer.Option("--config", "-c", help="Run file (TOML).")],
     db: Annotated[str | None, typer.Option(help="Run store URL or SQLite path (default: FEDEYE_DB or output.dir).")] = None,
+    backbone_weights: BackboneOption = None,
 ) -> None:
     """Run any configured experiment in Flower's Simulation Engine."""
     from fedeye.config import load_run_config
@@ -77,7 +82,18 @@ def simulate(
     cfg = load_run_config(config)
     if db:
         cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"db": db})})
-    _simulate_and_report(cfg)
+    _simulate_and_report(_with_backbone(cfg, backbone_weights))
+
+
+def _with_backbone(cfg, weights: Path | None):  # type: ignore[no-untyped-def]
+    """Override ``model.backbone_weights`` and check the file before any process starts."""
+    if weights is None:
+        return cfg
+    from fedeye.models import build_model
+
+    model_cfg = cfg.model.model_copy(update={"backbone_weights": weights.resolve()})
+    build_model(model_cfg)  # raises ModelError naming the file when it does not fit
+    return cfg.model_copy(update={"model": model_cfg})
 
 
 @app.command()
@@ -86,6 +102,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for sites, store and model.")] = Path("fedeye-demo"),
     sites: Annotated[int, typer.Option(min=2, help="Number of synthetic hospitals.")] = 4,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
+    backbone_weights: BackboneOption = None,
 ) -> None:
     """Synthesize hospitals, federate a small ViT across them, report per site."""
     from fedeye.cli.demo import demo_config, prepare_demo_sites
@@ -93,7 +110,7 @@ def demo(
     out = out.resolve()
     site_root = prepare_demo_sites(out, sites=sites)
     console.print(f"[bold]FedEye demo[/]: {sites} synthetic hospitals in {site_root}")
-    cfg = demo_config(out, site_root=site_root, rounds=rounds)
+    cfg = _with_backbone(demo_config(out, site_root=site_root, rounds=rounds), backbone_weights)
     result = _simulate_and_report(cfg)
     console.print(f"\nglobal model: [bold]{result.model_path}[/]\nrun store:    [bold]{result.store_url}[/]  (run {result.run_id})")
     console.print("\nnext, try:")

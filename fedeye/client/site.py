@@ -84,7 +84,7 @@ class SiteJob:
         return int(self.cfg.model.img_size or 0)
 
     def model(self, arrays: ArrayRecord) -> PromptViT:
-        model = build_model(self.cfg.model)
+        model = build_model(self.cfg.model, load_backbone=False)
         load_state(model, arrays.to_torch_state_dict())
         return model
 

@@ -35,13 +35,17 @@ _MAE_ONLY = re.compile(r"^(decoder_|mask_token)")
 _MIN_BACKBONE_SHARE = 0.5
 
 
-def build_model(cfg: ModelConfig) -> PromptViT:
+def build_model(cfg: ModelConfig, *, load_backbone: bool = True) -> PromptViT:
     """Create the model ``cfg`` describes, load its backbone and set what trains.
 
     Parameters
     ----------
     cfg : ModelConfig
         Validated model settings.
+    load_backbone : bool
+        Load ``cfg.backbone_weights``. Sites and checkpoints pass False: they
+        overwrite every weight with the global model's arrays, and a site does
+        not hold the coordinator's checkpoint file.
 
     Returns
     -------
@@ -64,7 +68,7 @@ def build_model(cfg: ModelConfig) -> PromptViT:
         attn_drop_rate=cfg.attn_drop_rate,
         drop_path_rate=cfg.drop_path_rate,
     )
-    if cfg.backbone_weights is not None:
+    if load_backbone and cfg.backbone_weights is not None:
         logger.info("%s", load_backbone_weights(model, cfg.backbone_weights))
     set_trainable(model, cfg.mode)
     return model

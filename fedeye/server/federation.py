@@ -94,7 +94,7 @@ def _checkpointer(cfg: RunConfig, *, store: RunStore, run_id: str, out: Path):  
     def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
         if server_round == 0:
             return None
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, load_backbone=False)
         load_state(model, arrays.to_torch_state_dict())
         path = out / "checkpoints" / f"round-{server_round:03d}.pt"
         save_model(path, model, cfg.model, metadata={"run_id": run_id, "round": server_round})

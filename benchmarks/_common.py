@@ -1,0 +1,225 @@
+"""Helpers shared by the benchmark scripts: event timing, process-tree memory, reporting.
+
+Nothing here is part of FedEye; the scripts in this folder import it as a
+sibling module (``python benchmarks/overhead.py`` puts this folder on
+``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GIB = 1024**3
+# Command-line fragments of the processes a local Ray cluster starts.
+RAY_MARKERS = ("raylet", "gcs_server", "ray::", "default_worker.py", "log_monitor.py", "dashboard/agent.py", "runtime_env/agent")
+
+
+# ------------------------------------------------------------------ timing
+
+
+@dataclass(frozen=True)
+class Event:
+    """One progress event, stamped with ``time.perf_counter()`` on arrival."""
+
+    t: float
+    kind: str  # "round" (a round's training was configured) or "report" (one site reply)
+    server_round: int
+    phase: str
+
+
+@dataclass
+class TimingSink:
+    """A :class:`~fedeye.server.recorder.ProgressSink` that timestamps every event.
+
+    The ServerApp thread calls it synchronously, so a ``round`` event marks the
+    moment the training messages of a round were configured and a ``report``
+    event the moment one reply had been written to the run store.
+    """
+
+    events: list[Event] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def round_started(self, server_round: int, phase: str, num_sites: int) -> None:
+        self._add("round", server_round, phase)
+
+    def site_reported(self, report: Any) -> None:
+        self._add("report", int(report.server_round), str(report.phase))
+
+    def _add(self, kind: str, server_round: int, phase: str) -> None:
+        with self._lock:
+            self.events.append(Event(time.perf_counter(), kind, server_round, phase))
+
+    def round_start(self, server_round: int) -> float:
+        """Time the training messages of ``server_round`` were configured."""
+        return min(e.t for e in self.events if e.kind == "round" and e.server_round == server_round)
+
+    def last_report(self, phase: str, server_round: int | None = None) -> float:
+        """Time the last reply of ``phase`` (in ``server_round``, if given) was recorded."""
+        times = [e.t for e in self.events if e.kind == "report" and e.phase == phase
+                 and (server_round is None or e.server_round == server_round)]
+        if not times:
+            raise RuntimeError(f"no {phase!r} report for round {server_round}: did the run fail?")
+        return max(times)
+
+    def round_walls(self, rounds: int) -> list[float]:
+        """Wall seconds of each round: start(r) -> start(r + 1); the last ends at its last evaluate reply."""
+        starts = [self.round_start(r) for r in range(1, rounds + 1)]
+        ends = starts[1:] + [self.last_report("evaluate", rounds)]
+        return [end - start for start, end in zip(starts, ends, strict=True)]
+
+
+# ------------------------------------------------------------------ memory
+
+
+def _is_ray(proc: Any) -> bool:
+    try:
+        text = proc.name() + " " + " ".join(proc.cmdline())
+    except Exception:  # the process vanished or is not ours to read
+        return False
+    return any(marker in text for marker in RAY_MARKERS)
+
+
+def process_tree(root_pid: int, *, since: float) -> list[Any]:
+    """``root_pid``, its descendants, and Ray processes started after ``since`` (epoch s).
+
+    Ray daemons can be re-parented away from the driver, so they are found by
+    their command line as well.
+    """
+    import psutil
+
+    root = psutil.Process(root_pid)
+    found = {p.pid: p for p in [root, *root.children(recursive=True)]}
+    for proc in psutil.process_iter(["create_time"]):
+        if proc.pid not in found and (proc.info["create_time"] or 0) >= since - 1 and _is_ray(proc):
+            found[proc.pid] = proc
+    return list(found.values())
+
+
+def _rss(proc: Any) -> int:
+    try:
+        return int(proc.memory_info().rss)
+    except Exception:  # exited between listing and reading
+        return 0
+
+
+def _pss(proc: Any) -> int:
+    try:
+        return int(getattr(proc.memory_full_info(), "pss", 0))
+    except Exception:
+        return 0
+
+
+class TreeMemoryMonitor:
+    """Samples the summed RSS (and PSS) of the process tree in a background thread.
+
+    RSS counts shared pages (libtorch, the Ray object store) once per process
+    that maps them, so the RSS sum overstates real use; PSS splits shared pages
+    between their users and is the better "what the machine holds" figure.
+    """
+
+    def __init__(self, *, interval: float = 0.5, pss_every: int = 4) -> None:
+        self.interval, self.pss_every = interval, pss_every
+        self.peak_rss = self.peak_pss = 0
+        self.peak_procs = 0
+        self.samples = 0
+        self._since = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tree-memory", daemon=True)
+
+    def __enter__(self) -> TreeMemoryMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        procs = process_tree(os.getpid(), since=self._since)
+        self.peak_rss = max(self.peak_rss, sum(_rss(p) for p in procs))
+        if self.pss_every and self.samples % self.pss_every == 0:
+            self.peak_pss = max(self.peak_pss, sum(_pss(p) for p in procs))
+        self.peak_procs = max(self.peak_procs, len(procs))
+        self.samples += 1
+
+
+# ------------------------------------------------------------------ Ray hygiene
+
+
+def ray_leftovers() -> list[str]:
+    """Ray processes of this user still alive, as ``"pid name"`` strings."""
+    import psutil
+
+    me = os.getuid()
+    alive = []
+    for proc in psutil.process_iter(["uids"]):
+        if proc.pid != os.getpid() and proc.info["uids"] and proc.info["uids"].real == me and _is_ray(proc):
+            alive.append(f"{proc.pid} {proc.name()}")
+    return alive
+
+
+def ensure_ray_stopped(*, wait: float = 10.0) -> list[str]:
+    """Shut down Ray if this process still holds it; return whatever Ray process is left after ``wait`` s."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    deadline = time.monotonic() + wait
+    left = ray_leftovers()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = ray_leftovers()
+    return left
+
+
+# ------------------------------------------------------------------ reporting
+
+
+def verdict(value: float, target: float) -> str:
+    """PASS when ``value <= target``."""
+    return "PASS" if value <= target else "MISS"
+
+
+def print_table(title: str, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Print a plain fixed-width table (no rich: output is meant to be pasted)."""
+    cells = [[str(c) for c in header], *[[_cell(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for n, row in enumerate(cells):
+        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+def _cell(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def write_json(path: Path | None, results: dict[str, Any]) -> None:
+    """Write ``results`` to ``path`` (when given) and say so."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\nwrote {path}")
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    import platform
+
+    import torch
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}

@@ -1,0 +1,111 @@
+"""The `fedeye` commands, driven for real (typer's CliRunner, or a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from fedeye.cli.main import app
+from fedeye.server.store import RunStore
+from tests.conftest import tiny_run_toml
+
+runner = CliRunner()
+WIDE = {"COLUMNS": "200"}
+
+
+def test_site_check_passes_a_good_site(tiny_sites: Path) -> None:
+    result = runner.invoke(app, ["site", "check", str(tiny_sites / "site-1")], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert "passed every check" in result.output and "split test" in result.output
+
+
+def test_site_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
+    site = tmp_path / "bad"
+    (site / "images").mkdir(parents=True)
+    (site / "manifest.csv").write_text("image,label,patient_id\nimages/missing.png,0,p1\nimages/b.png,7,p2\n")
+    (site / "images" / "b.png").write_bytes(b"not a png")
+    result = runner.invoke(app, ["site", "check", str(site)], env=WIDE)
+    assert result.exit_code == 1
+    out = result.output
+    assert re.search(r"manifest\.csv\s*│\s*2\s*│\s*image\s*│.*missing\.png' not found", out)
+    assert re.search(r"manifest\.csv\s*│\s*3\s*│\s*label\s*│\s*label 7 is outside", out)
+    assert re.search(r"manifest\.csv\s*│\s*3\s*│\s*image\s*│\s*cannot read image", out)
+
+
+def test_sites_synth_refuses_to_overwrite(tmp_path: Path) -> None:
+    args = ["sites", "synth", str(tmp_path / "s"), "--sites", "2", "--images-per-site", "12", "--size", "32"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["site-1", "site-2"]
+    again = runner.invoke(app, args, env=WIDE)
+    assert again.exit_code == 1 and "overwrite" in again.output
+
+
+def test_simulate_rejects_bad_config_naming_the_field(tmp_path: Path) -> None:
+    run_file = tmp_path / "run.toml"
+    run_file.write_text("[training]\nrounds = -1\n")
+    result = runner.invoke(app, ["simulate", "--config", str(run_file)], env=WIDE)
+    assert result.exit_code == 1
+    assert "training.rounds" in result.output and str(run_file) in result.output
+
+
+def test_simulate_rejects_missing_data_root_before_starting_flower(tmp_path: Path) -> None:
+    run_file = tiny_run_toml(tmp_path / "run.toml", sites=tmp_path / "nowhere", out=tmp_path / "out")
+    result = runner.invoke(app, ["simulate", "--config", str(run_file)], env=WIDE)
+    assert result.exit_code == 1 and "data.root" in result.output
+    assert not (tmp_path / "out" / "fedeye.db").exists()
+
+
+def test_evaluate_rejects_missing_model_file(tmp_path: Path, tiny_sites: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "nope.pt"), "--data", str(tiny_sites / "site-1")], env=WIDE)
+    assert result.exit_code == 1 and "nope.pt" in result.output
+
+
+@pytest.mark.slow
+def test_simulate_then_evaluate_and_list(tmp_path: Path, tiny_sites: Path) -> None:
+    out = tmp_path / "out"
+    run_file = tiny_run_toml(tmp_path / "run.toml", sites=tiny_sites, out=out, rounds=2)
+
+    result = runner.invoke(app, ["simulate", "--config", str(run_file)], env=WIDE)
+
+    assert result.exit_code == 0, result.output
+    assert "federated mean" in result.output
+    runs = RunStore(f"sqlite:///{out / 'fedeye.db'}").list_runs()
+    assert len(runs) == 1 and runs[0].status == "finished" and runs[0].rounds_done == 2
+    detail = RunStore(f"sqlite:///{out / 'fedeye.db'}").get_run(runs[0].run_id)
+    for phase, count in (("train", 6), ("evaluate", 6), ("test", 3)):
+        assert sum(m.phase == phase and m.status == "ok" for m in detail.site_metrics) == count
+    assert [a.kind for a in detail.artifacts].count("checkpoint") == 2
+    model = detail.final_model()
+    assert model is not None and Path(model.path).is_file()
+
+    evaluated = runner.invoke(app, ["evaluate", "--model", model.path, "--data", str(tiny_sites / "site-1"), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.output)
+    site_test = next(m for m in detail.site_metrics if m.phase == "test" and m.site == report["site"])
+    assert report["num_examples"] == site_test.num_examples
+    assert report["metrics"]["auc"] == pytest.approx(site_test.metrics["auc"], abs=1e-6)
+
+    listed = runner.invoke(app, ["runs", "list", "--db", str(out / "fedeye.db")], env=WIDE)
+    assert runs[0].run_id in listed.output
+
+
+@pytest.mark.slow
+def test_demo_command_end_to_end(tmp_path: Path) -> None:
+    """The README's main job, as a newcomer runs it (2 sites, 1 round to stay quick)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedeye.cli", "demo", "--out", str(tmp_path / "demo"), "--sites", "2", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "federated mean" in proc.stdout and "global model:" in proc.stdout
+    assert "fedeye runs show" in proc.stdout
+    assert (tmp_path / "demo" / "fedeye.db").is_file()
+    assert list((tmp_path / "demo" / "runs").glob("*/global-model.pt"))

@@ -1,0 +1,83 @@
+"""The ClientApp on the Message API: what it trains on and what leaves the site."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+from flwr.app.message.message import make_message
+
+from fedeye.client.app import app
+from fedeye.client.site import site_dir_for
+from fedeye.config import RunConfig
+from fedeye.errors import ConfigError, SiteDataError
+from fedeye.models import build_model
+from fedeye.sites.base import open_site
+
+
+def _config(tiny_sites: Path) -> RunConfig:
+    return RunConfig.model_validate(
+        {"data": {"root": str(tiny_sites)}, "model": {"img_size": 32}, "training": {"batch_size": 16}}
+    )
+
+
+def _request(cfg: RunConfig, message_type: str, **extra: str) -> Message:
+    metadata = Metadata(
+        run_id=1, message_id="m1", src_node_id=0, dst_node_id=7, reply_to_message_id="",
+        group_id="1", created_at=time.time(), ttl=600.0, message_type=message_type,
+    )
+    config = ConfigRecord({"run-config": cfg.to_json(), "server-round": 1, **extra})
+    arrays = ArrayRecord(build_model(cfg.model).state_dict())
+    return make_message(metadata, content=RecordDict({"arrays": arrays, "config": config}))
+
+
+def _context(node_config: dict[str, str | int]) -> Context:
+    return Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def test_train_reply_carries_only_arrays_aggregates_and_site_name(tiny_sites: Path) -> None:
+    cfg = _config(tiny_sites)
+    site_dir = tiny_sites / "site-2"
+    reply = app(_request(cfg, MessageType.TRAIN), _context({"site-dir": str(site_dir)}))
+
+    assert set(reply.content.keys()) == {"arrays", "metrics", "site"}
+    metrics = reply.content["metrics"]
+    assert set(metrics.keys()) == {"loss", "num-examples", "train-seconds"}
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    site = open_site(site_dir)
+    assert metrics["num-examples"] == sum(s.split == "train" for s in site.samples())
+    assert dict(reply.content["site"]) == {"name": site.info.name}
+    assert set(reply.content["arrays"].keys()) == set(build_model(cfg.model).state_dict())
+
+
+def test_evaluate_reply_has_fixed_aggregate_metrics(tiny_sites: Path) -> None:
+    cfg = _config(tiny_sites)
+    reply = app(_request(cfg, MessageType.EVALUATE, split="test"), _context({"site-dir": str(tiny_sites / "site-1")}))
+
+    assert set(reply.content.keys()) == {"metrics", "site"}
+    metrics = reply.content["metrics"]
+    assert set(metrics.keys()) == {
+        "loss", "num-examples", "num-positive", "auc", "accuracy", "sensitivity", "specificity",
+    }
+    assert all(isinstance(v, (int, float)) for v in metrics.values())
+    assert metrics["num-examples"] == sum(s.split == "test" for s in open_site(tiny_sites / "site-1").samples())
+
+
+def test_simulated_node_takes_the_partition_id_th_site(tiny_sites: Path) -> None:
+    cfg = _config(tiny_sites)
+    assert site_dir_for(cfg, {"partition-id": 2, "num-partitions": 3}) == tiny_sites / "site-3"
+    with pytest.raises(ConfigError, match="site #3 does not exist"):
+        site_dir_for(cfg, {"partition-id": 3, "num-partitions": 4})
+
+
+def test_deployed_node_without_site_dir_gets_clear_error() -> None:
+    with pytest.raises(ConfigError, match="site-dir"):
+        site_dir_for(RunConfig(), {})
+
+
+def test_bad_site_folder_raises_site_data_error(tmp_path: Path, tiny_sites: Path) -> None:
+    cfg = _config(tiny_sites)
+    with pytest.raises(SiteDataError, match="manifest.csv"):
+        app(_request(cfg, MessageType.TRAIN), _context({"site-dir": str(tmp_path)}))

@@ -1,0 +1,70 @@
+"""The run recorder: replies -> site reports -> store rows; failures stop the run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import time
+
+from flwr.app import ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.app.message.message import make_message
+
+from fedeye.errors import FederationError
+from fedeye.server.recorder import RunRecorder, SiteReport, site_report, weighted_mean
+from fedeye.server.store import RunStore
+
+
+def _metadata(node_id: int) -> Metadata:
+    """A reply's metadata as a SuperNode would send it to the coordinator (node 0)."""
+    return Metadata(
+        run_id=1, message_id="", src_node_id=node_id, dst_node_id=0, reply_to_message_id="m",
+        group_id="", created_at=time.time(), ttl=60.0, message_type=MessageType.TRAIN,
+    )
+
+
+def _reply(node_id: int, site: str, **metrics: float) -> Message:
+    content = RecordDict({"metrics": MetricRecord(dict(metrics)), "site": ConfigRecord({"name": site})})
+    return make_message(_metadata(node_id), content=content)
+
+
+def _error_reply(node_id: int, reason: str) -> Message:
+    return make_message(_metadata(node_id), error=Error(code=0, reason=reason))
+
+
+def test_site_report_reads_name_metrics_and_count() -> None:
+    report = site_report(3, "evaluate", _reply(17, "Eye Clinic", **{"auc": 0.8, "num-examples": 40}))
+    assert report == SiteReport(3, "evaluate", "Eye Clinic", 17, 40, {"auc": 0.8})
+
+
+def test_error_reply_is_a_failed_report() -> None:
+    report = site_report(1, "train", _error_reply(9, "disk full"))
+    assert report.status == "failed" and report.reason == "disk full" and report.node_id == 9
+
+
+def test_weighted_mean_skips_nan_and_failed() -> None:
+    reports = [
+        SiteReport(1, "evaluate", "a", 1, 10, {"auc": 0.9}),
+        SiteReport(1, "evaluate", "b", 2, 30, {"auc": 0.5}),
+        SiteReport(1, "evaluate", "c", 3, 50, {"auc": math.nan}),
+        SiteReport(1, "evaluate", "d", 4, 0, {}, "failed", "x"),
+    ]
+    assert weighted_mean(reports) == pytest.approx({"auc": (0.9 * 10 + 0.5 * 30) / 40})
+
+
+def test_recorder_stores_sites_and_rounds(tmp_path: Path) -> None:
+    store = RunStore(f"sqlite:///{tmp_path / 's.db'}")
+    run_id = store.create_run(name="t", strategy="fedavg", config={}, num_rounds=1, num_sites=2)
+    recorder = RunRecorder(store, run_id)
+    recorder.on_replies(1, "train", [_reply(1, "a", loss=0.5, **{"num-examples": 10}), _error_reply(2, "boom")])
+    detail = store.get_run(run_id)
+    assert {(m.site, m.status) for m in detail.site_metrics} == {("a", "ok"), ("node-2", "failed")}
+    assert detail.rounds[0].train_metrics == {"loss": 0.5} and detail.rounds[0].num_sites_trained == 1
+
+
+def test_round_where_no_site_trained_stops_the_run(tmp_path: Path) -> None:
+    store = RunStore(f"sqlite:///{tmp_path / 's.db'}")
+    run_id = store.create_run(name="t", strategy="fedavg", config={}, num_rounds=1, num_sites=2)
+    with pytest.raises(FederationError, match="no site could train in round 1.*bad manifest"):
+        RunRecorder(store, run_id).on_replies(1, "train", [_error_reply(1, "bad manifest")])
