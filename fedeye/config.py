@@ -155,17 +155,36 @@ def load_run_config(path: Path) -> RunConfig:
 
 
 def _resolve_paths(cfg: RunConfig, *, base: Path) -> RunConfig:
-    data = cfg.data
-    if data.root is not None and not data.root.is_absolute():
-        data = data.model_copy(update={"root": (base / data.root).resolve()})
-    return cfg.model_copy(update={"data": data})
+    """Make the file's relative paths (data root, output dir, backbone) absolute."""
+
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None or path.is_absolute() else (base / path).resolve()
+
+    updates = {
+        "data": ("root", cfg.data),
+        "output": ("dir", cfg.output),
+        "model": ("backbone_weights", cfg.model),
+    }
+    changed = {}
+    for section, (field, model) in updates.items():
+        fixed = absolute(getattr(model, field))
+        if fixed is not None:
+            changed[section] = model.model_copy(update={field: fixed})
+    return cfg.model_copy(update=changed)
 
 
 def from_flower_config(flat: dict[str, Any]) -> RunConfig:
     """Map Flower's flattened run config (``"training.rounds": 3``) onto a RunConfig.
 
     Flower config values cannot be null, so an empty string means "unset".
-    Keys use either hyphens or underscores.
+    Keys use either hyphens or underscores. File paths must be absolute (``~``
+    is expanded): under ``flwr run`` the ServerApp runs in the SuperLink's
+    process, whose working folder is not the one ``flwr run`` was typed in.
+
+    Raises
+    ------
+    ConfigError
+        Naming every invalid field, or the first relative path.
     """
     nested: dict[str, Any] = {}
     for key, value in flat.items():
@@ -176,7 +195,30 @@ def from_flower_config(flat: dict[str, Any]) -> RunConfig:
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
-    return parse_run_config(nested, source="Flower run config")
+    return _absolute_paths(parse_run_config(nested, source="Flower run config"))
+
+
+def _absolute_paths(cfg: RunConfig) -> RunConfig:
+    db = cfg.output.db
+    if db is not None and "://" not in db:
+        db = str(_absolute("output.db", Path(db)))
+    return cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"root": _absolute("data.root", cfg.data.root)}),
+        "model": cfg.model.model_copy(update={"backbone_weights": _absolute("model.backbone_weights", cfg.model.backbone_weights)}),
+        "output": cfg.output.model_copy(update={"dir": _absolute("output.dir", cfg.output.dir), "db": db}),
+    })
+
+
+def _absolute(key: str, path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    if path.expanduser().is_absolute():
+        return path.expanduser()
+    raise ConfigError(
+        f"{key}={str(path)!r} is a relative path, but the ServerApp started by `flwr run` "
+        "does not run in your folder. Pass an absolute path, e.g. "
+        f"--run-config \"{key}='$PWD/{path}'\""
+    )
 
 
 def to_flower_config(cfg: RunConfig) -> dict[str, str | int | float | bool]:

@@ -61,3 +61,17 @@ def test_pyproject_flower_config_covers_every_key_and_validates() -> None:
     assert set(declared) == expected
     cfg = from_flower_config(declared)
     assert cfg.strategy.name == "fedavg"
+
+
+def test_shipped_example_run_file_validates() -> None:
+    cfg = load_run_config(ROOT / "examples" / "fundus-fedavg.toml")
+    assert cfg.data.root == (ROOT / "sites").resolve()
+    assert cfg.training.rounds == 5
+
+
+def test_relative_output_and_backbone_paths_resolve_against_the_file(tmp_path: Path) -> None:
+    run_file = tmp_path / "run.toml"
+    run_file.write_text('[output]\ndir = "out"\n[model]\nbackbone_weights = "w/vit.pth"\n')
+    cfg = load_run_config(run_file)
+    assert cfg.output.dir == (tmp_path / "out").resolve()
+    assert cfg.model.backbone_weights == (tmp_path / "w" / "vit.pth").resolve()
