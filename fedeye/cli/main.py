@@ -129,8 +129,8 @@ def _simulate_and_report(cfg):  # type: ignore[no-untyped-def]
     from fedeye.server.simulation import simulate as run_sim
     from fedeye.server.simulation import simulation_sites
 
-    num_sites = len(simulation_sites(cfg))
-    with RichProgress(console, rounds=cfg.training.rounds, num_sites=num_sites) as progress:
+    simulation_sites(cfg)  # every site checked before Flower starts
+    with RichProgress(console, rounds=cfg.training.rounds) as progress:
         result = run_sim(cfg, progress=progress)
     with open_store(cfg) as store:
         detail = store.get_run(result.run_id)

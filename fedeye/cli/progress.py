@@ -22,7 +22,7 @@ def _fmt(value: float | None) -> str:
 class RichProgress:
     """Implements :class:`~fedeye.server.recorder.ProgressSink` on a rich Live display."""
 
-    def __init__(self, console: Console, *, rounds: int, num_sites: int) -> None:
+    def __init__(self, console: Console, *, rounds: int) -> None:
         self.rounds = rounds
         self._rows: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
@@ -30,8 +30,7 @@ class RichProgress:
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console,
         )
-        # every site reports train + evaluate each round, and test once at the end
-        self._task = self._bar.add_task("starting Flower simulation", total=num_sites * (2 * rounds + 1))
+        self._task = self._bar.add_task("starting Flower simulation", total=rounds)
         self._live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
 
     def __enter__(self) -> RichProgress:
@@ -43,7 +42,10 @@ class RichProgress:
         self._live.__exit__(*exc)  # type: ignore[arg-type]
 
     def round_started(self, server_round: int, phase: str, num_sites: int) -> None:
-        self._bar.update(self._task, description=f"round {server_round}/{self.rounds} · {_PHASE_WORD.get(phase, phase)} {num_sites} sites")
+        self._bar.update(
+            self._task, completed=server_round - 1,
+            description=f"round {server_round}/{self.rounds} · {_PHASE_WORD.get(phase, phase)} {num_sites} sites",
+        )
 
     def site_reported(self, report: SiteReport) -> None:
         with self._lock:
@@ -56,7 +58,11 @@ class RichProgress:
             else:
                 row["val"], row["auc"] = _fmt(report.metrics.get("loss")), _fmt(report.metrics.get("auc"))
                 row["state"] = "tested" if report.phase == "test" else "evaluated"
-            self._bar.update(self._task, advance=1, description=f"round {report.server_round}/{self.rounds} · {report.site} reported {report.phase}")
+            done = report.server_round if report.phase != "train" else report.server_round - 1
+            self._bar.update(
+                self._task, completed=done,
+                description=f"round {report.server_round}/{self.rounds} · {report.site}: {report.phase} done",
+            )
             self._live.update(self._render())
 
     def _render(self) -> Group:

@@ -50,6 +50,8 @@ def train_local(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss(weight=_class_weights(dataset, cfg).to(device) if cfg.class_weighting == "balanced" else None)
+    # fp16 autocast (CUDA without bf16) needs loss scaling; a no-op elsewhere
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     start = time.perf_counter()
     total_loss, seen = 0.0, 0
     for _ in range(cfg.local_epochs):
@@ -58,8 +60,9 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             with autocast_context(device):
                 loss = loss_fn(model(images), labels)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             total_loss += loss.item() * len(labels)
             seen += len(labels)
     return TrainResult(loss=total_loss / max(seen, 1), num_examples=len(dataset), seconds=time.perf_counter() - start)  # type: ignore[arg-type]

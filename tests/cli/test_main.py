@@ -109,3 +109,39 @@ def test_demo_command_end_to_end(tmp_path: Path) -> None:
     assert "fedeye runs show" in proc.stdout
     assert (tmp_path / "demo" / "fedeye.db").is_file()
     assert list((tmp_path / "demo" / "runs").glob("*/global-model.pt"))
+
+
+def _timm_tiny_checkpoint(path: Path) -> dict[str, object]:
+    """A randomly initialised timm ViT with vit-tiny-cpu's dimensions, saved like timm does."""
+    import timm
+    import torch
+
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=32, patch_size=8, embed_dim=96, depth=4, num_heads=4, num_classes=2
+    )
+    torch.save(model.state_dict(), path)
+    return model.state_dict()
+
+
+def test_backbone_weights_start_the_global_model(tmp_path: Path, tiny_sites: Path) -> None:
+    import torch
+
+    from fedeye.cli.main import _with_backbone
+    from fedeye.config import load_run_config
+    from fedeye.server.federation import _initial_model
+
+    saved = _timm_tiny_checkpoint(tmp_path / "timm.pth")
+    cfg = load_run_config(tiny_run_toml(tmp_path / "run.toml", sites=tiny_sites, out=tmp_path / "out"))
+    cfg = _with_backbone(cfg, tmp_path / "timm.pth")
+    model = _initial_model(cfg)
+    assert torch.equal(model.state_dict()["patch_embed.proj.weight"], saved["patch_embed.proj.weight"])
+    assert torch.equal(model.state_dict()["blocks.3.mlp.fc2.weight"], saved["blocks.3.mlp.fc2.weight"])
+
+
+def test_unusable_backbone_file_fails_before_flower_starts(tmp_path: Path, tiny_sites: Path) -> None:
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    run_file = tiny_run_toml(tmp_path / "run.toml", sites=tiny_sites, out=tmp_path / "out")
+    result = runner.invoke(app, ["simulate", "--config", str(run_file), "--backbone-weights", str(junk)], env=WIDE)
+    assert result.exit_code == 1 and "junk.pth" in result.output
+    assert not (tmp_path / "out" / "fedeye.db").exists()
