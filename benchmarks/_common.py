@@ -116,12 +116,31 @@ def _pss(proc: Any) -> int:
         return 0
 
 
-class TreeMemoryMonitor:
-    """Samples the summed RSS (and PSS) of the process tree in a background thread.
+def _cpu_seconds(proc: Any) -> float:
+    try:
+        t = proc.cpu_times()
+    except Exception:
+        return 0.0
+    return float(t.user + t.system + t.children_user + t.children_system)
+
+
+def _system_busy() -> float:
+    import psutil
+
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
+class TreeMonitor:
+    """Samples the process tree in a background thread: summed RSS/PSS and foreign CPU load.
 
     RSS counts shared pages (libtorch, the Ray object store) once per process
     that maps them, so the RSS sum overstates real use; PSS splits shared pages
     between their users and is the better "what the machine holds" figure.
+
+    *Foreign CPU* is the machine's busy CPU time minus this tree's: work of
+    other programs that competed with the measurement. Timings taken while it
+    is well above zero are not trustworthy.
     """
 
     def __init__(self, *, interval: float = 0.5, pss_every: int = 4) -> None:
@@ -129,22 +148,28 @@ class TreeMemoryMonitor:
         self.peak_rss = self.peak_pss = 0
         self.peak_procs = 0
         self.samples = 0
+        self.foreign: list[tuple[float, float]] = []  # (perf_counter, cumulative foreign CPU s)
         self._since = time.time()
+        self._cpu: dict[int, float] = {}  # CPU seconds of each tree process at the last sample
+        self._busy = 0.0  # machine busy CPU seconds at the last sample
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="tree-memory", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="tree-monitor", daemon=True)
 
-    def __enter__(self) -> TreeMemoryMonitor:
+    def __enter__(self) -> TreeMonitor:
+        self._cpu = {p.pid: _cpu_seconds(p) for p in process_tree(os.getpid(), since=self._since)}
+        self._busy = _system_busy()
+        self.foreign.append((time.perf_counter(), 0.0))
         self._thread.start()
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.sample()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while not self._stop.wait(self.interval):
             self.sample()
-            self._stop.wait(self.interval)
 
     def sample(self) -> None:
         procs = process_tree(os.getpid(), since=self._since)
@@ -152,7 +177,24 @@ class TreeMemoryMonitor:
         if self.pss_every and self.samples % self.pss_every == 0:
             self.peak_pss = max(self.peak_pss, sum(_pss(p) for p in procs))
         self.peak_procs = max(self.peak_procs, len(procs))
+        self._sample_cpu(procs)
         self.samples += 1
+
+    def _sample_cpu(self, procs: list[Any]) -> None:
+        now = {p.pid: _cpu_seconds(p) for p in procs}
+        ours = sum(max(0.0, cpu - self._cpu.get(pid, 0.0)) for pid, cpu in now.items())
+        busy = _system_busy()
+        foreign = max(0.0, (busy - self._busy) - ours)
+        self._cpu, self._busy = now, busy
+        self.foreign.append((time.perf_counter(), self.foreign[-1][1] + foreign))
+
+    def foreign_load(self, start: float, end: float) -> float:
+        """Mean CPU cores used by other programs between two ``perf_counter`` times."""
+        def at(t: float) -> float:
+            before = [c for s, c in self.foreign if s <= t]
+            return before[-1] if before else 0.0
+
+        return (at(end) - at(start)) / max(end - start, 1e-9)
 
 
 # ------------------------------------------------------------------ Ray hygiene

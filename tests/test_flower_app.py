@@ -1,9 +1,10 @@
 """`flwr run .`: Flower's own CLI runs FedEye's ServerApp and ClientApp.
 
-The run goes to a local simulation SuperLink, which ``flwr run`` starts
-detached and which outlives the run; the ``flower`` fixture stops it and
-everything it started (SuperExec, the simulation process, Ray) and checks
-that nothing is left.
+The end-to-end run goes to a local simulation SuperLink, which ``flwr run``
+starts detached and which outlives the run; the ``flower`` fixture stops it
+and everything it started (SuperExec, the simulation process, Ray) and
+checks that nothing is left. The fast tests cover the ServerApp's check of
+the run config Flower sends.
 """
 
 from __future__ import annotations
@@ -14,21 +15,22 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from flwr.app import Context, RecordDict
 
+from fedeye.errors import ConfigError
+from fedeye.server.app import flower_run_config
 from fedeye.server.store import RunStore, resolve_db_url
 from fedeye.sites.base import open_site
 from tests.conftest import tiny_run_toml
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the SuperLink's processes through /proc"),
-]
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the SuperLink's processes through /proc")
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # flwr and flower-superlink of this environment
@@ -44,7 +46,7 @@ class Flower:
 
     def run(self, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "flwr"), *args], env=self.env, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+            [str(BIN / "flwr"), *args], env=self.env, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
         )
 
     def superlink_log(self) -> str:
@@ -68,11 +70,37 @@ def flower(tmp_path: Path) -> Iterator[Flower]:
         "FLWR_TELEMETRY_ENABLED": "0",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
-    with ExitStack() as cleanup:
-        cleanup.callback(_stop_local_superlink, home)
+    try:
         yield Flower(home=home, env=env)
+    finally:
+        _stop_local_superlink(home)
 
 
+def _context(**overrides: str | float | bool) -> Context:
+    """A ServerApp context holding the pyproject defaults fused with ``overrides``, as Flower sends them."""
+    defaults = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    run_config = {**defaults, **overrides}
+    return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+
+
+def test_flower_run_config_takes_absolute_paths(tiny_sites: Path, tmp_path: Path) -> None:
+    cfg = flower_run_config(_context(**{"data.root": str(tiny_sites), "output.dir": str(tmp_path)}), num_nodes=3)
+    assert cfg.data.root == tiny_sites and cfg.output.dir == tmp_path
+
+
+def test_flower_run_config_refuses_relative_paths() -> None:
+    """The ServerApp runs in the SuperLink's folder, not where `flwr run` was typed."""
+    with pytest.raises(ConfigError, match=r"data.root='sites' is a relative path.*\$PWD/sites"):
+        flower_run_config(_context(**{"data.root": "sites"}), num_nodes=2)
+
+
+def test_flower_run_config_wants_one_supernode_per_site(tiny_sites: Path) -> None:
+    with pytest.raises(ConfigError, match=r"holds 3 site folders but the federation has 2 SuperNodes.*num-supernodes=3"):
+        flower_run_config(_context(**{"data.root": str(tiny_sites)}), num_nodes=2)
+
+
+@pytest.mark.slow
+@needs_proc
 def test_flwr_run_trains_every_site_and_records_the_run(flower: Flower, tmp_path: Path, tiny_sites: Path) -> None:
     # Prepare: a FedEye run file (absolute paths) and one SuperNode per site
     out = tmp_path / "out"
@@ -107,19 +135,23 @@ def test_flwr_run_trains_every_site_and_records_the_run(flower: Flower, tmp_path
     assert Path(final.path).is_relative_to(out)
 
 
-def test_fab_packs_the_app_sources_only() -> None:
-    """`flwr run .` uploads the folder as a FAB: no virtualenv, no run outputs."""
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:GitWildMatchPattern:DeprecationWarning")  # inside Flower's FAB builder
+def test_fab_packs_the_package_only() -> None:
+    """`flwr run .` uploads the folder as a FAB: no virtualenv, tests or site data kept beside the code."""
     import zipfile
     from io import BytesIO
 
-    from flwr.cli.build import build_fab_from_disk
+    from flwr.cli.build import build_fab_from_files
+    from flwr.cli.utils import collect_files
 
-    fab = build_fab_from_disk(ROOT)
+    files: dict[str, bytes | Path] = {**collect_files(ROOT), "sites/site-1/site.toml": b'name = "x"\n', "sites/site-1/labels.json": b"{}"}
+    fab, _ = build_fab_from_files(files)
     names = zipfile.ZipFile(BytesIO(fab)).namelist()
 
-    assert "fedeye/server/app.py" in names and "fedeye/client/app.py" in names
-    assert not [n for n in names if n.startswith((".venv/", "fedeye-demo/", "fedeye-runs/", "results/"))]
-    assert len(fab) < 2 * 1024 * 1024
+    assert {"fedeye/server/app.py", "fedeye/client/app.py", "pyproject.toml"} <= set(names)
+    assert not [n for n in names if not n.startswith(("fedeye/", ".info/")) and n != "pyproject.toml"]
+    assert len(fab) < 1024 * 1024
 
 
 # --------------------------------------------------------------------------- helpers
@@ -149,7 +181,7 @@ class _Proc:
 
 
 def _processes() -> dict[int, _Proc]:
-    procs = {}
+    procs: dict[int, _Proc] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -182,7 +214,8 @@ def _superlink_pids(home: Path) -> list[int]:
 def _sessions(roots: list[int]) -> set[int]:
     """Sessions of ``roots`` and their descendants (the SuperLink, SuperExec and Ray each start new ones)."""
     procs = _processes()
-    tree, todo = set(), list(roots)
+    tree: set[int] = set()
+    todo = list(roots)
     while todo:
         pid = todo.pop()
         if pid in procs and pid not in tree:
