@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fedeye.errors import ConfigError
 from fedeye.models.config import ModelConfig
+from fedeye.privacy.policy import PrivacyConfig
 
 
 class _Section(BaseModel):
@@ -77,12 +78,6 @@ class TrainingConfig(_Section):
     )
     seed: int = Field(default=0, description="Seed of model initialisation and local shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where sites train.")
-
-
-class PrivacyConfig(_Section):
-    """Differential privacy requested by the coordinator (placeholder: off)."""
-
-    enabled: bool = Field(default=False, description="Ask sites for DP-SGD. Not implemented yet.")
 
 
 class SimulationConfig(_Section):
