@@ -65,3 +65,7 @@ class FederationError(FedEyeError):
 
 class SiteExistsError(FedEyeError):
     """Writing a site (e.g. synthetic data) would overwrite a non-empty folder."""
+
+
+class AuditError(FedEyeError):
+    """A site's audit log of outgoing messages cannot be written or read."""

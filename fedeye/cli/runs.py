@@ -26,6 +26,7 @@ from fedeye.errors import FedEyeError
 from fedeye.server.store import (
     DB_ENV_VAR,
     ArtifactRecord,
+    PrivacyRecord,
     RoundRecord,
     RunDetail,
     RunStore,
@@ -239,9 +240,36 @@ def _detail_view(detail: RunDetail) -> Group:
     tested = [m for m in detail.site_metrics if m.phase == "test"]
     if tested:
         parts.append(_sites_table(tested, "sites, final model on each site's held-out test split"))
+    events = [m for m in detail.site_metrics if m.status != "ok"]
+    if events:
+        parts.append(_events_table(events))
+    if detail.privacy:
+        parts.append(_privacy_table(detail.privacy))
     if detail.artifacts:
         parts.append(_artifacts_table(detail.artifacts))
     return Group(*parts)
+
+
+def _events_table(events: list[SiteMetricRecord]) -> Table:
+    table = Table(title="site events (failed, left for budget, rejected updates)")
+    for header in ("round", "phase", "site", "status", "reason"):
+        table.add_column(header, no_wrap=header != "reason", overflow="fold")
+    for m in events:
+        table.add_row(str(m.server_round), m.phase, Text(m.site), _site_status(m.status), Text(m.reason or ""))
+    return table
+
+
+def _privacy_table(ledger: tuple[PrivacyRecord, ...]) -> Table:
+    table = Table(title="privacy ledger (epsilon spent so far, per site per round)")
+    for header in ("round", "scope", "site", "epsilon", "budget", "delta", "sigma", "q", "steps", "accountant", "status"):
+        table.add_column(header, justify="left" if header in ("scope", "site", "accountant", "status") else "right", no_wrap=header == "site")
+    for e in ledger:
+        table.add_row(
+            str(e.server_round), e.scope, Text(e.site), f"{e.epsilon:.3f}", "-" if e.budget is None else f"{e.budget:g}",
+            f"{e.delta:.2e}", f"{e.noise_multiplier:.3f}", f"{e.sample_rate:.3f}", str(e.steps), e.accountant,
+            _site_status(e.status),
+        )
+    return table
 
 
 def _header_table(detail: RunDetail) -> Table:

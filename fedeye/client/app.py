@@ -3,10 +3,14 @@
 The site folder comes from the node config key ``site-dir`` (deployment: each
 SuperNode is started with ``--node-config "site-dir='/data/site'"``) or, in
 simulation, from ``partition-id`` over the sorted sub-folders of
-``data.root`` in the run config.
+``data.root`` in the run config. The site's own config (privacy policy) comes
+from ``site-config`` in the node config or ``fedeye-site.toml`` in the site
+folder: the coordinator's run config cannot lift it.
 
-Replies carry only model arrays, aggregate metrics and the site's display
-name: never images, per-image predictions, labels or patient identifiers.
+Replies carry only model arrays, aggregate metrics, the site's display name
+and status: never images, per-image predictions, labels or patient
+identifiers. With DP on, a site whose next round would exceed its epsilon
+budget does not train and replies ``left-budget`` (no arrays).
 """
 
 from __future__ import annotations
@@ -20,8 +24,13 @@ from fedeye.client.site import SiteJob
 from fedeye.client.training import evaluate_local, train_local
 from fedeye.config import RunConfig
 from fedeye.models.io import model_state
+from fedeye.privacy.accounting import MechanismStep
+from fedeye.privacy.dp_sgd import RoundPlan, plan_round, train_local_dp
+from fedeye.privacy.policy import DPSettings
+from fedeye.strategies.base import LEFT_BUDGET
 
 app = ClientApp()
+DP_STATE_KEY = "fedeye-dp-history"
 
 
 def _job(msg: Message, context: Context) -> SiteJob:
@@ -30,8 +39,10 @@ def _job(msg: Message, context: Context) -> SiteJob:
     return SiteJob.resolve(cfg, dict(context.node_config))
 
 
-def _reply(msg: Message, job: SiteJob, metrics: dict[str, float | int], arrays: ArrayRecord | None = None) -> Message:
-    content = RecordDict({"metrics": MetricRecord(metrics), "site": ConfigRecord({"name": job.site_name})})
+def _reply(msg: Message, job: SiteJob, metrics: dict[str, float | int], *, arrays: ArrayRecord | None = None,
+           status: dict[str, str] | None = None) -> Message:
+    site = ConfigRecord({"name": job.site_name, "status": "ok", **(status or {})})
+    content = RecordDict({"metrics": MetricRecord(metrics), "site": site})
     if arrays is not None:
         content["arrays"] = arrays
     return Message(content=content, reply_to=msg)
@@ -43,9 +54,57 @@ def train(msg: Message, context: Context) -> Message:
     job = _job(msg, context)
     model = job.model(msg.content["arrays"])
     server_round = int(msg.content["config"]["server-round"])
-    result = train_local(model, job.dataset("train"), cfg=job.cfg.training, server_round=server_round)
-    metrics = {"loss": result.loss, "num-examples": result.num_examples, "train-seconds": result.seconds}
-    return _reply(msg, job, metrics, ArrayRecord(model_state(model)))
+    dataset = job.dataset("train")
+    settings = job.dp_settings(num_patients=len(set(dataset.patient_ids)))
+    if settings is None:
+        result = train_local(model, dataset, cfg=job.cfg.training, server_round=server_round)
+        metrics = {"loss": result.loss, "num-examples": result.num_examples, "train-seconds": result.seconds}
+        return _reply(msg, job, metrics, arrays=ArrayRecord(model_state(model)))
+    return _train_private(msg, context, job, model, dataset, settings, server_round)
+
+
+def _train_private(msg, context, job, model, dataset, settings: DPSettings, server_round: int) -> Message:  # type: ignore[no-untyped-def]
+    """DP-SGD per patient, or a ``left-budget`` reply when the round would overspend."""
+    history = _dp_history(context)
+    plan = plan_round(
+        settings, num_patients=len(set(dataset.patient_ids)), batch_size=job.cfg.training.batch_size,
+        local_epochs=job.cfg.training.local_epochs, history=history, total_rounds=job.cfg.training.rounds,
+    )
+    if not plan.fits:
+        reason = f"next round would spend epsilon {plan.epsilon_after:.3f} > budget {plan.epsilon_budget:g}"
+        metrics = {"num-examples": 0, **_dp_metrics(plan, history, spent=plan.epsilon_before)}
+        return _reply(msg, job, metrics, status={"status": LEFT_BUDGET, "reason": reason, "dp-accountant": plan.accountant})
+    result = train_local_dp(model, dataset, cfg=job.cfg.training, plan=plan, max_grad_norm=settings.max_grad_norm,
+                            server_round=server_round)
+    history = [*history, plan.mechanism]
+    _save_dp_history(context, history)
+    metrics = {"loss": result.loss, "num-examples": result.num_examples, "train-seconds": result.seconds,
+               **_dp_metrics(plan, history, spent=plan.epsilon_after)}
+    return _reply(msg, job, metrics, arrays=ArrayRecord(model_state(model)), status={"dp-accountant": plan.accountant})
+
+
+def _dp_metrics(plan: RoundPlan, history: list[MechanismStep], *, spent: float) -> dict[str, float | int]:
+    return {
+        "dp-epsilon": spent, "dp-delta": plan.delta, "dp-budget": plan.epsilon_budget,
+        "dp-noise-multiplier": plan.noise_multiplier, "dp-sample-rate": plan.sample_rate,
+        "dp-steps": sum(h.steps for h in history),
+    }
+
+
+def _dp_history(context: Context) -> list[MechanismStep]:
+    """This site's DP-SGD phases so far in this run (kept in the node's Flower context)."""
+    if DP_STATE_KEY not in context.state.config_records:
+        return []
+    record = context.state[DP_STATE_KEY]
+    return [MechanismStep(float(s), float(q), int(n)) for s, q, n in zip(record["sigma"], record["q"], record["steps"])]
+
+
+def _save_dp_history(context: Context, history: list[MechanismStep]) -> None:
+    context.state[DP_STATE_KEY] = ConfigRecord({
+        "sigma": [h.noise_multiplier for h in history],
+        "q": [h.sample_rate for h in history],
+        "steps": [h.steps for h in history],
+    })
 
 
 @app.evaluate()

@@ -14,10 +14,12 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord
 
+from fedeye.client.site_config import SiteConfig, site_config_for
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError
 from fedeye.models import PromptViT, build_model
 from fedeye.models.io import load_state
+from fedeye.privacy.policy import DPSettings, effective_dp
 from fedeye.sites.base import SiteFormat, open_site
 from fedeye.sites.dataset import SiteDataset
 
@@ -65,11 +67,12 @@ class SiteJob:
 
     cfg: RunConfig
     site_dir: Path
+    node_config: dict[str, Any]
 
     @classmethod
     def resolve(cls, cfg: RunConfig, node_config: dict[str, Any]) -> SiteJob:
         torch.set_num_threads(max(1, int(cfg.simulation.client_cpus)))
-        return cls(cfg=cfg, site_dir=site_dir_for(cfg, node_config))
+        return cls(cfg=cfg, site_dir=site_dir_for(cfg, node_config), node_config=node_config)
 
     @property
     def site_name(self) -> str:
@@ -82,6 +85,14 @@ class SiteJob:
     @property
     def image_size(self) -> int:
         return int(self.cfg.model.img_size or 0)
+
+    @property
+    def site_config(self) -> SiteConfig:
+        return site_config_for(self.site_dir, self.node_config)
+
+    def dp_settings(self, *, num_patients: int) -> DPSettings | None:
+        """The DP-SGD settings that apply here: the run's request under the site's ceiling."""
+        return effective_dp(self.cfg.privacy, self.site_config.privacy, num_patients=num_patients)
 
     def model(self, arrays: ArrayRecord) -> PromptViT:
         model = build_model(self.cfg.model, load_backbone=False)

@@ -20,6 +20,7 @@ from fedeye.models.io import load_state
 from fedeye.server.recorder import ProgressSink, RunRecorder
 from fedeye.server.store import RunStore, resolve_db_url
 from fedeye.strategies import build_strategy
+from fedeye.strategies.base import BudgetExhausted
 
 
 def open_store(cfg: RunConfig) -> RunStore:
@@ -49,31 +50,39 @@ def run_federation(
     reason, and the exception propagates.
     """
     try:
-        path = _run(grid, cfg, store=store, run_id=run_id, progress=progress)
+        path, note = _run(grid, cfg, store=store, run_id=run_id, progress=progress)
     except BaseException as err:
         store.finish_run(run_id, status="failed", error=f"{type(err).__name__}: {err}")
         raise
-    store.finish_run(run_id, status="finished")
+    store.finish_run(run_id, status="finished", error=note)
     return path
 
 
-def _run(grid: Grid, cfg: RunConfig, *, store: RunStore, run_id: str, progress: ProgressSink | None) -> Path:
+def _run(
+    grid: Grid, cfg: RunConfig, *, store: RunStore, run_id: str, progress: ProgressSink | None
+) -> tuple[Path, str | None]:
+    """Returns the final model's path and, if the run ended early, why."""
     recorder = RunRecorder(store, run_id, progress=progress)
     strategy = build_strategy(cfg.strategy, observer=recorder)
     model = _initial_model(cfg)
     out = run_dir(cfg, run_id)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.training.rounds,
-        timeout=cfg.strategy.round_timeout,
-        train_config=_message_config(cfg),
-        evaluate_config=_message_config(cfg, split=cfg.data.eval_split),
-        evaluate_fn=_checkpointer(cfg, store=store, run_id=run_id, out=out),
-    )
-    load_state(model, result.arrays.to_torch_state_dict())
-    _final_evaluation(grid, strategy, result.arrays, cfg, recorder)
-    return _save_final(model, cfg, store=store, run_id=run_id, out=out)
+    initial = ArrayRecord(model.state_dict())
+    note = None
+    try:
+        final = strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=cfg.training.rounds,
+            timeout=cfg.strategy.round_timeout,
+            train_config=_message_config(cfg),
+            evaluate_config=_message_config(cfg, split=cfg.data.eval_split),
+            evaluate_fn=_checkpointer(cfg, store=store, run_id=run_id, out=out),
+        ).arrays
+    except BudgetExhausted as stop:  # the last global model stands
+        final, note = strategy.global_arrays or initial, f"ended early: {stop}"  # type: ignore[attr-defined]
+    load_state(model, final.to_torch_state_dict())
+    _final_evaluation(grid, strategy, final, cfg, recorder)
+    return _save_final(model, cfg, store=store, run_id=run_id, out=out), note
 
 
 def _initial_model(cfg: RunConfig) -> torch.nn.Module:
@@ -110,7 +119,7 @@ def _final_evaluation(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: 
     config["server-round"] = cfg.training.rounds
     messages = list(strategy.configure_evaluate(cfg.training.rounds, arrays, config, grid))  # type: ignore[attr-defined]
     replies = list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))
-    recorder.on_replies(cfg.training.rounds, "test", replies)
+    recorder.on_replies(cfg.training.rounds, "test", replies)  # every non-error reply is ok
 
 
 def _save_final(model: torch.nn.Module, cfg: RunConfig, *, store: RunStore, run_id: str, out: Path) -> Path:

@@ -75,7 +75,8 @@ class SiteMetricRow(SQLModel, table=True):
     node_id: str = Field(max_length=NODE_ID_DIGITS)  # uint64 as decimal text
     num_examples: int
     metrics: dict[str, Any] = _json_column(nullable=False)
-    status: str = Field(max_length=16)  # ok/failed/dropped
+    status: str = Field(max_length=16)  # ok/failed/dropped/left-budget/rejected
+    reason: str | None = Field(default=None)  # why a site failed, left or was rejected
 
 
 class ArtifactRow(SQLModel, table=True):
@@ -91,3 +92,23 @@ class ArtifactRow(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     size_bytes: int
     created_at: datetime = _time_column(nullable=False)
+
+
+class PrivacyLedgerRow(SQLModel, table=True):
+    """Privacy spent by one site (or by the federation, client-level DP) after one round."""
+
+    __tablename__ = "privacy_ledger"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="runs.id", index=True, max_length=64)
+    server_round: int
+    scope: str = Field(max_length=16)  # "site" (DP-SGD, per patient) or "federation" (client-level)
+    site: str = Field(max_length=200)
+    epsilon: float  # spent so far in this run
+    delta: float
+    budget: float | None = None  # the site's epsilon budget
+    noise_multiplier: float
+    sample_rate: float
+    steps: int  # cumulative DP-SGD steps (scope site) or rounds (scope federation)
+    accountant: str = Field(max_length=8)
+    status: str = Field(max_length=16)  # ok / left-budget

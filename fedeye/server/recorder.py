@@ -11,10 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from logging import WARNING
+
 from flwr.app import Message
+from flwr.common.logger import log
 
 from fedeye.errors import FederationError
-from fedeye.server.store import RunStore
+from fedeye.server.store import PrivacyRecord, RunStore
+from fedeye.strategies.base import LEFT_BUDGET, Verdict
 
 
 @dataclass(frozen=True)
@@ -39,16 +43,30 @@ class ProgressSink(Protocol):
     def site_reported(self, report: SiteReport) -> None: ...
 
 
-def site_report(server_round: int, phase: str, msg: Message) -> SiteReport:
-    """Read a reply into a :class:`SiteReport` (an error reply becomes ``failed``)."""
+def site_report(server_round: int, phase: str, msg: Message, verdict: Verdict | None = None) -> SiteReport:
+    """Read a reply and the coordinator's verdict on it into a :class:`SiteReport`."""
     node_id = int(msg.metadata.src_node_id)
     if msg.has_error():
         return SiteReport(server_round, phase, f"node-{node_id}", node_id, 0, {}, "failed", str(msg.error.reason))
+    verdict = verdict or Verdict("ok")
     content = msg.content
     site = str(content["site"]["name"]) if "site" in content.config_records else f"node-{node_id}"
     metrics = {k: float(v) for k, v in content["metrics"].items() if isinstance(v, (int, float))}
     num_examples = int(metrics.pop("num-examples", 0))
-    return SiteReport(server_round, phase, site, node_id, num_examples, metrics)
+    return SiteReport(server_round, phase, site, node_id, num_examples, metrics, verdict.status, verdict.reason)
+
+
+def privacy_entry(report: SiteReport, accountant: str) -> PrivacyRecord | None:
+    """The ledger row a site's DP metrics describe, if it trained (or declined) under DP."""
+    m = report.metrics
+    if "dp-epsilon" not in m:
+        return None
+    return PrivacyRecord(
+        server_round=report.server_round, scope="site", site=report.site, epsilon=m["dp-epsilon"],
+        delta=m["dp-delta"], budget=m.get("dp-budget"), noise_multiplier=m["dp-noise-multiplier"],
+        sample_rate=m["dp-sample-rate"], steps=int(m["dp-steps"]), accountant=accountant,
+        status=report.status if report.status == LEFT_BUDGET else "ok",
+    )
 
 
 def weighted_mean(reports: list[SiteReport]) -> dict[str, float]:
@@ -76,24 +94,38 @@ class RunRecorder:
         if self.progress:
             self.progress.round_started(server_round, phase, num_sites)
 
-    def on_replies(self, server_round: int, phase: str, replies: list[Message]) -> None:
-        reports = [site_report(server_round, phase, msg) for msg in replies]
-        for report in reports:
+    def on_replies(
+        self, server_round: int, phase: str, replies: list[Message], verdicts: list[Verdict] | None = None
+    ) -> None:
+        verdicts = verdicts or [Verdict("ok")] * len(replies)
+        reports = [site_report(server_round, phase, m, v) for m, v in zip(replies, verdicts, strict=True)]
+        for msg, report in zip(replies, reports):
             self._store_site(report)
+            self._store_privacy(msg, report)
             if self.progress:
                 self.progress.site_reported(report)
         self._store_round(server_round, phase, reports)
-        if phase == "train" and reports and all(r.status != "ok" for r in reports):
+        if phase == "train" and reports and all(r.status in ("failed", "rejected") for r in reports):
             reasons = "; ".join(f"{r.site}: {r.reason}" for r in reports)
             raise FederationError(f"no site could train in round {server_round}: {reasons}")
 
+    def _store_privacy(self, msg: Message, report: SiteReport) -> None:
+        if msg.has_error() or report.phase != "train":
+            return
+        site = msg.content.config_records.get("site")
+        entry = privacy_entry(report, str(site.get("dp-accountant", "rdp")) if site else "rdp")
+        if entry is not None:
+            self.store.record_privacy(self.run_id, entry)
+
     def _store_site(self, report: SiteReport) -> None:
-        metrics: Mapping[str, float] = report.metrics if report.status == "ok" else {}
+        metrics: Mapping[str, float] = report.metrics if report.status in ("ok", LEFT_BUDGET) else {}
         self.store.record_site_metrics(
             self.run_id, server_round=report.server_round, phase=report.phase,  # type: ignore[arg-type]
             site=report.site, node_id=report.node_id, num_examples=report.num_examples,
-            metrics=metrics, status=report.status,  # type: ignore[arg-type]
+            metrics=metrics, status=report.status, reason=report.reason or None,  # type: ignore[arg-type]
         )
+        if report.status in ("failed", "rejected", LEFT_BUDGET):
+            log(WARNING, "round %s: %s %s: %s", report.server_round, report.site, report.status, report.reason)
 
     def _store_round(self, server_round: int, phase: str, reports: list[SiteReport]) -> None:
         ok = sum(r.status == "ok" for r in reports)

@@ -20,6 +20,8 @@ Methods return frozen dataclasses, never live ORM rows.
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import math
@@ -46,12 +48,13 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from fedeye.errors import StoreError
-from fedeye.server.models import ArtifactRow, RoundRow, RunRow, SiteMetricRow
+from fedeye.server.models import ArtifactRow, PrivacyLedgerRow, RoundRow, RunRow, SiteMetricRow
 
 RunStatus = Literal["running", "finished", "failed", "stopped"]
 FinalStatus = Literal["finished", "failed", "stopped"]
 Phase = Literal["train", "evaluate", "test"]
-SiteStatus = Literal["ok", "failed", "dropped"]
+SiteStatus = Literal["ok", "failed", "dropped", "left-budget", "rejected"]
+PrivacyScope = Literal["site", "federation"]
 
 DB_ENV_VAR = "FEDEYE_DB"
 DB_FILE_NAME = "fedeye.db"
@@ -112,6 +115,7 @@ class SiteMetricRecord:
     num_examples: int
     metrics: dict[str, float | None]  # None where the site sent NaN or inf
     status: SiteStatus
+    reason: str | None = None  # why a site failed, left or was rejected
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,23 @@ class ArtifactRecord:
 
 
 @dataclass(frozen=True)
+class PrivacyRecord:
+    """One row of the privacy ledger: epsilon spent so far after a round."""
+
+    server_round: int
+    scope: PrivacyScope
+    site: str
+    epsilon: float
+    delta: float
+    budget: float | None
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    accountant: str
+    status: str
+
+
+@dataclass(frozen=True)
 class RunDetail:
     """Everything known about one run, as shown by ``fedeye runs show``."""
 
@@ -135,6 +156,7 @@ class RunDetail:
     rounds: tuple[RoundRecord, ...]
     site_metrics: tuple[SiteMetricRecord, ...]
     artifacts: tuple[ArtifactRecord, ...]
+    privacy: tuple[PrivacyRecord, ...] = ()
 
     def last_evaluated_round(self) -> int | None:
         """Return the highest round with site evaluation results, if any."""
@@ -375,6 +397,7 @@ def _site_record(row: SiteMetricRow) -> SiteMetricRecord:
         num_examples=row.num_examples,
         metrics=dict(row.metrics),
         status=cast(SiteStatus, row.status),
+        reason=row.reason,
     )
 
 
@@ -506,6 +529,7 @@ class RunStore:
         num_examples: int,
         metrics: Mapping[str, float],
         status: SiteStatus = "ok",
+        reason: str | None = None,
     ) -> None:
         """Record what one site reported in one phase of a round.
 
@@ -518,7 +542,7 @@ class RunStore:
         row = SiteMetricRow(
             run_id=run_id, server_round=server_round, phase=phase, site=site,
             node_id=str(node_id), num_examples=num_examples,
-            metrics=_clean_metrics(metrics) or {}, status=status,
+            metrics=_clean_metrics(metrics) or {}, status=status, reason=reason,
         )
         with self._session(write=True) as session:
             self._require_run(session, run_id)
@@ -545,7 +569,19 @@ class RunStore:
             session.flush()
             return _artifact_record(row)
 
+    def record_privacy(self, run_id: str, entry: PrivacyRecord) -> None:
+        """Append a privacy-ledger row (epsilon spent so far) for a site or the federation."""
+        row = PrivacyLedgerRow(run_id=run_id, **dataclasses.asdict(entry))
+        with self._session(write=True) as session:
+            self._require_run(session, run_id)
+            session.add(row)
+
     # ------------------------------------------------------------------- reads
+
+    def privacy_ledger(self, run_id: str) -> list[PrivacyRecord]:
+        """Return a run's privacy ledger by round and site."""
+        with self._session() as session:
+            return self._privacy_rows(session, self._resolve_run_id(session, run_id))
 
     def list_runs(self) -> list[RunSummary]:
         """Return every run, newest first."""
@@ -577,6 +613,7 @@ class RunStore:
                 rounds=rounds,
                 site_metrics=tuple(self._site_rows(session, full_id, None)),
                 artifacts=tuple(self._artifact_rows(session, full_id, None)),
+                privacy=tuple(self._privacy_rows(session, full_id)),
             )
 
     def site_metrics(self, run_id: str, *, phase: Phase | None = None) -> list[SiteMetricRecord]:
@@ -676,6 +713,17 @@ class RunStore:
             col(SiteMetricRow.site), col(SiteMetricRow.id),
         )
         return [_site_record(row) for row in session.exec(query)]
+
+    @staticmethod
+    def _privacy_rows(session: Session, run_id: str) -> list[PrivacyRecord]:
+        query = (
+            select(PrivacyLedgerRow).where(PrivacyLedgerRow.run_id == run_id)
+            .order_by(col(PrivacyLedgerRow.server_round), col(PrivacyLedgerRow.scope), col(PrivacyLedgerRow.site))
+        )
+        return [
+            PrivacyRecord(**{f.name: getattr(row, f.name) for f in dataclasses.fields(PrivacyRecord)})
+            for row in session.exec(query)
+        ]
 
     @staticmethod
     def _artifact_rows(session: Session, run_id: str, kind: str | None) -> list[ArtifactRecord]:

@@ -1,24 +1,51 @@
-"""Strategy registry and the observation hook every FedEye strategy shares.
+"""Strategy registry and the behaviour every FedEye strategy shares.
 
-FedEye strategies are Flower ``flwr.serverapp.strategy`` classes with one
-addition: an :class:`ObservedStrategy` mixin that hands every round's site
-replies to an observer (the run recorder: store, checkpoints, progress)
-without changing how the parent aggregates.
+FedEye strategies are Flower ``flwr.serverapp.strategy`` classes with an
+:class:`ObservedStrategy` mixin in front. Before the parent aggregates, the
+mixin judges every site reply:
+
+- an error reply is ``failed``;
+- a site that declined to train because its privacy budget is spent is
+  ``left-budget`` and is not sampled for training again;
+- arrays with other names or shapes than the global model, non-finite values,
+  or (with ``max_update_norm``) an oversized update are ``rejected``.
+
+Only ``ok`` replies are aggregated, with their metrics cut to the names all of
+them share (Flower averages identical key sets only). Every reply, with its
+verdict, goes to the ``observer`` (the run recorder).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.message.message import make_message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedeye.errors import ConfigError
+from fedeye.errors import ConfigError, FedEyeError
+from fedeye.strategies._utils import common_metric_keys, update_problem
 
 if TYPE_CHECKING:
     from fedeye.config import StrategyConfig
+
+LEFT_BUDGET = "left-budget"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How the coordinator treats one reply: ok, failed, left-budget or rejected."""
+
+    status: str
+    reason: str = ""
+
+
+class BudgetExhausted(FedEyeError):
+    """Every site has left the federation because its privacy budget is spent."""
 
 
 class RoundObserver(Protocol):
@@ -26,35 +53,107 @@ class RoundObserver(Protocol):
 
     def on_round_start(self, server_round: int, phase: str, num_sites: int) -> None: ...
 
-    def on_replies(self, server_round: int, phase: str, replies: list[Message]) -> None: ...
+    def on_replies(self, server_round: int, phase: str, replies: list[Message], verdicts: list[Verdict]) -> None: ...
+
+
+class _TrainingGrid:
+    """A view of the grid without the nodes that left the federation."""
+
+    def __init__(self, grid: Grid, departed: set[int]) -> None:
+        self._grid = grid
+        self._departed = departed
+
+    def get_node_ids(self) -> list[int]:
+        return [n for n in self._grid.get_node_ids() if n not in self._departed]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def judge_reply(msg: Message, global_arrays: ArrayRecord | None, *, max_update_norm: float | None) -> Verdict:
+    """The verdict on one training reply (see the module docstring)."""
+    if msg.has_error():
+        return Verdict("failed", str(msg.error.reason))
+    content = msg.content
+    if "site" in content.config_records and content["site"].get("status") == LEFT_BUDGET:
+        return Verdict(LEFT_BUDGET, str(content["site"].get("reason", "privacy budget spent")))
+    if "arrays" not in content.array_records:
+        return Verdict("rejected", "the reply carries no model arrays")
+    if global_arrays is None:
+        return Verdict("ok")
+    problem = update_problem(_numpy(global_arrays), _numpy(content["arrays"]), max_update_norm=max_update_norm)
+    return Verdict("rejected", problem) if problem else Verdict("ok")
+
+
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def _for_aggregation(replies: list[Message], *, with_arrays: bool) -> list[Message]:
+    """Copies holding only the arrays and the metric names every reply shares."""
+    keys = common_metric_keys([set(m.content["metrics"].keys()) for m in replies])
+    copies = []
+    for msg in replies:
+        record = RecordDict({"metrics": MetricRecord({k: msg.content["metrics"][k] for k in sorted(keys)})})
+        if with_arrays:
+            record["arrays"] = msg.content["arrays"]
+        copies.append(make_message(msg.metadata, content=record))
+    return copies
 
 
 class ObservedStrategy:
-    """Mixin placed before a Flower strategy class; forwards replies to ``observer``."""
+    """Mixin placed before a Flower strategy class (see the module docstring)."""
 
     observer: RoundObserver | None = None
+    max_update_norm: float | None = None
+    global_arrays: ArrayRecord | None = None  # the model sent in the current round
+    departed: set[int]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        self.global_arrays = arrays
+        departed = self.__dict__.setdefault("departed", set())
+        remaining = len([n for n in grid.get_node_ids() if n not in departed])
+        if departed and remaining == 0:
+            raise BudgetExhausted(f"every site has spent its privacy budget; no site can train in round {server_round}")
+        self._lower_minimums(remaining if departed else None)
+        messages = list(super().configure_train(server_round, arrays, config, _TrainingGrid(grid, departed)))  # type: ignore[misc]
         if self.observer:
             self.observer.on_round_start(server_round, "train", len(messages))
         return messages
+
+    def _lower_minimums(self, remaining: int | None) -> None:
+        """After sites leave, do not wait for more nodes than can still train."""
+        if remaining is None:
+            return
+        for name in ("min_train_nodes", "min_available_nodes"):
+            if getattr(self, name, 0) > remaining:
+                setattr(self, name, remaining)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        verdicts = [judge_reply(m, self.global_arrays, max_update_norm=self.max_update_norm) for m in replies]
+        departed = self.__dict__.setdefault("departed", set())
+        departed.update(m.metadata.src_node_id for m, v in zip(replies, verdicts) if v.status == LEFT_BUDGET)
         if self.observer:
-            self.observer.on_replies(server_round, "train", replies)
-        return super().aggregate_train(server_round, replies)  # type: ignore[misc,no-any-return]
+            self.observer.on_replies(server_round, "train", replies, verdicts)
+        accepted = [m for m, v in zip(replies, verdicts) if v.status == "ok"]
+        if not accepted:
+            return None, None
+        return super().aggregate_train(server_round, _for_aggregation(accepted, with_arrays=True))  # type: ignore[misc,no-any-return]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
+        verdicts = [Verdict("failed", str(m.error.reason)) if m.has_error() else Verdict("ok") for m in replies]
         if self.observer:
-            self.observer.on_replies(server_round, "evaluate", replies)
-        return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc,no-any-return]
+            self.observer.on_replies(server_round, "evaluate", replies, verdicts)
+        accepted = [m for m, v in zip(replies, verdicts) if v.status == "ok"]
+        if not accepted:
+            return None
+        return super().aggregate_evaluate(server_round, _for_aggregation(accepted, with_arrays=False))  # type: ignore[misc,no-any-return]
 
 
 class FedEyeStrategy(Protocol):
@@ -93,4 +192,5 @@ def build_strategy(cfg: StrategyConfig, *, observer: RoundObserver | None = None
         )
     strategy = _REGISTRY[cfg.name].from_config(cfg)
     strategy.observer = observer
+    strategy.max_update_norm = cfg.max_update_norm
     return strategy  # type: ignore[no-any-return]

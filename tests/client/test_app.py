@@ -48,7 +48,7 @@ def test_train_reply_carries_only_arrays_aggregates_and_site_name(tiny_sites: Pa
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     site = open_site(site_dir)
     assert metrics["num-examples"] == sum(s.split == "train" for s in site.samples())
-    assert dict(reply.content["site"]) == {"name": site.info.name}
+    assert dict(reply.content["site"]) == {"name": site.info.name, "status": "ok"}
     assert set(reply.content["arrays"].keys()) == set(build_model(cfg.model).state_dict())
 
 
@@ -81,3 +81,50 @@ def test_bad_site_folder_raises_site_data_error(tmp_path: Path, tiny_sites: Path
     cfg = _config(tiny_sites)
     with pytest.raises(SiteDataError, match="manifest.csv"):
         app(_request(cfg, MessageType.TRAIN), _context({"site-dir": str(tmp_path)}))
+
+
+def _dp_config(tiny_sites: Path, *, epsilon: float, rounds: int = 3) -> RunConfig:
+    return RunConfig.model_validate({
+        "data": {"root": str(tiny_sites)}, "model": {"img_size": 32},
+        "training": {"batch_size": 8, "rounds": rounds},
+        "privacy": {"enabled": True, "epsilon": epsilon, "noise_multiplier": 1.0},
+    })
+
+
+def test_dp_round_reports_ledger_metrics_and_keeps_history(tiny_sites: Path) -> None:
+    cfg = _dp_config(tiny_sites, epsilon=50.0)
+    context = _context({"site-dir": str(tiny_sites / "site-1")})
+    first = app(_request(cfg, MessageType.TRAIN), context)
+    second = app(_request(cfg, MessageType.TRAIN), context)
+
+    m1, m2 = first.content["metrics"], second.content["metrics"]
+    assert 0 < m1["dp-epsilon"] < m2["dp-epsilon"] <= 50.0
+    assert m2["dp-steps"] == 2 * m1["dp-steps"] and m1["dp-noise-multiplier"] == 1.0
+    num_patients = len({s.patient_id for s in open_site(tiny_sites / "site-1").samples() if s.split == "train"})
+    assert m1["dp-delta"] < 1 / num_patients
+    assert "arrays" in second.content and second.content["site"]["status"] == "ok"
+
+
+def test_site_over_budget_declines_without_arrays(tiny_sites: Path) -> None:
+    cfg = _dp_config(tiny_sites, epsilon=1e-3)
+    reply = app(_request(cfg, MessageType.TRAIN), _context({"site-dir": str(tiny_sites / "site-1")}))
+
+    assert "arrays" not in reply.content
+    assert reply.content["site"]["status"] == "left-budget"
+    assert "budget" in str(reply.content["site"]["reason"])
+    assert reply.content["metrics"]["dp-epsilon"] == 0.0
+
+
+def test_site_policy_is_a_ceiling_the_run_cannot_lift(tmp_path: Path, tiny_sites: Path) -> None:
+    policy = tmp_path / "site.toml"
+    policy.write_text("[privacy]\nrequire_dp = true\nepsilon = 1.0\n")
+    cfg = _config(tiny_sites)  # the coordinator does not ask for DP
+    reply = app(_request(cfg, MessageType.TRAIN), _context({"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)}))
+    # sigma is calibrated so that the run's planned rounds spend at most the site's budget
+    context = _context({"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)})
+    spent = [app(_request(cfg, MessageType.TRAIN), context).content["metrics"]["dp-epsilon"] for _ in range(cfg.training.rounds)]
+    assert spent == sorted(spent) and spent[-1] == pytest.approx(1.0, abs=0.01)
+
+    generous = _dp_config(tiny_sites, epsilon=100.0)  # the coordinator asks for less privacy
+    reply = app(_request(generous, MessageType.TRAIN), _context({"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)}))
+    assert reply.content["metrics"]["dp-budget"] == 1.0

@@ -413,3 +413,16 @@ def test_sqlite_store_uses_wal(tmp_path: Path) -> None:
     _new_run(RunStore(url))
 
     assert (tmp_path / "wal.db-wal").exists()
+
+
+def test_privacy_ledger_roundtrip_in_order(store: RunStore) -> None:
+    from fedeye.server.store import PrivacyRecord
+
+    run_id = _new_run(store)
+    second = PrivacyRecord(2, "site", "b", 2.5, 1e-4, 8.0, 1.1, 0.1, 40, "rdp", "ok")
+    first = PrivacyRecord(1, "site", "b", 1.2, 1e-4, 8.0, 1.1, 0.1, 20, "rdp", "ok")
+    federation = PrivacyRecord(1, "federation", "(federation)", 0.9, 1e-3, None, 1.0, 1.0, 1, "rdp", "ok")
+    for entry in (second, first, federation):
+        store.record_privacy(run_id, entry)
+    assert store.privacy_ledger(run_id) == [federation, first, second]
+    assert store.get_run(run_id).privacy == (federation, first, second)

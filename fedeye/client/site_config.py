@@ -1,0 +1,67 @@
+"""A site's own configuration: where its data is, its device, its privacy policy.
+
+The coordinator cannot change it: it is read on the site's machine, from the
+file the SuperNode's node config names (``site-config``), or, in simulation,
+from ``fedeye-site.toml`` inside the simulated site's folder. Example::
+
+    data = "/data/glaucoma-site"
+    device = "cuda"
+    [privacy]
+    require_dp = true
+    epsilon = 3.0          # budget for one run
+    max_grad_norm = 1.0
+    min_group_size = 10
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedeye.errors import ConfigError
+from fedeye.privacy.policy import PrivacyPolicy
+
+SITE_CONFIG_KEY = "site-config"
+SITE_CONFIG_FILE = "fedeye-site.toml"
+
+
+class SiteConfig(BaseModel):
+    """One hospital site's settings; its privacy policy is a ceiling the coordinator cannot lift."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path | None = Field(default=None, description="The site folder (manifest.csv and images).")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where this site trains.")
+    audit_log: Path | None = Field(default=None, description="Where the site's audit log of outgoing messages goes.")
+    privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
+
+
+def load_site_config(path: Path) -> SiteConfig:
+    """Read and validate a site config file; errors name the file and field."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: site config not found; create it or fix the '{SITE_CONFIG_KEY}' node config") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    try:
+        cfg = SiteConfig.model_validate(raw)
+    except ValidationError as err:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{path}: invalid site config: {fields}") from None
+    if cfg.data is not None and not cfg.data.is_absolute():
+        cfg = cfg.model_copy(update={"data": (path.parent / cfg.data).resolve()})
+    return cfg
+
+
+def site_config_for(site_dir: Path | None, node_config: Mapping[str, object]) -> SiteConfig:
+    """The node's ``site-config`` file, else ``<site_dir>/fedeye-site.toml``, else defaults."""
+    if SITE_CONFIG_KEY in node_config:
+        return load_site_config(Path(str(node_config[SITE_CONFIG_KEY])).expanduser())
+    if site_dir is not None and (site_dir / SITE_CONFIG_FILE).is_file():
+        return load_site_config(site_dir / SITE_CONFIG_FILE)
+    return SiteConfig()

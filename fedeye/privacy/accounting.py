@@ -1,0 +1,47 @@
+"""Privacy accounting: pure functions over a mechanism's history.
+
+A site's history is the list of DP-SGD phases it ran (noise multiplier,
+Poisson sample rate, number of steps); epsilon follows from it with Opacus'
+RDP or PRV accountant. Nothing here touches data or models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from opacus.accountants import create_accountant  # type: ignore[import-untyped]
+from opacus.accountants.utils import get_noise_multiplier  # type: ignore[import-untyped]
+
+from fedeye.privacy.policy import Accountant
+
+
+@dataclass(frozen=True)
+class MechanismStep:
+    """``steps`` applications of the Poisson-subsampled Gaussian mechanism."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+
+def epsilon_spent(history: Sequence[MechanismStep], *, delta: float, accountant: Accountant) -> float:
+    """Epsilon of the composed ``history`` at ``delta`` (0.0 for an empty history)."""
+    runs = [(h.noise_multiplier, h.sample_rate, h.steps) for h in history if h.steps > 0]
+    if not runs:
+        return 0.0
+    acct = create_accountant(mechanism=accountant)
+    acct.history = runs
+    return float(acct.get_epsilon(delta=delta))
+
+
+def calibrate_noise(
+    *, target_epsilon: float, delta: float, sample_rate: float, total_steps: int, accountant: Accountant
+) -> float:
+    """The noise multiplier at which ``total_steps`` steps spend ``target_epsilon``."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+            steps=total_steps, accountant=accountant, epsilon_tolerance=0.005,
+        )
+    )
