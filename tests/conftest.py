@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from fedeye.sites.synth import synthesize_sites
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fedeye_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Site-side files (audit logs) go to a temporary FEDEYE_HOME, never the user's."""
+    home = tmp_path_factory.mktemp("fedeye-home")
+    os.environ["FEDEYE_HOME"] = str(home)
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -11,6 +12,7 @@ import typer
 from rich.table import Table
 
 from fedeye.cli._common import console, exits_cleanly
+from fedeye.client.audit import fedeye_home
 from fedeye.cli.runs import runs_app
 
 app = typer.Typer(
@@ -108,11 +110,13 @@ def demo(
     from fedeye.cli.demo import demo_config, prepare_demo_sites
 
     out = out.resolve()
+    os.environ.setdefault("FEDEYE_HOME", str(out))  # the simulated sites' audit logs go under DIR
     site_root = prepare_demo_sites(out, sites=sites)
     console.print(f"[bold]FedEye demo[/]: {sites} synthetic hospitals in {site_root}")
     cfg = _with_backbone(demo_config(out, site_root=site_root, rounds=rounds), backbone_weights)
     result = _simulate_and_report(cfg)
     console.print(f"\nglobal model: [bold]{result.model_path}[/]\nrun store:    [bold]{result.store_url}[/]  (run {result.run_id})")
+    console.print(f"audit logs:   [bold]{fedeye_home() / 'audit'}[/]  (what each site sent, one JSON line per message)")
     console.print("\nnext, try:")
     for line in (
         f"fedeye runs show {result.run_id} --db {out / 'fedeye.db'}",

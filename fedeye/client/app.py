@@ -9,7 +9,8 @@ folder: the coordinator's run config cannot lift it.
 
 Replies carry only model arrays, aggregate metrics, the site's display name
 and status: never images, per-image predictions, labels or patient
-identifiers. With DP on, a site whose next round would exceed its epsilon
+identifiers. Each reply is appended to the site's audit log
+(:mod:`fedeye.client.audit`) before it leaves. With DP on, a site whose next round would exceed its epsilon
 budget does not train and replies ``left-budget`` (no arrays).
 """
 
@@ -20,6 +21,7 @@ import json
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedeye.client.audit import audit_mod
 from fedeye.client.site import SiteJob
 from fedeye.client.training import evaluate_local, train_local
 from fedeye.config import RunConfig
@@ -29,7 +31,7 @@ from fedeye.privacy.dp_sgd import RoundPlan, plan_round, train_local_dp
 from fedeye.privacy.policy import DPSettings
 from fedeye.strategies.base import LEFT_BUDGET
 
-app = ClientApp()
+app = ClientApp(mods=[audit_mod])  # every outgoing reply is logged at the site first
 DP_STATE_KEY = "fedeye-dp-history"
 
 

@@ -21,6 +21,7 @@ from fedeye.server.recorder import ProgressSink, RunRecorder
 from fedeye.server.store import RunStore, resolve_db_url
 from fedeye.strategies import build_strategy
 from fedeye.strategies.base import BudgetExhausted
+from fedeye.strategies.client_dp import wrap_client_dp
 
 
 def open_store(cfg: RunConfig) -> RunStore:
@@ -63,7 +64,7 @@ def _run(
 ) -> tuple[Path, str | None]:
     """Returns the final model's path and, if the run ended early, why."""
     recorder = RunRecorder(store, run_id, progress=progress)
-    strategy = build_strategy(cfg.strategy, observer=recorder)
+    strategy = _strategy(cfg, recorder, num_sites=len(list(grid.get_node_ids())))
     model = _initial_model(cfg)
     out = run_dir(cfg, run_id)
     initial = ArrayRecord(model.state_dict())
@@ -79,10 +80,18 @@ def _run(
             evaluate_fn=_checkpointer(cfg, store=store, run_id=run_id, out=out),
         ).arrays
     except BudgetExhausted as stop:  # the last global model stands
-        final, note = strategy.global_arrays or initial, f"ended early: {stop}"  # type: ignore[attr-defined]
+        inner = getattr(strategy, "strategy", strategy)  # a client-DP wrapper holds the FedEye strategy
+        final, note = inner.global_arrays or initial, f"ended early: {stop}"
     load_state(model, final.to_torch_state_dict())
     _final_evaluation(grid, strategy, final, cfg, recorder)
     return _save_final(model, cfg, store=store, run_id=run_id, out=out), note
+
+
+def _strategy(cfg: RunConfig, recorder: RunRecorder, *, num_sites: int) -> Strategy:
+    """The configured strategy, wrapped in client-level DP when the run asks for it."""
+    strategy = build_strategy(cfg.strategy, observer=recorder)
+    sampled = max(int(num_sites * cfg.strategy.fraction_train), cfg.strategy.min_train_nodes)
+    return wrap_client_dp(strategy, cfg.privacy, num_sampled_sites=sampled, num_sites=num_sites)
 
 
 def _initial_model(cfg: RunConfig) -> torch.nn.Module:

@@ -109,6 +109,16 @@ class RunRecorder:
             reasons = "; ".join(f"{r.site}: {r.reason}" for r in reports)
             raise FederationError(f"no site could train in round {server_round}: {reasons}")
 
+    def on_client_dp(
+        self, server_round: int, *, epsilon: float, delta: float, noise_multiplier: float, sample_rate: float, rounds: int
+    ) -> None:
+        """Ledger row of client-level DP: the federation's epsilon after this round."""
+        self.store.record_privacy(self.run_id, PrivacyRecord(
+            server_round=server_round, scope="federation", site="(federation)", epsilon=epsilon, delta=delta,
+            budget=None, noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=rounds,
+            accountant="rdp", status="ok",
+        ))
+
     def _store_privacy(self, msg: Message, report: SiteReport) -> None:
         if msg.has_error() or report.phase != "train":
             return

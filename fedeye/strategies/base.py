@@ -89,12 +89,19 @@ def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {name: array.numpy() for name, array in record.items()}
 
 
-def _for_aggregation(replies: list[Message], *, with_arrays: bool) -> list[Message]:
-    """Copies holding only the arrays and the metric names every reply shares."""
+def _for_aggregation(replies: list[Message], *, with_arrays: bool, equal_weights: bool = False) -> list[Message]:
+    """Copies holding only the arrays and the metric names every reply shares.
+
+    ``equal_weights`` sets every site's ``num-examples`` weight to 1 (client-level
+    DP is calibrated to an unweighted mean).
+    """
     keys = common_metric_keys([set(m.content["metrics"].keys()) for m in replies])
     copies = []
     for msg in replies:
-        record = RecordDict({"metrics": MetricRecord({k: msg.content["metrics"][k] for k in sorted(keys)})})
+        metrics = {k: msg.content["metrics"][k] for k in sorted(keys)}
+        if equal_weights and "num-examples" in metrics:
+            metrics["num-examples"] = 1
+        record = RecordDict({"metrics": MetricRecord(metrics)})
         if with_arrays:
             record["arrays"] = msg.content["arrays"]
         copies.append(make_message(msg.metadata, content=record))
@@ -106,6 +113,9 @@ class ObservedStrategy:
 
     observer: RoundObserver | None = None
     max_update_norm: float | None = None
+    equal_weights: bool = False  # set by client-level DP
+    num_nodes: int = 0  # connected nodes at the last configure_train
+    num_sampled: int = 0  # nodes sampled to train at the last configure_train
     global_arrays: ArrayRecord | None = None  # the model sent in the current round
     departed: set[int]
 
@@ -119,6 +129,7 @@ class ObservedStrategy:
             raise BudgetExhausted(f"every site has spent its privacy budget; no site can train in round {server_round}")
         self._lower_minimums(remaining if departed else None)
         messages = list(super().configure_train(server_round, arrays, config, _TrainingGrid(grid, departed)))  # type: ignore[misc]
+        self.num_nodes, self.num_sampled = len(list(grid.get_node_ids())), len(messages)
         if self.observer:
             self.observer.on_round_start(server_round, "train", len(messages))
         return messages
@@ -131,19 +142,32 @@ class ObservedStrategy:
             if getattr(self, name, 0) > remaining:
                 setattr(self, name, remaining)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+    def judge_train_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
+        """Judge and record every reply; return the ones to aggregate.
+
+        Wrappers that must see only acceptable replies (client-level DP clips
+        before aggregating) call this first; the following ``aggregate_train``
+        of the same round then skips judging.
+        """
         verdicts = [judge_reply(m, self.global_arrays, max_update_norm=self.max_update_norm) for m in replies]
         departed = self.__dict__.setdefault("departed", set())
         departed.update(m.metadata.src_node_id for m, v in zip(replies, verdicts) if v.status == LEFT_BUDGET)
         if self.observer:
             self.observer.on_replies(server_round, "train", replies, verdicts)
-        accepted = [m for m, v in zip(replies, verdicts) if v.status == "ok"]
+        self.__dict__["_judged_round"] = server_round
+        return [m for m, v in zip(replies, verdicts) if v.status == "ok"]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        judged = self.__dict__.pop("_judged_round", None) == server_round
+        accepted = replies if judged else self.judge_train_replies(server_round, replies)
+        self.__dict__.pop("_judged_round", None)
         if not accepted:
             return None, None
-        return super().aggregate_train(server_round, _for_aggregation(accepted, with_arrays=True))  # type: ignore[misc,no-any-return]
+        copies = _for_aggregation(accepted, with_arrays=True, equal_weights=self.equal_weights)
+        return super().aggregate_train(server_round, copies)  # type: ignore[misc,no-any-return]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)

@@ -1,0 +1,264 @@
+"""Site audit log: one JSON line for every message a site sends out.
+
+:func:`audit_mod` is a Flower ClientApp mod. It lets the ClientApp build its
+reply, describes that reply (:func:`describe_reply`) and appends the
+description to the site's own audit file before the reply leaves the node.
+A hospital's privacy officer can then read, with ``jq`` or
+:func:`read_audit`, exactly what left the site: every tensor's name, shape
+and dtype, every metric and config value, and a SHA-256 of the payload.
+
+Where the file lives is decided only on the site's side, never by the
+coordinator's run config (see :func:`audit_path`). The log fails closed: if
+the file cannot be written the mod raises :class:`~fedeye.errors.AuditError`
+and the reply is not sent (Flower sends an error reply instead).
+
+Payload hash
+    ``payload_sha256`` and ``payload_bytes`` are taken over Flower's own
+    protobuf serialisation of the reply, ``SerializeToString(deterministic=True)``
+    of ``flwr.common.serde.recorddict_to_proto(reply.content)`` (of
+    ``error_to_proto(reply.error)`` for an error reply). Records and array
+    items are repeated protobuf fields in insertion order, so the bytes are
+    reproducible from the same reply: :func:`payload_bytes` recomputes them.
+
+>>> app = ClientApp(mods=[audit_mod])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from hashlib import sha256
+from pathlib import Path
+from typing import Literal, TypedDict
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
+from flwr.common.serde import recorddict_to_proto
+from flwr.common.serde_utils import error_to_proto
+
+from fedeye.errors import AuditError
+
+AUDIT_LOG_KEY = "audit-log"  # node config key: explicit audit file path
+SITE_DIR_KEY = "site-dir"  # node config key of the site folder (as in fedeye.client.site)
+PARTITION_KEY = "partition-id"  # simulated nodes carry this instead of a site folder
+HOME_ENV = "FEDEYE_HOME"
+EPSILON_KEY = "dp-epsilon"  # reply metric: epsilon spent so far by the site
+SERVER_ROUND_KEY = "server-round"
+
+JSONScalar = str | int | float | bool | None
+JSONValue = JSONScalar | list[JSONScalar]
+
+
+class TensorInfo(TypedDict):
+    """Name-free description of one array: its shape and dtype."""
+
+    shape: list[int]
+    dtype: str
+
+
+class AuditEntry(TypedDict):
+    """One line of the audit file: everything one outgoing reply carried.
+
+    Non-finite floats are written as the strings ``"NaN"``, ``"Infinity"``
+    and ``"-Infinity"`` so every line is strict JSON; bytes config values as
+    ``"<N bytes sha256:...>"``.
+    """
+
+    time: str  # UTC, ISO 8601
+    run_id: int
+    node_id: int  # the sending node (the reply's src_node_id)
+    server_round: int | None  # from the request's config "server-round"
+    message_type: str
+    status: Literal["ok", "error"]
+    error: str | None  # the error reason sent to the coordinator
+    records: dict[str, str]  # record name -> ArrayRecord / MetricRecord / ConfigRecord
+    arrays: dict[str, dict[str, TensorInfo]]  # record -> tensor name -> shape/dtype
+    metrics: dict[str, dict[str, JSONValue]]  # record -> metric name -> value
+    configs: dict[str, dict[str, JSONValue]]  # record -> config key -> value
+    payload_bytes: int
+    payload_sha256: str
+    epsilon: float | None  # reply metric "dp-epsilon", else None
+
+
+# ------------------------------------------------------------------ paths
+
+
+def fedeye_home() -> Path:
+    """``$FEDEYE_HOME``, else ``~/.fedeye``."""
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".fedeye").expanduser()
+
+
+def site_slug(name: str) -> str:
+    """A filesystem-safe file stem for a site folder name."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")
+    return slug or "site"
+
+
+def audit_path(node_config: Mapping[str, object], *, home: Path, node_id: int = 0) -> Path:
+    """The audit file of this node, from its node config only.
+
+    ``audit-log`` if set; else ``<home>/audit/<slug of the site-dir folder
+    name>.jsonl``; a simulated node (``partition-id``, no ``site-dir``) uses
+    ``partition-<k>.jsonl`` and any other node ``node-<node_id>.jsonl``.
+
+    >>> audit_path({"site-dir": "/data/St Aurelia/"}, home=Path("/h"))
+    PosixPath('/h/audit/St-Aurelia.jsonl')
+    """
+    if AUDIT_LOG_KEY in node_config:
+        return Path(str(node_config[AUDIT_LOG_KEY])).expanduser()
+    if SITE_DIR_KEY in node_config:
+        stem = site_slug(Path(str(node_config[SITE_DIR_KEY])).expanduser().name)
+    elif PARTITION_KEY in node_config:
+        stem = f"partition-{node_config[PARTITION_KEY]}"
+    else:
+        stem = f"node-{node_id}"
+    return home / "audit" / f"{stem}.jsonl"
+
+
+# ------------------------------------------------------------------ pure description
+
+
+def payload_bytes(reply: Message) -> bytes:
+    """Flower's deterministic protobuf serialisation of the reply's payload."""
+    proto = recorddict_to_proto(reply.content) if reply.has_content() else error_to_proto(reply.error)
+    return bytes(proto.SerializeToString(deterministic=True))
+
+
+def server_round_of(request: Message) -> int | None:
+    """The ``server-round`` of the first config record that has one, else None."""
+    for record in request.content.config_records.values():
+        if SERVER_ROUND_KEY in record:
+            return int(record[SERVER_ROUND_KEY])  # type: ignore[arg-type]
+    return None
+
+
+def _json_value(value: object) -> JSONValue:
+    if isinstance(value, list):
+        return [_json_scalar(v) for v in value]
+    return _json_scalar(value)
+
+
+def _json_scalar(value: object) -> JSONScalar:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value).replace("inf", "Infinity").replace("nan", "NaN")
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes sha256:{sha256(value).hexdigest()}>"
+    return value  # type: ignore[return-value]
+
+
+def _arrays(record: ArrayRecord) -> dict[str, TensorInfo]:
+    return {name: TensorInfo(shape=list(a.shape), dtype=str(a.dtype)) for name, a in record.items()}
+
+
+def _values(record: MetricRecord | ConfigRecord) -> dict[str, JSONValue]:
+    return {key: _json_value(value) for key, value in record.items()}
+
+
+def _epsilon(metrics: dict[str, MetricRecord]) -> float | None:
+    for record in metrics.values():
+        if EPSILON_KEY in record:
+            return float(record[EPSILON_KEY])  # type: ignore[arg-type]
+    return None
+
+
+def describe_reply(reply: Message, *, server_round: int | None = None, now: datetime | None = None) -> AuditEntry:
+    """The audit entry of one outgoing reply (no I/O; ``now`` defaults to UTC now)."""
+    payload = payload_bytes(reply)
+    content = reply.content if reply.has_content() else None
+    when = (now or datetime.now(UTC)).isoformat(timespec="milliseconds")
+    return AuditEntry(
+        time=when, run_id=int(reply.metadata.run_id), node_id=int(reply.metadata.src_node_id),
+        server_round=server_round, message_type=reply.metadata.message_type,
+        status="ok" if content is not None else "error",
+        error=None if content is not None else reply.error.reason,
+        records={k: type(v).__name__ for k, v in content.items()} if content else {},
+        arrays={k: _arrays(v) for k, v in content.array_records.items()} if content else {},
+        metrics={k: _values(v) for k, v in content.metric_records.items()} if content else {},
+        configs={k: _values(v) for k, v in content.config_records.items()} if content else {},
+        payload_bytes=len(payload), payload_sha256=sha256(payload).hexdigest(),
+        epsilon=_epsilon(dict(content.metric_records)) if content else None,
+    )
+
+
+# ------------------------------------------------------------------ file I/O
+
+
+def _make_private_dirs(folder: Path) -> None:
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for path in reversed(missing):
+        path.mkdir(mode=0o700)
+
+
+def _open_append(path: Path) -> int:
+    try:
+        _make_private_dirs(path.parent)
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as err:
+        raise AuditError(
+            f"cannot write the site audit log {path}: {err.strerror or err}. Make the folder writable, or "
+            f"start the SuperNode with --node-config \"{AUDIT_LOG_KEY}='/writable/path/audit.jsonl'\""
+        ) from err
+
+
+def ensure_audit_file(path: Path) -> None:
+    """Create ``path`` (0600, parents 0700) if needed; :class:`AuditError` if impossible."""
+    os.close(_open_append(path))
+
+
+def append_entry(path: Path, entry: AuditEntry) -> None:
+    """Append ``entry`` as one JSON line with a single write, then fsync."""
+    line = (json.dumps(entry, allow_nan=False, separators=(",", ":")) + "\n").encode()
+    fd = _open_append(path)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    except OSError as err:
+        raise AuditError(f"cannot append to the site audit log {path}: {err.strerror or err}") from err
+    finally:
+        os.close(fd)
+
+
+def read_audit(path: Path) -> list[AuditEntry]:
+    """Every entry of an audit file, oldest first."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise AuditError(f"cannot read the audit log {path}: {err.strerror or err}") from err
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+# ------------------------------------------------------------------ the mod
+
+
+def _flower_reason(err: Exception) -> str:
+    """The error reason Flower's runtime sends for an exception (run_clientapp.py)."""
+    return str(type(err)) + ":<'" + str(err) + "'>"
+
+
+def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower mod: log every outgoing reply of this node, then return it unchanged.
+
+    The audit file is checked before the ClientApp runs, so a site with an
+    unwritable log fails before training. If the ClientApp raises, the
+    error reply Flower will send is logged and the exception re-raised.
+    """
+    path = audit_path(context.node_config, home=fedeye_home(), node_id=context.node_id)
+    ensure_audit_file(path)
+    server_round = server_round_of(msg)
+    try:
+        reply = call_next(msg, context)
+    except Exception as err:
+        append_entry(path, _describe_failure(msg, err, server_round=server_round))
+        raise
+    append_entry(path, describe_reply(reply, server_round=server_round))
+    return reply
+
+
+def _describe_failure(msg: Message, err: Exception, *, server_round: int | None) -> AuditEntry:
+    error = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=_flower_reason(err)), reply_to=msg)
+    return describe_reply(error, server_round=server_round)
