@@ -1,0 +1,223 @@
+"""Patient-level DP-SGD: planning, patient sampling, and training with Opacus."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from opacus import GradSampleModule
+from torch.nn.functional import cross_entropy
+
+from fedeye.config import TrainingConfig
+from fedeye.errors import ConfigError
+from fedeye.models import ModelConfig, PromptViT, build_model, model_state
+from fedeye.privacy import dp_sgd
+from fedeye.privacy.accounting import MechanismStep
+from fedeye.privacy.dp_sgd import (
+    PatientSampledDataset,
+    PrivateTraining,
+    RoundPlan,
+    plan_round,
+    prepare_private,
+    train_local_dp,
+)
+from fedeye.privacy.policy import DPSettings
+from fedeye.sites.dataset import SiteDataset
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Full backward hook is firing", "ignore:Secure RNG turned off", "ignore:Optimal order"
+)
+MODES = ["full", "prompt"]
+CFG = TrainingConfig(batch_size=6, lr=1e-2, device="cpu", seed=1)
+
+
+def _plan(num_patients: int, *, steps: int = 3, sigma: float = 1.0) -> RoundPlan:
+    """A fixed plan (no calibration) with about 6 patients per batch."""
+    return RoundPlan(
+        sample_rate=min(1.0, CFG.batch_size / num_patients), steps=steps, noise_multiplier=sigma, delta=1e-3,
+        epsilon_before=0.0, epsilon_after=1.0, accountant="rdp", epsilon_budget=8.0,
+    )
+
+
+def _model(mode: str) -> PromptViT:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(img_size=32, mode=mode))  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ plan_round
+
+
+def _run_plans(settings: DPSettings, rounds: int, total_rounds: int = 3) -> list[RoundPlan]:
+    history: list[MechanismStep] = []
+    plans = []
+    for _ in range(rounds):
+        plan = plan_round(settings, num_patients=100, batch_size=10, local_epochs=2, history=history, total_rounds=total_rounds)
+        plans.append(plan)
+        history.append(plan.mechanism)
+    return plans
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_plan_round_keeps_sigma_and_spends_the_budget_over_the_planned_rounds(make_settings: Callable[..., DPSettings]) -> None:
+    plans = _run_plans(make_settings(epsilon_budget=4.0), rounds=4)
+
+    assert {p.noise_multiplier for p in plans} == {plans[0].noise_multiplier}
+    assert (plans[0].sample_rate, plans[0].steps) == (0.1, 20)
+    afters = [p.epsilon_after for p in plans]
+    assert afters == sorted(afters) and len(set(afters)) == 4
+    assert [p.epsilon_before for p in plans[1:]] == pytest.approx(afters[:-1])
+    assert plans[2].epsilon_after == pytest.approx(4.0, abs=0.01)
+    assert [p.fits for p in plans] == [True, True, True, False]
+
+
+def test_plan_round_respects_the_site_minimum_noise(make_settings: Callable[..., DPSettings]) -> None:
+    fixed = make_settings(noise_multiplier=0.5, min_noise_multiplier=1.2)
+
+    plan = plan_round(fixed, num_patients=50, batch_size=100, local_epochs=1, history=[], total_rounds=2)
+
+    assert plan.noise_multiplier == 1.2
+    assert (plan.sample_rate, plan.steps) == (1.0, 1)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_calibrated_sigma_below_the_site_minimum_is_raised(make_settings: Callable[..., DPSettings]) -> None:
+    plan = plan_round(make_settings(epsilon_budget=50.0, min_noise_multiplier=2.0), num_patients=100,
+                      batch_size=10, local_epochs=1, history=[], total_rounds=1)
+
+    assert plan.noise_multiplier == 2.0
+    assert plan.epsilon_after < 50.0
+
+
+def test_plan_round_reuses_the_first_rounds_sigma(make_settings: Callable[..., DPSettings]) -> None:
+    history = [MechanismStep(noise_multiplier=1.7, sample_rate=0.1, steps=10)]
+
+    plan = plan_round(make_settings(), num_patients=80, batch_size=10, local_epochs=1, history=history, total_rounds=5)
+
+    assert plan.noise_multiplier == 1.7
+    assert plan.epsilon_before > 0.0
+
+
+def test_plan_round_rejects_a_site_without_patients(make_settings: Callable[..., DPSettings]) -> None:
+    with pytest.raises(ConfigError, match="num_patients"):
+        plan_round(make_settings(noise_multiplier=1.0), num_patients=0, batch_size=8, local_epochs=1, history=[], total_rounds=1)
+
+
+# ------------------------------------------------------------------ PatientSampledDataset
+
+
+def test_one_item_per_patient(train_split: SiteDataset) -> None:
+    patients = PatientSampledDataset(train_split, seed=0)
+
+    assert len(patients) == patients.num_patients == len(set(train_split.patient_ids))
+    assert sum(len(images) for images in patients.images_of) == len(train_split)
+
+
+def test_items_come_from_the_right_patient(train_split: SiteDataset) -> None:
+    patients = PatientSampledDataset(train_split, seed=0)
+
+    for index in range(len(patients)):
+        for _ in range(3):
+            image, label = patients[index]
+            owners = [i for i in range(len(train_split)) if torch.equal(train_split[i][0], image)]
+            assert owners and all(train_split.patient_ids[i] == patients.patients[index] for i in owners)
+            assert label in {int(train_split.labels[i]) for i in owners}
+
+
+def test_draws_are_deterministic_with_the_seed(train_split: SiteDataset) -> None:
+    def draws(seed: int) -> list[torch.Tensor]:
+        patients = PatientSampledDataset(train_split, seed=seed)
+        return [patients[i % len(patients)][0] for i in range(60)]
+
+    same, other = draws(3), draws(4)
+
+    assert all(torch.equal(a, b) for a, b in zip(draws(3), same, strict=True))
+    assert any(len(images) > 1 for images in PatientSampledDataset(train_split, seed=0).images_of)
+    assert not all(torch.equal(a, b) for a, b in zip(same, other, strict=True))
+
+
+# ------------------------------------------------------------------ train_local_dp
+
+
+def _per_sample_loop(model: PromptViT, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Reference: each sample's own loss gradient, computed alone."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    rows = [torch.autograd.grad(cross_entropy(model(images[i : i + 1]), labels[i : i + 1]), list(params.values()))
+            for i in range(len(images))]
+    return {name: torch.stack([row[j] for row in rows]) for j, name in enumerate(params)}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_per_sample_gradients_under_the_dp_loader_match_a_loop(train_split: SiteDataset, mode: str) -> None:
+    model = _model(mode).double()
+    private = prepare_private(model, train_split, cfg=CFG, plan=_plan(13), max_grad_norm=1.0, server_round=1, rng_seed=0)
+    images, labels = next(iter(private.loader))
+    images = images.double()
+    assert len(labels) > 1
+
+    cross_entropy(private.module(images), labels).backward()  # mean reduction, as in training
+    actual = {n.removeprefix("_module."): p.grad_sample for n, p in private.module.named_parameters() if p.requires_grad}
+    private.optimizer.zero_grad()
+    private.close()
+    expected = _per_sample_loop(model, images, labels)
+
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], msg=name)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_functorch_fallback(train_split: SiteDataset, mode: str) -> None:
+    private = prepare_private(_model(mode), train_split, cfg=CFG, plan=_plan(13), max_grad_norm=1.0, server_round=1)
+
+    hooked = {type(m) for m in private.module.modules() if any(p.requires_grad for p in m.parameters(recurse=False))}
+    fallback = [m for m in private.module.modules() if hasattr(m, "ft_compute_sample_grad")]
+    private.close()
+
+    assert hooked <= set(GradSampleModule.GRAD_SAMPLERS)
+    assert not fallback
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_train_local_dp_runs_the_planned_steps_and_trains_the_model(
+    train_split: SiteDataset, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, plan = _model(mode), _plan(13, steps=5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    seen: list[PrivateTraining] = []
+    real = dp_sgd.prepare_private
+    monkeypatch.setattr(dp_sgd, "prepare_private", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+
+    result = train_local_dp(model, train_split, cfg=CFG, plan=plan, max_grad_norm=1.0, server_round=1, rng_seed=2)
+
+    # the engine's own accountant saw exactly plan.steps steps at the planned rate and noise
+    assert seen[0].engine.accountant.history == [(plan.noise_multiplier, plan.sample_rate, plan.steps)]
+    assert result.steps == plan.steps and result.mean_batch_size > 0
+    for name, param in model.named_parameters():
+        assert torch.equal(param, before[name]) != param.requires_grad, name
+
+
+def test_model_trains_twice_and_stays_a_plain_module(train_split: SiteDataset) -> None:
+    model, plan = _model("prompt"), _plan(13)
+    keys = set(model.state_dict())
+
+    for server_round in (1, 2):
+        train_local_dp(model, train_split, cfg=CFG, plan=plan, max_grad_norm=1.0, server_round=server_round)
+
+    assert set(model_state(model)) == keys
+    assert not any(k.startswith("_module.") for k in model_state(model))
+    assert not hasattr(model, "autograd_grad_sample_hooks")
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+    assert not any(hasattr(p, "grad_sample") or hasattr(p, "summed_grad") or p.grad is not None for p in model.parameters())
+
+
+def test_empty_poisson_batches_still_step(train_split: SiteDataset) -> None:
+    model = _model("prompt")
+    plan = RoundPlan(sample_rate=0.001, steps=3, noise_multiplier=1.0, delta=1e-3, epsilon_before=0.0,
+                     epsilon_after=0.1, accountant="rdp", epsilon_budget=1.0)
+    head = model.head.weight.detach().clone()
+
+    result = train_local_dp(model, train_split, cfg=CFG, plan=plan, max_grad_norm=1.0, server_round=1, rng_seed=0)
+
+    assert result.steps == 3 and result.mean_batch_size == 0.0
+    assert not torch.equal(model.head.weight, head)  # noise only, but the step happened
