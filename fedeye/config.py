@@ -62,6 +62,9 @@ class StrategyConfig(_Section):
     min_evaluate_nodes: int = Field(default=2, ge=0, description="Fewest sites that evaluate in a round.")
     min_available_nodes: int = Field(default=2, ge=1, description="Sites that must be connected before a round starts.")
     round_timeout: float = Field(default=3600.0, gt=0, description="Seconds to wait for site replies in a round.")
+    fairness_q: float = Field(
+        default=2.0, ge=0, description="fairfedavg only: q of q-FFL; site weights grow with loss**q (0 = FedAvg)."
+    )
     max_update_norm: float | None = Field(
         default=None, gt=0, description="Reject a site update whose L2 distance to the global model exceeds this."
     )

@@ -23,8 +23,9 @@ from flwr.clientapp import ClientApp
 
 from fedeye.client.audit import audit_mod
 from fedeye.client.site import SiteJob
-from fedeye.client.training import evaluate_local, train_local
+from fedeye.client.training import evaluate_predictions, predict, train_local
 from fedeye.config import RunConfig
+from fedeye.fairness.metrics import site_fairness_metrics
 from fedeye.models.io import model_state
 from fedeye.privacy.accounting import MechanismStep
 from fedeye.privacy.dp_sgd import RoundPlan, plan_round, train_local_dp
@@ -115,7 +116,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     job = _job(msg, context)
     model = job.model(msg.content["arrays"])
     split = str(msg.content["config"].get("split", job.cfg.data.eval_split))
-    result = evaluate_local(model, job.dataset(split), batch_size=job.cfg.training.batch_size * 2)
+    dataset = job.dataset(split)
+    probs, labels = predict(model, dataset, batch_size=job.cfg.training.batch_size * 2)
+    result = evaluate_predictions(probs, labels)
     metrics = {"loss": result.loss, "num-examples": result.num_examples, "num-positive": result.num_positive}
     metrics.update(result.metrics)
+    # per-group aggregates only; groups under the site's min_group_size are not sent
+    min_group = job.site_config.privacy.min_group_size
+    metrics.update(site_fairness_metrics(labels, probs, dataset.attrs, min_group_size=min_group))
     return _reply(msg, job, metrics)

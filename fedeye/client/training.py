@@ -93,6 +93,11 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, device:
 def evaluate_local(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, device: torch.device | None = None) -> EvalResult:
     """Loss and classification metrics of ``model`` on ``dataset``."""
     probs, labels = predict(model, dataset, batch_size=batch_size, device=device)
+    return evaluate_predictions(probs, labels)
+
+
+def evaluate_predictions(probs: np.ndarray, labels: np.ndarray) -> EvalResult:
+    """Loss and classification metrics of predicted class probabilities."""
     picked = probs[np.arange(len(labels)), labels]
     loss = float(-np.log(np.clip(picked, 1e-12, None)).mean())
     return EvalResult(

@@ -58,11 +58,25 @@ def test_evaluate_reply_has_fixed_aggregate_metrics(tiny_sites: Path) -> None:
 
     assert set(reply.content.keys()) == {"metrics", "site"}
     metrics = reply.content["metrics"]
-    assert set(metrics.keys()) == {
-        "loss", "num-examples", "num-positive", "auc", "accuracy", "sensitivity", "specificity",
-    }
+    base = {"loss", "num-examples", "num-positive", "auc", "accuracy", "sensitivity", "specificity", "ece"}
+    assert base <= set(metrics.keys())
+    extra = set(metrics.keys()) - base
+    assert all(k.startswith(("group.", "fair.")) for k in extra)
+    # a tiny test split: every subgroup is under min_group_size (10), so none is sent, and it says so
+    assert not [k for k in extra if k.startswith("group.")]
+    assert metrics["fair.sex.suppressed"] >= 1 and metrics["fair.race.suppressed"] >= 1
     assert all(isinstance(v, (int, float)) for v in metrics.values())
     assert metrics["num-examples"] == sum(s.split == "test" for s in open_site(tiny_sites / "site-1").samples())
+
+
+def test_group_metrics_sent_only_for_groups_of_min_size(tiny_sites: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "site.toml"
+    policy.write_text("[privacy]\nmin_group_size = 3\n")
+    cfg = _config(tiny_sites)
+    node = {"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)}
+    metrics = app(_request(cfg, MessageType.EVALUATE, split="train"), _context(node)).content["metrics"]
+    sizes = {k: v for k, v in metrics.items() if k.startswith("group.") and k.endswith(".n")}
+    assert sizes and all(v >= 3 for v in sizes.values())
 
 
 def test_simulated_node_takes_the_partition_id_th_site(tiny_sites: Path) -> None:

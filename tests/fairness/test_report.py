@@ -1,0 +1,83 @@
+"""The fairness report, written from a real (SQLite) run store filled with fake rows."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fedeye.fairness.report import ReportError, write_report
+from fedeye.server.store import RunStore
+from tests.fairness.conftest import SITE_NAMES, fill_store
+
+
+def test_html_is_self_contained_and_names_every_site(store: RunStore, tmp_path: Path) -> None:
+    detail = store.get_run(fill_store(store))
+    paths = write_report(detail, tmp_path / "report")
+
+    page = paths.html.read_text()
+    assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", page)  # nothing fetched from a network
+    assert "<link" not in page and "<script" not in page
+    assert page.count('src="data:image/png;base64,') == len(paths.images) >= 3
+    for site in SITE_NAMES:
+        assert site.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;") in page
+    assert "<Eye>" not in page  # escaped
+    for heading in ("Per-site results", "Across sites", "Groups within each site", "Privacy spent", "Plots"):
+        assert heading in page
+    assert "under min size" in page  # the small White group is suppressed at every site
+
+
+def test_markdown_and_pngs_are_written_beside_it(store: RunStore, tmp_path: Path) -> None:
+    paths = write_report(store.get_run(fill_store(store)), tmp_path / "out")
+    text = paths.markdown.read_text()
+    assert {p.name for p in paths.images} >= {"auc-over-rounds.png", "es-auc-over-rounds.png", "group-auc-sex.png"}
+    for image in paths.images:
+        assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({image.name})" in text
+    assert "| site | status | images | AUC |" in text and "final model on each site's held-out test split" in text.lower()
+    assert not list(tmp_path.glob(".out.tmp-*"))  # staging folder cleaned up
+
+
+def test_missing_data_gives_notes_not_errors(store: RunStore, tmp_path: Path) -> None:
+    run_id = fill_store(store, with_groups=False, with_test=False, with_privacy=False)
+    paths = write_report(store.get_run(run_id), tmp_path / "report")
+    page = paths.html.read_text()
+    assert "Per-group metrics not recorded" in page and "Privacy ledger not recorded" in page
+    assert "evaluation of round 3 (no test phase recorded)" in page
+
+
+def test_run_without_any_results(store: RunStore, tmp_path: Path) -> None:
+    run_id = store.create_run(name="empty", strategy="fedavg", config={}, num_rounds=3, num_sites=2)
+    store.finish_run(run_id, status="failed", error="no site could train in round 1")
+    paths = write_report(store.get_run(run_id), tmp_path / "report")
+    page = paths.html.read_text()
+    assert "Site results not recorded" in page and "no site could train" in page
+    assert paths.images == ()
+
+
+def test_existing_file_is_refused_and_existing_folder_is_updated(store: RunStore, tmp_path: Path) -> None:
+    detail = store.get_run(fill_store(store))
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    with pytest.raises(ReportError, match="existing file"):
+        write_report(detail, target)
+    assert target.read_text() == "keep me"
+
+    folder = tmp_path / "again"
+    write_report(detail, folder)
+    (folder / "notes.txt").write_text("mine")
+    paths = write_report(detail, folder)
+    assert paths.html.is_file() and (folder / "notes.txt").read_text() == "mine"
+
+
+def test_failure_while_rendering_leaves_nothing(store: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedeye.fairness import report
+
+    def broken(*_args: object) -> str:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(report, "render_markdown", broken)
+    with pytest.raises(RuntimeError):
+        write_report(store.get_run(fill_store(store)), tmp_path / "report")
+    assert not (tmp_path / "report").exists() and not list(tmp_path.glob(".report.tmp-*"))
