@@ -122,6 +122,7 @@ def demo(
     console.print("\nnext, try:")
     for line in (
         f"fedeye runs show {result.run_id} --db {out / 'fedeye.db'}",
+        f"fedeye report {result.run_id} --db {out / 'fedeye.db'} --out {out / 'report'}",
         f"fedeye evaluate --model {result.model_path} --data {site_root / 'site-1'}",
         f"fedeye site check {site_root / 'site-1'}",
         f"fedeye sites synth {out / 'more-sites'} --sites 6 --seed 7",

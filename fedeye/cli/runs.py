@@ -35,7 +35,7 @@ from fedeye.server.store import (
     resolve_db_url,
 )
 
-PREFERRED_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "loss")
+PREFERRED_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "loss", "site.worst-auc", "site.gap")
 NUM_EXAMPLES_KEY = "num-examples"
 MAX_CONFIG_LINES = 30
 STATUS_STYLE = {"running": "yellow", "finished": "green", "failed": "red", "stopped": "magenta"}

@@ -17,6 +17,7 @@ from flwr.app import Message
 from flwr.common.logger import log
 
 from fedeye.errors import FederationError
+from fedeye.fairness.metrics import cross_site_summary
 from fedeye.server.store import PrivacyRecord, RunStore
 from fedeye.strategies.base import LEFT_BUDGET, Verdict
 
@@ -82,6 +83,12 @@ def weighted_mean(reports: list[SiteReport]) -> dict[str, float]:
     return means
 
 
+def _cross_site(reports: list[SiteReport]) -> dict[str, float]:
+    """The cross-site view of a round (sites as groups): ``site.mean-auc``, ``site.worst-auc``, ..."""
+    aucs = {r.site: r.metrics["auc"] for r in reports if r.status == "ok" and "auc" in r.metrics}
+    return {f"site.{k}": v for k, v in cross_site_summary(aucs).items() if k != "sites"}
+
+
 class RunRecorder:
     """Stores every round's per-site and aggregated metrics; forwards progress."""
 
@@ -143,4 +150,5 @@ class RunRecorder:
         if phase == "train":
             self.store.record_round(self.run_id, server_round=server_round, train_metrics=mean, num_sites_trained=ok)
         elif phase == "evaluate":
+            mean.update(_cross_site(reports))
             self.store.record_round(self.run_id, server_round=server_round, eval_metrics=mean, num_sites_evaluated=ok)

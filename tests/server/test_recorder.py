@@ -68,3 +68,15 @@ def test_round_where_no_site_trained_stops_the_run(tmp_path: Path) -> None:
     run_id = store.create_run(name="t", strategy="fedavg", config={}, num_rounds=1, num_sites=2)
     with pytest.raises(FederationError, match="no site could train in round 1.*bad manifest"):
         RunRecorder(store, run_id).on_replies(1, "train", [_error_reply(1, "bad manifest")])
+
+
+def test_evaluation_round_stores_the_cross_site_view(tmp_path: Path) -> None:
+    store = RunStore(f"sqlite:///{tmp_path / 's.db'}")
+    run_id = store.create_run(name="t", strategy="fedavg", config={}, num_rounds=1, num_sites=2)
+    replies = [_reply(1, "a", auc=0.9, **{"num-examples": 10}), _reply(2, "b", auc=0.7, **{"num-examples": 30})]
+    RunRecorder(store, run_id).on_replies(1, "evaluate", replies)
+    metrics = store.get_run(run_id).rounds[0].eval_metrics
+    assert metrics is not None
+    assert metrics["site.mean-auc"] == pytest.approx(0.8) and metrics["site.worst-auc"] == pytest.approx(0.7)
+    assert metrics["site.gap"] == pytest.approx(0.2) and metrics["site.es-auc"] == pytest.approx(0.8 / 1.2)
+    assert metrics["auc"] == pytest.approx((0.9 * 10 + 0.7 * 30) / 40)  # image-weighted mean
