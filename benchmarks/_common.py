@@ -7,17 +7,27 @@ sibling module (``python benchmarks/overhead.py`` puts this folder on
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+
+try:
+    import psutil
+except ImportError:  # not installed: Ray ships a copy, which importing ray puts on sys.path
+    importlib.import_module("ray")
+    psutil = importlib.import_module("psutil")
 
 GIB = 1024**3
+NOISY_CORES = 0.15  # CPU cores used by other programs above which a timing is flagged
 # Command-line fragments of the processes a local Ray cluster starts.
+SESSION = re.compile(r"session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+")
 RAY_MARKERS = ("raylet", "gcs_server", "ray::", "default_worker.py", "log_monitor.py", "dashboard/agent.py", "runtime_env/agent")
 
 
@@ -78,55 +88,73 @@ class TimingSink:
 # ------------------------------------------------------------------ memory
 
 
-def _is_ray(proc: Any) -> bool:
+def _cmdline(proc: Any) -> str:
     try:
-        text = proc.name() + " " + " ".join(proc.cmdline())
-    except Exception:  # the process vanished or is not ours to read
-        return False
+        return str(proc.name()) + " " + " ".join(proc.cmdline())
+    except psutil.Error:  # the process vanished or is not ours to read
+        return ""
+
+
+def _is_ray(proc: Any) -> bool:
+    text = _cmdline(proc)
     return any(marker in text for marker in RAY_MARKERS)
 
 
-def process_tree(root_pid: int, *, since: float) -> list[Any]:
-    """``root_pid``, its descendants, and Ray processes started after ``since`` (epoch s).
+def process_tree(root_pid: int, *, sessions: set[str] | None = None) -> list[Any]:
+    """``root_pid``, its descendants, and any process of the Ray sessions they started.
 
-    Ray daemons can be re-parented away from the driver, so they are found by
-    their command line as well.
+    Ray's daemons name their session (``session_<date>_<pid>``) on their
+    command line; a process of one of those sessions that has been re-parented
+    away from the tree still counts. Names found are added to ``sessions``.
+    Other programs' Ray clusters on the same machine are left out.
     """
-    import psutil
-
     root = psutil.Process(root_pid)
     found = {p.pid: p for p in [root, *root.children(recursive=True)]}
-    for proc in psutil.process_iter(["create_time"]):
-        if proc.pid not in found and (proc.info["create_time"] or 0) >= since - 1 and _is_ray(proc):
-            found[proc.pid] = proc
+    known = sessions if sessions is not None else set()
+    for proc in found.values():
+        known.update(SESSION.findall(_cmdline(proc)))
+    if known:
+        for proc in psutil.process_iter():
+            if proc.pid not in found and any(name in _cmdline(proc) for name in known):
+                found[proc.pid] = proc
     return list(found.values())
+
+
+def _label(proc: Any) -> str:
+    """A short name: Ray's process title (``ray::ClientAppActor``) or the program and script."""
+    try:
+        cmd = proc.cmdline()
+    except psutil.Error:
+        return "?"
+    if cmd and cmd[0].startswith("ray::"):
+        return str(cmd[0].split()[0])
+    names = [Path(c).name for c in cmd[:3] if c and not c.startswith("-")]
+    return " ".join(names[:2]) or str(proc.name())
 
 
 def _rss(proc: Any) -> int:
     try:
         return int(proc.memory_info().rss)
-    except Exception:  # exited between listing and reading
+    except psutil.Error:  # exited between listing and reading
         return 0
 
 
 def _pss(proc: Any) -> int:
     try:
         return int(getattr(proc.memory_full_info(), "pss", 0))
-    except Exception:
+    except psutil.Error:
         return 0
 
 
 def _cpu_seconds(proc: Any) -> float:
     try:
         t = proc.cpu_times()
-    except Exception:
+    except psutil.Error:
         return 0.0
     return float(t.user + t.system + t.children_user + t.children_system)
 
 
 def _system_busy() -> float:
-    import psutil
-
     t = psutil.cpu_times()
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
@@ -147,16 +175,18 @@ class TreeMonitor:
         self.interval, self.pss_every = interval, pss_every
         self.peak_rss = self.peak_pss = 0
         self.peak_procs = 0
+        self.peak_breakdown: list[tuple[str, int]] = []  # (process, RSS bytes) at the peak RSS sample
         self.samples = 0
         self.foreign: list[tuple[float, float]] = []  # (perf_counter, cumulative foreign CPU s)
-        self._since = time.time()
+        self.sessions: set[str] = set()  # Ray sessions started by the tree
+        self.ray_pids: dict[int, float] = {}  # Ray processes seen in the tree: pid -> create time
         self._cpu: dict[int, float] = {}  # CPU seconds of each tree process at the last sample
         self._busy = 0.0  # machine busy CPU seconds at the last sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tree-monitor", daemon=True)
 
-    def __enter__(self) -> TreeMonitor:
-        self._cpu = {p.pid: _cpu_seconds(p) for p in process_tree(os.getpid(), since=self._since)}
+    def __enter__(self) -> Self:
+        self._cpu = {p.pid: _cpu_seconds(p) for p in process_tree(os.getpid(), sessions=self.sessions)}
         self._busy = _system_busy()
         self.foreign.append((time.perf_counter(), 0.0))
         self._thread.start()
@@ -172,13 +202,37 @@ class TreeMonitor:
             self.sample()
 
     def sample(self) -> None:
-        procs = process_tree(os.getpid(), since=self._since)
-        self.peak_rss = max(self.peak_rss, sum(_rss(p) for p in procs))
+        procs = process_tree(os.getpid(), sessions=self.sessions)
+        self._note_ray(procs)
+        rss = {p.pid: _rss(p) for p in procs}
+        if sum(rss.values()) > self.peak_rss:
+            self.peak_rss = sum(rss.values())
+            self.peak_breakdown = sorted(((f"{_label(p)} [{p.pid}]", rss[p.pid]) for p in procs), key=lambda x: -x[1])
         if self.pss_every and self.samples % self.pss_every == 0:
             self.peak_pss = max(self.peak_pss, sum(_pss(p) for p in procs))
         self.peak_procs = max(self.peak_procs, len(procs))
         self._sample_cpu(procs)
         self.samples += 1
+
+    def _note_ray(self, procs: list[Any]) -> None:
+        for proc in procs:
+            if proc.pid not in self.ray_pids and proc.pid != os.getpid() and _is_ray(proc):
+                try:
+                    self.ray_pids[proc.pid] = proc.create_time()
+                except psutil.Error:
+                    pass
+
+    def ray_alive(self) -> list[str]:
+        """Ray processes this tree started that are still running, as ``"pid name"``."""
+        alive = []
+        for pid, created in self.ray_pids.items():
+            try:
+                proc = psutil.Process(pid)
+                if proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(f"{pid} {_label(proc)}")
+            except psutil.Error:  # gone
+                continue
+        return alive
 
     def _sample_cpu(self, procs: list[Any]) -> None:
         now = {p.pid: _cpu_seconds(p) for p in procs}
@@ -197,32 +251,44 @@ class TreeMonitor:
         return (at(end) - at(start)) / max(end - start, 1e-9)
 
 
+def wait_for_quiet(max_seconds: float, *, threshold: float = NOISY_CORES, quiet_for: int = 5) -> float:
+    """Wait until other programs use under ``threshold`` cores for ``quiet_for`` s in a row.
+
+    Gives up after ``max_seconds`` (0: do not wait). Returns the load of the
+    last second measured, so the caller can say how busy the machine was.
+    """
+    if max_seconds <= 0:
+        return float("nan")
+    deadline, calm, load = time.monotonic() + max_seconds, 0, float("nan")
+    print(f"waiting up to {max_seconds:.0f} s for a quiet machine ...", flush=True)
+    while time.monotonic() < deadline and calm < quiet_for:
+        before = _system_busy()
+        time.sleep(1.0)
+        load = _system_busy() - before
+        calm = calm + 1 if load < threshold else 0
+    print(f"machine load before start: {load:.2f} cores ({'quiet' if calm >= quiet_for else 'gave up waiting'})", flush=True)
+    return load
+
+
 # ------------------------------------------------------------------ Ray hygiene
 
 
-def ray_leftovers() -> list[str]:
-    """Ray processes of this user still alive, as ``"pid name"`` strings."""
-    import psutil
+def ensure_ray_stopped(monitor: TreeMonitor, *, wait: float = 15.0) -> list[str]:
+    """Shut down Ray if this process still holds it; return the Ray processes ``monitor`` saw
+    in this process tree that are still alive after ``wait`` seconds (should be none).
 
-    me = os.getuid()
-    alive = []
-    for proc in psutil.process_iter(["uids"]):
-        if proc.pid != os.getpid() and proc.info["uids"] and proc.info["uids"].real == me and _is_ray(proc):
-            alive.append(f"{proc.pid} {proc.name()}")
-    return alive
-
-
-def ensure_ray_stopped(*, wait: float = 10.0) -> list[str]:
-    """Shut down Ray if this process still holds it; return whatever Ray process is left after ``wait`` s."""
+    Only processes of this tree are checked: other programs may run their own Ray.
+    """
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    monitor.sample()
     deadline = time.monotonic() + wait
-    left = ray_leftovers()
+    left = monitor.ray_alive()
     while left and time.monotonic() < deadline:
         time.sleep(0.5)
-        left = ray_leftovers()
+        left = monitor.ray_alive()
     return left
 
 

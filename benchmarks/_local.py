@@ -48,7 +48,7 @@ class LocalSites:
         from fedeye.client.training import train_local
         from fedeye.models import load_state, model_state
 
-        load_state(self.model, state)
+        load_state(self.model, _tensors(state))
         result = train_local(self.model, self.data[(site, "train")], cfg=self.cfg.training, server_round=server_round)
         return {k: v.numpy() for k, v in model_state(self.model).items()}, result.num_examples, result.seconds
 
@@ -56,9 +56,15 @@ class LocalSites:
         from fedeye.client.training import evaluate_local
         from fedeye.models import load_state
 
-        load_state(self.model, state)
+        load_state(self.model, _tensors(state))
         result = evaluate_local(self.model, self.data[(site, split)], batch_size=self.cfg.training.batch_size * 2)
         return float(result.metrics.get("auc", float("nan")))
+
+
+def _tensors(state: State) -> dict[str, Any]:
+    import torch
+
+    return {k: torch.from_numpy(v) for k, v in state.items()}
 
 
 def _init_worker(cfg_json: str, site_dirs: Sequence[str], threads: int) -> None:
@@ -81,7 +87,7 @@ def fedavg(results: Sequence[tuple[State, int, float]]) -> State:
     """Example-weighted mean of the sites' weights (what Flower's FedAvg computes)."""
     total = sum(r[1] for r in results)
     first = results[0][0]
-    return {k: sum(r[0][k] * (r[1] / total) for r in results).astype(first[k].dtype) for k in first}
+    return {k: np.sum([r[0][k] * (r[1] / total) for r in results], axis=0).astype(first[k].dtype) for k in first}
 
 
 @dataclass
@@ -107,7 +113,7 @@ def run_rounds(cfg_json: str, site_dirs: Sequence[str], initial: State, *, round
     with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg_json, list(site_dirs), threads)) as pool:
         pool.map(_ready, range(workers), chunksize=1)  # wait until every worker has its data
         times.setup = time.perf_counter() - start
-        mapper = lambda f, items: pool.map(f, items, chunksize=1)  # noqa: E731
+        mapper = lambda f, items: pool.map(f, items, chunksize=1)
         _replay(times, site_dirs, initial, rounds, mapper, _train_task, _evaluate_task)
     return times
 

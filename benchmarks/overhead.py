@@ -37,10 +37,17 @@ It runs three ways:
 
 Ratios
 ------
+The simulation and ``par`` run ``--repeat`` times, alternated (fed, par,
+fed, par, ...), so that a machine whose speed drifts slows both alike;
+``seq1`` and ``seq2`` run once, at the end. Rounds are pooled over
+repetitions.
+
 *steady* = median federated round wall / median baseline round wall, over
 rounds 2..N: what the platform adds per round once Ray, the actors' imports
 and the per-actor data caches are warm (the median shrugs off a round slowed
 by another program on the machine). **Target: steady vs par <= 1.15.**
+*best* = fastest federated round / fastest baseline round over rounds
+2..N: on a busy machine the better estimate of the uncontended ratio.
 *all* = federated (round 1 start -> last test reply) / baseline (setup +
 all rounds + final test): includes the warm-up (actor processes importing
 torch and FedEye, first data decode, part of ``ray.init``) on both sides.
@@ -59,14 +66,24 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import TimingSink, TreeMonitor, ensure_ray_stopped, machine, print_table, verdict, write_json
-from _local import LocalTimes, run_rounds
+from _common import (
+    NOISY_CORES,
+    TimingSink,
+    TreeMonitor,
+    ensure_ray_stopped,
+    machine,
+    print_table,
+    verdict,
+    wait_for_quiet,
+    write_json,
+)
+from _local import run_rounds
 
 TARGET = 1.15
-NOISY = 0.15  # mean CPU cores used by other programs above which timings are flagged
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,7 +95,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--local-epochs", type=int, default=3, help="local epochs per round (demo: 3)")
     parser.add_argument("--client-cpus", type=float, default=1.0, help="simulation.client_cpus = torch threads per site")
     parser.add_argument("--baselines", default="par,seq1,seq2", help="comma list of par, seq1, seq2 (default: all)")
+    parser.add_argument("--repeat", type=int, default=2, help="simulation + par baseline pairs, alternated (default 2; seq1/seq2 run once)")
     parser.add_argument("--workdir", type=Path, default=None, help="folder for sites and store (default: a fresh temp folder, removed after)")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="first wait up to this long until other programs leave the CPUs idle (default: do not wait)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     return parser.parse_args(argv)
 
@@ -101,11 +121,38 @@ def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Any, list[str]]:
     return cfg, [str(d) for d in simulation_sites(cfg)]
 
 
-def run_federated(cfg: Any) -> dict[str, Any]:
-    """One simulation, timed by a :class:`TimingSink`; returns the phase breakdown."""
+@dataclass
+class Measured:
+    """One timed replay of the run: the simulation or one baseline, by phase (wall seconds)."""
+
+    label: str  # column name, e.g. "fed#1", "par#1", "seq1"
+    kind: str  # "fed", "par", "seq1" or "seq2"
+    setup: float  # fed: simulate() -> round 1 configured; baselines: processes, model, data
+    rounds: list[float]
+    final_test: float
+    train_seconds: float  # train_local's own seconds, all sites and rounds
+    window: tuple[float, float]  # perf_counter span, for the foreign CPU load
+    teardown: float | None = None
+    foreign: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def later(self) -> list[float]:
+        """Rounds 2..N (round 1 when there is only one)."""
+        return self.rounds[1:] if len(self.rounds) > 1 else self.rounds
+
+    @property
+    def all_rounds(self) -> float:
+        """Round 1 to the last test reply; baselines add their setup (process start, data decode)."""
+        return sum(self.rounds) + self.final_test + (0.0 if self.kind == "fed" else self.setup)
+
+
+def run_federated(cfg: Any, label: str) -> Measured:
+    """One simulation, timed by a :class:`TimingSink`."""
     from fedeye.server.federation import open_store
     from fedeye.server.simulation import simulate
 
+    print(f"{label}: simulate() ...", flush=True)
     sink = TimingSink()
     called = time.perf_counter()
     result = simulate(cfg, progress=sink)
@@ -114,71 +161,82 @@ def run_federated(cfg: Any) -> dict[str, Any]:
     last_eval, last_test = sink.last_report("evaluate", n), sink.last_report("test")
     with open_store(cfg) as store:
         train_rows = store.site_metrics(result.run_id, phase="train")
-        test_rows = store.site_metrics(result.run_id, phase="test")
-    return {
-        "startup": sink.round_start(1) - called,
-        "rounds": sink.round_walls(n),
-        "final_test": last_test - last_eval,
-        "teardown": returned - last_test,
-        "total": returned - called,
-        "window": (sink.round_start(1), last_test),
-        "train_seconds": [sum(float(m.metrics.get("train-seconds") or 0) for m in train_rows if m.server_round == r) for r in range(1, n + 1)],
-        "test_auc": [m.metrics.get("auc") for m in test_rows],
-    }
+        test_auc = {m.site: m.metrics.get("auc") for m in store.site_metrics(result.run_id, phase="test")}
+    return Measured(
+        label=label, kind="fed", setup=sink.round_start(1) - called, rounds=sink.round_walls(n),
+        final_test=last_test - last_eval, teardown=returned - last_test, window=(sink.round_start(1), last_test),
+        train_seconds=sum(float(m.metrics.get("train-seconds") or 0) for m in train_rows),
+        extra={"simulate_seconds": returned - called, "test_auc": test_auc},
+    )
 
 
-def run_baselines(cfg: Any, site_dirs: list[str], names: list[str]) -> tuple[dict[str, LocalTimes], dict[str, tuple[float, float]]]:
-    """Replay the run's compute once per requested baseline."""
+def run_baseline(cfg: Any, site_dirs: list[str], kind: str, label: str) -> Measured:
+    """Replay the run's compute as ``kind`` (par, seq1 or seq2)."""
     import torch
 
     from fedeye.models import build_model, model_state
 
     torch.manual_seed(cfg.training.seed)  # the same initial weights as the federated run
     initial = {k: v.numpy() for k, v in model_state(build_model(cfg.model, load_backbone=False)).items()}
-    client_threads = max(1, int(cfg.simulation.client_cpus))
-    cpus = os.cpu_count() or 1
-    plans = {
-        "par": {"workers": max(1, int(cpus // cfg.simulation.client_cpus)), "threads": client_threads},
-        "seq1": {"workers": 0, "threads": client_threads},
-        "seq2": {"workers": 0, "threads": cpus},
-    }
-    out, windows = {}, {}
-    for name in names:
-        print(f"baseline {name}: {plans[name]} ...", flush=True)
-        start = time.perf_counter()
-        out[name] = run_rounds(cfg.to_json(), site_dirs, initial, rounds=cfg.training.rounds, **plans[name])
-        windows[name] = (start, time.perf_counter())
+    threads, cpus = max(1, int(cfg.simulation.client_cpus)), os.cpu_count() or 1
+    plan = {"par": (max(1, int(cpus // cfg.simulation.client_cpus)), threads), "seq1": (0, threads), "seq2": (0, cpus)}[kind]
+    print(f"{label}: {plan[0] or 'no'} worker processes x {plan[1]} torch threads ...", flush=True)
+    start = time.perf_counter()
+    times = run_rounds(cfg.to_json(), site_dirs, initial, rounds=cfg.training.rounds, workers=plan[0], threads=plan[1])
+    window = (start, time.perf_counter())
     torch.set_num_threads(cpus)
-    return out, windows
+    return Measured(label=label, kind=kind, setup=times.setup, rounds=times.rounds, final_test=times.final_test,
+                    train_seconds=sum(times.train_seconds), window=window)
 
 
-def steady(rounds: list[float]) -> float:
-    """Median wall of rounds 2..N (round 1 when there is only one)."""
-    return statistics.median(rounds[1:] if len(rounds) > 1 else rounds)
+def measure(cfg: Any, site_dirs: list[str], names: list[str], repeat: int, monitor: TreeMonitor) -> tuple[list[Measured], list[str]]:
+    """``repeat`` x (simulation, then par), then seq1 and seq2 once; every Ray process checked after each simulation."""
+    runs: list[Measured] = []
+    left: list[str] = []
+    for rep in range(1, repeat + 1):
+        runs.append(run_federated(cfg, f"fed#{rep}"))
+        left += ensure_ray_stopped(monitor)
+        if "par" in names:
+            runs.append(run_baseline(cfg, site_dirs, "par", f"par#{rep}"))
+    runs += [run_baseline(cfg, site_dirs, kind, kind) for kind in ("seq1", "seq2") if kind in names]
+    return runs, left
 
 
-def report(fed: dict[str, Any], base: dict[str, LocalTimes], foreign: dict[str, float], cfg: Any) -> dict[str, Any]:
+def ratios(runs: list[Measured]) -> dict[str, dict[str, float]]:
+    """Federated / each baseline kind; rounds pooled over repetitions."""
+    def pooled(kind: str) -> list[float]:
+        return [w for m in runs if m.kind == kind for w in m.later]
+
+    def mean_all(kind: str) -> float:
+        return statistics.mean(m.all_rounds for m in runs if m.kind == kind)
+
+    fed = pooled("fed")
+    return {kind: {
+        "steady": statistics.median(fed) / statistics.median(pooled(kind)),
+        "best": min(fed) / min(pooled(kind)),
+        "all": mean_all("fed") / mean_all(kind),
+    } for kind in dict.fromkeys(m.kind for m in runs if m.kind != "fed")}
+
+
+def report(runs: list[Measured], cfg: Any) -> dict[str, Any]:
     """Print the breakdown and the ratios; return them for ``--json``."""
-    n = cfg.training.rounds
-    header = ["phase", "federated", *base]
-    rows: list[list[object]] = [["start-up / setup", fed["startup"], *(b.setup for b in base.values())]]
-    rows += [[f"round {r}", fed["rounds"][r - 1], *(b.rounds[r - 1] for b in base.values())] for r in range(1, n + 1)]
-    rows += [["final test", fed["final_test"], *(b.final_test for b in base.values())]]
-    rows += [["teardown", fed["teardown"], *("-" for _ in base)]]
-    rows += [["train_local s, all sites", sum(fed["train_seconds"]), *(sum(b.train_seconds) for b in base.values())]]
-    rows += [["foreign CPU load (cores)", *(foreign[k] for k in ["federated", *base])]]
-    print_table("wall seconds (train_local s = time inside the training loop, summed over sites)", header, rows)
-    if max(foreign.values()) > NOISY:
-        print(f"WARNING: other programs used up to {max(foreign.values()):.2f} CPU cores during the measurements; the ratios are unreliable")
-    fed_steady, fed_all = steady(fed["rounds"]), sum(fed["rounds"]) + fed["final_test"]
-    ratios = {name: {"steady": fed_steady / steady(b.rounds), "all": fed_all / (b.setup + sum(b.rounds) + b.final_test)} for name, b in base.items()}
-    print_table("federated / baseline", ["baseline", "steady (median round 2..N)", "all (round 1 .. test, with setup)"],
-                [[name, r["steady"], r["all"]] for name, r in ratios.items()])
-    print(f"\nRay/Flower start-up {fed['startup']:.2f} s, teardown {fed['teardown']:.2f} s, simulate() total {fed['total']:.2f} s")
-    if "par" in ratios:
-        value = ratios["par"]["steady"]
+    rows: list[list[object]] = [["start-up / setup", *(m.setup for m in runs)]]
+    rows += [[f"round {r}", *(m.rounds[r - 1] for m in runs)] for r in range(1, cfg.training.rounds + 1)]
+    rows += [["final test", *(m.final_test for m in runs)], ["teardown", *("-" if m.teardown is None else m.teardown for m in runs)]]
+    rows += [["train_local s, all sites", *(m.train_seconds for m in runs)], ["foreign CPU load (cores)", *(m.foreign for m in runs)]]
+    print_table("wall seconds (train_local s = time inside the training loop, summed over sites and rounds)", ["phase", *(m.label for m in runs)], rows)
+    if max(m.foreign for m in runs) > NOISY_CORES:
+        print(f"WARNING: other programs used up to {max(m.foreign for m in runs):.2f} CPU cores during the measurements; the ratios are unreliable")
+    found = ratios(runs)
+    print_table("federated / baseline (rounds pooled over repetitions)", ["baseline", "steady (median round 2..N)", "best (fastest round 2..N)", "all (round 1 .. test, with setup)"],
+                [[kind, r["steady"], r["best"], r["all"]] for kind, r in found.items()])
+    feds = [m for m in runs if m.kind == "fed"]
+    print("\nRay/Flower start-up " + ", ".join(f"{m.setup:.2f}" for m in feds) + " s; teardown " + ", ".join(f"{m.teardown or 0:.2f}" for m in feds)
+          + " s; simulate() total " + ", ".join(f"{m.extra['simulate_seconds']:.2f}" for m in feds) + " s")
+    if "par" in found:
+        value = found["par"]["steady"]
         print(f"overhead (steady, vs same parallelism): {value:.3f}   target <= {TARGET}   {verdict(value, TARGET)}")
-    return {"ratios": ratios, "target": TARGET, "pass": ratios.get("par", {}).get("steady", float("inf")) <= TARGET}
+    return {"ratios": found, "target": TARGET, "pass": found.get("par", {}).get("steady", float("inf")) <= TARGET}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,19 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         cfg, site_dirs = prepare(args, workdir)
         print(f"{len(site_dirs)} sites x {args.images_per_site} images at {args.image_size} px, {cfg.training.rounds} rounds x "
               f"{cfg.training.local_epochs} epochs, client_cpus={cfg.simulation.client_cpus}, {os.cpu_count()} CPUs", flush=True)
+        wait_for_quiet(args.wait_quiet)
         with TreeMonitor(interval=1.0, pss_every=0) as monitor:
-            fed = run_federated(cfg)
-            left = ensure_ray_stopped()
-            base, windows = run_baselines(cfg, site_dirs, names)
-        foreign = {name: monitor.foreign_load(*w) for name, w in {"federated": fed.pop("window"), **windows}.items()}
-        summary = report(fed, base, foreign, cfg)
-        print(f"Ray processes left after the simulation: {left or 'none'}")
+            runs, left = measure(cfg, site_dirs, names, args.repeat, monitor)
+        for m in runs:
+            m.foreign = monitor.foreign_load(*m.window)
+        summary = report(runs, cfg)
+        print(f"Ray processes left after the simulations: {left or 'none'}")
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     write_json(args.json, {
         "benchmark": "overhead", "args": {k: str(v) for k, v in vars(args).items()}, "machine": machine(),
-        "federated": fed, "baselines": {k: vars(v) for k, v in base.items()}, "foreign_cpu_load": foreign, **summary, "ray_left": left,
+        "runs": [asdict(m) for m in runs], **summary, "ray_left": left,
     })
     return 0
 

@@ -17,6 +17,7 @@ budget does not train and replies ``left-budget`` (no arrays).
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -28,9 +29,11 @@ from fedeye.config import RunConfig
 from fedeye.fairness.metrics import site_fairness_metrics
 from fedeye.models.io import model_state
 from fedeye.privacy.accounting import MechanismStep
-from fedeye.privacy.dp_sgd import RoundPlan, plan_round, train_local_dp
 from fedeye.privacy.policy import DPSettings
 from fedeye.strategies.base import LEFT_BUDGET
+
+if TYPE_CHECKING:
+    from fedeye.privacy.dp_sgd import RoundPlan
 
 app = ClientApp(mods=[audit_mod])  # every outgoing reply is logged at the site first
 DP_STATE_KEY = "fedeye-dp-history"
@@ -68,6 +71,8 @@ def train(msg: Message, context: Context) -> Message:
 
 def _train_private(msg, context, job, model, dataset, settings: DPSettings, server_round: int) -> Message:  # type: ignore[no-untyped-def]
     """DP-SGD per patient, or a ``left-budget`` reply when the round would overspend."""
+    from fedeye.privacy.dp_sgd import plan_round, train_local_dp  # Opacus loads only where DP is used
+
     history = _dp_history(context)
     plan = plan_round(
         settings, num_patients=len(set(dataset.patient_ids)), batch_size=job.cfg.training.batch_size,

@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord
 from fedeye.client.site_config import SiteConfig, site_config_for
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError
-from fedeye.models import PromptViT, build_model
+from fedeye.models import ModelConfig, PromptViT, build_model
 from fedeye.models.io import load_state
 from fedeye.privacy.policy import DPSettings, effective_dp
 from fedeye.sites.base import SiteFormat, open_site
@@ -54,6 +54,11 @@ def site_dir_for(cfg: RunConfig, node_config: dict[str, Any]) -> Path:
 @lru_cache(maxsize=8)
 def _open(path: str) -> SiteFormat:
     return open_site(Path(path))
+
+
+@lru_cache(maxsize=2)
+def _model(model_json: str) -> PromptViT:
+    return build_model(ModelConfig.model_validate_json(model_json), load_backbone=False)
 
 
 @lru_cache(maxsize=32)
@@ -95,7 +100,12 @@ class SiteJob:
         return effective_dp(self.cfg.privacy, self.site_config.privacy, num_patients=num_patients)
 
     def model(self, arrays: ArrayRecord) -> PromptViT:
-        model = build_model(self.cfg.model, load_backbone=False)
+        """This process's model instance for the run's architecture, holding ``arrays``.
+
+        Built once per process and overwritten with the global weights on
+        every message (every parameter and buffer is in ``arrays``).
+        """
+        model = _model(self.cfg.model.model_dump_json())
         load_state(model, arrays.to_torch_state_dict())
         return model
 

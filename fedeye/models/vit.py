@@ -17,7 +17,6 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from fedeye.errors import ModelError
-from fedeye.models import grad_samplers as _grad_samplers  # noqa: F401  (registers Opacus samplers)
 from fedeye.models.tokens import DomainPrompts, LearnedTokens, PositionEmbedding, vpt_init_bound
 
 

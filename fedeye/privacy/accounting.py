@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from opacus.accountants import create_accountant  # type: ignore[import-untyped]
-from opacus.accountants.utils import get_noise_multiplier  # type: ignore[import-untyped]
 
 from fedeye.privacy.policy import Accountant
 
@@ -27,6 +25,8 @@ class MechanismStep:
 
 def epsilon_spent(history: Sequence[MechanismStep], *, delta: float, accountant: Accountant) -> float:
     """Epsilon of the composed ``history`` at ``delta`` (0.0 for an empty history)."""
+    from opacus.accountants import create_accountant  # type: ignore[import-untyped]  # imported on use: slow
+
     runs = [(h.noise_multiplier, h.sample_rate, h.steps) for h in history if h.steps > 0]
     if not runs:
         return 0.0
@@ -39,6 +39,8 @@ def calibrate_noise(
     *, target_epsilon: float, delta: float, sample_rate: float, total_steps: int, accountant: Accountant
 ) -> float:
     """The noise multiplier at which ``total_steps`` steps spend ``target_epsilon``."""
+    from opacus.accountants.utils import get_noise_multiplier  # type: ignore[import-untyped]
+
     return float(
         get_noise_multiplier(
             target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,

@@ -9,6 +9,7 @@ import torch
 from opacus import GradSampleModule, PrivacyEngine
 from torch.nn.functional import cross_entropy
 
+import fedeye.models.grad_samplers  # noqa: F401  (registers the token modules' grad samplers)
 from fedeye.models import ModelConfig, PromptViT, build_model, set_trainable
 from fedeye.models.tokens import DomainPrompts, LearnedTokens, PositionEmbedding
 
