@@ -8,14 +8,16 @@ store is chosen like ``fedeye runs``: ``--db``, else ``$FEDEYE_DB``, else
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fedeye.cli._common import console, exits_cleanly
 from fedeye.cli.runs import DbOption, RunIdArgument, default_store_dir
-from fedeye.fairness.report import ReportPaths, write_report
 from fedeye.server.store import RunStore, resolve_db_url
+
+if TYPE_CHECKING:
+    from fedeye.fairness.report import ReportPaths
 
 OutOption = Annotated[
     Path,
@@ -32,6 +34,8 @@ def report_command(run_id: RunIdArgument, out: OutOption = Path("fedeye-report")
 
 
 def _write(run_id: str, out: Path, db: str | None) -> ReportPaths:
+    from fedeye.fairness.report import write_report  # matplotlib loads only for reports
+
     with RunStore(resolve_db_url(db, default_dir=default_store_dir())) as store:
         detail = store.get_run(run_id)
     return write_report(detail, out)
