@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 
 class FedEyeError(Exception):
@@ -25,7 +26,9 @@ class Problem:
     """One problem found in user data: where it is, what is wrong, what to do.
 
     ``row`` is the 1-based line number in the file (header is line 1) when the
-    problem belongs to a row; ``file`` names the file that holds it.
+    problem belongs to a row; ``file`` names the file that holds it. A
+    ``"warning"`` does not make a site fail its check (e.g. identifying DICOM
+    header fields that FedEye never reads into outgoing messages).
     """
 
     file: str
@@ -33,12 +36,19 @@ class Problem:
     fix: str
     row: int | None = None
     field: str | None = None
+    severity: Literal["error", "warning"] = "error"
 
     def __str__(self) -> str:
         where = self.file if self.row is None else f"{self.file}:{self.row}"
         if self.field:
             where += f" [{self.field}]"
-        return f"{where}: {self.message} -> {self.fix}"
+        prefix = "warning: " if self.severity == "warning" else ""
+        return f"{prefix}{where}: {self.message} -> {self.fix}"
+
+
+def errors_only(problems: Sequence[Problem]) -> list[Problem]:
+    """Return the problems that are errors (warnings dropped)."""
+    return [p for p in problems if p.severity == "error"]
 
 
 class SiteDataError(FedEyeError):

@@ -1,9 +1,13 @@
 """Site data: formats, checks, the PyTorch dataset and the synthetic generator.
 
-Importing this package registers the built-in formats (currently ``manifest``).
+Importing this package registers the built-in formats: ``manifest``,
+``dicom``, ``npz-fairvision`` and ``npz-medmnist``.
 """
 
-from fedeye.sites import manifest as _manifest  # noqa: F401  (registers the format)
+from fedeye.sites import dicom as _dicom  # noqa: F401  (registers the format)
+from fedeye.sites import manifest as _manifest  # noqa: F401
+from fedeye.sites import npz_fairvision as _npz_fairvision  # noqa: F401
+from fedeye.sites import npz_medmnist as _npz_medmnist  # noqa: F401
 from fedeye.sites.base import (
     Sample,
     SiteFormat,

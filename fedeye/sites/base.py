@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fedeye.errors import ConfigError, Problem, SiteDataError
+from fedeye.errors import ConfigError, Problem, SiteDataError, errors_only
 
 SplitName = Literal["train", "val", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "val", "test")
@@ -42,6 +42,14 @@ class SiteInfo(BaseModel):
         default_factory=lambda: ["normal", "glaucoma"],
         min_length=2,
         description="Name of each class; label k in the manifest is label_names[k].",
+    )
+    oct_frames: Literal["middle", "all"] = Field(
+        default="middle",
+        description="Multi-frame OCT volumes: the middle B-scan only, or every frame as its own sample.",
+    )
+    preprocess: Literal["none", "fov-crop", "fov-crop+clahe"] = Field(
+        default="none",
+        description="Fundus preprocessing applied identically in training and evaluation (fedeye.sites.preprocess).",
     )
 
 
@@ -112,14 +120,14 @@ class SiteFormat(ABC):
         return int(pixels.shape[1]), int(pixels.shape[0])
 
     def samples(self) -> list[Sample]:
-        """Return every sample, or raise :class:`SiteDataError` listing every problem."""
+        """Return every sample, or raise :class:`SiteDataError` listing every error."""
         result = self.scan()
-        if result.problems:
-            raise SiteDataError(self.site_name, result.problems)
+        if errors_only(result.problems):
+            raise SiteDataError(self.site_name, errors_only(result.problems))
         return result.samples
 
     def problems(self) -> list[Problem]:
-        """Return every problem found in the site (empty when it is valid)."""
+        """Return every problem (errors and warnings) found in the site."""
         return self.scan().problems
 
     @property
@@ -159,6 +167,8 @@ def _field_hint(loc: str) -> str:
         "label_names": 'a list of at least two names, e.g. ["normal", "glaucoma"]',
         "name": "a non-empty string",
         "task": "a non-empty string such as 'glaucoma'",
+        "oct_frames": "'middle' or 'all'",
+        "preprocess": "'none', 'fov-crop' or 'fov-crop+clahe'",
     }
     return hints.get(loc.split(".")[0], "see fedeye/sites/README.md")
 

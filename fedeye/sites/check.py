@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from fedeye.errors import ConfigError, Problem
+from fedeye.errors import ConfigError, Problem, errors_only
 from fedeye.sites.base import SPLITS, Sample, SiteFormat, open_site
 
 OPTIONAL_ATTRIBUTES = ("eye", "age", "sex", "race", "ethnicity")
@@ -48,8 +48,8 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        """True when the site has no problem."""
-        return not self.problems
+        """True when the site has no error (warnings do not count)."""
+        return not errors_only(self.problems)
 
 
 def summarise(samples: Sequence[Sample], label_names: Sequence[str], sizes: Sequence[tuple[int, int]]) -> SiteSummary:
@@ -107,11 +107,14 @@ def render_report(report: CheckReport, console: Console) -> None:
     """Print a summary table and, if any, every problem with its row and fix."""
     if report.summary is not None:
         console.print(_summary_table(report, report.summary))
+    if report.problems:
+        console.print(_problem_table(report.problems))
     if report.ok:
-        console.print(f"[green]OK[/green]: site {report.site!r} passed every check.")
+        warned = f" ({len(report.problems)} warning(s))" if report.problems else ""
+        console.print(f"[green]OK[/green]: site {report.site!r} passed every check{warned}.")
         return
-    console.print(_problem_table(report.problems))
-    console.print(f"[red]{len(report.problems)} problem(s)[/red] in site {report.site!r}; fix them and re-run the check.")
+    errors = len(errors_only(report.problems))
+    console.print(f"[red]{errors} problem(s)[/red] in site {report.site!r}; fix them and re-run the check.")
 
 
 def _summary_table(report: CheckReport, summary: SiteSummary) -> Table:
@@ -139,8 +142,8 @@ def _sizes_text(summary: SiteSummary) -> str:
 
 def _problem_table(problems: Sequence[Problem]) -> Table:
     table = Table(title="Problems", show_lines=False)
-    for column in ("file", "row", "field", "problem", "what to do"):
+    for column in ("severity", "file", "row", "field", "problem", "what to do"):
         table.add_column(column, overflow="fold")
     for p in problems:
-        table.add_row(Path(p.file).name, "" if p.row is None else str(p.row), p.field or "", p.message, p.fix)
+        table.add_row(p.severity, Path(p.file).name, "" if p.row is None else str(p.row), p.field or "", p.message, p.fix)
     return table

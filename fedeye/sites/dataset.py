@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from fedeye.errors import ConfigError, Problem, SiteDataError
 from fedeye.sites.base import SPLITS, Sample, SiteFormat
+from fedeye.sites.preprocess import PreprocessMode, preprocess_fundus
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,14 +44,22 @@ class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
     Images are decoded, padded to square and resized once, then kept in memory
     as uint8 (sites are small). Items are float32 ``3xSxS`` tensors normalised
     with ImageNet mean and std; ``augment`` adds a random horizontal flip and
-    a small random shift (pad-and-crop).
+    a small random shift (pad-and-crop). ``preprocess`` (default: the site's
+    ``preprocess`` in ``site.toml``) crops fundus images to their field of view
+    (see :mod:`fedeye.sites.preprocess`) before caching, so training and
+    evaluation see the same pixels.
 
     >>> site = open_site("demo/site-1")  # doctest: +SKIP
     >>> train = SiteDataset(site, "train", image_size=64, augment=True)  # doctest: +SKIP
     >>> image, label = train[0]  # doctest: +SKIP
     """
 
-    def __init__(self, site: SiteFormat, split: str, *, image_size: int, augment: bool = False) -> None:
+    def __init__(
+        self, site: SiteFormat, split: str, *, image_size: int, augment: bool = False, preprocess: PreprocessMode | None = None
+    ) -> None:
+        self.preprocess: PreprocessMode = preprocess or site.info.preprocess
+        if self.preprocess != "none" and site.info.modality != "fundus":
+            raise ConfigError(f"preprocess {self.preprocess!r} is for fundus images; site {site.site_name!r} is {site.info.modality}: use preprocess = \"none\"")
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {list(SPLITS)}, got {split!r}")
         if image_size < 8:
@@ -68,7 +77,8 @@ class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def _load_images(self) -> torch.Tensor:
-        stack = np.stack([square_resize(to_rgb(self.site.read_image(s)), self.image_size) for s in self.samples])
+        size, mode = self.image_size, self.preprocess
+        stack = np.stack([preprocess_fundus(to_rgb(self.site.read_image(s)), mode=mode, size=size) for s in self.samples])
         return torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous()
 
     def __len__(self) -> int:
