@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fedeye.cli._common import console, exits_cleanly
 from fedeye.client.audit import fedeye_home
+from fedeye.cli.dashboard import dashboard_command
 from fedeye.cli.report import report_command
 from fedeye.cli.runs import runs_app
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(runs_app, name="runs")
 app.command("report")(report_command)
+app.command("dashboard")(dashboard_command)
 site_app = typer.Typer(help="Work with one site's data.", no_args_is_help=True)
 sites_app = typer.Typer(help="Work with several sites (synthetic hospitals).", no_args_is_help=True)
 app.add_typer(site_app, name="site")

@@ -1,0 +1,90 @@
+"""``fedeye dashboard``: serve the read-only web dashboard over a run store.
+
+The lead CLI mounts it with ``app.command("dashboard")(dashboard_command)``.
+
+Access: every page and API call needs a token. Without ``--token`` a fresh one
+is generated and printed with the address to open. The server listens on
+127.0.0.1 unless ``--host`` says otherwise; a non-loopback ``--host`` (such as
+0.0.0.0) is refused unless the token is given explicitly with ``--token``,
+because the dashboard shows results derived from patient data and speaks plain
+HTTP (put it behind a TLS reverse proxy when other machines must reach it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from fedeye.cli._common import console, exits_cleanly
+from fedeye.cli.runs import DbOption, default_store_dir
+from fedeye.errors import StoreError
+from fedeye.server.store import mask_url, resolve_db_url
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+TOKEN_ENV_VAR = "FEDEYE_DASHBOARD_TOKEN"
+
+
+@exits_cleanly
+def dashboard_command(
+    db: DbOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; non-loopback needs an explicit --token.")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port to listen on.")] = DEFAULT_PORT,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar=TOKEN_ENV_VAR, help="Access token (default: a fresh random one, printed at start).", show_default=False),
+    ] = None,
+) -> None:
+    """Serve a read-only web dashboard of recorded runs (token-protected)."""
+    import uvicorn
+
+    from fedeye.server.dashboard import create_app
+
+    _check_host(host, token_given=bool(token))
+    url = resolve_db_url(db, default_dir=default_store_dir())
+    _require_existing_store(url)
+    access = token or secrets.token_urlsafe(24)
+    app = create_app(url, token=access)
+    shown_host = f"[{host}]" if ":" in host else host
+    console.print(f"FedEye dashboard over [bold]{mask_url(url)}[/] (read-only)")
+    console.print(f"open [bold]http://{shown_host}:{port}/?token={access}[/]  (Ctrl+C to stop)", soft_wrap=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
+
+
+def _check_host(host: str, *, token_given: bool) -> None:
+    if _is_loopback(host) or token_given:
+        return
+    raise typer.BadParameter(
+        f"{host!r} is reachable from other machines and the dashboard shows results derived "
+        "from patient data over plain HTTP; pass --token YOUR-TOKEN explicitly to expose it "
+        f"(ideally behind a TLS reverse proxy), or keep the default --host {DEFAULT_HOST}",
+        param_hint="--host",
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _require_existing_store(url: str) -> None:
+    """A dashboard only reads: refuse a SQLite file that does not exist yet."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
+        raise StoreError(
+            f"no run store at {parsed.database}; record a run first with `fedeye simulate` or "
+            "`fedeye demo`, or point --db at an existing store"
+        )

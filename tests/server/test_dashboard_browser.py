@@ -1,0 +1,147 @@
+"""The dashboard end to end: a real short federation, the real command, headless Chromium.
+
+Needs Playwright from PyPI and a system Chromium (``/usr/bin/chromium``, or
+``$FEDEYE_CHROMIUM``); Playwright's own browser download is never used.
+The screenshot lands in ``test-artifacts/dashboard-run.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fedeye.config import RunConfig
+from fedeye.server.simulation import simulate
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = os.environ.get("FEDEYE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+TOKEN = "browser-test-token"
+START_TIMEOUT_S = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until_up(base: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dashboard exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"{base}/api/runs", timeout=1)
+        except urllib.error.HTTPError:
+            return  # 401: it is up
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"dashboard did not answer on {base} within {START_TIMEOUT_S} s")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_sites: Path) -> tuple[str, str]:
+    """Store URL and run id of a 3-site, 2-round federation with DP."""
+    out = tmp_path_factory.mktemp("dash-run")
+    cfg = RunConfig.model_validate({
+        "name": "tiny", "data": {"root": str(tiny_sites)},
+        "model": {"arch": "vit-tiny-cpu", "img_size": 32},
+        "training": {"rounds": 2, "local_epochs": 1, "batch_size": 16},
+        "privacy": {"enabled": True, "epsilon": 8.0, "noise_multiplier": 1.0},
+        "output": {"dir": str(out), "db": str(out / "fedeye.db")},
+    })
+    result = simulate(cfg)
+    return str(out / "fedeye.db"), result.run_id
+
+
+@pytest.fixture(scope="module")
+def dashboard(finished_run: tuple[str, str]) -> Iterator[str]:
+    """Run ``fedeye dashboard`` in a subprocess; yield its base URL; stop it by PID."""
+    db, _ = finished_run
+    port = _free_port()
+    command = [sys.executable, "-c",
+               "import typer; from fedeye.cli.dashboard import dashboard_command; typer.run(dashboard_command)",
+               "--db", db, "--port", str(port), "--token", TOKEN]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until_up(base, proc)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}; install Debian's chromium or set FEDEYE_CHROMIUM")
+    with playwright_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_run_page_draws_every_site_and_round(dashboard: str, finished_run: tuple[str, str], browser: object) -> None:
+    _, run_id = finished_run
+    page = browser.new_page(viewport={"width": 1360, "height": 1000})  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+
+    page.goto(f"{dashboard}/runs/{run_id}?token={TOKEN}")
+    page.wait_for_selector("#chart-auc svg .pt")
+
+    assert "token=" not in page.url  # swapped for the cookie
+    auc = page.locator("#chart-auc")
+    assert auc.locator(".legend-item.site").count() == 3
+    assert auc.locator(".series-group.site").count() == 3
+    assert auc.locator(".legend-item.federated").count() == 1
+    assert auc.locator(".x-tick").all_text_contents() == ["1", "2"]
+    assert auc.locator(".series-group.site").first.locator(".pt").count() == 2
+    assert page.locator("#chart-loss .series-group.site").count() == 3
+    assert page.locator("#participation tbody tr").count() == 3 + 1  # sites + total
+    assert page.locator("#chart-privacy .series-group").count() == 3
+    assert page.locator("#fairness table").count() == 1
+    assert "no expert mixing recorded" in page.locator("#experts").inner_text().lower()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-run.png"), full_page=True)
+    page.goto(dashboard)
+    page.wait_for_selector("#runs table")
+    assert page.locator("#runs tbody tr").count() == 1
+    page.screenshot(path=str(ARTIFACTS / "dashboard-runs.png"), full_page=True)
+    assert errors == []
+
+
+def test_wrong_token_is_refused_in_the_browser(dashboard: str, finished_run: tuple[str, str], browser: object) -> None:
+    _, run_id = finished_run
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+
+    response = page.goto(f"{dashboard}/runs/{run_id}?token=wrong")
+
+    assert response.status == 401
+    assert "access token needed" in page.content()
+    assert context.cookies() == []
+    context.close()
