@@ -75,6 +75,10 @@ def _macro_sens_spec(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
         tn = cm.sum() - tp - fn - fp
         sens.append(tp / (tp + fn) if tp + fn else math.nan)
         spec.append(tn / (tn + fp) if tn + fp else math.nan)
-    return float(np.nanmean(sens)) if not np.all(np.isnan(sens)) else math.nan, (
-        float(np.nanmean(spec)) if not np.all(np.isnan(spec)) else math.nan
-    )
+    return _mean_defined(sens), _mean_defined(spec)
+
+
+def _mean_defined(values: list[float]) -> float:
+    """Mean over the defined (non-NaN) values; NaN when none is defined."""
+    defined = [v for v in values if not math.isnan(v)]
+    return float(np.mean(defined)) if defined else math.nan

@@ -6,7 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -16,6 +16,11 @@ from fedeye.client.audit import fedeye_home
 from fedeye.cli.dashboard import dashboard_command
 from fedeye.cli.report import report_command
 from fedeye.cli.runs import runs_app
+
+if TYPE_CHECKING:
+    from fedeye.config import RunConfig
+    from fedeye.server.simulation import SimulationResult
+    from fedeye.server.store import RunDetail
 
 app = typer.Typer(
     name="fedeye",
@@ -91,7 +96,7 @@ def simulate(
     _simulate_and_report(_with_backbone(cfg, backbone_weights))
 
 
-def _with_backbone(cfg, weights: Path | None):  # type: ignore[no-untyped-def]
+def _with_backbone(cfg: RunConfig, weights: Path | None) -> RunConfig:
     """Override ``model.backbone_weights`` and check the file before any process starts."""
     if weights is None:
         return cfg
@@ -132,7 +137,7 @@ def demo(
         console.print(f"  {line}")
 
 
-def _simulate_and_report(cfg):  # type: ignore[no-untyped-def]
+def _simulate_and_report(cfg: RunConfig) -> SimulationResult:
     from fedeye.cli.progress import RichProgress
     from fedeye.server.federation import open_store
     from fedeye.server.simulation import simulate as run_sim
@@ -148,7 +153,7 @@ def _simulate_and_report(cfg):  # type: ignore[no-untyped-def]
     return result
 
 
-def _print_site_table(detail, *, split: str) -> None:  # type: ignore[no-untyped-def]
+def _print_site_table(detail: RunDetail, *, split: str) -> None:
     rows = [m for m in detail.site_metrics if m.phase == "test"]
     table = Table(title=f"final global model on each site's {split} split", header_style="bold")
     for name in ("site", "AUC", "accuracy", "sensitivity", "specificity", "images"):
