@@ -79,3 +79,7 @@ class SiteExistsError(FedEyeError):
 
 class AuditError(FedEyeError):
     """A site's audit log of outgoing messages cannot be written or read."""
+
+
+class ProvisioningError(FedEyeError):
+    """A key or certificate cannot be made, read or written (bad key file, would overwrite)."""

@@ -14,6 +14,7 @@ from rich.table import Table
 from fedeye.cli._common import console, exits_cleanly
 from fedeye.client.audit import fedeye_home
 from fedeye.cli.dashboard import dashboard_command
+from fedeye.cli.provision import coordinator_app, site_init
 from fedeye.cli.report import report_command
 from fedeye.cli.runs import runs_app
 
@@ -34,6 +35,8 @@ app.command("dashboard")(dashboard_command)
 site_app = typer.Typer(help="Work with one site's data.", no_args_is_help=True)
 sites_app = typer.Typer(help="Work with several sites (synthetic hospitals).", no_args_is_help=True)
 app.add_typer(site_app, name="site")
+site_app.command("init")(site_init)
+app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(sites_app, name="sites")
 
 Modality = Literal["fundus", "oct"]

@@ -28,3 +28,24 @@ def test_oct_sites_train_and_report_like_fundus(tmp_path: Path) -> None:
     tested = [m for m in detail.site_metrics if m.phase == "test"]
     assert len(tested) == 2 and all(m.status == "ok" and m.num_examples > 0 for m in tested)
     assert result.model_path.is_file()
+
+
+@pytest.mark.slow
+def test_dicom_oct_sites_federate(tmp_path: Path) -> None:
+    """Ophthalmic Tomography DICOM volumes (middle B-scan) as two federated sites."""
+    from tests.sites.conftest import write_dicom_site
+
+    for name in ("site-a", "site-b"):
+        (tmp_path / "sites" / name).mkdir(parents=True)
+        write_dicom_site(tmp_path / "sites" / name, patients=12, oct=True)
+    cfg = RunConfig.model_validate({
+        "name": "dicom-oct", "data": {"root": str(tmp_path / "sites")}, "model": {"img_size": 32},
+        "training": {"rounds": 1, "batch_size": 8},
+        "output": {"dir": str(tmp_path / "out"), "db": str(tmp_path / "out" / "fedeye.db")},
+    })
+
+    result = simulate(cfg)
+
+    detail = RunStore(result.store_url).get_run(result.run_id)
+    assert detail.run.status == "finished"
+    assert sorted(m.phase for m in detail.site_metrics if m.status == "ok") == ["evaluate"] * 2 + ["test"] * 2 + ["train"] * 2
