@@ -146,9 +146,9 @@ def _simulate_and_report(cfg: RunConfig) -> SimulationResult:
     from fedeye.server.simulation import simulate as run_sim
     from fedeye.server.simulation import simulation_sites
 
-    simulation_sites(cfg)  # every site checked before Flower starts
+    sites = simulation_sites(cfg)  # every site checked before the display and Flower start
     with RichProgress(console, rounds=cfg.training.rounds) as progress:
-        result = run_sim(cfg, progress=progress)
+        result = run_sim(cfg, progress=progress, sites=sites)
     with open_store(cfg) as store:
         detail = store.get_run(result.run_id)
     console.print()

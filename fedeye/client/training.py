@@ -49,7 +49,7 @@ def train_local(
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(dataset, cfg).to(device) if cfg.class_weighting == "balanced" else None)
+    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(dataset).to(device) if cfg.class_weighting == "balanced" else None)
     # fp16 autocast (CUDA without bf16) needs loss scaling; a no-op elsewhere
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     start = time.perf_counter()
@@ -68,7 +68,7 @@ def train_local(
     return TrainResult(loss=total_loss / max(seen, 1), num_examples=len(dataset), seconds=time.perf_counter() - start)  # type: ignore[arg-type]
 
 
-def _class_weights(dataset: Dataset, cfg: TrainingConfig) -> torch.Tensor:
+def _class_weights(dataset: Dataset) -> torch.Tensor:
     """Inverse class frequency of the local labels, normalised to mean 1."""
     labels = np.asarray(dataset.labels)  # type: ignore[attr-defined]
     counts = np.bincount(labels, minlength=int(dataset.num_classes)).astype(np.float64)  # type: ignore[attr-defined]

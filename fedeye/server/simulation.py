@@ -54,14 +54,20 @@ def _check_node_minimums(cfg: RunConfig, num_sites: int) -> None:
             raise ConfigError(f"strategy.{field}={getattr(s, field)} but the simulation has only {num_sites} site(s); lower it")
 
 
-def simulate(cfg: RunConfig, *, progress: ProgressSink | None = None, quiet: bool = True) -> SimulationResult:
-    """Run ``cfg`` in the Simulation Engine and return the run id and outputs."""
+def simulate(
+    cfg: RunConfig, *, progress: ProgressSink | None = None, quiet: bool = True, sites: list[Path] | None = None
+) -> SimulationResult:
+    """Run ``cfg`` in the Simulation Engine and return the run id and outputs.
+
+    ``sites``: the result of :func:`simulation_sites` when the caller already
+    checked them (checking decodes every image); otherwise they are checked here.
+    """
     from flwr.simulation import run_simulation
 
     from fedeye.client.app import app as client_app
     from fedeye.server.app import make_server_app
 
-    sites = simulation_sites(cfg)
+    sites = sites if sites is not None else simulation_sites(cfg)
     os.environ.update(_SIM_ENV)
     with open_store(cfg) as store:
         run_id = create_run(store, cfg, num_sites=len(sites))

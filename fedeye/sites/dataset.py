@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from fedeye.errors import ConfigError, Problem, SiteDataError
@@ -24,18 +23,6 @@ def to_rgb(pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         return np.repeat(pixels, 3, axis=2)
     raise ValueError(f"expected HxW or HxWx3 pixels, got shape {pixels.shape}")
-
-
-def square_resize(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Pad an RGB image to a square with black (keeps the fundus round), then resize."""
-    height, width = pixels.shape[:2]
-    side = max(height, width)
-    canvas = np.zeros((side, side, 3), np.uint8)
-    top, left = (side - height) // 2, (side - width) // 2
-    canvas[top : top + height, left : left + width] = pixels
-    if side == size:
-        return canvas
-    return np.asarray(Image.fromarray(canvas).resize((size, size), Image.Resampling.BILINEAR))
 
 
 class SiteDataset(Dataset[tuple[torch.Tensor, int]]):

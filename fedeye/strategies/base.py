@@ -117,18 +117,21 @@ class ObservedStrategy:
     num_nodes: int = 0  # connected nodes at the last configure_train
     num_sampled: int = 0  # nodes sampled to train at the last configure_train
     global_arrays: ArrayRecord | None = None  # the model sent in the current round
-    departed: set[int]
+
+    @property
+    def departed(self) -> set[int]:
+        """Nodes that left for budget reasons; never sampled to train again."""
+        return self.__dict__.setdefault("_departed", set())  # type: ignore[no-any-return]
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.global_arrays = arrays
-        departed = self.__dict__.setdefault("departed", set())
-        remaining = len([n for n in grid.get_node_ids() if n not in departed])
-        if departed and remaining == 0:
+        remaining = len([n for n in grid.get_node_ids() if n not in self.departed])
+        if self.departed and remaining == 0:
             raise BudgetExhausted(f"every site has spent its privacy budget; no site can train in round {server_round}")
-        self._lower_minimums(remaining if departed else None)
-        messages = list(super().configure_train(server_round, arrays, config, _TrainingGrid(grid, departed)))  # type: ignore[misc]
+        self._lower_minimums(remaining if self.departed else None)
+        messages = list(super().configure_train(server_round, arrays, config, _TrainingGrid(grid, self.departed)))  # type: ignore[misc]
         self.num_nodes, self.num_sampled = len(list(grid.get_node_ids())), len(messages)
         if self.observer:
             self.observer.on_round_start(server_round, "train", len(messages))
@@ -146,24 +149,21 @@ class ObservedStrategy:
         """Judge and record every reply; return the ones to aggregate.
 
         Wrappers that must see only acceptable replies (client-level DP clips
-        before aggregating) call this first; the following ``aggregate_train``
-        of the same round then skips judging.
+        before aggregating) call this first and set ``prejudged_round``, so the
+        following ``aggregate_train`` of that round does not judge again.
         """
         verdicts = [judge_reply(m, self.global_arrays, max_update_norm=self.max_update_norm) for m in replies]
-        departed = self.__dict__.setdefault("departed", set())
-        departed.update(m.metadata.src_node_id for m, v in zip(replies, verdicts) if v.status == LEFT_BUDGET)
+        self.departed.update(m.metadata.src_node_id for m, v in zip(replies, verdicts) if v.status == LEFT_BUDGET)
         if self.observer:
             self.observer.on_replies(server_round, "train", replies, verdicts)
-        self.__dict__["_judged_round"] = server_round
         return [m for m, v in zip(replies, verdicts) if v.status == "ok"]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        judged = self.__dict__.pop("_judged_round", None) == server_round
-        accepted = replies if judged else self.judge_train_replies(server_round, replies)
-        self.__dict__.pop("_judged_round", None)
+        prejudged = self.__dict__.pop("prejudged_round", None) == server_round
+        accepted = replies if prejudged else self.judge_train_replies(server_round, replies)
         if not accepted:
             return None, None
         copies = _for_aggregation(accepted, with_arrays=True, equal_weights=self.equal_weights)

@@ -63,6 +63,7 @@ class _JudgedClientDP:
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         accepted = self.strategy.judge_train_replies(server_round, replies)
+        self.strategy.prejudged_round = server_round  # the inner aggregate_train must not judge (or record) again
         if not accepted:
             return None, None
         self.num_sampled_clients = len(accepted)
