@@ -25,7 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedeye.errors import ConfigError
 from fedeye.models.config import ModelConfig
@@ -68,6 +68,17 @@ class StrategyConfig(_Section):
     max_update_norm: float | None = Field(
         default=None, gt=0, description="Reject a site update whose L2 distance to the global model exceeds this."
     )
+    proximal_mu: float = Field(
+        default=0.01, ge=0, description="fedprox only: weight of the proximal term (mu/2)||w - w_global||^2."
+    )
+    server_lr: float = Field(default=0.01, gt=0, description="fedadam/fedyogi only: the server optimiser's step size (eta).")
+    expert_mixup: float = Field(
+        default=0.5, ge=0, le=1,
+        description="prompt-experts only: share of images trained with a random mix of experts (domain mixup).",
+    )
+    router_loss: float = Field(
+        default=1.0, ge=0, description="prompt-experts only: weight of the router's loss (recognise the own site's domain).",
+    )
 
 
 class TrainingConfig(_Section):
@@ -101,6 +112,10 @@ class OutputConfig(_Section):
     db: str | None = Field(default=None, description="SQLAlchemy URL of the run store; default: FEDEYE_DB or <dir>/fedeye.db.")
 
 
+#: Strategies whose sites train with their own objective (not plain local SGD).
+LOCAL_OBJECTIVE_STRATEGIES = ("fedprox", "fedbn", "prompt-experts")
+
+
 class RunConfig(_Section):
     """Everything that describes one federated run."""
 
@@ -112,6 +127,15 @@ class RunConfig(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _strategy_supports_dp(self) -> RunConfig:
+        if self.privacy.enabled and self.strategy.name in LOCAL_OBJECTIVE_STRATEGIES:
+            raise ValueError(
+                f"strategy.name = {self.strategy.name!r} changes the sites' local training, which DP-SGD "
+                "(privacy.enabled) does not support yet; use fedavg, fairfedavg, fedadam or fedyogi with DP"
+            )
+        return self
 
     def to_json(self) -> str:
         """Serialise for a Flower ConfigRecord or the run store."""

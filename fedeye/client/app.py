@@ -19,24 +19,30 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import numpy as np
+import torch
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedeye.client.audit import audit_mod
 from fedeye.client.site import SiteJob
-from fedeye.client.training import evaluate_predictions, predict, train_local
+from fedeye.client.training import LocalObjective, evaluate_predictions, mean_expert_weights, predict, train_local
 from fedeye.config import RunConfig
 from fedeye.fairness.metrics import site_fairness_metrics
-from fedeye.models.io import model_state
+from fedeye.models.io import load_state, model_state
 from fedeye.privacy.accounting import MechanismStep
 from fedeye.privacy.policy import DPSettings
 from fedeye.strategies.base import LEFT_BUDGET
+from fedeye.strategies.fedbn import LOCAL_NORMS_KEY
+from fedeye.strategies.prompt_experts import BACKBONE_KEY, EXPERT_INDEX_KEY, site_update
 
 if TYPE_CHECKING:
     from fedeye.privacy.dp_sgd import RoundPlan
 
 app = ClientApp(mods=[audit_mod])  # every outgoing reply is logged at the site first
 DP_STATE_KEY = "fedeye-dp-history"
+NORMS_STATE_KEY = "fedeye-local-norms"
 
 
 def _job(msg: Message, context: Context) -> SiteJob:
@@ -58,15 +64,49 @@ def _reply(msg: Message, job: SiteJob, metrics: dict[str, float | int], *, array
 def train(msg: Message, context: Context) -> Message:
     """Load the global arrays, train on the local train split, return the update."""
     job = _job(msg, context)
-    model = job.model(msg.content["arrays"])
-    server_round = int(msg.content["config"]["server-round"])
+    config = msg.content["config"]
+    model = _global_model(msg, context, job)
+    server_round = int(config["server-round"])
     dataset = job.dataset("train")
     settings = job.dp_settings(num_patients=len(set(dataset.patient_ids)))
     if settings is None:
-        result = train_local(model, dataset, cfg=job.cfg.training, server_round=server_round)
-        metrics = {"loss": result.loss, "num-examples": result.num_examples, "train-seconds": result.seconds}
-        return _reply(msg, job, metrics, arrays=ArrayRecord(model_state(model)))
+        objective = LocalObjective.from_config(config)
+        result = train_local(model, dataset, cfg=job.cfg.training, server_round=server_round, objective=objective)
+        metrics: dict[str, float | int] = {"loss": result.loss, "num-examples": result.num_examples,
+                                           "train-seconds": result.seconds}
+        state = model_state(model)
+        if config.get(LOCAL_NORMS_KEY):
+            context.state[NORMS_STATE_KEY] = ArrayRecord({k: v for k, v in state.items() if k in norm_keys(model)})
+        if objective.expert_index is None:
+            return _reply(msg, job, metrics, arrays=ArrayRecord(state))
+        metrics[EXPERT_INDEX_KEY] = objective.expert_index
+        update = site_update(state, objective.expert_index, prompt_only=job.cfg.model.mode == "prompt")
+        return _reply(msg, job, metrics, arrays=ArrayRecord(_tensors(update)))
     return _train_private(msg, context, job, model, dataset, settings, server_round)
+
+
+def _global_model(msg: Message, context: Context, job: SiteJob):  # type: ignore[no-untyped-def]
+    """The model holding the message's global arrays (and, with fedbn, this site's own norms)."""
+    config = msg.content["config"]
+    backbone = config.get(BACKBONE_KEY)
+    model = job.model(msg.content["arrays"], backbone_sha256=None if backbone is None else str(backbone))
+    if config.get(LOCAL_NORMS_KEY) and NORMS_STATE_KEY in context.state.array_records:
+        load_state(model, context.state[NORMS_STATE_KEY].to_torch_state_dict(), strict=False)
+    return model
+
+
+def norm_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict keys of every LayerNorm's weight and bias (what fedbn keeps at the site)."""
+    return {
+        f"{name}.{param}"
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.LayerNorm)
+        for param, _ in module.named_parameters(recurse=False)
+    }
+
+
+def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
 
 
 def _train_private(msg, context, job, model, dataset, settings: DPSettings, server_round: int) -> Message:  # type: ignore[no-untyped-def]
@@ -119,7 +159,7 @@ def _save_dp_history(context: Context, history: list[MechanismStep]) -> None:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global arrays on the split named in the message (default val)."""
     job = _job(msg, context)
-    model = job.model(msg.content["arrays"])
+    model = _global_model(msg, context, job)
     split = str(msg.content["config"].get("split", job.cfg.data.eval_split))
     dataset = job.dataset(split)
     probs, labels = predict(model, dataset, batch_size=job.cfg.training.batch_size * 2)
@@ -129,4 +169,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     # per-group aggregates only; groups under the site's min_group_size are not sent
     min_group = job.site_config.privacy.min_group_size
     metrics.update(site_fairness_metrics(labels, probs, dataset.attrs, min_group_size=min_group))
+    mix = mean_expert_weights(model, dataset, batch_size=job.cfg.training.batch_size * 2)
+    if mix is not None:  # which experts the router sends this site's images to
+        metrics.update({f"expert.{k}.weight": float(w) for k, w in enumerate(mix)})
+    if EXPERT_INDEX_KEY in msg.content["config"]:
+        metrics[EXPERT_INDEX_KEY] = int(msg.content["config"][EXPERT_INDEX_KEY])  # type: ignore[arg-type]
     return _reply(msg, job, metrics)

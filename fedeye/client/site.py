@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord
 
 from fedeye.client.site_config import SiteConfig, site_config_for
 from fedeye.config import RunConfig
-from fedeye.errors import ConfigError
+from fedeye.errors import ConfigError, ModelError
 from fedeye.models import ModelConfig, PromptViT, build_model
 from fedeye.models.io import load_state
 from fedeye.privacy.policy import DPSettings, effective_dp
@@ -57,8 +57,32 @@ def _open(path: str) -> SiteFormat:
 
 
 @lru_cache(maxsize=2)
-def _model(model_json: str) -> PromptViT:
-    return build_model(ModelConfig.model_validate_json(model_json), load_backbone=False)
+def _model(model_json: str, seed: int) -> PromptViT:
+    """The process's model for one architecture.
+
+    In prompt mode only prompts, router and head arrive each round, so the
+    frozen backbone must be the coordinator's: loaded from the site's copy of
+    ``model.backbone_weights`` (the same path at every site) or, without one,
+    initialised from the run's seed exactly as the coordinator does.
+    """
+    cfg = ModelConfig.model_validate_json(model_json)
+    torch.manual_seed(seed)
+    # a missing file is not an error here: full arrays overwrite everything, and with
+    # partial arrays the backbone fingerprint check names the file
+    weights = cfg.backbone_weights
+    return build_model(cfg, load_backbone=cfg.mode == "prompt" and weights is not None and weights.is_file())
+
+
+_FINGERPRINTS: dict[int, str] = {}
+
+
+def _fingerprint(model: PromptViT) -> str:
+    """The backbone fingerprint of a cached model (its frozen part never changes)."""
+    from fedeye.strategies.prompt_experts import backbone_fingerprint
+
+    if id(model) not in _FINGERPRINTS:
+        _FINGERPRINTS[id(model)] = backbone_fingerprint(model.state_dict())
+    return _FINGERPRINTS[id(model)]
 
 
 @lru_cache(maxsize=32)
@@ -99,13 +123,31 @@ class SiteJob:
         """The DP-SGD settings that apply here: the run's request under the site's ceiling."""
         return effective_dp(self.cfg.privacy, self.site_config.privacy, num_patients=num_patients)
 
-    def model(self, arrays: ArrayRecord) -> PromptViT:
+    def model(self, arrays: ArrayRecord, *, backbone_sha256: str | None = None) -> PromptViT:
         """This process's model instance for the run's architecture, holding ``arrays``.
 
         Built once per process and overwritten with the global weights on
-        every message (every parameter and buffer is in ``arrays``).
+        every message. ``arrays`` holds every weight, or (prompt mode with
+        prompt-experts) only the prompt parts, with ``backbone_sha256`` the
+        coordinator's backbone fingerprint, which this site's must equal.
+
+        Raises
+        ------
+        ModelError
+            The arrays do not fit, or this site's frozen backbone differs from the coordinator's.
         """
-        model = _model(self.cfg.model.model_dump_json())
-        load_state(model, arrays.to_torch_state_dict())
+        model = _model(self.cfg.model.model_dump_json(), self.cfg.training.seed)
+        state = arrays.to_torch_state_dict()
+        if backbone_sha256 is None:
+            load_state(model, state)
+            return model
+        own = _fingerprint(model)
+        if own != backbone_sha256:
+            raise ModelError(
+                f"this site's frozen backbone (sha256 {own[:12]}) differs from the coordinator's "
+                f"({backbone_sha256[:12]}); give the site the same model.backbone_weights file "
+                f"({self.cfg.model.backbone_weights or 'none: built from training.seed'}) and the same FedEye version"
+            )
+        load_state(model, state, strict=False)
         return model
 

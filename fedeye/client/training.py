@@ -7,7 +7,9 @@ Message API, and ``fedeye evaluate`` and the benchmarks call them directly.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,41 @@ class TrainResult:
 
 
 @dataclass(frozen=True)
+class LocalObjective:
+    """What a strategy asks of local training beyond the classification loss.
+
+    Attributes
+    ----------
+    proximal_mu : float
+        FedProx: add ``mu/2 * ||w - w_global||^2`` over the trainable weights.
+    expert_index : int or None
+        prompt-experts: this site's row of the expert bank (None: no experts).
+    expert_mixup : float
+        prompt-experts: share of images classified with a random mix of experts.
+    router_loss : float
+        prompt-experts: weight of the router's cross-entropy towards the own expert.
+    """
+
+    proximal_mu: float = 0.0
+    expert_index: int | None = None
+    expert_mixup: float = 0.0
+    router_loss: float = 0.0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LocalObjective:
+        """Read the keys FedEye's strategies put in a training message's config."""
+        from fedeye.strategies.prompt_experts import EXPERT_INDEX_KEY, MIXUP_KEY, ROUTER_LOSS_KEY
+
+        index = config.get(EXPERT_INDEX_KEY)
+        return cls(
+            proximal_mu=float(config.get("proximal-mu", 0.0)),  # Flower's FedProx key
+            expert_index=None if index is None else int(index),
+            expert_mixup=float(config.get(MIXUP_KEY, 0.0)),
+            router_loss=float(config.get(ROUTER_LOSS_KEY, 0.0)),
+        )
+
+
+@dataclass(frozen=True)
 class EvalResult:
     """Aggregate evaluation of a model on one split of one site."""
 
@@ -40,9 +77,16 @@ class EvalResult:
 
 
 def train_local(
-    model: nn.Module, dataset: Dataset, *, cfg: TrainingConfig, server_round: int = 1
+    model: nn.Module, dataset: Dataset, *, cfg: TrainingConfig, server_round: int = 1,
+    objective: LocalObjective | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``cfg.local_epochs`` epochs on ``dataset``."""
+    """Train ``model`` in place for ``cfg.local_epochs`` epochs on ``dataset``.
+
+    ``objective`` adds FedProx's proximal term or trains a domain expert
+    (see :class:`LocalObjective`); the reported loss is the classification
+    loss alone.
+    """
+    objective = objective or LocalObjective()
     device = select_device(cfg.device)
     model.to(device).train()
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + server_round)
@@ -52,6 +96,8 @@ def train_local(
     loss_fn = nn.CrossEntropyLoss(weight=_class_weights(dataset).to(device) if cfg.class_weighting == "balanced" else None)
     # fp16 autocast (CUDA without bf16) needs loss scaling; a no-op elsewhere
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    anchor = [p.detach().clone() for p in params] if objective.proximal_mu > 0 else None
+    expert = _ExpertTraining.start(model, objective, seed=cfg.seed * 100_003 + server_round)
     start = time.perf_counter()
     total_loss, seen = 0.0, 0
     for _ in range(cfg.local_epochs):
@@ -59,13 +105,97 @@ def train_local(
             images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
             with autocast_context(device):
-                loss = loss_fn(model(images), labels)
-            scaler.scale(loss).backward()
+                if expert is None:
+                    loss = loss_fn(model(images), labels)
+                    extra = loss.new_zeros(())
+                else:
+                    loss, extra = expert.losses(images, labels, loss_fn)
+                if anchor is not None:
+                    drift = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
+                    extra = extra + 0.5 * objective.proximal_mu * drift
+            scaler.scale(loss + extra).backward()
             scaler.step(optimizer)
             scaler.update()
             total_loss += loss.item() * len(labels)
             seen += len(labels)
+    if expert is not None:
+        expert.finish()
     return TrainResult(loss=total_loss / max(seen, 1), num_examples=len(dataset), seconds=time.perf_counter() - start)  # type: ignore[arg-type]
+
+
+class _ExpertTraining:
+    """One site's expert training (prompt-experts; see fedeye.strategies.prompt_experts).
+
+    Per batch: the images are classified through a mix of experts, their own
+    expert (one-hot) or, for a share ``expert_mixup``, ``lam * own + (1 - lam)
+    * Dirichlet(1)`` (domain mixup over the bank); the router learns to
+    recognise the own domain. Only the own row of the bank trains: the other
+    experts belong to other sites and are restored after training.
+    """
+
+    def __init__(self, model: nn.Module, objective: LocalObjective, seed: int) -> None:
+        self.model, self.objective = model, objective
+        self.k = int(objective.expert_index)  # type: ignore[arg-type]
+        bank = model.domain_prompts.tokens  # type: ignore[union-attr]
+        self.num_experts = int(bank.shape[0])
+        if not 0 <= self.k < self.num_experts:
+            from fedeye.errors import ModelError
+
+            raise ModelError(f"expert index {self.k} is outside the model's {self.num_experts} experts")
+        self.saved_bank = bank.detach().clone()
+        mask = torch.zeros(self.num_experts, 1, 1, dtype=bank.dtype, device=bank.device)
+        mask[self.k] = 1.0
+        self.hook = bank.register_hook(lambda grad: grad * mask) if bank.requires_grad else None
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def start(cls, model: nn.Module, objective: LocalObjective, *, seed: int) -> _ExpertTraining | None:
+        if objective.expert_index is None or getattr(model, "router", None) is None:
+            return None
+        return cls(model, objective, seed)
+
+    def mix(self, batch: int, device: torch.device) -> torch.Tensor:
+        """Per-image expert weights ``[batch, num_experts]``."""
+        own = torch.zeros(batch, self.num_experts)
+        own[:, self.k] = 1.0
+        mixed = torch.rand(batch, generator=self.generator) < self.objective.expert_mixup
+        lam = torch.rand(batch, 1, generator=self.generator)
+        gamma = -torch.log(torch.rand(batch, self.num_experts, generator=self.generator).clamp_min(1e-12))
+        dirichlet = gamma / gamma.sum(dim=1, keepdim=True)
+        blend = lam * own + (1 - lam) * dirichlet
+        return torch.where(mixed[:, None], blend, own).to(device)
+
+    def losses(self, images: torch.Tensor, labels: torch.Tensor, loss_fn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classification loss and the router's loss for one batch."""
+        logits, route = self.model.forward_routed(images, expert_weights=self.mix(len(labels), images.device))  # type: ignore[operator]
+        target = torch.full_like(labels, self.k)
+        return loss_fn(logits, labels), self.objective.router_loss * nn.functional.cross_entropy(route, target)
+
+    def finish(self) -> None:
+        """Remove the gradient mask and put back the other sites' experts."""
+        if self.hook is not None:
+            self.hook.remove()
+        bank = self.model.domain_prompts.tokens  # type: ignore[union-attr]
+        with torch.no_grad():
+            keep = torch.ones(self.num_experts, dtype=torch.bool)
+            keep[self.k] = False
+            bank[keep] = self.saved_bank[keep].to(bank.dtype)
+
+
+@torch.no_grad()
+def mean_expert_weights(model: nn.Module, dataset: Dataset, *, batch_size: int = 64,
+                        device: torch.device | None = None) -> np.ndarray | None:
+    """The router's mean mixing weight per expert over ``dataset`` (None without a router)."""
+    if getattr(model, "router", None) is None:
+        return None
+    device = device or select_device("auto")
+    model.to(device).eval()
+    total, count = None, 0
+    for images, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        weights = torch.softmax(model.routing_logits(images.to(device)).float(), dim=-1).sum(dim=0)  # type: ignore[operator]
+        total = weights if total is None else total + weights
+        count += len(images)
+    return None if total is None else (total / max(count, 1)).cpu().numpy()
 
 
 def _class_weights(dataset: Dataset) -> torch.Tensor:

@@ -94,6 +94,10 @@ class ModelConfig(BaseModel):
     num_domain_prompts: int = Field(
         default=4, ge=0, description="Prompt tokens per domain expert; unused when num_domains is 0."
     )
+    router_dim: int = Field(
+        default=8, ge=0,
+        description="Key width of the expert router that mixes domain experts per image (0 = uniform mix).",
+    )
     mode: TrainMode = Field(
         default="full",
         description="full: train every parameter; prompt: freeze the backbone, train prompts and head.",

@@ -64,6 +64,7 @@ def build_model(cfg: ModelConfig, *, load_backbone: bool = True) -> PromptViT:
         num_shared_prompts=cfg.num_shared_prompts,
         num_domains=cfg.num_domains,
         num_domain_prompts=cfg.num_domain_prompts,
+        router_dim=cfg.router_dim,
         drop_rate=cfg.drop_rate,
         attn_drop_rate=cfg.attn_drop_rate,
         drop_path_rate=cfg.drop_path_rate,

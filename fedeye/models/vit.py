@@ -17,6 +17,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from fedeye.errors import ModelError
+from fedeye.models.router import ExpertRouter
 from fedeye.models.tokens import DomainPrompts, LearnedTokens, PositionEmbedding, vpt_init_bound
 
 
@@ -28,8 +29,10 @@ class PromptViT(nn.Module):
     class and patch tokens only and the prompts are inserted right after the
     class token, as in VPT-shallow (Jia et al., 2022) and EPVT (Yan et al.,
     2023). The domain prompts are those of one expert per image (``domain``)
-    or a per-image mix of all experts (``expert_weights``, e.g. from a router);
-    with neither, every image gets the uniform mix, as for an unseen domain.
+    or a per-image mix of all experts (``expert_weights``); with neither, the
+    expert router (:class:`~fedeye.models.router.ExpertRouter`) mixes them per
+    image from the image's style, or, without a router, every image gets the
+    uniform mix.
 
     Parameters
     ----------
@@ -51,6 +54,8 @@ class PromptViT(nn.Module):
         Domain experts (0 = no domain prompts).
     num_domain_prompts : int
         Prompt tokens per domain expert.
+    router_dim : int
+        Key width of the expert router (0 = no router; only with domain experts).
     mlp_ratio : float
         Block MLP width relative to ``embed_dim``.
     drop_rate, attn_drop_rate, drop_path_rate : float
@@ -72,8 +77,8 @@ class PromptViT(nn.Module):
     torch.Size([4, 2])
     """
 
-    #: Submodules trained in prompt mode (a router added later joins this list).
-    PROMPT_MODULES: ClassVar[tuple[str, ...]] = ("shared_prompts", "domain_prompts", "head")
+    #: Submodules trained in prompt mode.
+    PROMPT_MODULES: ClassVar[tuple[str, ...]] = ("shared_prompts", "domain_prompts", "router", "head")
 
     def __init__(
         self,
@@ -87,6 +92,7 @@ class PromptViT(nn.Module):
         num_shared_prompts: int = 0,
         num_domains: int = 0,
         num_domain_prompts: int = 0,
+        router_dim: int = 0,
         mlp_ratio: float = 4.0,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
@@ -99,6 +105,7 @@ class PromptViT(nn.Module):
         self.pos_embed = PositionEmbedding(1 + self.patch_embed.num_patches, embed_dim)
         self.shared_prompts = LearnedTokens(num_shared_prompts, embed_dim) if num_shared_prompts > 0 else None
         self.domain_prompts = DomainPrompts(num_domains, num_domain_prompts, embed_dim) if num_domains > 0 else None
+        self.router = ExpertRouter(embed_dim, num_domains, router_dim) if num_domains > 0 and router_dim > 0 else None
         self.pos_drop = nn.Dropout(drop_rate)
         self.blocks = self._make_blocks(depth, num_heads, mlp_ratio, attn_drop_rate, drop_path_rate)
         # nn.LayerNorm itself (not timm's subclass) so Opacus has a grad sampler for it.
@@ -154,7 +161,8 @@ class PromptViT(nn.Module):
         return 1 + shared + experts
 
     def expert_weights_for(
-        self, batch_size: int, *, domain: torch.Tensor | None = None, expert_weights: torch.Tensor | None = None
+        self, batch_size: int, *, domain: torch.Tensor | None = None, expert_weights: torch.Tensor | None = None,
+        patches: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Per-image mixing weights ``[B, num_domains]`` of the domain experts.
 
@@ -162,6 +170,9 @@ class PromptViT(nn.Module):
         ----------
         batch_size : int
             Images in the batch.
+        patches : torch.Tensor, optional
+            The batch's patch embeddings; with neither ``domain`` nor
+            ``expert_weights``, the router reads them (uniform mix without a router).
         domain : torch.Tensor, optional
             Integer domain index per image, shape ``[B]``; selects one expert.
         expert_weights : torch.Tensor, optional
@@ -189,6 +200,8 @@ class PromptViT(nn.Module):
                 )
             return expert_weights
         if domain is None:
+            if self.router is not None and patches is not None:
+                return torch.softmax(self.router(patches), dim=-1)
             return self.domain_prompts.tokens.new_full((batch_size, k), 1.0 / k)
         return self._one_hot_domains(domain, batch_size)
 
@@ -227,9 +240,38 @@ class PromptViT(nn.Module):
         self, x: torch.Tensor, *, domain: torch.Tensor | None = None, expert_weights: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` -> block outputs ``[B, num_prefix_tokens + num_patches, dim]``."""
-        weights = self.expert_weights_for(x.shape[0], domain=domain, expert_weights=expert_weights)
-        tokens = self._pos_embed(self.patch_embed(x), weights)
-        return cast(torch.Tensor, self.blocks(tokens))
+        patches = self.patch_embed(x)
+        weights = self.expert_weights_for(x.shape[0], domain=domain, expert_weights=expert_weights, patches=patches)
+        return cast(torch.Tensor, self.blocks(self._pos_embed(patches, weights)))
+
+    def routing_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The router's logits over the experts for images ``[B, 3, H, W]``.
+
+        Raises
+        ------
+        ModelError
+            The model has no router.
+        """
+        if self.router is None:
+            raise ModelError("this model has no expert router (num_domains = 0 or router_dim = 0)")
+        return cast(torch.Tensor, self.router(self.patch_embed(x)))
+
+    def forward_routed(
+        self, x: torch.Tensor, *, expert_weights: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and routing logits of one pass (the router needs the patch embeddings too).
+
+        The prompts mix the experts with ``expert_weights`` when given (training
+        mixes them itself), else with the router's weights.
+        """
+        if self.router is None or self.domain_prompts is None:
+            raise ModelError("forward_routed needs a model with domain experts and a router")
+        patches = self.patch_embed(x)
+        route = self.router(patches)
+        weights = torch.softmax(route, dim=-1) if expert_weights is None else self.expert_weights_for(
+            x.shape[0], expert_weights=expert_weights)
+        feats = self.blocks(self._pos_embed(patches, weights))
+        return self.forward_head(feats), route
 
     def pool(self, feats: torch.Tensor) -> torch.Tensor:
         """Class-token pooling: ``[B, N, dim]`` -> ``[B, dim]``."""

@@ -56,6 +56,19 @@ class RoundObserver(Protocol):
     def on_replies(self, server_round: int, phase: str, replies: list[Message], verdicts: list[Verdict]) -> None: ...
 
 
+def report_missing(observer: object, server_round: int, phase: str, sampled: set[int], replies: list[Message]) -> None:
+    """Tell ``observer`` (if it listens: ``on_missing``) which sampled nodes never replied.
+
+    A site that disappears mid-round does not stall it: Flower's round
+    timeout ends the wait, the round aggregates the replies it has, and the
+    nodes that stayed silent are reported here.
+    """
+    missing = sorted(sampled - {m.metadata.src_node_id for m in replies})
+    hook = getattr(observer, "on_missing", None)
+    if missing and hook is not None:
+        hook(server_round, phase, missing)
+
+
 class _TrainingGrid:
     """A view of the grid without the nodes that left the federation."""
 
@@ -71,7 +84,11 @@ class _TrainingGrid:
 
 
 def judge_reply(msg: Message, global_arrays: ArrayRecord | None, *, max_update_norm: float | None) -> Verdict:
-    """The verdict on one training reply (see the module docstring)."""
+    """The verdict on one training reply (see the module docstring).
+
+    ``global_arrays`` is what the reply must match: the global model, or the
+    part of it this site was asked to send back.
+    """
     if msg.has_error():
         return Verdict("failed", str(msg.error.reason))
     content = msg.content
@@ -116,6 +133,7 @@ class ObservedStrategy:
     equal_weights: bool = False  # set by client-level DP
     num_nodes: int = 0  # connected nodes at the last configure_train
     num_sampled: int = 0  # nodes sampled to train at the last configure_train
+    sampled_nodes: frozenset[int] = frozenset()  # their node ids
     global_arrays: ArrayRecord | None = None  # the model sent in the current round
 
     @property
@@ -132,10 +150,29 @@ class ObservedStrategy:
             raise BudgetExhausted(f"every site has spent its privacy budget; no site can train in round {server_round}")
         self._lower_minimums(remaining if self.departed else None)
         messages = list(super().configure_train(server_round, arrays, config, _TrainingGrid(grid, self.departed)))  # type: ignore[misc]
+        messages = [self.tailor(m) for m in messages]
         self.num_nodes, self.num_sampled = len(list(grid.get_node_ids())), len(messages)
+        self.sampled_nodes = frozenset(m.metadata.dst_node_id for m in messages)
         if self.observer:
             self.observer.on_round_start(server_round, "train", len(messages))
         return messages
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return [self.tailor(m) for m in super().configure_evaluate(server_round, arrays, config, grid)]  # type: ignore[misc]
+
+    def tailor(self, msg: Message) -> Message:
+        """One node's message of a round; strategies that send per-site content override this.
+
+        Flower builds one message per sampled node, all sharing one content
+        record; an override must build a new record rather than change it.
+        """
+        return msg
+
+    def expected_reply_arrays(self, msg: Message) -> ArrayRecord | None:
+        """What the arrays of ``msg`` (a training reply) must match: by default the global model."""
+        return self.global_arrays
 
     def _lower_minimums(self, remaining: int | None) -> None:
         """After sites leave, do not wait for more nodes than can still train."""
@@ -152,7 +189,8 @@ class ObservedStrategy:
         before aggregating) call this first and set ``prejudged_round``, so the
         following ``aggregate_train`` of that round does not judge again.
         """
-        verdicts = [judge_reply(m, self.global_arrays, max_update_norm=self.max_update_norm) for m in replies]
+        report_missing(self.observer, server_round, "train", set(self.sampled_nodes), replies)
+        verdicts = [judge_reply(m, self.expected_reply_arrays(m), max_update_norm=self.max_update_norm) for m in replies]
         self.departed.update(m.metadata.src_node_id for m, v in zip(replies, verdicts) if v.status == LEFT_BUDGET)
         if self.observer:
             self.observer.on_replies(server_round, "train", replies, verdicts)
@@ -201,6 +239,17 @@ def register_strategy(name: str) -> Callable[[S], S]:
         return cls
 
     return add
+
+
+def sampling_kwargs(cfg: StrategyConfig) -> dict[str, Any]:
+    """The sampling settings every Flower strategy takes, from the run's ``[strategy]``."""
+    return {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
+        "min_train_nodes": cfg.min_train_nodes,
+        "min_evaluate_nodes": cfg.min_evaluate_nodes,
+        "min_available_nodes": cfg.min_available_nodes,
+    }
 
 
 def list_strategies() -> list[str]:

@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from fedeye.strategies.base import ObservedStrategy, register_strategy
+from fedeye.strategies.base import ObservedStrategy, register_strategy, sampling_kwargs
 
 if TYPE_CHECKING:
     from fedeye.config import StrategyConfig
@@ -109,12 +109,6 @@ class FairFedAvg(ObservedStrategy, _LossWeightedFedAvg):
 
     @classmethod
     def from_config(cls, cfg: StrategyConfig) -> FairFedAvg:
-        strategy = cls(
-            fraction_train=cfg.fraction_train,
-            fraction_evaluate=cfg.fraction_evaluate,
-            min_train_nodes=cfg.min_train_nodes,
-            min_evaluate_nodes=cfg.min_evaluate_nodes,
-            min_available_nodes=cfg.min_available_nodes,
-        )
+        strategy = cls(**sampling_kwargs(cfg))
         strategy.q = cfg.fairness_q
         return strategy

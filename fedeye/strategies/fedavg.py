@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
-from fedeye.strategies.base import ObservedStrategy, register_strategy
+from fedeye.strategies.base import ObservedStrategy, register_strategy, sampling_kwargs
 
 if TYPE_CHECKING:
     from fedeye.config import StrategyConfig
@@ -26,10 +26,4 @@ class FedAvg(ObservedStrategy, FlowerFedAvg):
 
     @classmethod
     def from_config(cls, cfg: StrategyConfig) -> FedAvg:
-        return cls(
-            fraction_train=cfg.fraction_train,
-            fraction_evaluate=cfg.fraction_evaluate,
-            min_train_nodes=cfg.min_train_nodes,
-            min_evaluate_nodes=cfg.min_evaluate_nodes,
-            min_available_nodes=cfg.min_available_nodes,
-        )
+        return cls(**sampling_kwargs(cfg))

@@ -13,7 +13,8 @@ from fedeye.strategies import build_strategy, list_strategies
 from fedeye.strategies.base import BudgetExhausted
 from tests.strategies.conftest import FakeGrid, array_record, reply
 
-GLOBAL = {"w": np.zeros((2, 2), np.float32)}
+GLOBAL = {"w": np.zeros((2, 2), np.float32), "domain_prompts.tokens": np.zeros((4, 1, 2), np.float32)}
+NODES = [1, 2, 3, 4]
 
 
 class Seen:
@@ -28,27 +29,37 @@ class Seen:
 
 
 def _strategy(name: str, observer: Seen, **cfg: Any) -> Any:
+    """A strategy that has sent round 1 to NODES (server optimisers and expert banks need that)."""
     strategy = build_strategy(StrategyConfig(name=name, min_train_nodes=1, min_available_nodes=1, **cfg), observer=observer)
-    strategy.global_arrays = array_record(GLOBAL)
+    list(strategy.configure_train(1, array_record(GLOBAL), ConfigRecord(), FakeGrid(NODES)))
     return strategy
 
 
+def _update(name: str, value: float) -> dict[str, np.ndarray]:
+    """A site's training update in the strategy's format, every entry ``value``."""
+    w = np.full((2, 2), value, np.float32)
+    if name == "prompt-experts":  # a site sends its own expert row, not the bank
+        return {"w": w, "expert.tokens": np.full((1, 2), value, np.float32)}
+    return {"w": w, "domain_prompts.tokens": np.full((4, 1, 2), value, np.float32)}
+
+
 @pytest.mark.parametrize("name", list_strategies())
-def test_non_finite_and_oversized_updates_are_rejected_not_aggregated(name: str) -> None:
+def test_non_finite_and_oversized_updates_are_rejected_not_aggregated(name: str, flower_task: None) -> None:
     seen = Seen()
-    strategy = _strategy(name, seen, max_update_norm=10.0)
-    replies = [
-        reply(1, arrays={"w": np.ones((2, 2), np.float32)}, loss=0.5),
-        reply(2, arrays={"w": np.full((2, 2), np.nan, np.float32)}, loss=0.1),
-        reply(3, arrays={"w": np.full((2, 2), 100.0, np.float32)}, loss=0.1),
-        reply(4, arrays={"w": np.full((2, 2), 3.0, np.float32)}, loss=0.7, **{"dp-epsilon": 1.0}),
-    ]
-    arrays, metrics = strategy.aggregate_train(1, replies)
+    strategy = _strategy(name, seen, max_update_norm=20.0)
+    good = [reply(1, arrays=_update(name, 1.0), loss=0.5), reply(4, arrays=_update(name, 3.0), loss=0.7, **{"dp-epsilon": 1.0})]
+    bad = [reply(2, arrays=_update(name, np.nan), loss=0.1), reply(3, arrays=_update(name, 100.0), loss=0.1)]
+    arrays, metrics = strategy.aggregate_train(1, [good[0], *bad, good[1]])
 
     assert seen.calls == [(1, "train", ["ok", "rejected", "rejected", "ok"])]
-    assert arrays is not None
+    assert arrays is not None and set(arrays) == set(GLOBAL)
+    # the result is exactly what the accepted replies alone give
+    clean, _ = _strategy(name, Seen()).aggregate_train(1, good)
+    assert clean is not None
+    for key in GLOBAL:
+        np.testing.assert_array_equal(arrays[key].numpy(), clean[key].numpy())
     w = arrays["w"].numpy()
-    assert np.allclose(w, w.flat[0]) and 1.0 <= w.flat[0] <= 3.0  # a weighted mean of the two accepted updates only
+    assert np.all(np.isfinite(w)) and np.allclose(w, w.flat[0]) and 0.0 < w.flat[0] <= 3.0
     assert metrics is not None and set(metrics) == {"loss"}  # metrics cut to the shared names
 
 
@@ -56,7 +67,7 @@ def test_non_finite_and_oversized_updates_are_rejected_not_aggregated(name: str)
 def test_site_that_left_for_budget_is_not_sampled_again(name: str, flower_task: None) -> None:
     seen = Seen()
     strategy = _strategy(name, seen)
-    strategy.aggregate_train(1, [reply(1, arrays=GLOBAL), reply(2, status="left-budget")])
+    strategy.aggregate_train(1, [reply(1, arrays=_update(name, 0.5)), reply(2, status="left-budget")])
     assert seen.calls[0][2] == ["ok", "left-budget"]
 
     messages = strategy.configure_train(2, array_record(GLOBAL), ConfigRecord(), FakeGrid([1, 2]))
@@ -65,3 +76,14 @@ def test_site_that_left_for_budget_is_not_sampled_again(name: str, flower_task: 
     strategy.aggregate_train(2, [reply(1, status="left-budget")])
     with pytest.raises(BudgetExhausted):
         strategy.configure_train(3, array_record(GLOBAL), ConfigRecord(), FakeGrid([1, 2]))
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_silent_sites_are_reported_missing(name: str, flower_task: None) -> None:
+    missing: list[tuple[int, str, list[int]]] = []
+    seen = Seen()
+    seen.on_missing = lambda r, phase, nodes: missing.append((r, phase, nodes))  # type: ignore[attr-defined]
+    strategy = _strategy(name, seen)
+    arrays, _ = strategy.aggregate_train(1, [reply(2, arrays=_update(name, 1.0)), reply(4, arrays=_update(name, 2.0))])
+    assert missing == [(1, "train", [1, 3])]
+    assert arrays is not None  # the round completes with the sites that answered
