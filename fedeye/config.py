@@ -73,11 +73,8 @@ class StrategyConfig(_Section):
     )
     server_lr: float = Field(default=0.01, gt=0, description="fedadam/fedyogi only: the server optimiser's step size (eta).")
     expert_mixup: float = Field(
-        default=0.5, ge=0, le=1,
+        default=0.0, ge=0, le=1,
         description="prompt-experts only: share of images trained with a random mix of experts (domain mixup).",
-    )
-    router_loss: float = Field(
-        default=1.0, ge=0, description="prompt-experts only: weight of the router's loss (recognise the own site's domain).",
     )
 
 
@@ -92,6 +89,10 @@ class TrainingConfig(_Section):
     augment: bool = Field(default=True, description="Light flips/crops during local training.")
     class_weighting: Literal["none", "balanced"] = Field(
         default="balanced", description="balanced: weight the loss by inverse local class frequency (prevalence differs by site)."
+    )
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="constant",
+        description="cosine: the learning rate of round r is lr * (1 + cos(pi * (r - 1) / rounds)) / 2, floored at lr / 20.",
     )
     seed: int = Field(default=0, description="Seed of model initialisation and local shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where sites train.")

@@ -83,3 +83,7 @@ class AuditError(FedEyeError):
 
 class ProvisioningError(FedEyeError):
     """A key or certificate cannot be made, read or written (bad key file, would overwrite)."""
+
+
+class DeploymentError(FedEyeError):
+    """A deployment step cannot go on: missing TLS files, a bad address, or a Flower command that failed."""

@@ -13,7 +13,9 @@ from rich.table import Table
 
 from fedeye.cli._common import console, exits_cleanly
 from fedeye.client.audit import fedeye_home
+from fedeye.cli.benchmark import benchmark_app
 from fedeye.cli.dashboard import dashboard_command
+from fedeye.cli.operate import coordinator_start, run_app, site_start
 from fedeye.cli.provision import coordinator_app, site_init
 from fedeye.cli.report import report_command
 from fedeye.cli.runs import runs_app
@@ -36,8 +38,12 @@ site_app = typer.Typer(help="Work with one site's data.", no_args_is_help=True)
 sites_app = typer.Typer(help="Work with several sites (synthetic hospitals).", no_args_is_help=True)
 app.add_typer(site_app, name="site")
 site_app.command("init")(site_init)
+site_app.command("start")(site_start)
+coordinator_app.command("start")(coordinator_start)
 app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(run_app, name="run")
 app.add_typer(sites_app, name="sites")
+app.add_typer(benchmark_app, name="benchmark")
 
 Modality = Literal["fundus", "oct"]
 BackboneOption = Annotated[
@@ -184,7 +190,7 @@ def _f(value: float | None) -> str:
 def evaluate(
     model: Annotated[Path, typer.Option(help="A model file saved by FedEye (global-model.pt).")],
     data: Annotated[Path, typer.Option(help="A site folder.")],
-    split: Annotated[str, typer.Option(help="train, val or test.")] = "test",
+    split: Annotated[str, typer.Option(help="train, val, test, or all (every image: a site the federation never saw).")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Evaluate a saved model on any site folder."""
@@ -200,6 +206,13 @@ def evaluate(
     m = report["metrics"]
     table.add_row(*(_f(m[k]) for k in ("auc", "accuracy", "sensitivity", "specificity")), str(report["num_examples"]), str(report["num_positive"]))
     console.print(table)
+    if report["experts"]:
+        mix = Table(title="Which experts the router mixes for these images (mean weight)", header_style="bold")
+        mix.add_column("expert (site)")
+        mix.add_column("mean weight", justify="right")
+        for name, weight in sorted(report["experts"].items(), key=lambda kv: -kv[1]):
+            mix.add_row(name, f"{weight:.3f}")
+        console.print(mix)
 
 
 def main() -> None:

@@ -42,17 +42,14 @@ def coordinator_init(
     force: ForceOption = False,
 ) -> None:
     """Create the CA and the SuperLink's TLS key and certificate."""
-    hosts = host or list(keys.DEFAULT_HOSTS)
+    # the SuperLink's own processes reach it on 127.0.0.1: keep the loopback names beside the given hosts
+    hosts = list(dict.fromkeys([*(host or []), *keys.DEFAULT_HOSTS]))
     written = provision_coordinator(out_dir, hosts=hosts, force=force)
     console.print(f"wrote {', '.join(p.name for p in written)} in [bold]{out_dir.resolve()}[/]")
     console.print("[bold red]keep secret[/]: ca.key, superlink.key (never copy them off this machine)")
     console.print(f"[bold green]give to every site[/]: {out_dir.resolve() / 'ca.crt'}")
-    console.print("start the SuperLink with:")
-    console.print(
-        f"  flower-superlink --ssl-ca-certfile {out_dir / 'ca.crt'} --ssl-certfile {out_dir / 'superlink.crt'} "
-        f"--ssl-keyfile {out_dir / 'superlink.key'} --enable-supernode-auth",
-        soft_wrap=True,
-    )
+    console.print("start the SuperLink (TLS, SuperNode authentication) with:")
+    console.print(f"  fedeye coordinator start --dir {out_dir.resolve()} --address {hosts[0]}:9092", soft_wrap=True)
 
 
 def provision_coordinator(out_dir: Path, *, hosts: list[str], force: bool) -> list[Path]:
@@ -93,12 +90,23 @@ def coordinator_register_site(
     pubkey_file: Annotated[Path, typer.Argument(help="The site's node.pub (OpenSSH ECDSA P-384 public key).")],
     name: Annotated[str, typer.Option("--name", help="The site's name (letters, digits, '.', '_', '-').")],
     out_dir: Annotated[Path, typer.Option("--dir", help="The coordinator folder (from 'coordinator init').")] = Path("."),
+    superlink: Annotated[str | None, typer.Option("--superlink", help="Also register it now with this running SuperLink (HOST:PORT).")] = None,
 ) -> None:
-    """Add a site's public key to authorized-sites.csv, refusing duplicate names or keys."""
+    """Add a site's public key to authorized-sites.csv (refusing duplicate names or keys); with --superlink, register it with Flower too.
+
+    ``fedeye coordinator start`` registers every listed site when the SuperLink starts.
+    """
+    from fedeye.cli.flower import parse_address, register_node, save_connection
+
+    address = parse_address(superlink, option="--superlink") if superlink else None  # bad input before any write
     fingerprint = register_site(out_dir / AUTHORIZED_SITES, pubkey_file, name=name)
     console.print(f"registered site [bold]{name}[/] ({fingerprint}) in {out_dir / AUTHORIZED_SITES}")
-    console.print("with the SuperLink running, authorize it in Flower with:")
-    console.print(f"  flwr supernode register {pubkey_file} --name {name}", soft_wrap=True)
+    if address is None:
+        console.print("the SuperLink registers it when it starts (`fedeye coordinator start`); if it is running now, add --superlink HOST:PORT")
+        return
+    connection = save_connection(address, root_certificates=out_dir.resolve() / "ca.crt")
+    node_id = register_node(pubkey_file, name=name, connection=connection)
+    console.print(f"Flower SuperLink {address}: " + (f"node {node_id}" if node_id else "the key was registered already"))
 
 
 def register_site(registry: Path, pubkey_file: Path, *, name: str) -> str:

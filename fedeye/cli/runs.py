@@ -251,7 +251,7 @@ def _detail_view(detail: RunDetail) -> Group:
 
 
 def _events_table(events: list[SiteMetricRecord]) -> Table:
-    table = Table(title="site events (failed, left for budget, rejected updates)")
+    table = Table(title="site events (failed, missing, left for budget, rejected updates)")
     for header in ("round", "phase", "site", "status", "reason"):
         table.add_column(header, no_wrap=header != "reason", overflow="fold")
     for m in events:

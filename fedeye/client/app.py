@@ -27,7 +27,14 @@ from flwr.clientapp import ClientApp
 
 from fedeye.client.audit import audit_mod
 from fedeye.client.site import SiteJob
-from fedeye.client.training import LocalObjective, evaluate_predictions, mean_expert_weights, predict, train_local
+from fedeye.client.training import (
+    LocalObjective,
+    evaluate_predictions,
+    mean_expert_weights,
+    predict,
+    set_site_prototype,
+    train_local,
+)
 from fedeye.config import RunConfig
 from fedeye.fairness.metrics import site_fairness_metrics
 from fedeye.models.io import load_state, model_state
@@ -79,6 +86,8 @@ def train(msg: Message, context: Context) -> Message:
             context.state[NORMS_STATE_KEY] = ArrayRecord({k: v for k, v in state.items() if k in norm_keys(model)})
         if objective.expert_index is None:
             return _reply(msg, job, metrics, arrays=ArrayRecord(state))
+        set_site_prototype(model, dataset, objective.expert_index, batch_size=job.cfg.training.batch_size * 2)
+        state = model_state(model)
         metrics[EXPERT_INDEX_KEY] = objective.expert_index
         update = site_update(state, objective.expert_index, prompt_only=job.cfg.model.mode == "prompt")
         return _reply(msg, job, metrics, arrays=ArrayRecord(_tensors(update)))
@@ -106,7 +115,7 @@ def norm_keys(model: torch.nn.Module) -> set[str]:
 
 
 def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    return {k: torch.from_numpy(np.array(v, order="C")) for k, v in arrays.items()}  # 0-d arrays stay 0-d
 
 
 def _train_private(msg, context, job, model, dataset, settings: DPSettings, server_round: int) -> Message:  # type: ignore[no-untyped-def]

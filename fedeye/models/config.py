@@ -94,9 +94,9 @@ class ModelConfig(BaseModel):
     num_domain_prompts: int = Field(
         default=4, ge=0, description="Prompt tokens per domain expert; unused when num_domains is 0."
     )
-    router_dim: int = Field(
-        default=8, ge=0,
-        description="Key width of the expert router that mixes domain experts per image (0 = uniform mix).",
+    router: bool = Field(
+        default=True,
+        description="With domain experts: a router mixes them per image from the image's style (false = uniform mix).",
     )
     mode: TrainMode = Field(
         default="full",

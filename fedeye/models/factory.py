@@ -64,7 +64,7 @@ def build_model(cfg: ModelConfig, *, load_backbone: bool = True) -> PromptViT:
         num_shared_prompts=cfg.num_shared_prompts,
         num_domains=cfg.num_domains,
         num_domain_prompts=cfg.num_domain_prompts,
-        router_dim=cfg.router_dim,
+        router=cfg.router,
         drop_rate=cfg.drop_rate,
         attn_drop_rate=cfg.attn_drop_rate,
         drop_path_rate=cfg.drop_path_rate,
@@ -154,7 +154,9 @@ def load_backbone_weights(model: PromptViT, path: Path) -> LoadReport:
     accepted = _match_tensors(source.tensors, target, model, report)
     _check_backbone_share(path, source.tensors, accepted, model)
     model.load_state_dict(accepted, strict=False)
-    report.missing.extend(k for k in target if k not in accepted)
+    model.freeze_style()  # the router sees images through the loaded patch embedding
+    derived = {"style_embed.weight", "style_embed.bias"}
+    report.missing.extend(k for k in target if k not in accepted and k not in derived)
     return report
 
 

@@ -17,7 +17,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from fedeye.errors import ModelError
-from fedeye.models.router import ExpertRouter
+from fedeye.models.router import ExpertRouter, StyleEmbed
 from fedeye.models.tokens import DomainPrompts, LearnedTokens, PositionEmbedding, vpt_init_bound
 
 
@@ -54,8 +54,8 @@ class PromptViT(nn.Module):
         Domain experts (0 = no domain prompts).
     num_domain_prompts : int
         Prompt tokens per domain expert.
-    router_dim : int
-        Key width of the expert router (0 = no router; only with domain experts).
+    router : bool
+        Add the expert router (only with domain experts); without it, unrouted images get the uniform mix.
     mlp_ratio : float
         Block MLP width relative to ``embed_dim``.
     drop_rate, attn_drop_rate, drop_path_rate : float
@@ -92,7 +92,7 @@ class PromptViT(nn.Module):
         num_shared_prompts: int = 0,
         num_domains: int = 0,
         num_domain_prompts: int = 0,
-        router_dim: int = 0,
+        router: bool = False,
         mlp_ratio: float = 4.0,
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
@@ -105,7 +105,8 @@ class PromptViT(nn.Module):
         self.pos_embed = PositionEmbedding(1 + self.patch_embed.num_patches, embed_dim)
         self.shared_prompts = LearnedTokens(num_shared_prompts, embed_dim) if num_shared_prompts > 0 else None
         self.domain_prompts = DomainPrompts(num_domains, num_domain_prompts, embed_dim) if num_domains > 0 else None
-        self.router = ExpertRouter(embed_dim, num_domains, router_dim) if num_domains > 0 and router_dim > 0 else None
+        self.router = ExpertRouter(embed_dim, num_domains) if num_domains > 0 and router else None
+        self.style_embed = StyleEmbed(embed_dim, patch_size) if self.router is not None else None
         self.pos_drop = nn.Dropout(drop_rate)
         self.blocks = self._make_blocks(depth, num_heads, mlp_ratio, attn_drop_rate, drop_path_rate)
         # nn.LayerNorm itself (not timm's subclass) so Opacus has a grad sampler for it.
@@ -147,6 +148,21 @@ class PromptViT(nn.Module):
         for prompts in (self.shared_prompts, self.domain_prompts):
             if prompts is not None:
                 nn.init.uniform_(prompts.tokens, -bound, bound)
+        if self.domain_prompts is not None:
+            # every expert starts from the same prompt and specialises from there: with independent
+            # random experts the shared weights must first serve K unrelated token sets, and
+            # federations that averaged them collapsed in some runs (see docs/dg-benchmark.md)
+            with torch.no_grad():
+                self.domain_prompts.tokens.copy_(self.domain_prompts.tokens[:1].expand_as(self.domain_prompts.tokens))
+        self.freeze_style()
+
+    def freeze_style(self) -> None:
+        """Copy the patch embedding, as it is now, into the router's frozen :class:`StyleEmbed`.
+
+        Called at initialisation and again after loading pretrained backbone weights.
+        """
+        if self.style_embed is not None:
+            self.style_embed.copy_from(self.patch_embed.proj)
 
     @property
     def num_domains(self) -> int:
@@ -162,7 +178,7 @@ class PromptViT(nn.Module):
 
     def expert_weights_for(
         self, batch_size: int, *, domain: torch.Tensor | None = None, expert_weights: torch.Tensor | None = None,
-        patches: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Per-image mixing weights ``[B, num_domains]`` of the domain experts.
 
@@ -170,9 +186,9 @@ class PromptViT(nn.Module):
         ----------
         batch_size : int
             Images in the batch.
-        patches : torch.Tensor, optional
-            The batch's patch embeddings; with neither ``domain`` nor
-            ``expert_weights``, the router reads them (uniform mix without a router).
+        images : torch.Tensor, optional
+            The batch; with neither ``domain`` nor ``expert_weights``, the
+            router mixes the experts from them (uniform mix without a router).
         domain : torch.Tensor, optional
             Integer domain index per image, shape ``[B]``; selects one expert.
         expert_weights : torch.Tensor, optional
@@ -200,8 +216,8 @@ class PromptViT(nn.Module):
                 )
             return expert_weights
         if domain is None:
-            if self.router is not None and patches is not None:
-                return torch.softmax(self.router(patches), dim=-1)
+            if self.router is not None and self.style_embed is not None and images is not None:
+                return torch.softmax(self.router(self.style_embed(images)), dim=-1)
             return self.domain_prompts.tokens.new_full((batch_size, k), 1.0 / k)
         return self._one_hot_domains(domain, batch_size)
 
@@ -240,38 +256,24 @@ class PromptViT(nn.Module):
         self, x: torch.Tensor, *, domain: torch.Tensor | None = None, expert_weights: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Images ``[B, 3, H, W]`` -> block outputs ``[B, num_prefix_tokens + num_patches, dim]``."""
-        patches = self.patch_embed(x)
-        weights = self.expert_weights_for(x.shape[0], domain=domain, expert_weights=expert_weights, patches=patches)
-        return cast(torch.Tensor, self.blocks(self._pos_embed(patches, weights)))
+        weights = self.expert_weights_for(x.shape[0], domain=domain, expert_weights=expert_weights, images=x)
+        return cast(torch.Tensor, self.blocks(self._pos_embed(self.patch_embed(x), weights)))
+
+    def _routed(self) -> tuple[ExpertRouter, StyleEmbed]:
+        if self.router is None or self.style_embed is None:
+            raise ModelError("this model has no expert router (num_domains = 0 or router = false)")
+        return self.router, self.style_embed
 
     def routing_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The router's logits over the experts for images ``[B, 3, H, W]``.
+        """The router's logits over the experts for images ``[B, 3, H, W]`` (ModelError without a router)."""
+        router, embed = self._routed()
+        return cast(torch.Tensor, router(embed(x)))
 
-        Raises
-        ------
-        ModelError
-            The model has no router.
-        """
-        if self.router is None:
-            raise ModelError("this model has no expert router (num_domains = 0 or router_dim = 0)")
-        return cast(torch.Tensor, self.router(self.patch_embed(x)))
-
-    def forward_routed(
-        self, x: torch.Tensor, *, expert_weights: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and routing logits of one pass (the router needs the patch embeddings too).
-
-        The prompts mix the experts with ``expert_weights`` when given (training
-        mixes them itself), else with the router's weights.
-        """
-        if self.router is None or self.domain_prompts is None:
-            raise ModelError("forward_routed needs a model with domain experts and a router")
-        patches = self.patch_embed(x)
-        route = self.router(patches)
-        weights = torch.softmax(route, dim=-1) if expert_weights is None else self.expert_weights_for(
-            x.shape[0], expert_weights=expert_weights)
-        feats = self.blocks(self._pos_embed(patches, weights))
-        return self.forward_head(feats), route
+    @torch.no_grad()
+    def styles(self, x: torch.Tensor) -> torch.Tensor:
+        """The router's normalised style ``[B, 2*dim]`` of images (for a site's prototype; ModelError without a router)."""
+        router, embed = self._routed()
+        return router.style(embed(x))
 
     def pool(self, feats: torch.Tensor) -> torch.Tensor:
         """Class-token pooling: ``[B, N, dim]`` -> ``[B, dim]``."""

@@ -3,20 +3,28 @@
 Named steps: open the store, build the initial global model, run the
 strategy with a checkpoint every round, evaluate the final model on every
 site's test split, save it, and close the run record.
+
+A run whose coordinator died is resumed from a :class:`ResumePoint`: the
+checkpoint of its last completed round. The strategy starts from those
+arrays and rounds are numbered on from there, into the same run record.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedeye.config import RunConfig
+from fedeye.errors import FederationError
 from fedeye.models import build_model, save_model
-from fedeye.models.io import load_state
+from fedeye.models.io import load_model, load_state
 from fedeye.server.recorder import ProgressSink, RunRecorder
 from fedeye.server.store import RunStore, resolve_db_url
 from fedeye.strategies import build_strategy
@@ -42,16 +50,57 @@ def run_dir(cfg: RunConfig, run_id: str) -> Path:
     return cfg.output.dir / "runs" / run_id
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run starts: after ``completed_round``, from that round's checkpoint."""
+
+    completed_round: int
+    checkpoint: Path
+
+
+def resume_point(store: RunStore, run_id: str) -> ResumePoint:
+    """The last completed round of ``run_id`` and its checkpoint, checked against its recorded SHA-256.
+
+    Raises
+    ------
+    FederationError
+        No round completed (nothing to resume: launch the run again), or the
+        checkpoint file is gone or changed since it was recorded.
+    """
+    checkpoint = store.latest_checkpoint(run_id)
+    if checkpoint is None or checkpoint.server_round is None:
+        raise FederationError(
+            f"run {run_id} has no completed round to resume from (no checkpoint in {store.display_url}); "
+            "start it again with `fedeye run launch`"
+        )
+    path = Path(checkpoint.path)
+    if not path.is_file() or _sha256(path) != checkpoint.sha256:
+        raise FederationError(
+            f"checkpoint of round {checkpoint.server_round} of run {run_id} ({path}) is missing or changed since it "
+            "was recorded; restore the file from a backup, or start the run again with `fedeye run launch`"
+        )
+    return ResumePoint(completed_round=checkpoint.server_round, checkpoint=path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def run_federation(
-    grid: Grid, cfg: RunConfig, *, store: RunStore, run_id: str, progress: ProgressSink | None = None
+    grid: Grid, cfg: RunConfig, *, store: RunStore, run_id: str, progress: ProgressSink | None = None,
+    resume: ResumePoint | None = None,
 ) -> Path:
-    """Run every round of ``cfg`` on ``grid``; returns the final model's path.
+    """Run every round of ``cfg`` on ``grid`` (after ``resume``'s round); returns the final model's path.
 
     The run row ends ``finished`` or, if anything raises, ``failed`` with the
     reason, and the exception propagates.
     """
     try:
-        path, note = _run(grid, cfg, store=store, run_id=run_id, progress=progress)
+        path, note = _run(grid, cfg, store=store, run_id=run_id, progress=progress, resume=resume)
     except BaseException as err:
         store.finish_run(run_id, status="failed", error=f"{type(err).__name__}: {err}")
         raise
@@ -60,24 +109,26 @@ def run_federation(
 
 
 def _run(
-    grid: Grid, cfg: RunConfig, *, store: RunStore, run_id: str, progress: ProgressSink | None
+    grid: Grid, cfg: RunConfig, *, store: RunStore, run_id: str, progress: ProgressSink | None,
+    resume: ResumePoint | None,
 ) -> tuple[Path, str | None]:
     """Returns the final model's path and, if the run ended early, why."""
     recorder = RunRecorder(store, run_id, progress=progress)
     strategy = _strategy(cfg, recorder, num_sites=len(list(grid.get_node_ids())))
-    model = _initial_model(cfg)
+    model = _initial_model(cfg, resume)
+    done = resume.completed_round if resume else 0
     out = run_dir(cfg, run_id)
     initial = ArrayRecord(model.state_dict())
     note = None
     try:
-        final = strategy.start(
+        final = _numbered_from(strategy, done).start(
             grid=grid,
             initial_arrays=initial,
-            num_rounds=cfg.training.rounds,
+            num_rounds=max(cfg.training.rounds - done, 0),
             timeout=cfg.strategy.round_timeout,
             train_config=_message_config(cfg),
             evaluate_config=_message_config(cfg, split=cfg.data.eval_split),
-            evaluate_fn=_checkpointer(cfg, store=store, run_id=run_id, out=out),
+            evaluate_fn=_checkpointer(cfg, store=store, run_id=run_id, out=out, offset=done),
         ).arrays
     except BudgetExhausted as stop:  # the last global model stands
         inner = getattr(strategy, "strategy", strategy)  # a client-DP wrapper holds the FedEye strategy
@@ -94,9 +145,51 @@ def _strategy(cfg: RunConfig, recorder: RunRecorder, *, num_sites: int) -> Strat
     return wrap_client_dp(strategy, cfg.privacy, num_sampled_sites=sampled, num_sites=num_sites)
 
 
-def _initial_model(cfg: RunConfig) -> torch.nn.Module:
+def _initial_model(cfg: RunConfig, resume: ResumePoint | None = None) -> torch.nn.Module:
     torch.manual_seed(cfg.training.seed)
-    return build_model(cfg.model)
+    if resume is None:
+        return build_model(cfg.model)
+    model = build_model(cfg.model, load_backbone=False)  # the checkpoint holds every weight
+    saved, _, _ = load_model(resume.checkpoint)
+    load_state(model, saved.state_dict())
+    return model
+
+
+def _numbered_from(strategy: Strategy, done: int) -> Strategy:
+    """``strategy`` as Flower's ``start`` drives it, with rounds numbered on after ``done``."""
+    return strategy if done == 0 else RoundsAfter(strategy, done)
+
+
+class RoundsAfter(Strategy):
+    """A strategy whose rounds are numbered on after ``offset`` completed ones.
+
+    Flower's ``Strategy.start`` always counts rounds from 1; a resumed run
+    passes through this so the inner strategy, its observer (the store) and
+    the sites' ``server-round`` see rounds ``offset + 1, offset + 2, ...``.
+
+    >>> from flwr.serverapp.strategy import FedAvg
+    >>> RoundsAfter(FedAvg(), 2).offset
+    2
+    """
+
+    def __init__(self, inner: Strategy, offset: int) -> None:
+        self.inner = inner
+        self.offset = offset
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round + self.offset, replies)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round + self.offset, replies)
+
+    def summary(self) -> None:
+        self.inner.summary()
 
 
 def _message_config(cfg: RunConfig, *, split: str | None = None) -> ConfigRecord:
@@ -106,12 +199,13 @@ def _message_config(cfg: RunConfig, *, split: str | None = None) -> ConfigRecord
     return record
 
 
-def _checkpointer(cfg: RunConfig, *, store: RunStore, run_id: str, out: Path):  # type: ignore[no-untyped-def]
-    """An ``evaluate_fn`` that saves the global model after every round."""
+def _checkpointer(cfg: RunConfig, *, store: RunStore, run_id: str, out: Path, offset: int = 0):  # type: ignore[no-untyped-def]
+    """An ``evaluate_fn`` that saves the global model after every round (numbered on after ``offset``)."""
 
-    def checkpoint(server_round: int, arrays: ArrayRecord) -> None:
-        if server_round == 0:
+    def checkpoint(local_round: int, arrays: ArrayRecord) -> None:
+        if local_round == 0:
             return None
+        server_round = local_round + offset
         model = build_model(cfg.model, load_backbone=False)
         load_state(model, arrays.to_torch_state_dict())
         path = out / "checkpoints" / f"round-{server_round:03d}.pt"

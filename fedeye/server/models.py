@@ -1,6 +1,7 @@
 """Tables of the run store (SQLModel).
 
-Four tables: ``runs``, ``rounds``, ``site_metrics`` and ``artifacts``. They
+Tables: ``runs``, ``rounds``, ``site_metrics``, ``artifacts``, ``privacy_ledger``
+and ``flower_runs`` (which Flower runs carried a FedEye run). They
 are plain SQLAlchemy types that work on SQLite and PostgreSQL alike: JSON for
 dicts, timezone-aware timestamps, and Flower node ids (64-bit *unsigned*, so
 too big for a signed ``BIGINT``) kept as decimal strings.
@@ -75,7 +76,7 @@ class SiteMetricRow(SQLModel, table=True):
     node_id: str = Field(max_length=NODE_ID_DIGITS)  # uint64 as decimal text
     num_examples: int
     metrics: dict[str, Any] = _json_column(nullable=False)
-    status: str = Field(max_length=16)  # ok/failed/dropped/left-budget/rejected
+    status: str = Field(max_length=16)  # ok/failed/dropped/left-budget/rejected/missing
     reason: str | None = Field(default=None)  # why a site failed, left or was rejected
 
 
@@ -112,3 +113,16 @@ class PrivacyLedgerRow(SQLModel, table=True):
     steps: int  # cumulative DP-SGD steps (scope site) or rounds (scope federation)
     accountant: str = Field(max_length=8)
     status: str = Field(max_length=16)  # ok / left-budget
+
+
+class FlowerRunRow(SQLModel, table=True):
+    """One Flower run that carried (part of) a FedEye run: the first launch, then each resume."""
+
+    __tablename__ = "flower_runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="runs.id", index=True, max_length=64)
+    flower_run_id: str = Field(index=True, max_length=NODE_ID_DIGITS)  # uint64 as decimal text
+    first_round: int  # 1, or the round a resume started from
+    started_at: datetime = _time_column(nullable=False)
+    note: str | None = Field(default=None)  # e.g. what a resume found: "resumed after round 2; was failed: ..."

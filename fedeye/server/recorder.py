@@ -2,6 +2,13 @@
 
 It is the :class:`~fedeye.strategies.base.RoundObserver` attached to the
 strategy, so every FedEye strategy is recorded the same way.
+
+A site that disappears mid-round is recorded ``missing`` (``on_missing``):
+the strategy reports the sampled nodes that never replied, and the recorder
+names them from their earlier replies in this run. When the SuperLink itself
+answers for an unreachable node (an error reply from node
+``SUPERLINK_NODE_ID``), that reply says nothing about which site it was, so
+it is not stored as a site of its own: the node is already reported missing.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Protocol
 from logging import WARNING
 
 from flwr.app import Message
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.logger import log
 
 from fedeye.errors import FederationError
@@ -89,6 +97,14 @@ def _cross_site(reports: list[SiteReport]) -> dict[str, float]:
     return {f"site.{k}": v for k, v in cross_site_summary(aucs).items() if k != "sites"}
 
 
+UNAVAILABLE = (ErrorCode.NODE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE)
+
+
+def from_superlink(msg: Message) -> bool:
+    """True for an error reply the SuperLink made for a node (or reply) it could not reach."""
+    return msg.has_error() and msg.error.code in UNAVAILABLE and int(msg.metadata.src_node_id) == SUPERLINK_NODE_ID
+
+
 class RunRecorder:
     """Stores every round's per-site and aggregated metrics; forwards progress."""
 
@@ -96,6 +112,28 @@ class RunRecorder:
         self.store = store
         self.run_id = run_id
         self.progress = progress
+        self._site_names: dict[int, str] | None = None  # node id -> site name, from replies
+
+    def site_name(self, node_id: int) -> str:
+        """The name a node's site gave in this run (earlier rounds included), else ``node <id>``."""
+        return self._names().get(int(node_id), f"node {node_id}")
+
+    def _names(self) -> dict[int, str]:
+        if self._site_names is None:  # a resumed run starts from the names recorded before
+            named = [m for m in self.store.site_metrics(self.run_id) if m.status not in ("missing", "failed")]
+            self._site_names = {m.node_id: m.site for m in named}
+        return self._site_names
+
+    def on_missing(self, server_round: int, phase: str, node_ids: list[int]) -> None:
+        """Record sampled nodes that never replied in ``phase`` of ``server_round``."""
+        for node_id in node_ids:
+            site = self.site_name(node_id)
+            reason = f"no reply within the round timeout; the round went on without {site}"
+            self.store.record_site_metrics(
+                self.run_id, server_round=server_round, phase=phase, site=site,  # type: ignore[arg-type]
+                node_id=int(node_id), num_examples=0, metrics={}, status="missing", reason=reason,
+            )
+            log(WARNING, "round %s: %s missing (%s)", server_round, site, reason)
 
     def on_round_start(self, server_round: int, phase: str, num_sites: int) -> None:
         if self.progress:
@@ -105,7 +143,13 @@ class RunRecorder:
         self, server_round: int, phase: str, replies: list[Message], verdicts: list[Verdict] | None = None
     ) -> None:
         verdicts = verdicts or [Verdict("ok")] * len(replies)
-        reports = [site_report(server_round, phase, m, v) for m, v in zip(replies, verdicts, strict=True)]
+        judged = [(m, v) for m, v in zip(replies, verdicts, strict=True) if not from_superlink(m)]
+        for msg in replies:
+            if from_superlink(msg):
+                log(WARNING, "round %s (%s): the SuperLink could not reach a node: %s", server_round, phase, msg.error.reason)
+        replies = [m for m, _ in judged]
+        reports = [site_report(server_round, phase, m, v) for m, v in judged]
+        self._learn_names(reports)
         for msg, report in zip(replies, reports):
             self._store_site(report)
             self._store_privacy(msg, report)
@@ -115,6 +159,12 @@ class RunRecorder:
         if phase == "train" and reports and all(r.status in ("failed", "rejected") for r in reports):
             reasons = "; ".join(f"{r.site}: {r.reason}" for r in reports)
             raise FederationError(f"no site could train in round {server_round}: {reasons}")
+
+    def _learn_names(self, reports: list[SiteReport]) -> None:
+        names = self._names()
+        for report in reports:
+            if report.status != "failed":
+                names[report.node_id] = report.site
 
     def on_client_dp(
         self, server_round: int, *, epsilon: float, delta: float, noise_multiplier: float, sample_rate: float, rounds: int

@@ -49,6 +49,11 @@ def simulation_sites(cfg: RunConfig) -> list[Path]:
 
 def _check_node_minimums(cfg: RunConfig, num_sites: int) -> None:
     s = cfg.strategy
+    if s.name == "prompt-experts" and cfg.model.num_domains < num_sites:
+        raise ConfigError(
+            f"model.num_domains={cfg.model.num_domains} but prompt-experts needs one domain expert per site: "
+            f"set model.num_domains = {num_sites} (the number of site folders in {cfg.data.root})"
+        )
     for field in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
         if getattr(s, field) > num_sites:
             raise ConfigError(f"strategy.{field}={getattr(s, field)} but the simulation has only {num_sites} site(s); lower it")

@@ -48,12 +48,12 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from fedeye.errors import StoreError
-from fedeye.server.models import ArtifactRow, PrivacyLedgerRow, RoundRow, RunRow, SiteMetricRow
+from fedeye.server.models import ArtifactRow, FlowerRunRow, PrivacyLedgerRow, RoundRow, RunRow, SiteMetricRow
 
 RunStatus = Literal["running", "finished", "failed", "stopped"]
 FinalStatus = Literal["finished", "failed", "stopped"]
 Phase = Literal["train", "evaluate", "test"]
-SiteStatus = Literal["ok", "failed", "dropped", "left-budget", "rejected"]
+SiteStatus = Literal["ok", "failed", "dropped", "left-budget", "rejected", "missing"]
 PrivacyScope = Literal["site", "federation"]
 
 DB_ENV_VAR = "FEDEYE_DB"
@@ -148,6 +148,16 @@ class PrivacyRecord:
 
 
 @dataclass(frozen=True)
+class FlowerRunRecord:
+    """A Flower run that carried a FedEye run: its first launch, or a resume."""
+
+    flower_run_id: int
+    first_round: int
+    started_at: datetime
+    note: str | None
+
+
+@dataclass(frozen=True)
 class RunDetail:
     """Everything known about one run, as shown by ``fedeye runs show``."""
 
@@ -157,6 +167,7 @@ class RunDetail:
     site_metrics: tuple[SiteMetricRecord, ...]
     artifacts: tuple[ArtifactRecord, ...]
     privacy: tuple[PrivacyRecord, ...] = ()
+    flower_runs: tuple[FlowerRunRecord, ...] = ()
 
     def last_evaluated_round(self) -> int | None:
         """Return the highest round with site evaluation results, if any."""
@@ -481,6 +492,31 @@ class RunStore:
             )
         return run_id
 
+    def reopen_run(self, run_id: str) -> tuple[RunStatus, str | None]:
+        """Set a run back to ``running`` (a resume); return its previous status and error."""
+        with self._session(write=True) as session:
+            row = self._require_run(session, run_id)
+            previous = (cast(RunStatus, row.status), row.error)
+            row.status, row.error, row.ended_at = "running", None, None
+            session.add(row)
+        return previous
+
+    def link_flower_run(self, run_id: str, *, flower_run_id: int, first_round: int, note: str | None = None) -> None:
+        """Record that Flower run ``flower_run_id`` carries ``run_id`` from ``first_round`` on."""
+        _check_node_id(flower_run_id)  # Flower run ids are unsigned 64-bit integers too
+        row = FlowerRunRow(
+            run_id=run_id, flower_run_id=str(flower_run_id), first_round=first_round, started_at=_now(), note=note,
+        )
+        with self._session(write=True) as session:
+            self._require_run(session, run_id)
+            session.add(row)
+
+    def run_for_flower_run(self, flower_run_id: int) -> str | None:
+        """The FedEye run a Flower run carries, if it has recorded one yet."""
+        query = select(FlowerRunRow.run_id).where(FlowerRunRow.flower_run_id == str(flower_run_id))
+        with self._session() as session:
+            return session.exec(query).first()
+
     def finish_run(self, run_id: str, *, status: FinalStatus, error: str | None = None) -> None:
         """Mark a run as ended with ``status``; ``error`` says why it failed."""
         _check_choice(status, FinalStatus, "status")
@@ -614,6 +650,7 @@ class RunStore:
                 site_metrics=tuple(self._site_rows(session, full_id, None)),
                 artifacts=tuple(self._artifact_rows(session, full_id, None)),
                 privacy=tuple(self._privacy_rows(session, full_id)),
+                flower_runs=tuple(self._flower_rows(session, full_id)),
             )
 
     def site_metrics(self, run_id: str, *, phase: Phase | None = None) -> list[SiteMetricRecord]:
@@ -722,6 +759,14 @@ class RunStore:
         )
         return [
             PrivacyRecord(**{f.name: getattr(row, f.name) for f in dataclasses.fields(PrivacyRecord)})
+            for row in session.exec(query)
+        ]
+
+    @staticmethod
+    def _flower_rows(session: Session, run_id: str) -> list[FlowerRunRecord]:
+        query = select(FlowerRunRow).where(FlowerRunRow.run_id == run_id).order_by(col(FlowerRunRow.id))
+        return [
+            FlowerRunRecord(int(row.flower_run_id), row.first_round, _as_utc(row.started_at), row.note)
             for row in session.exec(query)
         ]
 

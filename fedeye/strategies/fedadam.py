@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
 from flwr.serverapp.strategy import FedAdam as FlowerFedAdam
 
@@ -12,8 +16,29 @@ if TYPE_CHECKING:
     from fedeye.config import StrategyConfig
 
 
+class KeepDtype:
+    """Return the server optimiser's new arrays in the global model's dtypes.
+
+    Flower's FedOpt update mixes float32 arrays with float64 scalars and
+    returns float64, which would double every later message (and change the
+    dtype the sites receive).
+    """
+
+    current_arrays: dict[str, np.ndarray] | None
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        dtypes = {k: v.dtype for k, v in (self.current_arrays or {}).items()}
+        arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        if arrays is None:
+            return None, metrics
+        cast = {k: np.asarray(v.numpy(), dtype=dtypes.get(k, v.numpy().dtype)) for k, v in arrays.items()}
+        return ArrayRecord({k: Array(v) for k, v in cast.items()}), metrics
+
+
 @register_strategy("fedadam")
-class FedAdam(ObservedStrategy, FlowerFedAdam):
+class FedAdam(ObservedStrategy, KeepDtype, FlowerFedAdam):
     """FedAdam (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
 
     The sites' FedAvg average minus the current global model is a

@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING
 from flwr.serverapp.strategy import FedYogi as FlowerFedYogi
 
 from fedeye.strategies.base import ObservedStrategy, register_strategy, sampling_kwargs
+from fedeye.strategies.fedadam import KeepDtype
 
 if TYPE_CHECKING:
     from fedeye.config import StrategyConfig
 
 
 @register_strategy("fedyogi")
-class FedYogi(ObservedStrategy, FlowerFedYogi):
+class FedYogi(ObservedStrategy, KeepDtype, FlowerFedYogi):
     """FedYogi (Reddi et al., "Adaptive Federated Optimization", ICLR 2021).
 
     Like :class:`~fedeye.strategies.fedadam.FedAdam`, with Yogi's additive

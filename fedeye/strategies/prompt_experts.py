@@ -17,12 +17,13 @@ site is a domain and no site may see another's images. FedEye does it so:
   sampled (sites in node-id order) and reported back as the metric
   ``expert-index``.
 - **Router** (:class:`fedeye.models.router.ExpertRouter`): per image, a
-  softmax over the experts from the image's style statistics. Trained at
-  each site to recognise that site's own domain (cross-entropy towards
-  expert k, weight ``strategy.router_loss``), it sends an image from an unseen
-  hospital to the experts of the hospitals whose acquisition it resembles.
-  At inference every image, seen site or not, is classified with the
-  router's mix; sites report the mean mix per expert (``expert.<j>.weight``).
+  softmax over the experts from the image's distance to each site's *style
+  prototype* (the mean style of that site's training images, which site k
+  computes after training and sends as row k of the router's keys). An image
+  from an unseen hospital goes to the experts of the hospitals whose
+  acquisition it resembles. At inference every image, seen site or not, is
+  classified with the router's mix; sites report the mean mix per expert
+  (``expert.<j>.weight``).
 - **Domain mixup** (EPVT mixes images of two domains and their prompts; a
   federated site holds one domain only): a share ``strategy.expert_mixup`` of
   each batch is classified with a random mix of experts, ``lam * e_k +
@@ -34,7 +35,8 @@ site is a domain and no site may see another's images. FedEye does it so:
   SHA-256 fingerprint of its backbone; each site builds the same backbone
   from its own copy of ``model.backbone_weights`` (or the run's seed) and
   refuses to train if the fingerprint differs. A site sends back its own
-  expert row (``expert.tokens``), not the bank.
+  rows of the per-site tensors (:data:`PER_SITE`, as ``expert/<name>``), not
+  the bank.
 
 Choices left open by the papers, and why (measured with ``fedeye benchmark dg``,
 see docs/dg-benchmark.md):
@@ -45,7 +47,8 @@ see docs/dg-benchmark.md):
   five sites the router's softmax already lets experts interact.
 - The router reads style statistics of the patch embeddings rather than the
   class token of a first forward pass: one pass instead of two, and
-  acquisition shift is a low-level property (see the router's docstring).
+  acquisition shift is a low-level property; its keys are prototypes, not
+  trained weights (see :mod:`fedeye.models.router` for why).
 
 References
 ----------
@@ -79,11 +82,13 @@ if TYPE_CHECKING:
     from fedeye.config import StrategyConfig
 
 BANK_KEY = "domain_prompts.tokens"  #: the experts' prompt tokens, ``[num_experts, tokens, dim]``
-EXPERT_KEY = "expert.tokens"  #: one site's own expert in its reply, ``[tokens, dim]``
+#: Tensors with one row per site: row k is site k's alone (its expert prompts and its style prototype).
+PER_SITE = (BANK_KEY, "router.keys", "router.spread", "router.known")
+EXPERT_PREFIX = "expert/"  #: a site's reply names its own rows ``expert/<name>``
+EXPERT_KEY = EXPERT_PREFIX + BANK_KEY  #: one site's own expert prompts in its reply, ``[tokens, dim]``
 EXPERT_INDEX_KEY = "expert-index"  #: config (to a site) and metric (from it): the site's expert
 BACKBONE_KEY = "backbone-sha256"  #: config: fingerprint of the frozen backbone (prompt mode)
 MIXUP_KEY = "expert-mixup"
-ROUTER_LOSS_KEY = "router-loss"
 
 
 def is_prompt_key(name: str) -> bool:
@@ -103,14 +108,14 @@ def backbone_fingerprint(arrays: Mapping[str, Any]) -> str:
     """
     digest = hashlib.sha256()
     for name in sorted(k for k in arrays if not is_prompt_key(k)):
-        value = np.ascontiguousarray(_as_numpy(arrays[name]))
+        value = np.array(_as_numpy(arrays[name]), order="C")
         digest.update(f"{name}:{value.dtype}:{value.shape};".encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
 
 
 def site_update(state: Mapping[str, Any], expert_index: int, *, prompt_only: bool) -> dict[str, np.ndarray]:
-    """What site ``expert_index`` sends back: shared parts and its own expert row.
+    """What site ``expert_index`` sends back: shared parts and its own rows of :data:`PER_SITE`.
 
     Parameters
     ----------
@@ -121,8 +126,10 @@ def site_update(state: Mapping[str, Any], expert_index: int, *, prompt_only: boo
     prompt_only : bool
         Prompt mode: leave out the frozen backbone.
     """
-    out = {k: _as_numpy(v) for k, v in state.items() if k != BANK_KEY and (not prompt_only or is_prompt_key(k))}
-    out[EXPERT_KEY] = np.array(_as_numpy(state[BANK_KEY])[expert_index])
+    out = {k: _as_numpy(v) for k, v in state.items() if k not in PER_SITE and (not prompt_only or is_prompt_key(k))}
+    for name in PER_SITE:
+        if name in state:
+            out[EXPERT_PREFIX + name] = np.array(_as_numpy(state[name])[expert_index])
     return out
 
 
@@ -135,7 +142,8 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 
 def _record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    # np.array, not np.ascontiguousarray: that makes 0-d arrays 1-d
+    return ArrayRecord({k: Array(np.array(v, order="C")) for k, v in arrays.items()})
 
 
 class _ExpertBankFedAvg(FlowerFedAvg):
@@ -152,9 +160,12 @@ class _ExpertBankFedAvg(FlowerFedAvg):
         if averaged is None:
             return None, metrics
         merged = {k: v.copy() for k, v in self.global_numpy.items()}
-        merged.update({k: v.numpy() for k, v in averaged.items() if k != EXPERT_KEY})
+        merged.update({k: v.numpy() for k, v in averaged.items() if not k.startswith(EXPERT_PREFIX)})
         for msg in replies:
-            merged[BANK_KEY][self.experts[msg.metadata.src_node_id]] = msg.content["arrays"][EXPERT_KEY].numpy()
+            row = self.experts[msg.metadata.src_node_id]
+            for name, value in msg.content["arrays"].items():
+                if name.startswith(EXPERT_PREFIX):
+                    merged[name.removeprefix(EXPERT_PREFIX)][row] = value.numpy()
         return _record(merged), metrics
 
 
@@ -163,18 +174,16 @@ class PromptExperts(ObservedStrategy, _ExpertBankFedAvg):
     """Domain-expert prompts, one per site, aggregated centrally (see the module docstring).
 
     >>> from fedeye.config import StrategyConfig
-    >>> s = PromptExperts.from_config(StrategyConfig(expert_mixup=0.25))
-    >>> s.expert_mixup, s.router_loss
-    (0.25, 1.0)
+    >>> PromptExperts.from_config(StrategyConfig(expert_mixup=0.25)).expert_mixup
+    0.25
     """
 
-    expert_mixup: float = 0.5
-    router_loss: float = 1.0
+    expert_mixup: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: StrategyConfig) -> PromptExperts:
         strategy = cls(**sampling_kwargs(cfg))
-        strategy.expert_mixup, strategy.router_loss = cfg.expert_mixup, cfg.router_loss
+        strategy.expert_mixup = cfg.expert_mixup
         strategy.experts = {}
         return strategy
 
@@ -184,7 +193,7 @@ class PromptExperts(ObservedStrategy, _ExpertBankFedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._prepare(arrays, config, grid)
-        config[MIXUP_KEY], config[ROUTER_LOSS_KEY] = self.expert_mixup, self.router_loss
+        config[MIXUP_KEY] = self.expert_mixup
         return super().configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(

@@ -39,6 +39,12 @@ def test_coordinator_init_writes_ca_and_superlink_keys(tmp_path: Path) -> None:
     cert.verify_directly_issued_by(keys.load_certificate(out / "ca.crt"))
     assert "fl.example.org" in (out / "coordinator.toml").read_text()
     assert "ca.crt" in result.output and "keep secret" in result.output
+    from cryptography import x509
+
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    shown = {str(v) for v in names.get_values_for_type(x509.IPAddress)} | set(names.get_values_for_type(x509.DNSName))
+    # the SuperLink's own ServerApp/SuperExec reach it on loopback, so those names stay beside the given ones
+    assert {"10.1.2.3", "fl.example.org", "127.0.0.1", "localhost"} <= shown
 
 
 def test_coordinator_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.app.message.message import make_message
 
 from fedeye.client.app import app, norm_keys
-from fedeye.client.training import LocalObjective, train_local
+from fedeye.client.training import LocalObjective, mean_expert_weights, set_site_prototype, train_local
 from fedeye.config import RunConfig, TrainingConfig
 from fedeye.errors import ModelError
 from fedeye.models import ModelConfig, build_model
@@ -49,7 +49,7 @@ def _initial(cfg: RunConfig) -> dict[str, torch.Tensor]:
 def test_expert_round_sends_own_expert_and_trains_only_that_row(tiny_sites: Path) -> None:
     cfg = _cfg(tiny_sites)
     initial = _initial(cfg)
-    reply = app(_request(cfg, initial, **{"expert-index": 1, "expert-mixup": 0.5, "router-loss": 1.0}),
+    reply = app(_request(cfg, initial, **{"expert-index": 1, "expert-mixup": 0.5}),
                 _context(tiny_sites / "site-1"))
 
     arrays = reply.content["arrays"]
@@ -58,7 +58,9 @@ def test_expert_round_sends_own_expert_and_trains_only_that_row(tiny_sites: Path
     assert sent.shape == tuple(initial[BANK_KEY].shape[1:])
     assert not np.allclose(sent, initial[BANK_KEY][1].numpy())  # its own expert trained
     assert reply.content["metrics"]["expert-index"] == 1
-    assert not np.allclose(arrays["router.keys.weight"].numpy(), initial["router.keys.weight"].numpy())
+    # its style prototype goes with it: row 1 of the router's keys, now known
+    assert arrays["expert/router.known"].numpy() == 1.0
+    assert arrays["expert/router.keys"].numpy().shape == (2 * 96,) and np.any(arrays["expert/router.keys"].numpy() != 0)
 
 
 def test_expert_training_leaves_other_sites_experts_untouched(tiny_sites: Path) -> None:
@@ -66,7 +68,7 @@ def test_expert_training_leaves_other_sites_experts_untouched(tiny_sites: Path) 
     model = build_model(cfg)
     before = model.domain_prompts.tokens.detach().clone()
     data = SiteDataset(open_site(tiny_sites / "site-3"), "train", image_size=32, augment=False)
-    objective = LocalObjective(expert_index=2, expert_mixup=1.0, router_loss=1.0)
+    objective = LocalObjective(expert_index=2, expert_mixup=1.0)
 
     train_local(model, data, cfg=TrainingConfig(local_epochs=1, batch_size=16, weight_decay=0.5), objective=objective)
 
@@ -75,16 +77,24 @@ def test_expert_training_leaves_other_sites_experts_untouched(tiny_sites: Path) 
     assert not torch.equal(after[2], before[2])
 
 
-def test_router_learns_the_own_domain(tiny_sites: Path) -> None:
+def test_router_sends_each_sites_images_to_its_own_prototype(tiny_sites: Path) -> None:
     cfg = ModelConfig(img_size=32, num_domains=3)
     model = build_model(cfg)
-    data = SiteDataset(open_site(tiny_sites / "site-3"), "train", image_size=32, augment=False)
-    images = torch.stack([data[i][0] for i in range(len(data))])
-    objective = LocalObjective(expert_index=2, expert_mixup=0.5, router_loss=1.0)
-    train_local(model, data, cfg=TrainingConfig(local_epochs=8, batch_size=16, lr=3e-3), objective=objective)
-    with torch.no_grad():
-        weights = torch.softmax(model.routing_logits(images), dim=-1).mean(dim=0)
-    assert weights[2] > 0.6
+    data = {k: SiteDataset(open_site(tiny_sites / f"site-{k + 1}"), "train", image_size=32, augment=False) for k in range(3)}
+    untrained = mean_expert_weights(model, data[0])
+    assert untrained is not None and np.allclose(untrained, 1 / 3)  # no prototype yet: the uniform mix
+    for k, dataset in data.items():
+        set_site_prototype(model, dataset, k)
+    for k, dataset in data.items():
+        weights = mean_expert_weights(model, dataset)
+        assert weights is not None and int(np.argmax(weights)) == k and weights[k] > 0.5
+
+
+def test_unknown_experts_get_no_weight(tiny_sites: Path) -> None:
+    model = build_model(ModelConfig(img_size=32, num_domains=3))
+    set_site_prototype(model, SiteDataset(open_site(tiny_sites / "site-1"), "train", image_size=32), 1)
+    weights = mean_expert_weights(model, SiteDataset(open_site(tiny_sites / "site-2"), "test", image_size=32))
+    assert weights is not None and weights.tolist() == [0.0, 1.0, 0.0]
 
 
 def test_prompt_mode_receives_only_prompt_parts_and_checks_the_backbone(tiny_sites: Path) -> None:
@@ -96,7 +106,7 @@ def test_prompt_mode_receives_only_prompt_parts_and_checks_the_backbone(tiny_sit
 
     reply = app(_request(cfg, prompt_parts, **{"expert-index": 0, BACKBONE_KEY: fingerprint}), _context(site))
     assert not reply.has_error()
-    assert all(is_prompt_key(k) or k == EXPERT_KEY for k in reply.content["arrays"])
+    assert all(is_prompt_key(k) or k.startswith("expert/") for k in reply.content["arrays"])
 
     with pytest.raises(ModelError, match="frozen backbone .* differs from the coordinator's"):  # Flower sends it as an error reply
         app(_request(cfg, prompt_parts, **{"expert-index": 0, BACKBONE_KEY: "0" * 64}), _context(site))
@@ -107,7 +117,7 @@ def test_evaluation_reports_the_routers_mix_per_expert(tiny_sites: Path) -> None
     reply = app(_request(cfg, _initial(cfg), MessageType.EVALUATE, split="test"), _context(tiny_sites / "site-2"))
     metrics = reply.content["metrics"]
     mix = [metrics[f"expert.{k}.weight"] for k in range(3)]
-    assert sum(mix) == pytest.approx(1.0, abs=1e-5) and all(0 < w < 1 for w in mix)
+    assert mix == pytest.approx([1 / 3] * 3)  # no site has reported a prototype yet
 
 
 def test_fedbn_keeps_the_sites_own_norms_between_rounds(tiny_sites: Path) -> None:
@@ -138,3 +148,19 @@ def test_fedprox_term_keeps_the_model_closer_to_the_global_one(tiny_sites: Path)
                     objective=LocalObjective(proximal_mu=mu))
         distances.append(sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start)))
     assert distances[1] < 0.5 * distances[0]
+
+
+def test_scalar_rows_keep_their_shape_in_the_reply(tiny_sites: Path) -> None:
+    cfg = _cfg(tiny_sites)
+    reply = app(_request(cfg, _initial(cfg), **{"expert-index": 0}), _context(tiny_sites / "site-2"))
+    assert reply.content["arrays"]["expert/router.spread"].numpy().shape == ()  # row 0 of a [K] tensor
+
+
+def test_router_view_stays_fixed_while_the_backbone_trains(tiny_sites: Path) -> None:
+    model = build_model(ModelConfig(img_size=32, num_domains=3))
+    style, patch = model.style_embed.weight.clone(), model.patch_embed.proj.weight.detach().clone()
+    torch.testing.assert_close(style, patch)  # a copy of the patch embedding as built
+    data = SiteDataset(open_site(tiny_sites / "site-1"), "train", image_size=32)
+    train_local(model, data, cfg=TrainingConfig(local_epochs=1, batch_size=16), objective=LocalObjective(expert_index=0))
+    assert not torch.equal(model.patch_embed.proj.weight, patch)
+    assert torch.equal(model.style_embed.weight, style)  # prototypes from earlier rounds stay comparable

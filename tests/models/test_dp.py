@@ -97,7 +97,7 @@ def test_make_private_trains_a_step(mode: str) -> None:
     )
 
     images, labels, _ = next(iter(loader))
-    cross_entropy(private(images), labels).backward()  # the router mixes the experts: every part trains
+    cross_entropy(private(images), labels).backward()  # uniform mix (no prototypes yet): every expert trains
     optimizer.step()
 
     assert all(not torch.equal(a, b) for a, b in zip(before, trainable, strict=True))

@@ -69,8 +69,15 @@ def test_domain_index_equals_one_hot_expert_weights(make_vit: Callable[..., Prom
     torch.testing.assert_close(by_index, by_weights)
 
 
+def test_experts_start_identical(make_vit: Callable[..., PromptViT]) -> None:
+    bank = make_vit().domain_prompts.tokens
+    assert all(torch.equal(bank[0], bank[k]) for k in range(1, 3)) and bank.abs().sum() > 0
+
+
 def test_different_domains_give_different_outputs(make_vit: Callable[..., PromptViT]) -> None:
     model = make_vit().eval()
+    with torch.no_grad():  # as after each site trained its own expert
+        model.domain_prompts.tokens.add_(torch.randn_like(model.domain_prompts.tokens))
     image = torch.randn(1, 3, 16, 16).expand(3, -1, -1, -1)
     logits = model(image, domain=torch.tensor([0, 1, 2]))
     assert not torch.allclose(logits[0], logits[1])

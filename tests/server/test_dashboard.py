@@ -76,17 +76,20 @@ def test_run_detail_has_every_panel(store: RunStore, client: TestClient) -> None
     assert by_attr["race"]["suppressed"] == 2.0 and by_attr["race"]["groups"] == []
     privacy = detail["privacy"]["series"]
     assert privacy["site-b"]["status"] == "left-budget" and privacy["site-a"]["budget"] == 4.0
-    assert detail["experts"] == {"round": None, "experts": [], "sites": {}}
+    assert detail["experts"] == {"round": None, "experts": [], "sites": {}, "owners": {}}
 
 
 def test_expert_weights_are_read_when_recorded(store: RunStore, client: TestClient) -> None:
     run_id = store.create_run(name="moe", strategy="prompt-experts", config={}, num_rounds=1, num_sites=1)
     store.record_site_metrics(run_id, server_round=1, phase="evaluate", site="site-a", node_id=0, num_examples=5,
                               metrics={"auc": 0.7, "expert.0.weight": 0.25, "expert.1.weight": 0.75})
+    store.record_site_metrics(run_id, server_round=1, phase="train", site="site-a", node_id=0, num_examples=5,
+                              metrics={"loss": 0.5, "expert-index": 1})
 
     experts = client.get(f"/api/runs/{run_id}", headers=AUTH).json()["experts"]
 
-    assert experts == {"round": 1, "experts": ["0", "1"], "sites": {"site-a": {"0": 0.25, "1": 0.75}}}
+    assert experts == {"round": 1, "experts": ["0", "1"], "sites": {"site-a": {"0": 0.25, "1": 0.75}},
+                       "owners": {"1": "site-a"}}
 
 
 def test_a_run_with_no_results_gives_empty_panels(store: RunStore, client: TestClient) -> None:

@@ -11,6 +11,7 @@ from flwr.app import ConfigRecord
 from fedeye.config import StrategyConfig
 from fedeye.strategies import build_strategy, list_strategies
 from fedeye.strategies.base import BudgetExhausted
+from fedeye.strategies.prompt_experts import EXPERT_KEY
 from tests.strategies.conftest import FakeGrid, array_record, reply
 
 GLOBAL = {"w": np.zeros((2, 2), np.float32), "domain_prompts.tokens": np.zeros((4, 1, 2), np.float32)}
@@ -39,7 +40,7 @@ def _update(name: str, value: float) -> dict[str, np.ndarray]:
     """A site's training update in the strategy's format, every entry ``value``."""
     w = np.full((2, 2), value, np.float32)
     if name == "prompt-experts":  # a site sends its own expert row, not the bank
-        return {"w": w, "expert.tokens": np.full((1, 2), value, np.float32)}
+        return {"w": w, EXPERT_KEY: np.full((1, 2), value, np.float32)}
     return {"w": w, "domain_prompts.tokens": np.full((4, 1, 2), value, np.float32)}
 
 
@@ -87,3 +88,11 @@ def test_silent_sites_are_reported_missing(name: str, flower_task: None) -> None
     arrays, _ = strategy.aggregate_train(1, [reply(2, arrays=_update(name, 1.0)), reply(4, arrays=_update(name, 2.0))])
     assert missing == [(1, "train", [1, 3])]
     assert arrays is not None  # the round completes with the sites that answered
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_new_global_model_keeps_the_dtypes(name: str, flower_task: None) -> None:
+    strategy = _strategy(name, Seen())
+    arrays, _ = strategy.aggregate_train(1, [reply(1, arrays=_update(name, 1.0)), reply(2, arrays=_update(name, 2.0))])
+    assert arrays is not None
+    assert {k: arrays[k].numpy().dtype for k in GLOBAL} == {k: v.dtype for k, v in GLOBAL.items()}

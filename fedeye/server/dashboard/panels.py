@@ -8,7 +8,7 @@ empty state), never an exception.
 >>> store = RunStore("sqlite://")
 >>> run_id = store.create_run(name="demo", strategy="fedavg", config={}, num_rounds=1, num_sites=1)
 >>> run_panels(store.get_run(run_id))["experts"]
-{'round': None, 'experts': [], 'sites': {}}
+{'round': None, 'experts': [], 'sites': {}, 'owners': {}}
 """
 
 from __future__ import annotations
@@ -183,11 +183,21 @@ def experts(records: Iterable[SiteMetricRecord]) -> Json:
     """Mixing weights ``expert.<k>.weight`` per site from the latest round that has them."""
     weighted = [m for m in records if m.status == "ok" and _expert_weights(m.metrics)]
     if not weighted:
-        return {"round": None, "experts": [], "sites": {}}
+        return {"round": None, "experts": [], "sites": {}, "owners": {}}
     last = max(m.server_round for m in weighted)
     latest = {m.site: _expert_weights(m.metrics) for m in sorted(weighted, key=lambda rec: rec.phase) if m.server_round == last}
-    names = sorted({k for weights in latest.values() for k in weights})
-    return {"round": last, "experts": names, "sites": dict(sorted(latest.items()))}
+    names = sorted({k for weights in latest.values() for k in weights}, key=lambda k: (len(k), k))
+    return {"round": last, "experts": names, "sites": dict(sorted(latest.items())), "owners": expert_owners(records)}
+
+
+def expert_owners(records: Iterable[SiteMetricRecord]) -> dict[str, str]:
+    """Expert index -> the site that trains it (sites report ``expert-index`` when they train)."""
+    owners = {}
+    for m in records:
+        index = m.metrics.get("expert-index")
+        if m.phase == "train" and m.status == "ok" and index is not None:
+            owners[str(int(index))] = m.site
+    return dict(sorted(owners.items(), key=lambda kv: int(kv[0])))
 
 
 def _expert_weights(metrics: Mapping[str, float | None]) -> dict[str, float | None]:

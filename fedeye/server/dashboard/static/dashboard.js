@@ -182,7 +182,10 @@
         return bar;
       }));
     });
-    fill("experts", table(["Site"].concat(x.experts.map(function (k) { return "Expert " + k; })), rows));
+    var owners = x.owners || {};
+    fill("experts", table(["Site"].concat(x.experts.map(function (k) {
+      return owners[k] ? "Expert " + k + " (" + owners[k] + ")" : "Expert " + k;
+    })), rows));
   }
 
   function runId() { return decodeURIComponent(location.pathname.split("/").pop()); }

@@ -1,0 +1,255 @@
+"""A real deployment on loopback: `fedeye coordinator start`, three `fedeye site start`, `fedeye run ...`.
+
+One federation (SuperLink with TLS and SuperNode authentication, keys from
+`coordinator init` / `site init`, three registered sites over tiny synthetic
+data, one unregistered site) lives through one run:
+
+1. the unregistered site is refused;
+2. round 1 trains on all three sites;
+3. site-3 is killed (its whole process group) in round 2: the round
+   completes with the other two after the round timeout and site-3 is
+   recorded ``missing``; site-3 is started again at once;
+4. after round 2's checkpoint the coordinator (SuperLink, SuperExec,
+   ServerApp) is killed and started again on the same state file;
+   `fedeye run resume` continues the run: round 3 (site-3 back) and the final
+   evaluation land in the same run record, rounds 1-2 unchanged.
+
+Every process the test starts, and every process those start in their own
+sessions (SuperExec, flwr-serverapp, flwr-clientapp), is killed by PID at
+the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+
+from fedeye.server.store import RunDetail, RunStore, resolve_db_url
+from fedeye.sites.base import open_site
+from tests.test_flower_app import _free_ports, _processes, _sessions
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds Flower's detached processes through /proc"),
+]
+
+FEDEYE = str(Path(sys.executable).parent / "fedeye")
+ROUND_TIMEOUT_S = 50.0
+STEP_TIMEOUT_S = 240.0
+
+
+@dataclass
+class Federation:
+    """The processes of one loopback federation and the files they use."""
+
+    root: Path
+    env: dict[str, str]
+    address: str
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.root / f"{name}.log").open("ab")
+        proc = subprocess.Popen([FEDEYE, *args], env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = proc
+        return proc
+
+    def fedeye(self, *args: str, timeout: float = STEP_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([FEDEYE, *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def log(self, name: str) -> str:
+        path = self.root / f"{name}.log"
+        return path.read_text(errors="replace")[-3000:] if path.is_file() else "(no log)"
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}\n{self.log(name)}" for name in self.procs)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the process, its group and every session its descendants started."""
+        proc = self.procs.pop(name)
+        _kill_tree(proc.pid)
+        proc.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.kill(name)
+
+
+def _kill_tree(root: int) -> None:
+    sessions = _sessions([root])
+    for _ in range(3):  # processes may start children while we kill
+        for proc in _processes().values():
+            if proc.sid in sessions and not proc.zombie:
+                with suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(0.3)
+    left = [p.pid for p in _processes().values() if p.sid in sessions and not p.zombie]
+    assert not left, f"processes left after killing {root}: {left}"
+
+
+@pytest.fixture
+def federation(tmp_path: Path, tiny_sites: Path) -> Iterator[Federation]:
+    """Coordinator folder, three registered sites and one unregistered, on free loopback ports."""
+    (port,) = _free_ports(1)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_HOME": str(tmp_path / "flwr-home"),
+        "FEDEYE_HOME": str(tmp_path / "fedeye-home"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "COLUMNS": "200",
+    }
+    env.pop("FEDEYE_DB", None)
+    fed = Federation(root=tmp_path, env=env, address=f"127.0.0.1:{port}")
+    try:
+        _provision(fed, tiny_sites)
+        yield fed
+    finally:
+        fed.stop_all()
+
+
+def _provision(fed: Federation, sites: Path) -> None:
+    steps = [("coordinator", "init", "coord", "--host", "127.0.0.1")]
+    for i, site in enumerate(sorted(sites.iterdir()), start=1):
+        steps.append(("site", "init", f"site-{i}", "--name", f"site-{i}", "--data", str(site)))
+        steps.append(("coordinator", "register-site", f"site-{i}/node.pub", "--name", f"site-{i}", "--dir", "coord"))
+    steps.append(("site", "init", "intruder", "--name", "intruder", "--data", str(min(sites.iterdir()))))
+    for step in steps:
+        done = fed.fedeye(*step)
+        assert done.returncode == 0, f"fedeye {' '.join(step)}\n{done.stdout}\n{done.stderr}"
+
+
+def _run_file(fed: Federation, *, rounds: int) -> Path:
+    path = fed.root / "run.toml"
+    path.write_text(
+        'name = "loopback"\n[model]\narch = "vit-tiny-cpu"\nimg_size = 32\n'
+        f"[training]\nrounds = {rounds}\nlocal_epochs = 1\nbatch_size = 16\n"
+        f"[strategy]\nround_timeout = {ROUND_TIMEOUT_S}\nmin_train_nodes = 2\nmin_evaluate_nodes = 2\nmin_available_nodes = 2\n"
+        '[output]\ndir = "out"\n'
+    )
+    return path
+
+
+def _start_site(fed: Federation, i: int) -> None:
+    fed.start(f"site-{i}", "site", "start", "--dir", f"site-{i}", "--superlink", fed.address, "--ca", "coord/ca.crt")
+
+
+def _start_coordinator(fed: Federation) -> None:
+    fed.start("coordinator", "coordinator", "start", "--dir", "coord", "--address", fed.address)
+
+
+def _wait(what: str, check: Callable[[], bool], fed: Federation, *, timeout: float = STEP_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}\n{fed.logs()}"
+        time.sleep(1.0)
+
+
+def _store(fed: Federation) -> RunStore:
+    out = fed.root / "out"
+    return RunStore(resolve_db_url(str(out / "fedeye.db"), default_dir=out))
+
+
+def _detail(fed: Federation, run_id: str) -> RunDetail:
+    with _store(fed) as store:
+        return store.get_run(run_id)
+
+
+def _checkpoints(fed: Federation, run_id: str) -> list[int]:
+    return [a.server_round for a in _detail(fed, run_id).artifacts if a.kind == "checkpoint" and a.server_round]
+
+
+def _online(fed: Federation, count: int) -> bool:
+    conn = "fedeye-127-0-0-1-" + fed.address.rsplit(":", 1)[1]
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "flwr"), "supernode", "ls", conn, "--format", "json"],
+        env=fed.env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    try:
+        nodes = json.loads(done.stdout[done.stdout.find("{"):]).get("nodes", [])
+    except json.JSONDecodeError:
+        return False
+    return sum(n.get("status") == "online" for n in nodes) >= count
+
+
+def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(federation: Federation, tiny_sites: Path) -> None:
+    fed = federation
+    names = {open_site(d).info.name for d in tiny_sites.iterdir()}
+    site3 = open_site(sorted(tiny_sites.iterdir())[2]).info.name
+    started = time.monotonic()
+
+    # Prepare: the coordinator registers the three authorized sites; the sites and an intruder connect
+    _start_coordinator(fed)
+    for i in (1, 2, 3):
+        _start_site(fed, i)
+    intruder = fed.start("intruder", "site", "start", "--dir", "intruder", "--superlink", fed.address, "--ca", "coord/ca.crt", "--rejoin-wait", "0")
+    _wait("three sites online", lambda: _online(fed, 3), fed)
+
+    # 1. the unregistered site is refused
+    assert intruder.wait(timeout=120) == 1, fed.log("intruder")
+    assert "refused this site" in fed.log("intruder")
+    fed.procs.pop("intruder")
+
+    # 2. launch; round 1 on all three sites
+    launched = fed.fedeye("run", "launch", "--config", str(_run_file(fed, rounds=3)), "--superlink", fed.address, "--ca", "coord/ca.crt")
+    assert launched.returncode == 0, launched.stdout + launched.stderr + fed.logs()
+    run_id = launched.stdout.split("FedEye run ", 1)[1].split()[0]
+    _wait("round 1 evaluated by all sites", lambda: len({m.site for m in _detail(fed, run_id).site_metrics
+                                                        if m.server_round == 1 and m.phase == "evaluate"}) == 3, fed)
+    round1_done = time.monotonic()
+
+    # 3. site-3 disappears in round 2 and comes straight back (refused until Flower sees the old node offline)
+    fed.kill("site-3")
+    _start_site(fed, 3)
+    _wait("round 2 checkpoint", lambda: 2 in _checkpoints(fed, run_id), fed)
+    detail = _detail(fed, run_id)
+    round2 = {(m.site, m.status) for m in detail.site_metrics if m.server_round == 2 and m.phase == "train"}
+    assert round2 == {*((n, "ok") for n in names - {site3}), (site3, "missing")}, round2
+    assert [r.num_sites_trained for r in detail.rounds if r.server_round == 2] == [2]
+
+    # 4. the coordinator dies after round 2; started again on the same state, the run resumes
+    before = _detail(fed, run_id)
+    fed.kill("coordinator")
+    _start_coordinator(fed)
+    resumed = fed.fedeye("run", "resume", run_id, "--db", str(fed.root / "out" / "fedeye.db"), "--superlink", fed.address, "--ca", "coord/ca.crt")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr + fed.logs()
+    assert "resumes after round 2" in resumed.stdout
+    _wait("the resumed run to finish", lambda: _detail(fed, run_id).run.status != "running", fed, timeout=300)
+
+    # Assert: one run record holds every round, rounds 1-2 as they were, site-3 back in round 3
+    after = _detail(fed, run_id)
+    assert (after.run.status, after.run.rounds_done) == ("finished", 3), (after.run, fed.logs())
+    assert [r for r in after.rounds if r.server_round <= 2] == [r for r in before.rounds if r.server_round <= 2]
+    assert all(m in after.site_metrics for m in before.site_metrics)
+    assert {m.site for m in after.site_metrics if m.server_round == 3 and m.phase == "train" and m.status == "ok"} == names
+    assert sorted(m.site for m in after.site_metrics if m.phase == "test" and m.status == "ok") == sorted(names)
+    assert [fr.first_round for fr in after.flower_runs] == [1, 3]
+    assert after.final_model() is not None and Path(after.final_model().path).is_file()  # type: ignore[union-attr]
+
+    # `fedeye run status` shows every site finished, and the missing round in `runs show`
+    status = fed.fedeye("run", "status", run_id, "--db", str(fed.root / "out" / "fedeye.db"))
+    assert status.returncode == 0 and status.stdout.count("finished") >= 3, status.stdout + status.stderr
+    shown = fed.fedeye("runs", "show", run_id, "--db", str(fed.root / "out" / "fedeye.db"))
+    assert "missing" in shown.stdout and site3 in shown.stdout
+    print(f"loopback federation: {time.monotonic() - started:.0f} s in all, round 1 done after {round1_done - started:.0f} s")
+    print(_figures(after))
+
+
+def _figures(detail: RunDetail) -> str:
+    """Wall time from one round's checkpoint to the next (train + evaluate on every site)."""
+    saved = [a.created_at for a in detail.artifacts if a.kind == "checkpoint"]
+    spans = [f"{(b - a).total_seconds():.0f} s" for a, b in pairwise(saved)]
+    return f"checkpoint to checkpoint: {', '.join(spans)}"
