@@ -90,6 +90,9 @@ class TrainingConfig(_Section):
     class_weighting: Literal["none", "balanced"] = Field(
         default="balanced", description="balanced: weight the loss by inverse local class frequency (prevalence differs by site)."
     )
+    max_grad_norm: float | None = Field(
+        default=None, gt=0, description="Clip the gradient's L2 norm to this before each step (non-DP training; None = no clipping).",
+    )
     lr_schedule: Literal["constant", "cosine"] = Field(
         default="constant",
         description="cosine: the learning rate of round r is lr * (1 + cos(pi * (r - 1) / rounds)) / 2, floored at lr / 20.",
@@ -135,6 +138,11 @@ class RunConfig(_Section):
             raise ValueError(
                 f"strategy.name = {self.strategy.name!r} changes the sites' local training, which DP-SGD "
                 "(privacy.enabled) does not support yet; use fedavg, fairfedavg, fedadam or fedyogi with DP"
+            )
+        if self.privacy.client_level != "off" and self.strategy.name == "prompt-experts":
+            raise ValueError(
+                "privacy.client_level clips whole-model updates; prompt-experts sites send their own expert rows, "
+                "which it does not support yet: set privacy.client_level = \"off\" or use another strategy"
             )
         return self
 

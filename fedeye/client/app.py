@@ -36,6 +36,7 @@ from fedeye.client.training import (
     train_local,
 )
 from fedeye.config import RunConfig
+from fedeye.errors import ConfigError
 from fedeye.fairness.metrics import site_fairness_metrics
 from fedeye.models.io import load_state, model_state
 from fedeye.privacy.accounting import MechanismStep
@@ -91,6 +92,12 @@ def train(msg: Message, context: Context) -> Message:
         metrics[EXPERT_INDEX_KEY] = objective.expert_index
         update = site_update(state, objective.expert_index, prompt_only=job.cfg.model.mode == "prompt")
         return _reply(msg, job, metrics, arrays=ArrayRecord(_tensors(update)))
+    if LocalObjective.from_config(config) != LocalObjective():
+        raise ConfigError(
+            f"site {job.site_name}: its privacy policy requires DP-SGD, which this run's strategy "
+            f"({job.cfg.strategy.name}: a local objective of its own) does not support yet; run fedavg, "
+            "fairfedavg, fedadam or fedyogi with this site, or lift require_dp in its fedeye-site.toml"
+        )
     return _train_private(msg, context, job, model, dataset, settings, server_round)
 
 

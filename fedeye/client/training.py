@@ -109,6 +109,9 @@ def train_local(
                     drift = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor))
                     extra = extra + 0.5 * objective.proximal_mu * drift
             scaler.scale(loss + extra).backward()
+            if cfg.max_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             total_loss += loss.item() * len(labels)

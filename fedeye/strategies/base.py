@@ -134,6 +134,7 @@ class ObservedStrategy:
     num_nodes: int = 0  # connected nodes at the last configure_train
     num_sampled: int = 0  # nodes sampled to train at the last configure_train
     sampled_nodes: frozenset[int] = frozenset()  # their node ids
+    evaluated_nodes: frozenset[int] = frozenset()  # nodes asked to evaluate at the last configure_evaluate
     global_arrays: ArrayRecord | None = None  # the model sent in the current round
 
     @property
@@ -160,7 +161,9 @@ class ObservedStrategy:
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return [self.tailor(m) for m in super().configure_evaluate(server_round, arrays, config, grid)]  # type: ignore[misc]
+        messages = [self.tailor(m) for m in super().configure_evaluate(server_round, arrays, config, grid)]  # type: ignore[misc]
+        self.evaluated_nodes = frozenset(m.metadata.dst_node_id for m in messages)
+        return messages
 
     def tailor(self, msg: Message) -> Message:
         """One node's message of a round; strategies that send per-site content override this.
@@ -209,6 +212,7 @@ class ObservedStrategy:
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
+        report_missing(self.observer, server_round, "evaluate", set(self.evaluated_nodes), replies)
         verdicts = [Verdict("failed", str(m.error.reason)) if m.has_error() else Verdict("ok") for m in replies]
         if self.observer:
             self.observer.on_replies(server_round, "evaluate", replies, verdicts)

@@ -14,7 +14,7 @@ from flwr.app.message.message import make_message
 from fedeye.client.app import app, norm_keys
 from fedeye.client.training import LocalObjective, mean_expert_weights, set_site_prototype, train_local
 from fedeye.config import RunConfig, TrainingConfig
-from fedeye.errors import ModelError
+from fedeye.errors import ConfigError, ModelError
 from fedeye.models import ModelConfig, build_model
 from fedeye.sites.base import open_site
 from fedeye.sites.dataset import SiteDataset
@@ -164,3 +164,18 @@ def test_router_view_stays_fixed_while_the_backbone_trains(tiny_sites: Path) -> 
     train_local(model, data, cfg=TrainingConfig(local_epochs=1, batch_size=16), objective=LocalObjective(expert_index=0))
     assert not torch.equal(model.patch_embed.proj.weight, patch)
     assert torch.equal(model.style_embed.weight, style)  # prototypes from earlier rounds stay comparable
+
+
+def test_a_site_requiring_dp_refuses_a_strategy_with_its_own_objective(tiny_sites: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "site.toml"
+    policy.write_text("[privacy]\nrequire_dp = true\nepsilon = 8\n")
+    cfg = _cfg(tiny_sites)
+    context = Context(run_id=1, node_id=7, node_config={"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)},
+                      state=RecordDict(), run_config={})
+    with pytest.raises(ConfigError, match="requires DP-SGD, which this run's strategy"):
+        app(_request(cfg, _initial(cfg), **{"expert-index": 0}), context)
+
+
+def test_client_level_dp_with_prompt_experts_is_refused_in_the_config() -> None:
+    with pytest.raises(ValueError, match="privacy.client_level"):
+        RunConfig.model_validate({"strategy": {"name": "prompt-experts"}, "privacy": {"client_level": "fixed"}})

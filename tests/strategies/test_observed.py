@@ -96,3 +96,14 @@ def test_new_global_model_keeps_the_dtypes(name: str, flower_task: None) -> None
     arrays, _ = strategy.aggregate_train(1, [reply(1, arrays=_update(name, 1.0)), reply(2, arrays=_update(name, 2.0))])
     assert arrays is not None
     assert {k: arrays[k].numpy().dtype for k in GLOBAL} == {k: v.dtype for k, v in GLOBAL.items()}
+
+
+@pytest.mark.parametrize("name", ["fedavg", "prompt-experts"])
+def test_sites_silent_in_evaluation_are_reported_missing(name: str, flower_task: None) -> None:
+    missing: list[tuple[int, str, list[int]]] = []
+    seen = Seen()
+    seen.on_missing = lambda r, phase, nodes: missing.append((r, phase, nodes))  # type: ignore[attr-defined]
+    strategy = _strategy(name, seen)
+    list(strategy.configure_evaluate(1, array_record(GLOBAL), ConfigRecord(), FakeGrid(NODES)))
+    strategy.aggregate_evaluate(1, [reply(3, auc=0.8), reply(4, auc=0.7)])
+    assert missing == [(1, "evaluate", [1, 2])]
