@@ -441,7 +441,7 @@ def plot_unseen(rows: Sequence[FoldResult], path: Path) -> None:
     held = list(dict.fromkeys(r.held_out for r in rows))
     methods = list(dict.fromkeys(r.method for r in rows))
     width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(held), 4))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(held), 4.6))
     for i, m in enumerate(methods):
         values = [_mean([r.unseen_auc for r in rows if r.method == m and r.held_out == h]) for h in held]
         ax.bar(np.arange(len(held)) + (i - (len(methods) - 1) / 2) * width, values, width, label=m)
@@ -450,7 +450,7 @@ def plot_unseen(rows: Sequence[FoldResult], path: Path) -> None:
     ax.set_xlabel("held-out site")
     ax.set_ylim(0.4, 1.0)
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-    ax.legend(fontsize=8, ncol=min(len(methods), 4), loc="lower center")
+    ax.legend(fontsize=8, ncol=min(len(methods), 4), loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     ax.set_title("Leave-one-site-out: AUC on the site the federation never saw")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

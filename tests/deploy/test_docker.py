@@ -25,6 +25,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -49,11 +50,25 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def system_env(**extra: str) -> dict[str, str]:
+    """This process's environment without Python settings that other tests' libraries leave behind.
+
+    Debian's docker-compose is a Python program: with a ``PYTHONHOME`` or
+    ``PYTHONPATH`` set in this process (Ray sets them for its workers) it
+    imported this virtualenv's ``requests`` beside the system's pyOpenSSL and
+    died (``module 'lib' has no attribute 'GEN_EMAIL'``) in the full suite.
+    """
+    venv_bin = str(Path(sys.prefix) / "bin")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    return {**env, **extra}
+
+
 def _run(command: Sequence[str | Path], *, timeout: float, env: dict[str, str] | None = None) -> str:
     """Run ``command`` from the repository root; on failure, fail with its last lines."""
     args = [str(part) for part in command]
     try:
-        done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(args, cwd=REPO, env=env or system_env(), capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as err:
         output = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
         pytest.fail(f"`{' '.join(args)}` did not finish within {timeout:.0f} s; last output:\n{output[-3000:]}")
@@ -102,7 +117,7 @@ class Federation:
 
     def __init__(self, demo: Path) -> None:
         self.project = f"fedeyetest{os.getpid()}"
-        self.env = {**os.environ, "FEDEYE_DEMO": str(demo)}
+        self.env = system_env(FEDEYE_DEMO=str(demo))
         self.compose = ["docker-compose", "-p", self.project, "-f", str(DEPLOY / "compose.yaml")]
 
     def run(self, *args: str, timeout: float = 300) -> str:

@@ -34,7 +34,7 @@ def test_prompt_experts_federation_records_each_sites_expert_and_mix(tiny_sites:
     result = simulate(_cfg(tiny_sites, tmp_path))
 
     detail = RunStore(result.store_url).get_run(result.run_id)
-    assert detail.status == "finished", detail.error
+    assert detail.run.status == "finished", detail.run.error
     train = [m for m in detail.site_metrics if m.phase == "train"]
     owners = {m.site: int(m.metrics["expert-index"]) for m in train}  # type: ignore[arg-type]
     assert sorted(owners.values()) == [0, 1, 2]  # one expert per site
