@@ -135,7 +135,18 @@ def _run(
         final, note = inner.global_arrays or initial, f"ended early: {stop}"
     load_state(model, final.to_torch_state_dict())
     _final_evaluation(grid, strategy, final, cfg, recorder)
-    return _save_final(model, cfg, store=store, run_id=run_id, out=out), note
+    experts = _expert_sites(strategy, recorder)
+    return _save_final(model, cfg, store=store, run_id=run_id, out=out, experts=experts), note
+
+
+def _expert_sites(strategy: Strategy, recorder: RunRecorder) -> list[str] | None:
+    """With domain experts, the site behind each expert (row order), for ``fedeye evaluate``."""
+    inner = getattr(strategy, "strategy", strategy)
+    owners: dict[int, int] = getattr(inner, "experts", None) or {}
+    if not owners:
+        return None
+    by_row = {row: recorder.site_name(node) for node, row in owners.items()}
+    return [by_row.get(row, "") for row in range(max(by_row) + 1)]
 
 
 def _strategy(cfg: RunConfig, recorder: RunRecorder, *, num_sites: int) -> Strategy:
@@ -225,8 +236,12 @@ def _final_evaluation(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: 
     recorder.on_replies(cfg.training.rounds, "test", replies)  # every non-error reply is ok
 
 
-def _save_final(model: torch.nn.Module, cfg: RunConfig, *, store: RunStore, run_id: str, out: Path) -> Path:
+def _save_final(model: torch.nn.Module, cfg: RunConfig, *, store: RunStore, run_id: str, out: Path,
+                experts: list[str] | None = None) -> Path:
     path = out / "global-model.pt"
-    save_model(path, model, cfg.model, metadata={"run_id": run_id, "round": cfg.training.rounds, "run_name": cfg.name})
+    metadata: dict[str, object] = {"run_id": run_id, "round": cfg.training.rounds, "run_name": cfg.name}
+    if experts:
+        metadata["experts"] = experts  # the site that trained each domain expert
+    save_model(path, model, cfg.model, metadata=metadata)
     store.record_artifact(run_id, server_round=cfg.training.rounds, kind="final-model", path=path)
     return path

@@ -61,6 +61,7 @@ def test_evaluate_prints_the_expert_mix_on_an_unseen_site(benchmark_out: Path, t
     as_json = runner.invoke(app, ["evaluate", "--model", str(model), "--data", str(tiny_sites / "site-2"), "--split", "all", "--json"])
     experts = json.loads(as_json.output)["experts"]
     assert len(experts) == 2 and sum(experts.values()) == pytest.approx(1.0, abs=1e-4)
+    assert not any(name.startswith("expert ") for name in experts)  # the model file names each expert's site
 
 
 def _config(path: Path) -> dict[str, object]:
