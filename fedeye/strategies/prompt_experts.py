@@ -8,9 +8,9 @@ FedAPT (Su et al., AAAI 2024) move this into federated learning, where every
 site is a domain and no site may see another's images. FedEye does it so:
 
 - **Site k** trains its own expert (row k of the bank), the shared prompt,
-  the expert router, the head and, in full mode, the backbone. It receives
-  the *whole* bank each round, so it learns to work with the other sites'
-  experts as well.
+  the head and, in full mode, the backbone, and computes its style
+  prototype for the router. It receives the *whole* bank each round. All
+  experts start from one prompt and specialise from there.
 - **Coordinator**: the shared parts are averaged (weighted by examples, as
   FedAvg); the bank keeps one expert per site, and expert k is replaced only
   by site k's update. Each site's expert index is fixed the first time it is
@@ -28,8 +28,10 @@ site is a domain and no site may see another's images. FedEye does it so:
   federated site holds one domain only): a share ``strategy.expert_mixup`` of
   each batch is classified with a random mix of experts, ``lam * e_k +
   (1 - lam) * d`` with ``lam ~ U(0, 1)`` and ``d ~ Dirichlet(1)``, the rest
-  with the site's own expert. The shared prompt and head thus learn to work
-  under any blend of experts, which is what an unseen site's router produces.
+  with the site's own expert, so that shared prompt and head learn to work
+  under blends of experts, which is what an unseen site's router produces.
+  Off by default (``expert_mixup = 0``): at 0.5, two of four benchmark
+  federations failed to learn, against none without.
 - **Prompt mode** (``model.mode = "prompt"``, a frozen pretrained backbone):
   only prompts, router and head travel. The coordinator sends them with a
   SHA-256 fingerprint of its backbone; each site builds the same backbone
@@ -42,9 +44,12 @@ Choices left open by the papers, and why (measured with ``fedeye benchmark dg``,
 see docs/dg-benchmark.md):
 
 - EPVT/PLDG's domain prompt *generator* (low-rank multiplicative interaction
-  between experts and the shared prompt) is replaced by the router plus
-  mixup: it adds parameters that would travel every round, and with four or
-  five sites the router's softmax already lets experts interact.
+  between experts and the shared prompt) is not implemented: it adds
+  parameters that would travel every round, and the router's per-image mix
+  already combines experts on unseen sites.
+- Experts start identical: independently initialised ones made two of four
+  benchmark federations collapse (the shared weights must first serve K
+  unrelated token sets).
 - The router reads style statistics of the patch embeddings rather than the
   class token of a first forward pass: one pass instead of two, and
   acquisition shift is a low-level property; its keys are prototypes, not
