@@ -77,22 +77,22 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config["server-round"])
     dataset = job.dataset("train")
     settings = job.dp_settings(num_patients=len(set(dataset.patient_ids)))
+    objective = LocalObjective.from_config(config)
     if settings is None:
-        objective = LocalObjective.from_config(config)
         result = train_local(model, dataset, cfg=job.cfg.training, server_round=server_round, objective=objective)
         metrics: dict[str, float | int] = {"loss": result.loss, "num-examples": result.num_examples,
                                            "train-seconds": result.seconds}
+        if objective.expert_index is not None:
+            set_site_prototype(model, dataset, objective.expert_index, batch_size=job.cfg.training.batch_size * 2)
         state = model_state(model)
         if config.get(LOCAL_NORMS_KEY):
             context.state[NORMS_STATE_KEY] = ArrayRecord({k: v for k, v in state.items() if k in norm_keys(model)})
         if objective.expert_index is None:
             return _reply(msg, job, metrics, arrays=ArrayRecord(state))
-        set_site_prototype(model, dataset, objective.expert_index, batch_size=job.cfg.training.batch_size * 2)
-        state = model_state(model)
         metrics[EXPERT_INDEX_KEY] = objective.expert_index
         update = site_update(state, objective.expert_index, prompt_only=job.cfg.model.mode == "prompt")
         return _reply(msg, job, metrics, arrays=ArrayRecord(_tensors(update)))
-    if LocalObjective.from_config(config) != LocalObjective():
+    if objective != LocalObjective():
         raise ConfigError(
             f"site {job.site_name}: its privacy policy requires DP-SGD, which this run's strategy "
             f"({job.cfg.strategy.name}: a local objective of its own) does not support yet; run fedavg, "

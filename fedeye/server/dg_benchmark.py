@@ -177,12 +177,11 @@ def _federated_row(settings: BenchmarkSettings, method: str, train_sites: Sequen
     unseen = _all_images(target, cfg)
     probs, labels = predict(model, unseen, batch_size=64)
     down, up = grid.traffic.per_site_round("train")
-    rounds = [v for k, v in grid.seconds.items()]
     mix = _expert_mix(model, unseen, store, run_id)
     return FoldResult(
         method=method, held_out=target.name, seed=seed, unseen_auc=_auc(labels, probs),
         seen_auc=_seen_auc(store, run_id), bytes_down=down, bytes_up=up,
-        seconds_per_round=sum(rounds) / cfg.training.rounds, expert_mix=mix,
+        seconds_per_round=sum(grid.seconds.values()) / cfg.training.rounds, expert_mix=mix,
     )
 
 

@@ -18,7 +18,7 @@ import time
 import traceback
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
@@ -110,7 +110,7 @@ class InlineGrid(Grid):
     def _call(self, msg: Message) -> Message:
         """Run the ClientApp; an exception becomes an error reply, as Flower's runtime makes it."""
         try:
-            with _node_task(msg.metadata.dst_node_id):
+            with _as_task(msg.metadata.dst_node_id):
                 reply = self._app(msg, self._contexts[msg.metadata.dst_node_id])
         except Exception as err:  # noqa: BLE001  (the site's failure is the coordinator's data)
             reason = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
@@ -134,22 +134,18 @@ def _round_of(msg: Message) -> str:
 
 
 @contextmanager
-def _node_task(node_id: int) -> Iterator[None]:
-    """Messages are built inside a Flower task; act as the node's, then as the ServerApp's again."""
+def _as_task(node_id: int, run_id: int | None = None) -> Iterator[None]:
+    """Messages are built inside a Flower task: act as one of ``node_id`` (and ``run_id``), then restore."""
     saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
     TaskIdentity._task_id, TaskIdentity._node_id = next(_task_ids), node_id
+    if run_id is not None:
+        TaskIdentity._run_id = run_id
     try:
         yield
     finally:
         TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
-@contextmanager
-def serverapp_task(run_id: int = 1) -> Iterator[None]:
-    """Act as a ServerApp task of ``run_id`` while a benchmark drives the strategy."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = next(_task_ids), run_id, 0
-    try:
-        yield
-    finally:
-        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+def serverapp_task(run_id: int = 1) -> AbstractContextManager[None]:
+    """Act as a ServerApp task of ``run_id`` (node 0) while a benchmark drives the strategy."""
+    return _as_task(0, run_id)
