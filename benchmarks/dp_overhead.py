@@ -5,7 +5,7 @@ What is compared
 *Ordinary*: forward, cross-entropy, backward and an AdamW step of the
 PromptViT on a fixed batch (``train_local``'s inner loop without data
 loading). *DP-SGD*: the same batch through the model wrapped by Opacus exactly
-as :func:`fedeye.privacy.dp_sgd.prepare_private` wraps it (GradSampleModule
+as :func:`fedeye.client.dp_training.prepare_private` wraps it (GradSampleModule
 with FedEye's registered token grad samplers, DPOptimizer over AdamW):
 per-sample gradients, per-sample clipping, Gaussian noise, the AdamW step.
 Data loading and Poisson sampling are excluded on both sides.

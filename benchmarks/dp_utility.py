@@ -6,10 +6,10 @@ What is run
 0), the demo's model and training settings (vit-tiny-cpu, FedAvg, 5 rounds
 x 3 local epochs, batch 32, AdamW lr 1e-3) in each ``--modes`` (``prompt``:
 frozen random backbone, prompts + head train; ``full``). For every epsilon
-each site plans its rounds with :func:`fedeye.privacy.dp_sgd.plan_round`
+each site plans its rounds with :func:`fedeye.privacy.planning.plan_round`
 (RDP accountant, delta = 1/(10 x its train patients), clipping C = 1, sigma
 calibrated once so the planned rounds spend exactly epsilon) and trains with
-:func:`fedeye.privacy.dp_sgd.train_local_dp`; the non-private row uses
+:func:`fedeye.client.dp_training.train_local_dp`; the non-private row uses
 ``train_local`` (with its balanced class weights, which DP drops).
 
 FedAvg runs in this process, not in the Simulation Engine: every round each
@@ -116,7 +116,8 @@ def run(sites: list[Site], args: argparse.Namespace, mode: str, epsilon: float |
 def train_site(model: torch.nn.Module, site: Site, cfg: Any, server_round: int, epsilon: float | None, history: list[Any]) -> float:
     """One local round; returns the noise multiplier used (0 without DP)."""
     from fedeye.client.training import train_local
-    from fedeye.privacy.dp_sgd import plan_round, train_local_dp
+    from fedeye.client.dp_training import train_local_dp
+    from fedeye.privacy.planning import plan_round
     from fedeye.privacy.policy import DPSettings, default_delta
 
     if epsilon is None:

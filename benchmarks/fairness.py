@@ -54,7 +54,7 @@ def run_config(out: Path, site_root: Path, *, strategy: str, rounds: int, seed: 
 def run_arm(args: argparse.Namespace) -> None:
     """Child process: one simulated run; prints its run id as the last line."""
     import fedeye.strategies.fairfedavg as fair
-    from fedeye.server.simulation import simulate
+    from fedeye.compose.simulation import simulate
 
     if args.q is not None:
         fair.FairFedAvg.q = args.q

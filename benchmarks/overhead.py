@@ -2,7 +2,7 @@
 
 What is compared
 ----------------
-*Federated*: ``fedeye.server.simulation.simulate`` on freshly synthesized
+*Federated*: ``fedeye.compose.simulation.simulate`` on freshly synthesized
 sites with the ``fedeye demo`` run config (``--sites``, ``--rounds``, ... can
 change it), timed by a progress sink that stamps every event with
 ``time.perf_counter()`` in the same process:
@@ -116,7 +116,7 @@ def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Any, list[str]]:
         "training": cfg.training.model_copy(update={"local_epochs": args.local_epochs}),
         "simulation": cfg.simulation.model_copy(update={"client_cpus": args.client_cpus}),
     })
-    from fedeye.server.simulation import simulation_sites
+    from fedeye.server.preflight import simulation_sites
 
     return cfg, [str(d) for d in simulation_sites(cfg)]
 
@@ -150,7 +150,7 @@ class Measured:
 def run_federated(cfg: Any, label: str) -> Measured:
     """One simulation, timed by a :class:`TimingSink`."""
     from fedeye.server.federation import open_store
-    from fedeye.server.simulation import simulate
+    from fedeye.compose.simulation import simulate
 
     print(f"{label}: simulate() ...", flush=True)
     sink = TimingSink()

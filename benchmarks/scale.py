@@ -89,7 +89,7 @@ def synthesize(args: argparse.Namespace, root: Path) -> float:
 def run(cfg: Any, args: argparse.Namespace, monitor: TreeMonitor) -> dict[str, Any]:
     """The simulation under the memory monitor; returns the figures."""
     from fedeye.server.federation import open_store
-    from fedeye.server.simulation import simulate
+    from fedeye.compose.simulation import simulate
 
     sink = TimingSink()
     with monitor:

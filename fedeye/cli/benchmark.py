@@ -32,7 +32,7 @@ def dg_command(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Hold each site out in turn, federate over the rest, and score every method on the unseen site."""
-    from fedeye.server.dg_benchmark import BenchmarkSettings, dg_run_config, run_benchmark
+    from fedeye.compose.dg_benchmark import BenchmarkSettings, dg_run_config, run_benchmark
     from fedeye.sites.synth import synthesize_sites
 
     if device not in ("auto", "cpu", "cuda"):

@@ -22,7 +22,7 @@ from fedeye.cli.runs import runs_app
 
 if TYPE_CHECKING:
     from fedeye.config import RunConfig
-    from fedeye.server.simulation import SimulationResult
+    from fedeye.compose.simulation import SimulationResult
     from fedeye.server.store import RunDetail
 
 app = typer.Typer(
@@ -149,8 +149,8 @@ def demo(
 def _simulate_and_report(cfg: RunConfig) -> SimulationResult:
     from fedeye.cli.progress import RichProgress
     from fedeye.server.federation import open_store
-    from fedeye.server.simulation import simulate as run_sim
-    from fedeye.server.simulation import simulation_sites
+    from fedeye.compose.simulation import simulate as run_sim
+    from fedeye.server.preflight import simulation_sites
 
     sites = simulation_sites(cfg)  # every site checked before the display and Flower start
     with RichProgress(console, rounds=cfg.training.rounds) as progress:

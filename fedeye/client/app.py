@@ -41,12 +41,11 @@ from fedeye.fairness.metrics import site_fairness_metrics
 from fedeye.models.io import load_state, model_state
 from fedeye.privacy.accounting import MechanismStep
 from fedeye.privacy.policy import DPSettings
-from fedeye.strategies.base import LEFT_BUDGET
-from fedeye.strategies.fedbn import LOCAL_NORMS_KEY
-from fedeye.strategies.prompt_experts import BACKBONE_KEY, EXPERT_INDEX_KEY, site_update
+from fedeye.models.prompt_arrays import site_update
+from fedeye import protocol as p
 
 if TYPE_CHECKING:
-    from fedeye.privacy.dp_sgd import RoundPlan
+    from fedeye.privacy.planning import RoundPlan
 
 app = ClientApp(mods=[audit_mod])  # every outgoing reply is logged at the site first
 DP_STATE_KEY = "fedeye-dp-history"
@@ -54,17 +53,17 @@ NORMS_STATE_KEY = "fedeye-local-norms"
 
 
 def _job(msg: Message, context: Context) -> SiteJob:
-    config = msg.content["config"]
-    cfg = RunConfig.model_validate(json.loads(str(config["run-config"])))
+    config = msg.content[p.CONFIG]
+    cfg = RunConfig.model_validate(json.loads(str(config[p.RUN_CONFIG])))
     return SiteJob.resolve(cfg, dict(context.node_config))
 
 
 def _reply(msg: Message, job: SiteJob, metrics: dict[str, float | int], *, arrays: ArrayRecord | None = None,
            status: dict[str, str] | None = None) -> Message:
-    site = ConfigRecord({"name": job.site_name, "status": "ok", **(status or {})})
-    content = RecordDict({"metrics": MetricRecord(metrics), "site": site})
+    site = ConfigRecord({p.SITE_NAME: job.site_name, p.SITE_STATUS: p.SiteStatus.OK.value, **(status or {})})
+    content = RecordDict({p.METRICS: MetricRecord(metrics), p.SITE: site})
     if arrays is not None:
-        content["arrays"] = arrays
+        content[p.ARRAYS] = arrays
     return Message(content=content, reply_to=msg)
 
 
@@ -72,24 +71,24 @@ def _reply(msg: Message, job: SiteJob, metrics: dict[str, float | int], *, array
 def train(msg: Message, context: Context) -> Message:
     """Load the global arrays, train on the local train split, return the update."""
     job = _job(msg, context)
-    config = msg.content["config"]
+    config = msg.content[p.CONFIG]
     model = _global_model(msg, context, job)
-    server_round = int(config["server-round"])
+    server_round = p.server_round(config)
     dataset = job.dataset("train")
     settings = job.dp_settings(num_patients=len(set(dataset.patient_ids)))
     objective = LocalObjective.from_config(config)
     if settings is None:
         result = train_local(model, dataset, cfg=job.cfg.training, server_round=server_round, objective=objective)
-        metrics: dict[str, float | int] = {"loss": result.loss, "num-examples": result.num_examples,
-                                           "train-seconds": result.seconds}
+        metrics: dict[str, float | int] = {p.LOSS: result.loss, p.NUM_EXAMPLES: result.num_examples,
+                                           p.TRAIN_SECONDS: result.seconds}
         if objective.expert_index is not None:
             set_site_prototype(model, dataset, objective.expert_index, batch_size=job.cfg.training.batch_size * 2)
         state = model_state(model)
-        if config.get(LOCAL_NORMS_KEY):
+        if config.get(p.LOCAL_NORMS):
             context.state[NORMS_STATE_KEY] = ArrayRecord({k: v for k, v in state.items() if k in norm_keys(model)})
         if objective.expert_index is None:
             return _reply(msg, job, metrics, arrays=ArrayRecord(state))
-        metrics[EXPERT_INDEX_KEY] = objective.expert_index
+        metrics[p.EXPERT_INDEX] = objective.expert_index
         update = site_update(state, objective.expert_index, prompt_only=job.cfg.model.mode == "prompt")
         return _reply(msg, job, metrics, arrays=ArrayRecord(_tensors(update)))
     if objective != LocalObjective():
@@ -103,10 +102,10 @@ def train(msg: Message, context: Context) -> Message:
 
 def _global_model(msg: Message, context: Context, job: SiteJob):  # type: ignore[no-untyped-def]
     """The model holding the message's global arrays (and, with fedbn, this site's own norms)."""
-    config = msg.content["config"]
-    backbone = config.get(BACKBONE_KEY)
-    model = job.model(msg.content["arrays"], backbone_sha256=None if backbone is None else str(backbone))
-    if config.get(LOCAL_NORMS_KEY) and NORMS_STATE_KEY in context.state.array_records:
+    config = msg.content[p.CONFIG]
+    backbone = config.get(p.BACKBONE_SHA256)
+    model = job.model(msg.content[p.ARRAYS], backbone_sha256=None if backbone is None else str(backbone))
+    if config.get(p.LOCAL_NORMS) and NORMS_STATE_KEY in context.state.array_records:
         load_state(model, context.state[NORMS_STATE_KEY].to_torch_state_dict(), strict=False)
     return model
 
@@ -127,7 +126,8 @@ def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 def _train_private(msg, context, job, model, dataset, settings: DPSettings, server_round: int) -> Message:  # type: ignore[no-untyped-def]
     """DP-SGD per patient, or a ``left-budget`` reply when the round would overspend."""
-    from fedeye.privacy.dp_sgd import plan_round, train_local_dp  # Opacus loads only where DP is used
+    from fedeye.client.dp_training import train_local_dp  # Opacus loads only where DP is used
+    from fedeye.privacy.planning import plan_round
 
     history = _dp_history(context)
     plan = plan_round(
@@ -136,22 +136,22 @@ def _train_private(msg, context, job, model, dataset, settings: DPSettings, serv
     )
     if not plan.fits:
         reason = f"next round would spend epsilon {plan.epsilon_after:.3f} > budget {plan.epsilon_budget:g}"
-        metrics = {"num-examples": 0, **_dp_metrics(plan, history, spent=plan.epsilon_before)}
-        return _reply(msg, job, metrics, status={"status": LEFT_BUDGET, "reason": reason, "dp-accountant": plan.accountant})
+        metrics = {p.NUM_EXAMPLES: 0, **_dp_metrics(plan, history, spent=plan.epsilon_before)}
+        return _reply(msg, job, metrics, status={p.SITE_STATUS: p.SiteStatus.LEFT_BUDGET.value, p.SITE_REASON: reason, p.DP_ACCOUNTANT: plan.accountant})
     result = train_local_dp(model, dataset, cfg=job.cfg.training, plan=plan, max_grad_norm=settings.max_grad_norm,
                             server_round=server_round)
     history = [*history, plan.mechanism]
     _save_dp_history(context, history)
-    metrics = {"loss": result.loss, "num-examples": result.num_examples, "train-seconds": result.seconds,
+    metrics = {p.LOSS: result.loss, p.NUM_EXAMPLES: result.num_examples, p.TRAIN_SECONDS: result.seconds,
                **_dp_metrics(plan, history, spent=plan.epsilon_after)}
-    return _reply(msg, job, metrics, arrays=ArrayRecord(model_state(model)), status={"dp-accountant": plan.accountant})
+    return _reply(msg, job, metrics, arrays=ArrayRecord(model_state(model)), status={p.DP_ACCOUNTANT: plan.accountant})
 
 
 def _dp_metrics(plan: RoundPlan, history: list[MechanismStep], *, spent: float) -> dict[str, float | int]:
     return {
-        "dp-epsilon": spent, "dp-delta": plan.delta, "dp-budget": plan.epsilon_budget,
-        "dp-noise-multiplier": plan.noise_multiplier, "dp-sample-rate": plan.sample_rate,
-        "dp-steps": sum(h.steps for h in history),
+        p.DP_EPSILON: spent, p.DP_DELTA: plan.delta, p.DP_BUDGET: plan.epsilon_budget,
+        p.DP_NOISE_MULTIPLIER: plan.noise_multiplier, p.DP_SAMPLE_RATE: plan.sample_rate,
+        p.DP_STEPS: sum(h.steps for h in history),
     }
 
 
@@ -176,18 +176,19 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global arrays on the split named in the message (default val)."""
     job = _job(msg, context)
     model = _global_model(msg, context, job)
-    split = str(msg.content["config"].get("split", job.cfg.data.eval_split))
+    split = str(msg.content[p.CONFIG].get(p.SPLIT, job.cfg.data.eval_split))
     dataset = job.dataset(split)
     probs, labels = predict(model, dataset, batch_size=job.cfg.training.batch_size * 2)
     result = evaluate_predictions(probs, labels)
-    metrics = {"loss": result.loss, "num-examples": result.num_examples, "num-positive": result.num_positive}
+    metrics = {p.LOSS: result.loss, p.NUM_EXAMPLES: result.num_examples, p.NUM_POSITIVE: result.num_positive}
     metrics.update(result.metrics)
     # per-group aggregates only; groups under the site's min_group_size are not sent
     min_group = job.site_config.privacy.min_group_size
     metrics.update(site_fairness_metrics(labels, probs, dataset.attrs, min_group_size=min_group))
     mix = mean_expert_weights(model, dataset, batch_size=job.cfg.training.batch_size * 2)
     if mix is not None:  # which experts the router sends this site's images to
-        metrics.update({f"expert.{k}.weight": float(w) for k, w in enumerate(mix)})
-    if EXPERT_INDEX_KEY in msg.content["config"]:
-        metrics[EXPERT_INDEX_KEY] = int(msg.content["config"][EXPERT_INDEX_KEY])  # type: ignore[arg-type]
+        metrics.update({p.expert_weight_metric(k): float(w) for k, w in enumerate(mix)})
+    expert_index = p.optional_int(msg.content[p.CONFIG], p.EXPERT_INDEX)
+    if expert_index is not None:
+        metrics[p.EXPERT_INDEX] = expert_index
     return _reply(msg, job, metrics)

@@ -42,13 +42,14 @@ from flwr.common.serde import recorddict_to_proto
 from flwr.common.serde_utils import error_to_proto
 
 from fedeye.errors import AuditError
+from fedeye.protocol import DP_EPSILON, NODE_AUDIT_LOG, NODE_PARTITION_ID, NODE_SITE_DIR, SERVER_ROUND
 
-AUDIT_LOG_KEY = "audit-log"  # node config key: explicit audit file path
-SITE_DIR_KEY = "site-dir"  # node config key of the site folder (as in fedeye.client.site)
-PARTITION_KEY = "partition-id"  # simulated nodes carry this instead of a site folder
+AUDIT_LOG_KEY = NODE_AUDIT_LOG  # node config key: explicit audit file path
+SITE_DIR_KEY = NODE_SITE_DIR  # node config key of the site folder
+PARTITION_KEY = NODE_PARTITION_ID  # simulated nodes carry this instead of a site folder
 HOME_ENV = "FEDEYE_HOME"
-EPSILON_KEY = "dp-epsilon"  # reply metric: epsilon spent so far by the site
-SERVER_ROUND_KEY = "server-round"
+EPSILON_KEY = DP_EPSILON  # reply metric: epsilon spent so far by the site
+SERVER_ROUND_KEY = SERVER_ROUND
 
 JSONScalar = str | int | float | bool | None
 JSONValue = JSONScalar | list[JSONScalar]

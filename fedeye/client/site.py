@@ -19,33 +19,26 @@ from fedeye.config import RunConfig
 from fedeye.errors import ConfigError, ModelError
 from fedeye.models import ModelConfig, PromptViT, build_model
 from fedeye.models.io import load_state
+from fedeye.models.prompt_arrays import backbone_fingerprint
 from fedeye.privacy.policy import DPSettings, effective_dp
+from fedeye.protocol import NODE_PARTITION_ID, NODE_SITE_DIR
 from fedeye.sites.base import SiteFormat, open_site
 from fedeye.sites.dataset import SiteDataset
+from fedeye.sites.layout import simulated_site_dirs
 
-SITE_DIR_KEY = "site-dir"
-
-
-def simulated_site_dirs(root: Path) -> list[Path]:
-    """The site folders under a simulation data root, in a stable order."""
-    if not root.is_dir():
-        raise ConfigError(f"data.root: {root} is not a folder; create sites with `fedeye sites synth {root}`")
-    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not dirs:
-        raise ConfigError(f"data.root: {root} holds no site folders; create them with `fedeye sites synth {root}`")
-    return dirs
+SITE_DIR_KEY = NODE_SITE_DIR
 
 
 def site_dir_for(cfg: RunConfig, node_config: dict[str, Any]) -> Path:
     """Deployment: the node's ``site-dir``. Simulation: the ``partition-id``-th site."""
     if SITE_DIR_KEY in node_config:
         return Path(str(node_config[SITE_DIR_KEY])).expanduser()
-    if "partition-id" not in node_config:
+    if NODE_PARTITION_ID not in node_config:
         raise ConfigError(f"this SuperNode has no '{SITE_DIR_KEY}' in its node config; start it with --node-config \"{SITE_DIR_KEY}='/path/to/site'\"")
     if cfg.data.root is None:
         raise ConfigError("data.root is not set: a simulation needs the folder that holds the site folders")
     dirs = simulated_site_dirs(cfg.data.root)
-    index = int(node_config["partition-id"])
+    index = int(node_config[NODE_PARTITION_ID])
     if index >= len(dirs):
         raise ConfigError(f"simulated site #{index} does not exist: {cfg.data.root} has {len(dirs)} site folders")
     return dirs[index]
@@ -78,8 +71,6 @@ _FINGERPRINTS: dict[int, str] = {}
 
 def _fingerprint(model: PromptViT) -> str:
     """The backbone fingerprint of a cached model (its frozen part never changes)."""
-    from fedeye.strategies.prompt_experts import backbone_fingerprint
-
     if id(model) not in _FINGERPRINTS:
         _FINGERPRINTS[id(model)] = backbone_fingerprint(model.state_dict())
     return _FINGERPRINTS[id(model)]

@@ -21,6 +21,7 @@ from fedeye.config import TrainingConfig
 from fedeye.metrics import classification_metrics
 from fedeye.models import select_device
 from fedeye.models.device import autocast_context
+from fedeye.protocol import EXPERT_INDEX, EXPERT_MIXUP, PROXIMAL_MU
 
 
 @dataclass(frozen=True)
@@ -53,13 +54,11 @@ class LocalObjective:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> LocalObjective:
         """Read the keys FedEye's strategies put in a training message's config."""
-        from fedeye.strategies.prompt_experts import EXPERT_INDEX_KEY, MIXUP_KEY
-
-        index = config.get(EXPERT_INDEX_KEY)
+        index = config.get(EXPERT_INDEX)
         return cls(
-            proximal_mu=float(config.get("proximal-mu", 0.0)),  # Flower's FedProx key
+            proximal_mu=float(config.get(PROXIMAL_MU, 0.0)),  # Flower's FedProx key
             expert_index=None if index is None else int(index),
-            expert_mixup=float(config.get(MIXUP_KEY, 0.0)),
+            expert_mixup=float(config.get(EXPERT_MIXUP, 0.0)),
         )
 
 
@@ -122,7 +121,7 @@ def train_local(
 
 
 class _ExpertTraining:
-    """One site's expert training (prompt-experts; see fedeye.strategies.prompt_experts).
+    """One site's expert training (the prompt-experts strategy).
 
     Per batch: the images are classified through a mix of experts, their own
     expert (one-hot) or, for a share ``expert_mixup``, ``lam * own + (1 - lam)

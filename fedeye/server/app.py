@@ -21,7 +21,7 @@ from fedeye.errors import ConfigError
 from fedeye.server.federation import ResumePoint, create_run, open_store, resume_point, run_federation
 from fedeye.server.recorder import ProgressSink
 from fedeye.server.store import RunStore
-from fedeye.server.simulation import simulation_sites
+from fedeye.server.preflight import simulation_sites
 
 
 def make_server_app(

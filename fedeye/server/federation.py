@@ -25,6 +25,7 @@ from fedeye.config import RunConfig
 from fedeye.errors import FederationError
 from fedeye.models import build_model, save_model
 from fedeye.models.io import load_model, load_state
+from fedeye.protocol import RUN_CONFIG, SERVER_ROUND, SPLIT
 from fedeye.server.recorder import ProgressSink, RunRecorder
 from fedeye.server.store import RunStore, resolve_db_url
 from fedeye.strategies import build_strategy
@@ -204,9 +205,9 @@ class RoundsAfter(Strategy):
 
 
 def _message_config(cfg: RunConfig, *, split: str | None = None) -> ConfigRecord:
-    record = ConfigRecord({"run-config": cfg.to_json()})
+    record = ConfigRecord({RUN_CONFIG: cfg.to_json()})
     if split is not None:
-        record["split"] = split
+        record[SPLIT] = split
     return record
 
 
@@ -230,7 +231,7 @@ def _checkpointer(cfg: RunConfig, *, store: RunStore, run_id: str, out: Path, of
 def _final_evaluation(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, recorder: RunRecorder) -> None:
     """Evaluate the final global model on every site's ``data.final_split``."""
     config = _message_config(cfg, split=cfg.data.final_split)
-    config["server-round"] = cfg.training.rounds
+    config[SERVER_ROUND] = cfg.training.rounds
     messages = list(strategy.configure_evaluate(cfg.training.rounds, arrays, config, grid))  # type: ignore[attr-defined]
     replies = list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))
     recorder.on_replies(cfg.training.rounds, "test", replies)  # every non-error reply is ok

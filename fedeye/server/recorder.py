@@ -26,6 +26,19 @@ from flwr.common.logger import log
 
 from fedeye.errors import FederationError
 from fedeye.fairness.metrics import cross_site_summary
+from fedeye.protocol import (
+    DP_ACCOUNTANT,
+    DP_BUDGET,
+    DP_DELTA,
+    DP_EPSILON,
+    DP_NOISE_MULTIPLIER,
+    DP_SAMPLE_RATE,
+    DP_STEPS,
+    METRICS,
+    NUM_EXAMPLES,
+    SITE_NAME,
+    site_field,
+)
 from fedeye.server.store import PrivacyRecord, RunStore
 from fedeye.strategies.base import LEFT_BUDGET, Verdict
 
@@ -59,21 +72,21 @@ def site_report(server_round: int, phase: str, msg: Message, verdict: Verdict | 
         return SiteReport(server_round, phase, f"node-{node_id}", node_id, 0, {}, "failed", str(msg.error.reason))
     verdict = verdict or Verdict("ok")
     content = msg.content
-    site = str(content["site"]["name"]) if "site" in content.config_records else f"node-{node_id}"
-    metrics = {k: float(v) for k, v in content["metrics"].items() if isinstance(v, (int, float))}
-    num_examples = int(metrics.pop("num-examples", 0))
+    site = site_field(content, SITE_NAME, f"node-{node_id}")
+    metrics = {k: float(v) for k, v in content[METRICS].items() if isinstance(v, (int, float))}
+    num_examples = int(metrics.pop(NUM_EXAMPLES, 0))
     return SiteReport(server_round, phase, site, node_id, num_examples, metrics, verdict.status, verdict.reason)
 
 
 def privacy_entry(report: SiteReport, accountant: str) -> PrivacyRecord | None:
     """The ledger row a site's DP metrics describe, if it trained (or declined) under DP."""
     m = report.metrics
-    if "dp-epsilon" not in m:
+    if DP_EPSILON not in m:
         return None
     return PrivacyRecord(
-        server_round=report.server_round, scope="site", site=report.site, epsilon=m["dp-epsilon"],
-        delta=m["dp-delta"], budget=m.get("dp-budget"), noise_multiplier=m["dp-noise-multiplier"],
-        sample_rate=m["dp-sample-rate"], steps=int(m["dp-steps"]), accountant=accountant,
+        server_round=report.server_round, scope="site", site=report.site, epsilon=m[DP_EPSILON],
+        delta=m[DP_DELTA], budget=m.get(DP_BUDGET), noise_multiplier=m[DP_NOISE_MULTIPLIER],
+        sample_rate=m[DP_SAMPLE_RATE], steps=int(m[DP_STEPS]), accountant=accountant,
         status=report.status if report.status == LEFT_BUDGET else "ok",
     )
 
@@ -179,8 +192,7 @@ class RunRecorder:
     def _store_privacy(self, msg: Message, report: SiteReport) -> None:
         if msg.has_error() or report.phase != "train":
             return
-        site = msg.content.config_records.get("site")
-        entry = privacy_entry(report, str(site.get("dp-accountant", "rdp")) if site else "rdp")
+        entry = privacy_entry(report, site_field(msg.content, DP_ACCOUNTANT, "rdp"))
         if entry is not None:
             self.store.record_privacy(self.run_id, entry)
 

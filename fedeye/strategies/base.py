@@ -28,12 +28,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedeye.errors import ConfigError, FedEyeError
+from fedeye.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE_REASON, SiteStatus, site_field, site_status
 from fedeye.strategies._utils import common_metric_keys, update_problem
 
 if TYPE_CHECKING:
     from fedeye.config import StrategyConfig
 
-LEFT_BUDGET = "left-budget"
+LEFT_BUDGET = SiteStatus.LEFT_BUDGET.value
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,13 @@ def judge_reply(msg: Message, global_arrays: ArrayRecord | None, *, max_update_n
     if msg.has_error():
         return Verdict("failed", str(msg.error.reason))
     content = msg.content
-    if "site" in content.config_records and content["site"].get("status") == LEFT_BUDGET:
-        return Verdict(LEFT_BUDGET, str(content["site"].get("reason", "privacy budget spent")))
-    if "arrays" not in content.array_records:
+    if site_status(content) is SiteStatus.LEFT_BUDGET:
+        return Verdict(LEFT_BUDGET, site_field(content, SITE_REASON, "privacy budget spent"))
+    if ARRAYS not in content.array_records:
         return Verdict("rejected", "the reply carries no model arrays")
     if global_arrays is None:
         return Verdict("ok")
-    problem = update_problem(_numpy(global_arrays), _numpy(content["arrays"]), max_update_norm=max_update_norm)
+    problem = update_problem(_numpy(global_arrays), _numpy(content[ARRAYS]), max_update_norm=max_update_norm)
     return Verdict("rejected", problem) if problem else Verdict("ok")
 
 
@@ -112,15 +113,15 @@ def _for_aggregation(replies: list[Message], *, with_arrays: bool, equal_weights
     ``equal_weights`` sets every site's ``num-examples`` weight to 1 (client-level
     DP is calibrated to an unweighted mean).
     """
-    keys = common_metric_keys([set(m.content["metrics"].keys()) for m in replies])
+    keys = common_metric_keys([set(m.content[METRICS].keys()) for m in replies])
     copies = []
     for msg in replies:
-        metrics = {k: msg.content["metrics"][k] for k in sorted(keys)}
-        if equal_weights and "num-examples" in metrics:
-            metrics["num-examples"] = 1
-        record = RecordDict({"metrics": MetricRecord(metrics)})
+        metrics = {k: msg.content[METRICS][k] for k in sorted(keys)}
+        if equal_weights and NUM_EXAMPLES in metrics:
+            metrics[NUM_EXAMPLES] = 1
+        record = RecordDict({METRICS: MetricRecord(metrics)})
         if with_arrays:
-            record["arrays"] = msg.content["arrays"]
+            record[ARRAYS] = msg.content[ARRAYS]
         copies.append(make_message(msg.metadata, content=record))
     return copies
 

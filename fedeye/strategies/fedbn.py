@@ -9,13 +9,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
+from fedeye.protocol import LOCAL_NORMS
 from fedeye.strategies.base import ObservedStrategy, register_strategy, sampling_kwargs
 
 if TYPE_CHECKING:
     from fedeye.config import StrategyConfig
 
 #: Config key telling sites to keep their own normalisation weights.
-LOCAL_NORMS_KEY = "local-norms"
+LOCAL_NORMS_KEY = LOCAL_NORMS
 
 
 @register_strategy("fedbn")

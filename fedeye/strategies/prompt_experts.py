@@ -69,10 +69,9 @@ Learning", AAAI 2024.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -80,70 +79,22 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from fedeye.errors import ConfigError
-from fedeye.models.vit import PromptViT
+from fedeye.models.prompt_arrays import (
+    BANK_KEY,
+    EXPERT_PREFIX,
+    backbone_fingerprint,
+    is_prompt_key,
+    site_update,
+)
+from fedeye.protocol import BACKBONE_SHA256, EXPERT_INDEX, EXPERT_MIXUP, RUN_CONFIG
 from fedeye.strategies.base import ObservedStrategy, register_strategy, sampling_kwargs
 
 if TYPE_CHECKING:
     from fedeye.config import StrategyConfig
 
-BANK_KEY = "domain_prompts.tokens"  #: the experts' prompt tokens, ``[num_experts, tokens, dim]``
-#: Tensors with one row per site: row k is site k's alone (its expert prompts and its style prototype).
-PER_SITE = (BANK_KEY, "router.keys", "router.spread", "router.known")
-EXPERT_PREFIX = "expert/"  #: a site's reply names its own rows ``expert/<name>``
-EXPERT_KEY = EXPERT_PREFIX + BANK_KEY  #: one site's own expert prompts in its reply, ``[tokens, dim]``
-EXPERT_INDEX_KEY = "expert-index"  #: config (to a site) and metric (from it): the site's expert
-BACKBONE_KEY = "backbone-sha256"  #: config: fingerprint of the frozen backbone (prompt mode)
-MIXUP_KEY = "expert-mixup"
-
-
-def is_prompt_key(name: str) -> bool:
-    """Whether a state-dict key belongs to the parts that train in prompt mode."""
-    return name.split(".", 1)[0] in PromptViT.PROMPT_MODULES
-
-
-def backbone_fingerprint(arrays: Mapping[str, Any]) -> str:
-    """SHA-256 over the names, shapes and bytes of every non-prompt array.
-
-    Two models with the same fingerprint have the same frozen backbone, so
-    sending only the prompt parts between them is exact.
-
-    >>> a = {"blocks.0.w": np.zeros(2, np.float32), "head.weight": np.ones(2, np.float32)}
-    >>> backbone_fingerprint(a) == backbone_fingerprint({**a, "head.weight": np.zeros(2, np.float32)})
-    True
-    """
-    digest = hashlib.sha256()
-    for name in sorted(k for k in arrays if not is_prompt_key(k)):
-        value = np.array(_as_numpy(arrays[name]), order="C")
-        digest.update(f"{name}:{value.dtype}:{value.shape};".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
-
-
-def site_update(state: Mapping[str, Any], expert_index: int, *, prompt_only: bool) -> dict[str, np.ndarray]:
-    """What site ``expert_index`` sends back: shared parts and its own rows of :data:`PER_SITE`.
-
-    Parameters
-    ----------
-    state : Mapping
-        The trained model's state dict (tensors or arrays).
-    expert_index : int
-        The site's row of the bank.
-    prompt_only : bool
-        Prompt mode: leave out the frozen backbone.
-    """
-    out = {k: _as_numpy(v) for k, v in state.items() if k not in PER_SITE and (not prompt_only or is_prompt_key(k))}
-    for name in PER_SITE:
-        if name in state:
-            out[EXPERT_PREFIX + name] = np.array(_as_numpy(state[name])[expert_index])
-    return out
-
-
-def _as_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, Array):
-        return value.numpy()
-    if hasattr(value, "detach"):
-        return value.detach().cpu().numpy()  # type: ignore[no-any-return]
-    return np.asarray(value)
+EXPERT_INDEX_KEY = EXPERT_INDEX  #: config (to a site) and metric (from it): the site's expert
+BACKBONE_KEY = BACKBONE_SHA256  #: config: fingerprint of the frozen backbone (prompt mode)
+MIXUP_KEY = EXPERT_MIXUP
 
 
 def _record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -257,6 +208,6 @@ class PromptExperts(ObservedStrategy, _ExpertBankFedAvg):
 def _mode(config: ConfigRecord) -> str:
     """The run's ``model.mode`` from the run config every FedEye message carries."""
     try:
-        return str(json.loads(str(config["run-config"]))["model"]["mode"])
+        return str(json.loads(str(config[RUN_CONFIG]))["model"]["mode"])
     except (KeyError, ValueError, TypeError):
         return "full"

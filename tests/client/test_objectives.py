@@ -18,7 +18,8 @@ from fedeye.errors import ConfigError, ModelError
 from fedeye.models import ModelConfig, build_model
 from fedeye.sites.base import open_site
 from fedeye.sites.dataset import SiteDataset
-from fedeye.strategies.prompt_experts import BACKBONE_KEY, BANK_KEY, EXPERT_KEY, backbone_fingerprint, is_prompt_key
+from fedeye.models.prompt_arrays import BANK_KEY, EXPERT_KEY, backbone_fingerprint, is_prompt_key
+from fedeye.protocol import BACKBONE_SHA256 as BACKBONE_KEY
 
 
 def _cfg(tiny_sites: Path, **model: object) -> RunConfig:

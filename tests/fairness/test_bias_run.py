@@ -10,7 +10,7 @@ import pytest
 
 from fedeye.config import RunConfig
 from fedeye.fairness.report import write_report
-from fedeye.server.simulation import simulate
+from fedeye.compose.simulation import simulate
 from fedeye.server.store import RunStore
 from fedeye.sites.split import split_patients
 from fedeye.sites.synth import synthesize_sites

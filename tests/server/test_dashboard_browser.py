@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from fedeye.config import RunConfig
-from fedeye.server.simulation import simulate
+from fedeye.compose.simulation import simulate
 
 pytestmark = pytest.mark.slow
 

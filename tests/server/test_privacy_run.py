@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from fedeye.config import RunConfig
-from fedeye.privacy.dp_sgd import plan_round
+from fedeye.privacy.planning import plan_round
 from fedeye.privacy.policy import PrivacyPolicy, effective_dp
-from fedeye.server.simulation import simulate
+from fedeye.compose.simulation import simulate
 from fedeye.server.store import RunStore
 from fedeye.sites.base import open_site
 

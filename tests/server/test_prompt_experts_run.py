@@ -9,7 +9,8 @@ import pytest
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError
 from fedeye.server.dashboard.panels import experts
-from fedeye.server.simulation import simulate, simulation_sites
+from fedeye.compose.simulation import simulate
+from fedeye.server.preflight import simulation_sites
 from fedeye.server.store import RunStore
 
 

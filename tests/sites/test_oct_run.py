@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedeye.config import RunConfig
-from fedeye.server.simulation import simulate
+from fedeye.compose.simulation import simulate
 from fedeye.server.store import RunStore
 from fedeye.sites.synth import synthesize_sites
 

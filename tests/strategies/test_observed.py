@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord
 from fedeye.config import StrategyConfig
 from fedeye.strategies import build_strategy, list_strategies
 from fedeye.strategies.base import BudgetExhausted
-from fedeye.strategies.prompt_experts import EXPERT_KEY
+from fedeye.models.prompt_arrays import EXPERT_KEY
 from tests.strategies.conftest import FakeGrid, array_record, reply
 
 GLOBAL = {"w": np.zeros((2, 2), np.float32), "domain_prompts.tokens": np.zeros((4, 1, 2), np.float32)}

@@ -9,7 +9,7 @@ other sites and its final global model is evaluated on
   over sites): the **seen-site AUC**.
 
 Federated methods run the real ServerApp body and ClientApp through
-:class:`fedeye.server.inline.InlineGrid` (in process, sites one after
+:class:`fedeye.compose.inline.InlineGrid` (in process, sites one after
 another). Two references run without federation: **local** (each site trains
 alone for the same number of epochs; unseen = mean AUC of the other sites'
 models on the held-out site) and **centralized** (one model on the pooled
@@ -38,14 +38,14 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from fedeye.client.app import app as client_app
-from fedeye.client.site import simulated_site_dirs
+from fedeye.sites.layout import simulated_site_dirs
 from fedeye.client.training import evaluate_local, mean_expert_weights, predict, train_local
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError
 from fedeye.metrics import classification_metrics
 from fedeye.models import build_model, load_model
 from fedeye.server.federation import create_run, run_federation
-from fedeye.server.inline import InlineGrid, serverapp_task
+from fedeye.compose.inline import InlineGrid, serverapp_task
 from fedeye.server.store import RunStore
 from fedeye.sites.base import open_site
 from fedeye.sites.dataset import SiteDataset

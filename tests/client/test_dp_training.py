@@ -1,8 +1,7 @@
-"""Patient-level DP-SGD: planning, patient sampling, and training with Opacus."""
+"""Patient-level DP-SGD at a site: patient sampling and training with Opacus."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -10,19 +9,15 @@ from opacus import GradSampleModule
 from torch.nn.functional import cross_entropy
 
 from fedeye.config import TrainingConfig
-from fedeye.errors import ConfigError
 from fedeye.models import ModelConfig, PromptViT, build_model, model_state
-from fedeye.privacy import dp_sgd
-from fedeye.privacy.accounting import MechanismStep
-from fedeye.privacy.dp_sgd import (
+from fedeye.client import dp_training
+from fedeye.client.dp_training import (
     PatientSampledDataset,
     PrivateTraining,
-    RoundPlan,
-    plan_round,
     prepare_private,
     train_local_dp,
 )
-from fedeye.privacy.policy import DPSettings
+from fedeye.privacy.planning import RoundPlan
 from fedeye.sites.dataset import SiteDataset
 
 pytestmark = pytest.mark.filterwarnings(
@@ -43,64 +38,6 @@ def _plan(num_patients: int, *, steps: int = 3, sigma: float = 1.0) -> RoundPlan
 def _model(mode: str) -> PromptViT:
     torch.manual_seed(0)
     return build_model(ModelConfig(img_size=32, mode=mode))  # type: ignore[arg-type]
-
-
-# ------------------------------------------------------------------ plan_round
-
-
-def _run_plans(settings: DPSettings, rounds: int, total_rounds: int = 3) -> list[RoundPlan]:
-    history: list[MechanismStep] = []
-    plans = []
-    for _ in range(rounds):
-        plan = plan_round(settings, num_patients=100, batch_size=10, local_epochs=2, history=history, total_rounds=total_rounds)
-        plans.append(plan)
-        history.append(plan.mechanism)
-    return plans
-
-
-@pytest.mark.filterwarnings("ignore")
-def test_plan_round_keeps_sigma_and_spends_the_budget_over_the_planned_rounds(make_settings: Callable[..., DPSettings]) -> None:
-    plans = _run_plans(make_settings(epsilon_budget=4.0), rounds=4)
-
-    assert {p.noise_multiplier for p in plans} == {plans[0].noise_multiplier}
-    assert (plans[0].sample_rate, plans[0].steps) == (0.1, 20)
-    afters = [p.epsilon_after for p in plans]
-    assert afters == sorted(afters) and len(set(afters)) == 4
-    assert [p.epsilon_before for p in plans[1:]] == pytest.approx(afters[:-1])
-    assert plans[2].epsilon_after == pytest.approx(4.0, abs=0.01)
-    assert [p.fits for p in plans] == [True, True, True, False]
-
-
-def test_plan_round_respects_the_site_minimum_noise(make_settings: Callable[..., DPSettings]) -> None:
-    fixed = make_settings(noise_multiplier=0.5, min_noise_multiplier=1.2)
-
-    plan = plan_round(fixed, num_patients=50, batch_size=100, local_epochs=1, history=[], total_rounds=2)
-
-    assert plan.noise_multiplier == 1.2
-    assert (plan.sample_rate, plan.steps) == (1.0, 1)
-
-
-@pytest.mark.filterwarnings("ignore")
-def test_calibrated_sigma_below_the_site_minimum_is_raised(make_settings: Callable[..., DPSettings]) -> None:
-    plan = plan_round(make_settings(epsilon_budget=50.0, min_noise_multiplier=2.0), num_patients=100,
-                      batch_size=10, local_epochs=1, history=[], total_rounds=1)
-
-    assert plan.noise_multiplier == 2.0
-    assert plan.epsilon_after < 50.0
-
-
-def test_plan_round_reuses_the_first_rounds_sigma(make_settings: Callable[..., DPSettings]) -> None:
-    history = [MechanismStep(noise_multiplier=1.7, sample_rate=0.1, steps=10)]
-
-    plan = plan_round(make_settings(), num_patients=80, batch_size=10, local_epochs=1, history=history, total_rounds=5)
-
-    assert plan.noise_multiplier == 1.7
-    assert plan.epsilon_before > 0.0
-
-
-def test_plan_round_rejects_a_site_without_patients(make_settings: Callable[..., DPSettings]) -> None:
-    with pytest.raises(ConfigError, match="num_patients"):
-        plan_round(make_settings(noise_multiplier=1.0), num_patients=0, batch_size=8, local_epochs=1, history=[], total_rounds=1)
 
 
 # ------------------------------------------------------------------ PatientSampledDataset
@@ -185,8 +122,8 @@ def test_train_local_dp_runs_the_planned_steps_and_trains_the_model(
     model, plan = _model(mode), _plan(13, steps=5)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     seen: list[PrivateTraining] = []
-    real = dp_sgd.prepare_private
-    monkeypatch.setattr(dp_sgd, "prepare_private", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    real = dp_training.prepare_private
+    monkeypatch.setattr(dp_training, "prepare_private", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
 
     result = train_local_dp(model, train_split, cfg=CFG, plan=plan, max_grad_norm=1.0, server_round=1, rng_seed=2)
 

@@ -29,6 +29,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedeye.protocol import SERVER_ROUND
+
 #: Flower's error code for an exception raised inside a ClientApp.
 CLIENT_APP_RAISED_EXCEPTION = 3
 
@@ -130,7 +132,7 @@ _task_ids = itertools.count(1)
 def _round_of(msg: Message) -> str:
     """The server round a message belongs to (strategies put it in the config), else its group id."""
     config = msg.content.config_records.get("config")
-    return str(config["server-round"]) if config is not None and "server-round" in config else msg.metadata.group_id
+    return str(config[SERVER_ROUND]) if config is not None and SERVER_ROUND in config else msg.metadata.group_id
 
 
 @contextmanager

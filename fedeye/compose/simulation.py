@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedeye.config import RunConfig
-from fedeye.errors import ConfigError, SiteDataError
 from fedeye.server.federation import create_run, open_store, run_dir
 from fedeye.server.recorder import ProgressSink
-from fedeye.sites.base import open_site
+from fedeye.server.preflight import simulation_sites
 
 # Keep Ray on loopback and Flower from installing app dependencies at run time.
 _SIM_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
@@ -31,40 +30,12 @@ class SimulationResult:
     model_path: Path
 
 
-def simulation_sites(cfg: RunConfig) -> list[Path]:
-    """Validate every site folder before any process starts; return them in order."""
-    from fedeye.client.site import simulated_site_dirs
-
-    if cfg.data.root is None:
-        raise ConfigError("data.root: not set; a simulation needs the folder that holds the site folders")
-    dirs = simulated_site_dirs(cfg.data.root)
-    if cfg.simulation.num_sites is not None and cfg.simulation.num_sites != len(dirs):
-        raise ConfigError(f"simulation.num_sites={cfg.simulation.num_sites} but {cfg.data.root} holds {len(dirs)} site folders")
-    problems = [p for d in dirs for p in open_site(d).problems()]
-    if problems:
-        raise SiteDataError(str(cfg.data.root), problems)
-    _check_node_minimums(cfg, len(dirs))
-    return dirs
-
-
-def _check_node_minimums(cfg: RunConfig, num_sites: int) -> None:
-    s = cfg.strategy
-    if s.name == "prompt-experts" and cfg.model.num_domains < num_sites:
-        raise ConfigError(
-            f"model.num_domains={cfg.model.num_domains} but prompt-experts needs one domain expert per site: "
-            f"set model.num_domains = {num_sites} (the number of site folders in {cfg.data.root})"
-        )
-    for field in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
-        if getattr(s, field) > num_sites:
-            raise ConfigError(f"strategy.{field}={getattr(s, field)} but the simulation has only {num_sites} site(s); lower it")
-
-
 def simulate(
     cfg: RunConfig, *, progress: ProgressSink | None = None, quiet: bool = True, sites: list[Path] | None = None
 ) -> SimulationResult:
     """Run ``cfg`` in the Simulation Engine and return the run id and outputs.
 
-    ``sites``: the result of :func:`simulation_sites` when the caller already
+    ``sites``: the result of :func:`~fedeye.server.preflight.simulation_sites` when the caller already
     checked them (checking decodes every image); otherwise they are checked here.
     """
     from flwr.simulation import run_simulation

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedeye.cli.main import app
-from fedeye.server.dg_benchmark import BenchmarkSettings, dg_run_config, run_benchmark
+from fedeye.compose.dg_benchmark import BenchmarkSettings, dg_run_config, run_benchmark
 
 runner = CliRunner()
 

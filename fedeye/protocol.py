@@ -1,0 +1,126 @@
+"""FedEye's wire protocol: every record, key, status and metric name in its messages.
+
+Both sides import this module and nothing of each other: a hospital's code
+(``fedeye.client``) never imports the coordinator's (``fedeye.server``,
+``fedeye.strategies``), and the coordinator reads replies through the typed
+getters here. Keys follow Flower's hyphen style (``"num-examples"``).
+
+A message from the coordinator carries the records :data:`ARRAYS` (the
+global model, or the part a site is asked to train) and :data:`CONFIG`
+(:data:`RUN_CONFIG` plus per-round keys). A site's reply carries
+:data:`METRICS` (aggregates only), :data:`SITE` (the site's display name and
+:class:`SiteStatus`) and, when it trained, :data:`ARRAYS`.
+
+>>> from flwr.app import ConfigRecord
+>>> server_round(ConfigRecord({SERVER_ROUND: 3}))
+3
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Final
+
+from flwr.app import ConfigRecord, RecordDict
+
+# --- records of a message --------------------------------------------------------
+ARRAYS: Final = "arrays"  #: ArrayRecord: model arrays (to a site: global; from a site: its update)
+CONFIG: Final = "config"  #: ConfigRecord: what the coordinator asks for
+METRICS: Final = "metrics"  #: MetricRecord: a site's aggregate metrics
+SITE: Final = "site"  #: ConfigRecord: the replying site's name, status and (not ok) reason and category
+
+# --- keys of the coordinator's config record -----------------------------------------
+RUN_CONFIG: Final = "run-config"  #: the validated run config as JSON (fedeye.config.RunConfig)
+SERVER_ROUND: Final = "server-round"  #: the round number (Flower's key)
+SPLIT: Final = "split"  #: evaluate: the split to evaluate (default: the run's data.eval_split)
+PROXIMAL_MU: Final = "proximal-mu"  #: FedProx: the proximal term's weight (Flower's key)
+LOCAL_NORMS: Final = "local-norms"  #: FedBN: the site keeps its LayerNorm weights
+EXPERT_INDEX: Final = "expert-index"  #: prompt-experts: the site's row of the expert bank (also a metric)
+EXPERT_MIXUP: Final = "expert-mixup"  #: prompt-experts: share of images trained with a random expert mix
+BACKBONE_SHA256: Final = "backbone-sha256"  #: prompt mode: fingerprint of the coordinator's frozen backbone
+
+# --- keys of the site record ---------------------------------------------------------
+SITE_NAME: Final = "name"
+SITE_STATUS: Final = "status"
+SITE_REASON: Final = "reason"  #: a short, site-safe reason (never a path or an exception text)
+SITE_CATEGORY: Final = "category"  #: a failure's :class:`FailureCategory`
+SITE_INCIDENT: Final = "incident"  #: a failure's site-local incident id (details in the site's log)
+DP_ACCOUNTANT: Final = "dp-accountant"
+
+
+class SiteStatus(StrEnum):
+    """What a site says it did with a message."""
+
+    OK = "ok"
+    LEFT_BUDGET = "left-budget"  #: declined to train: the next round would exceed its privacy budget
+    FAILED = "failed"  #: the site could not do the work; see the category and incident id
+
+
+class FailureCategory(StrEnum):
+    """Why a site failed, in words that are safe to leave the site."""
+
+    DATA_ERROR = "data-error"
+    CONFIG_ERROR = "config-error"
+    MODEL_ERROR = "model-error"
+    OUT_OF_MEMORY = "out-of-memory"
+    BUDGET = "budget"
+    WORKER_UNAVAILABLE = "worker-unavailable"
+    INTERNAL = "internal"
+
+
+# --- metric names ------------------------------------------------------------------
+NUM_EXAMPLES: Final = "num-examples"  #: aggregation weight (Flower's key)
+LOSS: Final = "loss"
+TRAIN_SECONDS: Final = "train-seconds"
+NUM_POSITIVE: Final = "num-positive"
+DP_EPSILON: Final = "dp-epsilon"  #: epsilon spent so far by the site
+DP_DELTA: Final = "dp-delta"
+DP_BUDGET: Final = "dp-budget"
+DP_NOISE_MULTIPLIER: Final = "dp-noise-multiplier"
+DP_SAMPLE_RATE: Final = "dp-sample-rate"
+DP_STEPS: Final = "dp-steps"
+DP_LIFETIME_EPSILON: Final = "dp-lifetime-epsilon"  #: epsilon spent on this data over every run
+DP_LIFETIME_BUDGET: Final = "dp-lifetime-budget"
+
+
+def expert_weight_metric(index: int) -> str:
+    """The metric holding the router's mean weight of expert ``index`` at a site."""
+    return f"expert.{index}.weight"
+
+
+# --- node config keys (set when a SuperNode starts) -------------------------------------
+NODE_SITE_DIR: Final = "site-dir"  #: deployment: the site's data folder
+NODE_SITE_CONFIG: Final = "site-config"  #: deployment: the site's policy file (site.toml)
+NODE_AUDIT_LOG: Final = "audit-log"  #: an explicit audit log path
+NODE_STATE_DIR: Final = "state-dir"  #: the site's state folder (cache, ledger, logs, worker socket)
+NODE_PARTITION_ID: Final = "partition-id"  #: simulation: which site folder this node serves
+
+
+# --- typed getters -----------------------------------------------------------------
+def server_round(config: ConfigRecord) -> int:
+    """The round a config record belongs to."""
+    return int(config[SERVER_ROUND])  # type: ignore[arg-type]
+
+
+def optional_int(config: ConfigRecord, key: str) -> int | None:
+    """An integer config value, or None when absent."""
+    value = config.get(key)
+    return None if value is None else int(value)  # type: ignore[arg-type]
+
+
+def site_status(content: RecordDict) -> SiteStatus:
+    """The status a reply declares (a reply without a site record is ``ok``)."""
+    if SITE not in content.config_records:
+        return SiteStatus.OK
+    raw = str(content.config_records[SITE].get(SITE_STATUS, SiteStatus.OK))
+    try:
+        return SiteStatus(raw)
+    except ValueError:
+        return SiteStatus.FAILED
+
+
+def site_field(content: RecordDict, key: str, default: str = "") -> str:
+    """One field of a reply's site record, as text."""
+    if SITE not in content.config_records:
+        return default
+    return str(content.config_records[SITE].get(key, default))
