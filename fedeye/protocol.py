@@ -21,7 +21,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 # --- records of a message --------------------------------------------------------
 ARRAYS: Final = "arrays"  #: ArrayRecord: model arrays (to a site: global; from a site: its update)
@@ -124,3 +124,18 @@ def site_field(content: RecordDict, key: str, default: str = "") -> str:
     if SITE not in content.config_records:
         return default
     return str(content.config_records[SITE].get(key, default))
+
+
+def config_of(content: RecordDict) -> ConfigRecord:
+    """The coordinator's config record of a message."""
+    return content.config_records[CONFIG]
+
+
+def arrays_of(content: RecordDict) -> ArrayRecord:
+    """The model arrays of a message."""
+    return content.array_records[ARRAYS]
+
+
+def metrics_of(content: RecordDict) -> MetricRecord:
+    """The aggregate metrics of a reply."""
+    return content.metric_records[METRICS]

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedeye import protocol as p
 from fedeye.client.audit import audit_mod
 from fedeye.client.site import SiteJob
 from fedeye.client.training import (
@@ -39,10 +39,9 @@ from fedeye.config import RunConfig
 from fedeye.errors import ConfigError
 from fedeye.fairness.metrics import site_fairness_metrics
 from fedeye.models.io import load_state, model_state
+from fedeye.models.prompt_arrays import site_update
 from fedeye.privacy.accounting import MechanismStep
 from fedeye.privacy.policy import DPSettings
-from fedeye.models.prompt_arrays import site_update
-from fedeye import protocol as p
 
 if TYPE_CHECKING:
     from fedeye.privacy.planning import RoundPlan

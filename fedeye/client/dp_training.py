@@ -34,9 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import GradSampleModule, PrivacyEngine  # type: ignore[import-untyped]
-from opacus.data_loader import DPDataLoader  # type: ignore[import-untyped]
-from opacus.optimizers import DPOptimizer  # type: ignore[import-untyped]
+from opacus import GradSampleModule, PrivacyEngine
+from opacus.data_loader import DPDataLoader
+from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import Dataset
 

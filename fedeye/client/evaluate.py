@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset
 
-from fedeye.client.training import evaluate_local, mean_expert_weights
+from fedeye.client.training import ImageDataset, evaluate_local, mean_expert_weights
 from fedeye.errors import ConfigError
 from fedeye.models import load_model
 from fedeye.sites.base import open_site
@@ -30,7 +30,7 @@ def evaluate_model_on_site(model_path: Path, site_dir: Path, *, split: str = "te
     model, cfg, meta = load_model(model_path)
     site = open_site(site_dir)
     size = int(cfg.img_size or 0)
-    dataset: Dataset = (
+    dataset: ImageDataset = (
         ConcatDataset([SiteDataset(site, s, image_size=size) for s in SPLITS]) if split == "all"
         else SiteDataset(site, split, image_size=size)
     )

@@ -23,6 +23,8 @@ from fedeye.models import select_device
 from fedeye.models.device import autocast_context
 from fedeye.protocol import EXPERT_INDEX, EXPERT_MIXUP, PROXIMAL_MU
 
+ImageDataset = Dataset[tuple[torch.Tensor, int]]  #: what sites train and evaluate on: (image, label) pairs
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -73,7 +75,7 @@ class EvalResult:
 
 
 def train_local(
-    model: nn.Module, dataset: Dataset, *, cfg: TrainingConfig, server_round: int = 1,
+    model: nn.Module, dataset: ImageDataset, *, cfg: TrainingConfig, server_round: int = 1,
     objective: LocalObjective | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.local_epochs`` epochs on ``dataset``.
@@ -133,8 +135,8 @@ class _ExpertTraining:
 
     def __init__(self, model: nn.Module, objective: LocalObjective, seed: int) -> None:
         self.model, self.objective = model, objective
-        self.k = int(objective.expert_index)  # type: ignore[arg-type]
-        bank = model.domain_prompts.tokens  # type: ignore[union-attr]
+        self.k = int(objective.expert_index or 0)
+        bank = _expert_bank(model)
         self.num_experts = int(bank.shape[0])
         if not 0 <= self.k < self.num_experts:
             from fedeye.errors import ModelError
@@ -143,7 +145,7 @@ class _ExpertTraining:
         self.saved_bank = bank.detach().clone()
         mask = torch.zeros(self.num_experts, 1, 1, dtype=bank.dtype, device=bank.device)
         mask[self.k] = 1.0
-        self.hook = bank.register_hook(lambda grad: grad * mask) if bank.requires_grad else None
+        self.hook = bank.register_hook(lambda grad: grad * mask) if bank.requires_grad else None  # type: ignore[no-untyped-call]
         self.generator = torch.Generator().manual_seed(seed)
 
     @classmethod
@@ -167,15 +169,20 @@ class _ExpertTraining:
         """Remove the gradient mask and put back the other sites' experts."""
         if self.hook is not None:
             self.hook.remove()
-        bank = self.model.domain_prompts.tokens  # type: ignore[union-attr]
+        bank = _expert_bank(self.model)
         with torch.no_grad():
             keep = torch.ones(self.num_experts, dtype=torch.bool)
             keep[self.k] = False
             bank[keep] = self.saved_bank[keep].to(bank.dtype)
 
 
+def _expert_bank(model: nn.Module) -> torch.Tensor:
+    """The model's expert prompt bank ``[num_experts, tokens, dim]``."""
+    return model.get_parameter("domain_prompts.tokens")
+
+
 @torch.no_grad()
-def set_site_prototype(model: nn.Module, dataset: Dataset, expert_index: int, *, batch_size: int = 64,
+def set_site_prototype(model: nn.Module, dataset: ImageDataset, expert_index: int, *, batch_size: int = 64,
                        device: torch.device | None = None) -> None:
     """Set the router's key of ``expert_index`` to the style prototype of ``dataset`` (this site's images)."""
     device = device or select_device("auto")
@@ -185,7 +192,7 @@ def set_site_prototype(model: nn.Module, dataset: Dataset, expert_index: int, *,
 
 
 @torch.no_grad()
-def mean_expert_weights(model: nn.Module, dataset: Dataset, *, batch_size: int = 64,
+def mean_expert_weights(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 64,
                         device: torch.device | None = None) -> np.ndarray | None:
     """The router's mean mixing weight per expert over ``dataset`` (None without a router)."""
     if getattr(model, "router", None) is None:
@@ -219,7 +226,7 @@ def round_lr(cfg: TrainingConfig, server_round: int) -> float:
     return max(cfg.lr * (1 + math.cos(math.pi * progress)) / 2, cfg.lr / 20)
 
 
-def _class_weights(dataset: Dataset) -> torch.Tensor:
+def _class_weights(dataset: ImageDataset) -> torch.Tensor:
     """Inverse class frequency of the local labels, normalised to mean 1."""
     labels = np.asarray(dataset.labels)  # type: ignore[attr-defined]
     counts = np.bincount(labels, minlength=int(dataset.num_classes)).astype(np.float64)  # type: ignore[attr-defined]
@@ -228,7 +235,7 @@ def _class_weights(dataset: Dataset) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 64, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and labels for every image of ``dataset``, in order."""
     device = device or select_device("auto")
     model.to(device).eval()
@@ -241,7 +248,7 @@ def predict(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, device:
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def evaluate_local(model: nn.Module, dataset: Dataset, *, batch_size: int = 64, device: torch.device | None = None) -> EvalResult:
+def evaluate_local(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 64, device: torch.device | None = None) -> EvalResult:
     """Loss and classification metrics of ``model`` on ``dataset``."""
     probs, labels = predict(model, dataset, batch_size=batch_size, device=device)
     return evaluate_predictions(probs, labels)

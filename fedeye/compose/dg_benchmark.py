@@ -38,17 +38,18 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from fedeye.client.app import app as client_app
-from fedeye.sites.layout import simulated_site_dirs
 from fedeye.client.training import evaluate_local, mean_expert_weights, predict, train_local
+from fedeye.compose.inline import InlineGrid, serverapp_task
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError
 from fedeye.metrics import classification_metrics
 from fedeye.models import build_model, load_model
+from fedeye.protocol import EXPERT_INDEX
 from fedeye.server.federation import create_run, run_federation
-from fedeye.compose.inline import InlineGrid, serverapp_task
 from fedeye.server.store import RunStore
 from fedeye.sites.base import open_site
 from fedeye.sites.dataset import SiteDataset
+from fedeye.sites.layout import simulated_site_dirs
 
 FEDERATED = ("fedavg", "fedprox", "fedbn", "fedadam", "prompt-experts")
 REFERENCES = ("local", "centralized")
@@ -205,15 +206,16 @@ def _seen_auc(store: RunStore, run_id: str) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def _expert_mix(model: torch.nn.Module, data: SiteDataset | ConcatDataset, store: RunStore, run_id: str) -> dict[str, float]:
+def _expert_mix(model: torch.nn.Module, data: SiteDataset | ConcatDataset[tuple[torch.Tensor, int]], store: RunStore, run_id: str) -> dict[str, float]:
     """Mean router weight per expert on the unseen site, keyed by the expert's site name."""
     mix = mean_expert_weights(model, data, batch_size=64)
     if mix is None:
         return {}
     owners = {}
     for m in store.get_run(run_id).site_metrics:
-        if m.phase == "train" and "expert-index" in m.metrics:
-            owners[int(m.metrics["expert-index"])] = m.site
+        index = m.metrics.get(EXPERT_INDEX)
+        if m.phase == "train" and index is not None:
+            owners[int(index)] = m.site
     return {owners.get(k, f"expert {k}"): float(w) for k, w in enumerate(mix)}
 
 
@@ -259,7 +261,7 @@ def _centralized_row(settings: BenchmarkSettings, train_sites: Sequence[Path], t
     )
 
 
-class _Pooled(ConcatDataset):  # type: ignore[type-arg]
+class _Pooled(ConcatDataset[tuple[torch.Tensor, int]]):
     """Pooled sites with the ``labels``/``num_classes`` that class weighting reads."""
 
     def __init__(self, parts: list[SiteDataset]) -> None:
@@ -268,7 +270,7 @@ class _Pooled(ConcatDataset):  # type: ignore[type-arg]
         self.num_classes = parts[0].num_classes
 
 
-def _train_like_rounds(model: torch.nn.Module, data: SiteDataset | ConcatDataset, cfg: RunConfig, seed: int) -> None:
+def _train_like_rounds(model: torch.nn.Module, data: SiteDataset | ConcatDataset[tuple[torch.Tensor, int]], cfg: RunConfig, seed: int) -> None:
     """The federated schedule without federation: the same epochs per round, optimiser and learning rates."""
     training = cfg.training.model_copy(update={"seed": seed})
     for server_round in range(1, training.rounds + 1):
@@ -298,7 +300,7 @@ def _auc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(classification_metrics(labels, probs).get("auc", float("nan")))
 
 
-def _auc_of(model: torch.nn.Module, data: SiteDataset | ConcatDataset) -> float:
+def _auc_of(model: torch.nn.Module, data: SiteDataset | ConcatDataset[tuple[torch.Tensor, int]]) -> float:
     result = evaluate_local(model, data, batch_size=64)
     return float(result.metrics.get("auc", float("nan")))
 
@@ -337,7 +339,7 @@ def measure_prompt_traffic(settings: BenchmarkSettings, train_sites: Sequence[Pa
 
 def summarize(rows: Sequence[FoldResult]) -> list[dict[str, float | str | int]]:
     """One line per method: mean and standard deviation over held-out sites x seeds."""
-    out = []
+    out: list[dict[str, float | str | int]] = []
     for method in dict.fromkeys(r.method for r in rows):
         mine = [r for r in rows if r.method == method]
         out.append({
@@ -373,9 +375,9 @@ def write_results(rows: Sequence[FoldResult], out_dir: Path, *, traffic: Traffic
                              round(r.bytes_down), round(r.bytes_up), f"{r.seconds_per_round:.2f}", json.dumps(r.expert_mix)])
     summary = summarize(rows)
     with (out_dir / "summary.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(summary[0]) if summary else ["method"])
-        writer.writeheader()
-        writer.writerows(summary)
+        summary_writer = csv.DictWriter(fh, fieldnames=list(summary[0]) if summary else ["method"])
+        summary_writer.writeheader()
+        summary_writer.writerows(summary)
     (out_dir / "results.md").write_text(markdown_report(rows, summary, traffic))
     if rows:
         plot_unseen(rows, out_dir / "unseen-auc.png")

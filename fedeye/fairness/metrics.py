@@ -38,7 +38,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference  # type: ignore[import-untyped]
+from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
 from fedeye.metrics import classification_metrics
 

@@ -19,7 +19,7 @@ PyTorch", 2021.
 from __future__ import annotations
 
 import torch
-from opacus.grad_sample import register_grad_sampler  # type: ignore[import-untyped]
+from opacus.grad_sample import register_grad_sampler
 from torch import nn
 
 from fedeye.models.tokens import DomainPrompts, LearnedTokens, PositionEmbedding

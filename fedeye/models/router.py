@@ -59,6 +59,9 @@ class StyleEmbed(nn.Module):
         Width and patch side of the patch embedding it copies.
     """
 
+    weight: torch.Tensor
+    bias: torch.Tensor
+
     def __init__(self, embed_dim: int, patch_size: int) -> None:
         super().__init__()
         self.stride = patch_size
@@ -98,6 +101,10 @@ class ExpertRouter(nn.Module):
     >>> router(torch.randn(2, 5, 8)).shape
     torch.Size([2, 3])
     """
+
+    keys: torch.Tensor
+    spread: torch.Tensor
+    known: torch.Tensor
 
     def __init__(self, embed_dim: int, num_domains: int) -> None:
         super().__init__()

@@ -25,7 +25,7 @@ class MechanismStep:
 
 def epsilon_spent(history: Sequence[MechanismStep], *, delta: float, accountant: Accountant) -> float:
     """Epsilon of the composed ``history`` at ``delta`` (0.0 for an empty history)."""
-    from opacus.accountants import create_accountant  # type: ignore[import-untyped]  # imported on use: slow
+    from opacus.accountants import create_accountant  # imported on use: slow
 
     runs = [(h.noise_multiplier, h.sample_rate, h.steps) for h in history if h.steps > 0]
     if not runs:
@@ -39,7 +39,7 @@ def calibrate_noise(
     *, target_epsilon: float, delta: float, sample_rate: float, total_steps: int, accountant: Accountant
 ) -> float:
     """The noise multiplier at which ``total_steps`` steps spend ``target_epsilon``."""
-    from opacus.accountants.utils import get_noise_multiplier  # type: ignore[import-untyped]
+    from opacus.accountants.utils import get_noise_multiplier
 
     return float(
         get_noise_multiplier(

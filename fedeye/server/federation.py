@@ -133,7 +133,7 @@ def _run(
         ).arrays
     except BudgetExhausted as stop:  # the last global model stands
         inner = getattr(strategy, "strategy", strategy)  # a client-DP wrapper holds the FedEye strategy
-        final, note = inner.global_arrays or initial, f"ended early: {stop}"
+        final, note = getattr(inner, "global_arrays", None) or initial, f"ended early: {stop}"
     load_state(model, final.to_torch_state_dict())
     _final_evaluation(grid, strategy, final, cfg, recorder)
     experts = _expert_sites(strategy, recorder)
@@ -232,7 +232,7 @@ def _final_evaluation(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: 
     """Evaluate the final global model on every site's ``data.final_split``."""
     config = _message_config(cfg, split=cfg.data.final_split)
     config[SERVER_ROUND] = cfg.training.rounds
-    messages = list(strategy.configure_evaluate(cfg.training.rounds, arrays, config, grid))  # type: ignore[attr-defined]
+    messages = list(strategy.configure_evaluate(cfg.training.rounds, arrays, config, grid))
     replies = list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))
     recorder.on_replies(cfg.training.rounds, "test", replies)  # every non-error reply is ok
 

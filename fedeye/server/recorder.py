@@ -16,9 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
-
 from logging import WARNING
+from typing import Protocol
 
 from flwr.app import Message
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode

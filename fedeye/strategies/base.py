@@ -99,7 +99,7 @@ def judge_reply(msg: Message, global_arrays: ArrayRecord | None, *, max_update_n
         return Verdict("rejected", "the reply carries no model arrays")
     if global_arrays is None:
         return Verdict("ok")
-    problem = update_problem(_numpy(global_arrays), _numpy(content[ARRAYS]), max_update_norm=max_update_norm)
+    problem = update_problem(_numpy(global_arrays), _numpy(content.array_records[ARRAYS]), max_update_norm=max_update_norm)
     return Verdict("rejected", problem) if problem else Verdict("ok")
 
 
@@ -113,15 +113,15 @@ def _for_aggregation(replies: list[Message], *, with_arrays: bool, equal_weights
     ``equal_weights`` sets every site's ``num-examples`` weight to 1 (client-level
     DP is calibrated to an unweighted mean).
     """
-    keys = common_metric_keys([set(m.content[METRICS].keys()) for m in replies])
+    keys = common_metric_keys([set(m.content.metric_records[METRICS].keys()) for m in replies])
     copies = []
     for msg in replies:
-        metrics = {k: msg.content[METRICS][k] for k in sorted(keys)}
+        metrics = {k: msg.content.metric_records[METRICS][k] for k in sorted(keys)}
         if equal_weights and NUM_EXAMPLES in metrics:
             metrics[NUM_EXAMPLES] = 1
         record = RecordDict({METRICS: MetricRecord(metrics)})
         if with_arrays:
-            record[ARRAYS] = msg.content[ARRAYS]
+            record[ARRAYS] = msg.content.array_records[ARRAYS]
         copies.append(make_message(msg.metadata, content=record))
     return copies
 

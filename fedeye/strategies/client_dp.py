@@ -34,16 +34,15 @@ over rounds) is reported to the observer for the privacy ledger.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
-
-from collections.abc import Iterable
-from typing import Any
-
-from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedeye.privacy.accounting import MechanismStep, epsilon_spent
 from fedeye.privacy.policy import PrivacyConfig
@@ -130,7 +129,7 @@ def wrap_client_dp(strategy: Strategy, privacy: PrivacyConfig, *, num_sampled_si
     strategy.equal_weights = True  # type: ignore[attr-defined]
     wrapper.delta = privacy.delta or 1.0 / (10.0 * max(num_sites or num_sampled_sites, 1))
     wrapper.history = []
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def client_level_epsilon(*, noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
-
 from flwr.serverapp.strategy import FedAdam as FlowerFedAdam
 
 from fedeye.strategies.base import ObservedStrategy, register_strategy, sampling_kwargs

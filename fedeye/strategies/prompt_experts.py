@@ -86,7 +86,7 @@ from fedeye.models.prompt_arrays import (
     is_prompt_key,
     site_update,
 )
-from fedeye.protocol import BACKBONE_SHA256, EXPERT_INDEX, EXPERT_MIXUP, RUN_CONFIG
+from fedeye.protocol import ARRAYS, BACKBONE_SHA256, CONFIG, EXPERT_INDEX, EXPERT_MIXUP, RUN_CONFIG
 from fedeye.strategies.base import ObservedStrategy, register_strategy, sampling_kwargs
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ class _ExpertBankFedAvg(FlowerFedAvg):
         merged.update({k: v.numpy() for k, v in averaged.items() if not k.startswith(EXPERT_PREFIX)})
         for msg in replies:
             row = self.experts[msg.metadata.src_node_id]
-            for name, value in msg.content["arrays"].items():
+            for name, value in msg.content.array_records[ARRAYS].items():
                 if name.startswith(EXPERT_PREFIX):
                     merged[name.removeprefix(EXPERT_PREFIX)][row] = value.numpy()
         return _record(merged), metrics
@@ -188,7 +188,7 @@ class PromptExperts(ObservedStrategy, _ExpertBankFedAvg):
 
     def tailor(self, msg: Message) -> Message:
         node = msg.metadata.dst_node_id
-        config = ConfigRecord(dict(msg.content["config"]))
+        config = ConfigRecord(dict(msg.content.config_records[CONFIG]))
         config[EXPERT_INDEX_KEY] = self.expert_of(node)
         if self.prompt_only:
             config[BACKBONE_KEY] = self._fingerprint
