@@ -87,3 +87,7 @@ class ProvisioningError(FedEyeError):
 
 class DeploymentError(FedEyeError):
     """A deployment step cannot go on: missing TLS files, a bad address, or a Flower command that failed."""
+
+
+class SiteStateError(FedEyeError):
+    """A site's state folder (approvals, ledger, cache) cannot be read or holds no such entry."""

@@ -31,6 +31,7 @@ SITE: Final = "site"  #: ConfigRecord: the replying site's name, status and (not
 
 # --- keys of the coordinator's config record -----------------------------------------
 RUN_CONFIG: Final = "run-config"  #: the validated run config as JSON (fedeye.config.RunConfig)
+RUN_ID: Final = "fedeye-run-id"  #: the FedEye run (stable across resumes, unlike Flower's run id)
 SERVER_ROUND: Final = "server-round"  #: the round number (Flower's key)
 SPLIT: Final = "split"  #: evaluate: the split to evaluate (default: the run's data.eval_split)
 PROXIMAL_MU: Final = "proximal-mu"  #: FedProx: the proximal term's weight (Flower's key)
@@ -54,6 +55,17 @@ class SiteStatus(StrEnum):
     OK = "ok"
     LEFT_BUDGET = "left-budget"  #: declined to train: the next round would exceed its privacy budget
     FAILED = "failed"  #: the site could not do the work; see the category and incident id
+    AWAITING_APPROVAL = "awaiting-approval"  #: the site's admin has not yet approved this run
+    DENIED = "denied"  #: the site's admin (or its approval policy) refused this run; see the category
+
+
+class DenialCategory(StrEnum):
+    """Why a site refused a run, in words that are safe to leave the site."""
+
+    POLICY = "policy"  #: the run is outside what the site's approval policy accepts
+    GOVERNANCE = "governance"  #: the site's data governance did not approve it
+    PRIVACY = "privacy"  #: its privacy settings are not acceptable to the site
+    OTHER = "other"
 
 
 class FailureCategory(StrEnum):

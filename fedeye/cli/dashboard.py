@@ -12,7 +12,6 @@ HTTP (put it behind a TLS reverse proxy when other machines must reach it).
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from pathlib import Path
 from typing import Annotated
@@ -25,6 +24,7 @@ from fedeye.cli._common import console, exits_cleanly
 from fedeye.cli.runs import DbOption, default_store_dir
 from fedeye.errors import StoreError
 from fedeye.server.store import mask_url, resolve_db_url
+from fedeye.web import check_listen_host
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -46,7 +46,7 @@ def dashboard_command(
 
     from fedeye.server.dashboard import create_app
 
-    _check_host(host, token_given=bool(token))
+    check_listen_host(host, token_given=bool(token), default=DEFAULT_HOST)
     url = resolve_db_url(db, default_dir=default_store_dir())
     _require_existing_store(url)
     access = token or secrets.token_urlsafe(24)
@@ -55,26 +55,6 @@ def dashboard_command(
     console.print(f"FedEye dashboard over [bold]{mask_url(url)}[/] (read-only)")
     console.print(f"open [bold]http://{shown_host}:{port}/?token={access}[/]  (Ctrl+C to stop)", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
-
-
-def _check_host(host: str, *, token_given: bool) -> None:
-    if _is_loopback(host) or token_given:
-        return
-    raise typer.BadParameter(
-        f"{host!r} is reachable from other machines and the dashboard shows results derived "
-        "from patient data over plain HTTP; pass --token YOUR-TOKEN explicitly to expose it "
-        f"(ideally behind a TLS reverse proxy), or keep the default --host {DEFAULT_HOST}",
-        param_hint="--host",
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _require_existing_store(url: str) -> None:

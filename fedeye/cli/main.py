@@ -12,13 +12,14 @@ import typer
 from rich.table import Table
 
 from fedeye.cli._common import console, exits_cleanly
-from fedeye.client.audit import fedeye_home
+from fedeye.client.state import fedeye_home
 from fedeye.cli.benchmark import benchmark_app
 from fedeye.cli.dashboard import dashboard_command
 from fedeye.cli.operate import coordinator_start, run_app, site_start
 from fedeye.cli.provision import coordinator_app, site_init
 from fedeye.cli.report import report_command
 from fedeye.cli.runs import runs_app
+from fedeye.cli.site_admin import site_approve, site_dashboard, site_deny, site_runs
 
 if TYPE_CHECKING:
     from fedeye.config import RunConfig
@@ -39,6 +40,10 @@ sites_app = typer.Typer(help="Work with several sites (synthetic hospitals).", n
 app.add_typer(site_app, name="site")
 site_app.command("init")(site_init)
 site_app.command("start")(site_start)
+site_app.command("runs")(site_runs)
+site_app.command("approve")(site_approve)
+site_app.command("deny")(site_deny)
+site_app.command("dashboard")(site_dashboard)
 coordinator_app.command("start")(coordinator_start)
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(run_app, name="run")

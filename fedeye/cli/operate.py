@@ -479,7 +479,8 @@ def _sites_state_table(detail: RunDetail, online: dict[int, bool] | None) -> Tab
     table = Table(title="sites" + ("" if online is not None else " (add --superlink to see who is online)"))
     for header in ("site", "node", "state", "last round", "phase", "reason"):
         table.add_column(header, overflow="fold")
-    style = {"training": "yellow", "finished": "green", "online": "green", "missing": "red", "failed": "red", "left-budget": "magenta"}
+    style = {"training": "yellow", "finished": "green", "online": "green", "missing": "red", "failed": "red", "left-budget": "magenta",
+             "awaiting-approval": "yellow", "denied": "magenta"}
     for row in site_states(detail, online=online):
         table.add_row(Text(row.site), str(row.node_id), Text(row.state, style=style.get(row.state, "")),
                       "-" if row.last_round is None else str(row.last_round), row.last_phase, Text(row.reason))

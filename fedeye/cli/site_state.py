@@ -19,7 +19,9 @@ from typing import Literal
 
 from fedeye.server.store import RunDetail, SiteMetricRecord
 
-SiteState = Literal["online", "training", "finished", "left-budget", "failed", "missing", "ended"]
+SiteState = Literal[
+    "online", "training", "finished", "left-budget", "failed", "missing", "ended", "awaiting-approval", "denied"
+]
 PHASE_ORDER = {"train": 0, "evaluate": 1, "test": 2}
 
 
@@ -39,6 +41,8 @@ def site_states(detail: RunDetail, *, online: Mapping[int, bool] | None = None) 
     """Each site's state: from its records in the run and, when known, whether Flower sees its node online.
 
     - ``left-budget``: it declined to train, its privacy budget spent;
+    - ``denied``: the site (its admin or approval policy) refused the run;
+    - ``awaiting-approval``: its last reply said its admin has not approved the run yet;
     - ``finished``: it evaluated the final model;
     - ``missing``: its last record is a round it never answered (or, the run
       going on, Flower sees it offline); ``online`` again once it is back;
@@ -68,6 +72,10 @@ def _row(records: list[SiteMetricRecord], *, running: bool, is_online: bool | No
 def _state(records: list[SiteMetricRecord], last: SiteMetricRecord, *, running: bool, is_online: bool | None) -> SiteState:
     if any(r.status == "left-budget" for r in records):
         return "left-budget"
+    if any(r.status == "denied" for r in records):
+        return "denied"
+    if last.status == "awaiting-approval":
+        return "awaiting-approval"
     if any(r.phase == "test" and r.status == "ok" for r in records):
         return "finished"
     if last.status == "missing":

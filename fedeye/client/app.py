@@ -16,7 +16,9 @@ budget does not train and replies ``left-budget`` (no arrays).
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +27,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedeye import protocol as p
+from fedeye.client.approval import admission, refusal
 from fedeye.client.audit import audit_mod
 from fedeye.client.site import SiteJob
 from fedeye.client.training import (
@@ -66,7 +69,30 @@ def _reply(msg: Message, job: SiteJob, metrics: dict[str, float | int], *, array
     return Message(content=content, reply_to=msg)
 
 
+def _admitted(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """Run ``handler`` only for a run this site's approval policy or admin admitted (see client/approval)."""
+
+    @functools.wraps(handler)
+    def gated(msg: Message, context: Context) -> Message:
+        job = _job(msg, context)
+        record = admission(
+            job.site_config.approval, state_dir=job.state_dir, audit_log=job.audit_log(context.node_id),
+            run_config_json=str(msg.content[p.CONFIG][p.RUN_CONFIG]), run_key=_run_key(msg),
+        )
+        refused = refusal(record)
+        return handler(msg, context) if refused is None else _reply(msg, job, {p.NUM_EXAMPLES: 0}, status=refused)
+
+    return gated
+
+
+def _run_key(msg: Message) -> str:
+    """The run this message belongs to: FedEye's run id, else Flower's."""
+    given = msg.content[p.CONFIG].get(p.RUN_ID)
+    return str(given) if given else f"flower-{msg.metadata.run_id}"
+
+
 @app.train()
+@_admitted
 def train(msg: Message, context: Context) -> Message:
     """Load the global arrays, train on the local train split, return the update."""
     job = _job(msg, context)
@@ -171,6 +197,7 @@ def _save_dp_history(context: Context, history: list[MechanismStep]) -> None:
 
 
 @app.evaluate()
+@_admitted
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global arrays on the split named in the message (default val)."""
     job = _job(msg, context)

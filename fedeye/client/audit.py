@@ -41,13 +41,23 @@ from flwr.common.constant import ErrorCode
 from flwr.common.serde import recorddict_to_proto
 from flwr.common.serde_utils import error_to_proto
 
-from fedeye.errors import AuditError
-from fedeye.protocol import DP_EPSILON, NODE_AUDIT_LOG, NODE_PARTITION_ID, NODE_SITE_DIR, SERVER_ROUND
+from fedeye.client.state import HOME_ENV, STATE_DIR_KEY, SiteState, fedeye_home, simulated_state, site_slug
+from fedeye.errors import AuditError, FedEyeError
+from fedeye.sites.layout import simulated_site_dirs
+from fedeye.protocol import (
+    CONFIG,
+    DP_EPSILON,
+    NODE_AUDIT_LOG,
+    NODE_PARTITION_ID,
+    NODE_SITE_DIR,
+    RUN_CONFIG,
+    RUN_ID,
+    SERVER_ROUND,
+)
 
 AUDIT_LOG_KEY = NODE_AUDIT_LOG  # node config key: explicit audit file path
 SITE_DIR_KEY = NODE_SITE_DIR  # node config key of the site folder
 PARTITION_KEY = NODE_PARTITION_ID  # simulated nodes carry this instead of a site folder
-HOME_ENV = "FEDEYE_HOME"
 EPSILON_KEY = DP_EPSILON  # reply metric: epsilon spent so far by the site
 SERVER_ROUND_KEY = SERVER_ROUND
 
@@ -71,7 +81,8 @@ class AuditEntry(TypedDict):
     """
 
     time: str  # UTC, ISO 8601
-    run_id: int
+    run_id: int  # Flower's run id
+    run: str | None  # FedEye's run id, from the request's config "fedeye-run-id" (None: not sent)
     node_id: int  # the sending node (the reply's src_node_id)
     server_round: int | None  # from the request's config "server-round"
     message_type: str
@@ -86,35 +97,43 @@ class AuditEntry(TypedDict):
     epsilon: float | None  # reply metric "dp-epsilon", else None
 
 
+class DecisionEntry(TypedDict):
+    """One line of the audit file recording a decision on a run (nothing left the site with it)."""
+
+    time: str  # UTC, ISO 8601
+    event: Literal["approval"]
+    run: str  # the run's key at the site (FedEye run id)
+    digest: str  # the request's digest: exact run config and code
+    decision: str  # pending, approved or denied
+    by: str  # admin, policy
+    category: str  # what the coordinator is told when denied
+    reason: str  # the site's own words; stays at the site
+
+
 # ------------------------------------------------------------------ paths
 
 
-def fedeye_home() -> Path:
-    """``$FEDEYE_HOME``, else ``~/.fedeye``."""
-    return Path(os.environ.get(HOME_ENV) or Path.home() / ".fedeye").expanduser()
+def audit_path(node_config: Mapping[str, object], *, home: Path, node_id: int = 0, site_dir: Path | None = None) -> Path:
+    """The audit file of this node, from its node config (and, simulated, the site folder it serves).
 
-
-def site_slug(name: str) -> str:
-    """A filesystem-safe file stem for a site folder name."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")
-    return slug or "site"
-
-
-def audit_path(node_config: Mapping[str, object], *, home: Path, node_id: int = 0) -> Path:
-    """The audit file of this node, from its node config only.
-
-    ``audit-log`` if set; else ``<home>/audit/<slug of the site-dir folder
-    name>.jsonl``; a simulated node (``partition-id``, no ``site-dir``) uses
-    ``partition-<k>.jsonl`` and any other node ``node-<node_id>.jsonl``.
+    ``audit-log`` if set; else ``audit/audit.jsonl`` in the site's state
+    folder (:mod:`fedeye.client.state`): the node's ``state-dir``, or the
+    state folder of its site folder (``site-dir``, or for a simulated node
+    ``site_dir``); without any of them ``<home>/audit/partition-<k>.jsonl``
+    (simulated) or ``node-<node_id>.jsonl``.
 
     >>> audit_path({"site-dir": "/data/St Aurelia/"}, home=Path("/h"))
-    PosixPath('/h/audit/St-Aurelia.jsonl')
+    PosixPath('/h/sites/St-Aurelia-38a959e8f88c/audit/audit.jsonl')
     """
     if AUDIT_LOG_KEY in node_config:
         return Path(str(node_config[AUDIT_LOG_KEY])).expanduser()
+    if STATE_DIR_KEY in node_config:
+        return SiteState(Path(str(node_config[STATE_DIR_KEY])).expanduser()).audit_log
     if SITE_DIR_KEY in node_config:
-        stem = site_slug(Path(str(node_config[SITE_DIR_KEY])).expanduser().name)
-    elif PARTITION_KEY in node_config:
+        site_dir = Path(str(node_config[SITE_DIR_KEY])).expanduser()
+    if site_dir is not None:
+        return simulated_state(site_dir, home=home).audit_log
+    if PARTITION_KEY in node_config:
         stem = f"partition-{node_config[PARTITION_KEY]}"
     else:
         stem = f"node-{node_id}"
@@ -167,13 +186,22 @@ def _epsilon(metrics: dict[str, MetricRecord]) -> float | None:
     return None
 
 
-def describe_reply(reply: Message, *, server_round: int | None = None, now: datetime | None = None) -> AuditEntry:
+def run_key_of(request: Message) -> str | None:
+    """The FedEye run id a request names in a config record, if any."""
+    for record in request.content.config_records.values():
+        if RUN_ID in record:
+            return str(record[RUN_ID])
+    return None
+
+
+def describe_reply(reply: Message, *, server_round: int | None = None, now: datetime | None = None,
+                   run: str | None = None) -> AuditEntry:
     """The audit entry of one outgoing reply (no I/O; ``now`` defaults to UTC now)."""
     payload = payload_bytes(reply)
     content = reply.content if reply.has_content() else None
     when = (now or datetime.now(UTC)).isoformat(timespec="milliseconds")
     return AuditEntry(
-        time=when, run_id=int(reply.metadata.run_id), node_id=int(reply.metadata.src_node_id),
+        time=when, run_id=int(reply.metadata.run_id), run=run, node_id=int(reply.metadata.src_node_id),
         server_round=server_round, message_type=reply.metadata.message_type,
         status="ok" if content is not None else "error",
         error=None if content is not None else reply.error.reason,
@@ -224,10 +252,26 @@ def append_entry(path: Path, entry: AuditEntry) -> None:
         os.close(fd)
 
 
+def append_decision(path: Path, entry: DecisionEntry) -> None:
+    """Append a decision on a run (approval) to the audit file."""
+    append_entry(path, entry)  # type: ignore[arg-type]  # one JSON line, like every entry
+
+
 def read_audit(path: Path) -> list[AuditEntry]:
-    """Every entry of an audit file, oldest first."""
+    """Every outgoing message's entry of an audit file, oldest first."""
+    return [e for e in _read_lines(path) if "event" not in e]  # type: ignore[misc]
+
+
+def read_decisions(path: Path) -> list[DecisionEntry]:
+    """Every decision on a run recorded in an audit file, oldest first."""
+    return [e for e in _read_lines(path) if e.get("event") == "approval"]  # type: ignore[misc]
+
+
+def _read_lines(path: Path) -> list[dict[str, object]]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
     except OSError as err:
         raise AuditError(f"cannot read the audit log {path}: {err.strerror or err}") from err
     return [json.loads(line) for line in lines if line.strip()]
@@ -248,18 +292,31 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     unwritable log fails before training. If the ClientApp raises, the
     error reply Flower will send is logged and the exception re-raised.
     """
-    path = audit_path(context.node_config, home=fedeye_home(), node_id=context.node_id)
+    site_dir = simulated_site_of(msg, context.node_config)
+    path = audit_path(context.node_config, home=fedeye_home(), node_id=context.node_id, site_dir=site_dir)
     ensure_audit_file(path)
-    server_round = server_round_of(msg)
+    server_round, run = server_round_of(msg), run_key_of(msg)
     try:
         reply = call_next(msg, context)
     except Exception as err:
-        append_entry(path, _describe_failure(msg, err, server_round=server_round))
+        append_entry(path, _describe_failure(msg, err, server_round=server_round, run=run))
         raise
-    append_entry(path, describe_reply(reply, server_round=server_round))
+    append_entry(path, describe_reply(reply, server_round=server_round, run=run))
     return reply
 
 
-def _describe_failure(msg: Message, err: Exception, *, server_round: int | None) -> AuditEntry:
+def simulated_site_of(msg: Message, node_config: Mapping[str, object]) -> Path | None:
+    """A simulated node's site folder: the ``partition-id``-th folder under the run's ``data.root``."""
+    if SITE_DIR_KEY in node_config or PARTITION_KEY not in node_config:
+        return None
+    try:
+        config = msg.content.config_records[CONFIG]
+        root = json.loads(str(config[RUN_CONFIG]))["data"]["root"]
+        return simulated_site_dirs(Path(str(root)))[int(str(node_config[PARTITION_KEY]))]
+    except (KeyError, ValueError, TypeError, IndexError, FedEyeError):
+        return None  # the ClientApp reports what is wrong with the run config; the log still gets written
+
+
+def _describe_failure(msg: Message, err: Exception, *, server_round: int | None, run: str | None) -> AuditEntry:
     error = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=_flower_reason(err)), reply_to=msg)
-    return describe_reply(error, server_round=server_round)
+    return describe_reply(error, server_round=server_round, run=run)

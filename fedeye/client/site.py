@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord
 
+from fedeye.client.audit import audit_path
+from fedeye.client.state import fedeye_home, site_state_for
 from fedeye.client.site_config import SiteConfig, site_config_for
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError, ModelError
@@ -105,6 +107,15 @@ class SiteJob:
     @property
     def image_size(self) -> int:
         return int(self.cfg.model.img_size or 0)
+
+    @property
+    def state_dir(self) -> Path:
+        """The site's state folder (approvals, ledger, cache): node config ``state-dir``, else under FEDEYE_HOME."""
+        return site_state_for(self.site_dir, self.node_config).root
+
+    def audit_log(self, node_id: int) -> Path:
+        """This node's audit file (see :func:`fedeye.client.audit.audit_path`)."""
+        return audit_path(self.node_config, home=fedeye_home(), node_id=node_id, site_dir=self.site_dir)
 
     @property
     def site_config(self) -> SiteConfig:

@@ -11,6 +11,11 @@ from ``fedeye-site.toml`` inside the simulated site's folder. Example::
     epsilon = 3.0          # budget for one run
     max_grad_norm = 1.0
     min_group_size = 10
+    [approval]
+    mode = "policy"        # or "manual" (fedeye site approve) or "open"
+    strategies = ["fedavg", "prompt-experts"]
+    require_dp = true
+    max_rounds = 50
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedeye.client.approval import ApprovalPolicy
 from fedeye.errors import ConfigError
 from fedeye.privacy.policy import PrivacyPolicy
 
@@ -38,6 +44,7 @@ class SiteConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where this site trains.")
     audit_log: Path | None = Field(default=None, description="Where the site's audit log of outgoing messages goes.")
     privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy, description="Which runs this site admits.")
 
 
 def load_site_config(path: Path) -> SiteConfig:

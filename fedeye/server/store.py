@@ -53,7 +53,7 @@ from fedeye.server.models import ArtifactRow, FlowerRunRow, PrivacyLedgerRow, Ro
 RunStatus = Literal["running", "finished", "failed", "stopped"]
 FinalStatus = Literal["finished", "failed", "stopped"]
 Phase = Literal["train", "evaluate", "test"]
-SiteStatus = Literal["ok", "failed", "dropped", "left-budget", "rejected", "missing"]
+SiteStatus = Literal["ok", "failed", "dropped", "left-budget", "rejected", "missing", "awaiting-approval", "denied"]
 PrivacyScope = Literal["site", "federation"]
 
 DB_ENV_VAR = "FEDEYE_DB"

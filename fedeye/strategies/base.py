@@ -28,13 +28,24 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedeye.errors import ConfigError, FedEyeError
-from fedeye.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE_REASON, SiteStatus, site_field, site_status
+from fedeye.protocol import (
+    ARRAYS,
+    METRICS,
+    NUM_EXAMPLES,
+    SITE_CATEGORY,
+    SITE_REASON,
+    SiteStatus,
+    site_field,
+    site_status,
+)
 from fedeye.strategies._utils import common_metric_keys, update_problem
 
 if TYPE_CHECKING:
     from fedeye.config import StrategyConfig
 
 LEFT_BUDGET = SiteStatus.LEFT_BUDGET.value
+#: Verdicts after which a site is never sampled to train again in this run.
+DEPARTED = frozenset({LEFT_BUDGET, SiteStatus.DENIED.value})
 
 
 @dataclass(frozen=True)
@@ -95,12 +106,31 @@ def judge_reply(msg: Message, global_arrays: ArrayRecord | None, *, max_update_n
     content = msg.content
     if site_status(content) is SiteStatus.LEFT_BUDGET:
         return Verdict(LEFT_BUDGET, site_field(content, SITE_REASON, "privacy budget spent"))
+    admission = admission_verdict(content)
+    if admission is not None:
+        return admission
     if ARRAYS not in content.array_records:
         return Verdict("rejected", "the reply carries no model arrays")
     if global_arrays is None:
         return Verdict("ok")
     problem = update_problem(_numpy(global_arrays), _numpy(content.array_records[ARRAYS]), max_update_norm=max_update_norm)
     return Verdict("rejected", problem) if problem else Verdict("ok")
+
+
+def admission_verdict(content: RecordDict) -> Verdict | None:
+    """``awaiting-approval`` or ``denied`` (with the site's denial category) when the site did not admit the run."""
+    status = site_status(content)
+    if status is SiteStatus.AWAITING_APPROVAL:
+        return Verdict(status.value, "the site's admin has not approved this run yet")
+    if status is SiteStatus.DENIED:
+        return Verdict(status.value, f"denied by the site: {site_field(content, SITE_CATEGORY, 'other')}")
+    return None
+
+
+def _evaluate_verdict(msg: Message) -> Verdict:
+    if msg.has_error():
+        return Verdict("failed", str(msg.error.reason))
+    return admission_verdict(msg.content) or Verdict("ok")
 
 
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -140,7 +170,7 @@ class ObservedStrategy:
 
     @property
     def departed(self) -> set[int]:
-        """Nodes that left for budget reasons; never sampled to train again."""
+        """Nodes that left (budget spent, or the site denied the run); never sampled to train again."""
         return self.__dict__.setdefault("_departed", set())  # type: ignore[no-any-return]
 
     def configure_train(
@@ -195,7 +225,7 @@ class ObservedStrategy:
         """
         report_missing(self.observer, server_round, "train", set(self.sampled_nodes), replies)
         verdicts = [judge_reply(m, self.expected_reply_arrays(m), max_update_norm=self.max_update_norm) for m in replies]
-        self.departed.update(m.metadata.src_node_id for m, v in zip(replies, verdicts) if v.status == LEFT_BUDGET)
+        self.departed.update(m.metadata.src_node_id for m, v in zip(replies, verdicts) if v.status in DEPARTED)
         if self.observer:
             self.observer.on_replies(server_round, "train", replies, verdicts)
         return [m for m, v in zip(replies, verdicts) if v.status == "ok"]
@@ -214,7 +244,7 @@ class ObservedStrategy:
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
         report_missing(self.observer, server_round, "evaluate", set(self.evaluated_nodes), replies)
-        verdicts = [Verdict("failed", str(m.error.reason)) if m.has_error() else Verdict("ok") for m in replies]
+        verdicts = [_evaluate_verdict(m) for m in replies]
         if self.observer:
             self.observer.on_replies(server_round, "evaluate", replies, verdicts)
         accepted = [m for m, v in zip(replies, verdicts) if v.status == "ok"]

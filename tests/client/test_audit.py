@@ -35,6 +35,7 @@ from fedeye.client.audit import (
     payload_bytes,
     read_audit,
 )
+from fedeye.client.state import simulated_state
 from fedeye.config import RunConfig
 from fedeye.errors import AuditError
 from fedeye.models import build_model
@@ -86,10 +87,13 @@ def _toy_request(message_type: str = MessageType.TRAIN) -> Message:
 
 def test_audit_path_comes_from_node_config_only(tmp_path: Path) -> None:
     assert audit_path({"audit-log": "/var/log/a.jsonl", "site-dir": "/x"}, home=tmp_path) == Path("/var/log/a.jsonl")
-    assert audit_path({"site-dir": "/data/St Aurelia's/"}, home=tmp_path) == tmp_path / "audit" / "St-Aurelia-s.jsonl"
+    saint = audit_path({"site-dir": "/data/St Aurelia's/"}, home=tmp_path)
+    assert saint == simulated_state(Path("/data/St Aurelia's"), home=tmp_path).audit_log
+    assert saint.parent.parent.name.startswith("St-Aurelia-s-")  # the site's own state folder
+    assert audit_path({"state-dir": "/srv/site/state"}, home=tmp_path) == Path("/srv/site/state/audit/audit.jsonl")
     assert audit_path({"partition-id": 2}, home=tmp_path) == tmp_path / "audit" / "partition-2.jsonl"
     assert audit_path({}, home=tmp_path, node_id=42) == tmp_path / "audit" / "node-42.jsonl"
-    assert audit_path({"site-dir": "/data/.."}, home=tmp_path).parent == tmp_path / "audit"
+    assert audit_path({"site-dir": "/data/.."}, home=tmp_path).is_relative_to(tmp_path / "sites")
 
 
 def test_coordinator_run_config_cannot_move_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +101,7 @@ def test_coordinator_run_config_cannot_move_the_log(tmp_path: Path, monkeypatch:
     evil = tmp_path / "elsewhere.jsonl"
     _toy_app()(_toy_request(), _context({"site-dir": "/data/site-a"}, run_config={"audit-log": str(evil)}))
     assert not evil.exists()
-    assert len(read_audit(tmp_path / "home" / "audit" / "site-a.jsonl")) == 1
+    assert len(read_audit(simulated_state(Path("/data/site-a"), home=tmp_path / "home").audit_log)) == 1
 
 
 # ------------------------------------------------------------------ toy ClientApp

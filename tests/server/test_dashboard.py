@@ -177,7 +177,7 @@ def test_command_refuses_a_public_host_without_an_explicit_token(tmp_path: Path)
     result = CliRunner().invoke(_cli(), ["dashboard", "--host", "0.0.0.0", "--db", str(tmp_path / "x.db")],
                                 env={"COLUMNS": "200", "FEDEYE_DASHBOARD_TOKEN": ""})
 
-    assert result.exit_code == 2 and "--token" in result.output
+    assert result.exit_code == 1 and "--token" in result.output
 
 
 def test_command_refuses_a_missing_store_file(tmp_path: Path) -> None:

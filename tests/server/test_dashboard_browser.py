@@ -145,3 +145,54 @@ def test_wrong_token_is_refused_in_the_browser(dashboard: str, finished_run: tup
     assert "access token needed" in page.content()
     assert context.cookies() == []
     context.close()
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A recorded run of 50 rounds over 20 sites (no training: participation records only)."""
+    from fedeye.server.store import RunStore
+
+    db = tmp_path_factory.mktemp("long-run") / "fedeye.db"
+    store = RunStore(f"sqlite:///{db}")
+    run_id = store.create_run(name="long", strategy="fedavg", config={}, num_rounds=50, num_sites=20)
+    for server_round in range(1, 51):
+        for k in range(20):
+            status = "missing" if (server_round + k) % 17 == 0 else "ok"
+            for phase in ("train", "evaluate"):
+                store.record_site_metrics(run_id, server_round=server_round, phase=phase, site=f"hospital-{k:02d}",
+                                          node_id=100 + k, num_examples=40, metrics={"auc": 0.8}, status=status)
+    return str(db), run_id
+
+
+def test_participation_stays_readable_for_50_rounds_and_20_sites(
+    long_run: tuple[str, str], browser: object
+) -> None:
+    db, run_id = long_run
+    port = _free_port()
+    command = [sys.executable, "-c",
+               "import typer; from fedeye.cli.dashboard import dashboard_command; typer.run(dashboard_command)",
+               "--db", db, "--port", str(port), "--token", TOKEN]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_until_up(base, proc)
+        page = browser.new_page(viewport={"width": 1360, "height": 1000})  # type: ignore[attr-defined]
+        page.goto(f"{base}/runs/{run_id}?token={TOKEN}")
+        page.wait_for_selector("#participation table")
+
+        box = page.locator("#participation")
+        panel = page.locator("#panel-participation").bounding_box()
+        assert panel["x"] + panel["width"] <= 1360  # the card stays on screen
+        assert box.evaluate("e => e.scrollWidth > e.clientWidth")  # wider tables scroll inside it
+        assert page.locator("#participation thead th").count() == 1 + 50
+        assert page.locator("#participation tbody tr").count() == 20 + 1
+        last = page.locator("#participation thead th").last
+        last.scroll_into_view_if_needed()
+        assert last.is_visible() and last.inner_text().lower() == "round 50"
+        site_cell = page.locator("#participation tbody tr").first.locator("td").first
+        assert site_cell.bounding_box()["x"] >= panel["x"]  # the site column stays in view (sticky)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-participation-50x20.png"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

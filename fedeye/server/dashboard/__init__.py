@@ -8,6 +8,7 @@ CDN, nothing fetched from elsewhere).
 
 from __future__ import annotations
 
-from fedeye.server.dashboard.app import TOKEN_COOKIE, create_app
+from fedeye.server.dashboard.app import create_app
+from fedeye.web import TOKEN_COOKIE
 
 __all__ = ["TOKEN_COOKIE", "create_app"]

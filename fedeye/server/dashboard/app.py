@@ -1,10 +1,7 @@
 """The dashboard's FastAPI application: token check, pages, JSON API.
 
-Every route is a ``GET``; nothing writes to the store. Every request, pages,
-scripts and API alike, needs the access token: as ``?token=`` once (the
-server answers with an HttpOnly, SameSite=Strict cookie and a redirect to the
-same address without the token, so it does not stay in the address bar or
-history), as that cookie, or as ``Authorization: Bearer <token>``.
+Every route is a ``GET``; nothing writes to the store. Every request needs
+the access token (see :mod:`fedeye.web`).
 
 >>> from fastapi.testclient import TestClient
 >>> client = TestClient(create_app("sqlite://", token="t0ken"))
@@ -16,42 +13,19 @@ history), as that cookie, or as ``Authorization: Bearer <token>``.
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
-from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from fedeye.errors import StoreError
 from fedeye.server.dashboard.panels import run_panels, summary_json
 from fedeye.server.store import RunStore
+from fedeye.web import protect
 
 STATIC_DIR = Path(__file__).parent / "static"
-TOKEN_COOKIE = "fedeye-dashboard-token"
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-_UNAUTHORIZED_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>FedEye dashboard: access token needed</title></head>
-<body style="font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;color:#1f2933">
-<h1>401: access token needed</h1>
-<p>This dashboard shows results derived from patient data, so every page needs
-the access token printed by <code>fedeye dashboard</code> when it started.</p>
-<p>Open the address it printed (it ends in <code>?token=...</code>), or restart it
-with <code>fedeye dashboard --token YOUR-TOKEN</code>.</p></body></html>"""
-
-Handler = Callable[[Request], Awaitable[Response]]
 
 
 def create_app(store_url: str, *, token: str) -> FastAPI:
@@ -64,62 +38,13 @@ def create_app(store_url: str, *, token: str) -> FastAPI:
     token
         The access token every request must carry; never empty.
     """
-    if not token:
-        raise ValueError("the dashboard needs a non-empty access token")
     store = RunStore(store_url)
     app = FastAPI(title="FedEye dashboard", docs_url=None, redoc_url=None, openapi_url=None)
-    app.middleware("http")(_token_guard(token))
+    protect(app, token=token)
     _add_pages(app)
     _add_api(app, store)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-# -------------------------------------------------------------------------- token
-
-
-def _token_guard(token: str) -> Callable[[Request, Handler], Awaitable[Response]]:
-    async def guard(request: Request, call_next: Handler) -> Response:
-        given = request.query_params.get("token")
-        if given is not None and _same(given, token) and not request.url.path.startswith("/api/"):
-            return _cookie_redirect(request, token)
-        if not any(_same(candidate, token) for candidate in _candidates(request)):
-            return _unauthorized(request)
-        response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
-
-    return guard
-
-
-def _candidates(request: Request) -> list[str]:
-    found = [request.query_params.get("token"), request.cookies.get(TOKEN_COOKIE)]
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer":
-        found.append(credentials.strip())
-    return [value for value in found if value]
-
-
-def _same(given: str, token: str) -> bool:
-    return secrets.compare_digest(given.encode(), token.encode())
-
-
-def _cookie_redirect(request: Request, token: str) -> Response:
-    """Swap ``?token=`` for a cookie so the token leaves the address bar."""
-    query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
-    target = request.url.path + (f"?{query}" if query else "")
-    response = RedirectResponse(target, status_code=303)
-    response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
-    response.headers.update(SECURITY_HEADERS)
-    return response
-
-
-def _unauthorized(request: Request) -> Response:
-    headers = {**SECURITY_HEADERS, "WWW-Authenticate": "Bearer"}
-    if request.url.path.startswith("/api/"):
-        detail = "missing or wrong access token; send it as 'Authorization: Bearer <token>'"
-        return JSONResponse({"detail": detail}, status_code=401, headers=headers)
-    return Response(_UNAUTHORIZED_PAGE, status_code=401, media_type="text/html", headers=headers)
 
 
 # -------------------------------------------------------------------------- pages

@@ -29,7 +29,7 @@ from fedeye.server.store import RunDetail, RunSummary, SiteMetricRecord
 CURVE_METRICS = ("auc", "loss")
 CROSS_SITE_KEYS = ("mean-auc", "worst-auc", "gap", "es-auc")
 FAIR_KEYS = ("es-auc", "worst-auc", "gap", "dpd", "eod", "suppressed")
-PARTICIPATION = ("trained", "evaluated", "failed", "dropped", "left-budget", "rejected")
+PARTICIPATION = ("trained", "evaluated", "failed", "dropped", "left-budget", "rejected", "awaiting-approval", "denied")
 EXPERT_PREFIX = "expert."
 EXPERT_SUFFIX = ".weight"
 

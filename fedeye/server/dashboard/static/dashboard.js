@@ -5,7 +5,8 @@
   var POLL_MS = 3000;
   var C = window.FedEyeCharts;
   var STATE_LABEL = {trained: "trained", evaluated: "evaluated", failed: "failed", dropped: "dropped",
-    "left-budget": "left: budget spent", rejected: "rejected"};
+    "left-budget": "left: budget spent", rejected: "rejected", "awaiting-approval": "awaiting approval",
+    denied: "denied by the site"};
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -109,7 +110,7 @@
     });
     rows.push(["Total"].concat(p.counts.map(function (c) {
       var parts = [c.trained + " trained", c.evaluated + " evaluated"];
-      ["failed", "dropped", "left-budget", "rejected"].forEach(function (k) { if (c[k]) parts.push(c[k] + " " + STATE_LABEL[k]); });
+      ["failed", "dropped", "left-budget", "rejected", "awaiting-approval", "denied"].forEach(function (k) { if (c[k]) parts.push(c[k] + " " + STATE_LABEL[k]); });
       return parts.join(", ");
     })));
     var t = table(["Site"].concat(p.rounds.map(function (r) { return "Round " + r; })), rows);
