@@ -158,11 +158,12 @@ def site_init(
     force: ForceOption = False,
 ) -> None:
     """Check the site's data, then write site.toml and the node key pair (node.key, node.pub)."""
-    from fedeye.sites.check import check_site, render_report
+    from fedeye.cli.site_check import print_check_report
+    from fedeye.sites.check import check_site
 
     report = check_site(data)
     if not report.ok:
-        render_report(report, console)
+        print_check_report(report)
         console.print("[red]nothing written[/]: fix the site data and run 'fedeye site init' again.")
         raise typer.Exit(1)
     line = provision_site(out_dir, name=name, data=data, device=device, force=force)
