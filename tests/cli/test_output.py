@@ -123,7 +123,7 @@ def test_table_commands_offer_json(runner: CliRunner, command: str) -> None:
 def _render(*, terminal: bool, width: int, title: str | None = "runs") -> str:
     buffer = io.StringIO()
     out = Console(file=buffer, force_terminal=terminal, width=width, color_system=None)
-    rows = [["r-20261203-092435-50aa", Text("finished", style="green"), "a [bold] name\twith a tab"]]
+    rows: list[list[str | Text]] = [["r-20261203-092435-50aa", Text("finished", style="green"), "a [bold] name\twith a tab"]]
     print_table(["id", "status", Column("name", justify="right")], rows, title=title, target=out)
     return buffer.getvalue()
 
