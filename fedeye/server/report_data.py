@@ -7,7 +7,13 @@ and never reads the store; this module is the bridge.
 from __future__ import annotations
 
 from fedeye.fairness.report_data import PrivacyEntry, ReportData, RunInfo, SiteResult
-from fedeye.server.store import PrivacyRecord, RunDetail, RunStore, RunSummary, SiteMetricRecord
+from fedeye.server.store import (
+    PrivacyRecord,
+    RunDetail,
+    RunStore,
+    RunSummary,
+    SiteMetricRecord,
+)
 
 
 def load_report_data(store: RunStore, run_id: str) -> ReportData:

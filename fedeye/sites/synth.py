@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import tomli_w
 from PIL import Image
 from scipy.ndimage import gaussian_filter
-import tomli_w
 
 from fedeye.errors import SiteExistsError
 

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from fedeye.cli._common import Column, print_table
 from fedeye.cli.main import app
 from fedeye.server.store import RunStore
+from tests.conftest import tiny_run_toml
 
 LONG_NAME = "a-rather-long-run-name-for-the-moorfields-and-aravind-glaucoma-screening-study"
 NARROW = {"COLUMNS": "40"}
@@ -69,7 +70,7 @@ def test_runs_list_piped_prints_full_ids_and_names(runner: CliRunner, db: str) -
 
 def test_runs_list_through_a_pipe(db: str, tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "30", "FEDEYE_DB": db}
-    proc = subprocess.run([sys.executable, "-m", "fedeye.cli", "runs", "list"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "fedeye.cli", "runs", "list"], capture_output=True, text=True, check=False,
                           timeout=120, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for run_id in _run_ids(db):
@@ -144,3 +145,15 @@ def test_wide_terminal_gets_a_table_and_narrow_one_a_block_per_row() -> None:
 def test_json_rows_default_to_one_object_per_row(capsys: pytest.CaptureFixture[str]) -> None:
     print_table(["id", "status"], [["r-1", Text("ok", style="green")]], as_json=True)
     assert json.loads(capsys.readouterr().out) == [{"id": "r-1", "status": "ok"}]
+
+
+@pytest.mark.slow
+def test_simulate_json_keeps_progress_off_stdout(tmp_path: Path, tiny_sites: Path) -> None:
+    run_file = tiny_run_toml(tmp_path / "run.toml", sites=tiny_sites, out=tmp_path / "out", rounds=1)
+    proc = subprocess.run([sys.executable, "-m", "fedeye.cli", "simulate", "--config", str(run_file), "--json"],
+                          check=False, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(proc.stdout)  # nothing but the JSON on stdout
+    assert result["run_id"] in _run_ids(result["store"])
+    assert len(result["sites"]) == 3 and all(site["num-examples"] > 0 for site in result["sites"])
+    assert all(0.0 <= site["auc"] <= 1.0 for site in result["sites"])
