@@ -1,14 +1,29 @@
-"""What every FedEye command shares: the console and clean exits on user errors."""
+"""What every FedEye command shares: the console, clean exits on user errors, tables and JSON.
+
+:func:`print_table` is the one place that decides how a table looks: a rich
+table on a terminal wide enough for it; one ``header  value`` block per row in
+a narrower one; tab-separated plain text, nothing cut, when stdout is a pipe
+or a file (like GitHub's ``gh`` CLI); JSON with ``--json``.
+
+>>> print_table(["id", "name"], [["r-1", "demo"]], title="runs")  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
+from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
 
 from fedeye.errors import FedEyeError
 
@@ -17,6 +32,17 @@ err_console = Console(stderr=True)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+Cell = str | Text  # a Text keeps its colour on a terminal and prints as its plain text elsewhere
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A table column: its header and, on a terminal, its alignment and style."""
+
+    header: str
+    justify: Literal["left", "right"] = "left"
+    style: str = ""
 
 
 def exits_cleanly(command: Callable[P, R]) -> Callable[P, R]:
@@ -34,3 +60,104 @@ def exits_cleanly(command: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def print_table(
+    columns: Sequence[str | Column],
+    rows: Iterable[Sequence[Cell]],
+    *,
+    title: str | None = None,
+    show_header: bool = True,
+    as_json: bool = False,
+    json_rows: Any = None,
+    target: Console | None = None,
+) -> None:
+    """Print a table the way the output can show it.
+
+    Parameters
+    ----------
+    columns : sequence of str or Column
+        Headers (and alignment on a terminal).
+    rows : iterable of sequences of str or rich Text
+        Cells, already formatted; plain strings are printed as they are (no rich markup).
+    title : str, optional
+        Shown above the table (a ``# title`` line in plain text).
+    show_header : bool
+        False for key/value tables.
+    as_json : bool
+        Print ``json_rows`` (default: one object per row, keyed by header) as JSON instead.
+    target : Console, optional
+        Where to print; the shared stdout console by default.
+    """
+    cols = [c if isinstance(c, Column) else Column(c) for c in columns]
+    out, materialised = target or console, [list(row) for row in rows]
+    if as_json:
+        print_json(json_rows if json_rows is not None else _rows_as_dicts(cols, materialised))
+    elif not out.is_terminal:
+        _print_plain(out, plain_lines(cols, materialised, title=title, show_header=show_header))
+    else:
+        table = _rich_table(cols, materialised, title=title, show_header=show_header)
+        fits = out.measure(table, options=out.options.update_width(10_000)).maximum <= out.width
+        out.print(table if fits or not show_header else _records(cols, materialised, title=title))
+
+
+def print_json(payload: Any) -> None:
+    """Print ``payload`` as indented JSON (dataclasses, datetimes and paths included)."""
+    typer.echo(json.dumps(payload, indent=2, default=json_default))
+
+
+def json_default(value: object) -> Any:
+    """Encode what :mod:`json` cannot: datetimes (ISO 8601), paths, dataclasses."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def plain_lines(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, title: str | None = None,
+                show_header: bool = True) -> list[str]:
+    """The table as tab-separated lines: every cell whole, tabs and newlines in cells made spaces."""
+    lines = [f"# {title}"] if title else []
+    if show_header:
+        lines.append("\t".join(_plain(c.header) for c in columns))
+    lines.extend("\t".join(_plain(cell) for cell in row) for row in rows)
+    return lines
+
+
+def _rich_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, title: str | None,
+                show_header: bool) -> Table:
+    """A rich table that folds long cells in a narrow terminal instead of cutting them."""
+    table = Table(title=title, show_header=show_header, header_style="bold")
+    for column in columns:
+        table.add_column(column.header, justify=column.justify, style=column.style, overflow="fold")
+    for row in rows:
+        table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in row))
+    return table
+
+
+def _records(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, title: str | None) -> Group:
+    """A table too wide for the terminal, one ``header  value`` block per row (like psql's ``\\x``)."""
+    width = max((len(c.header) for c in columns), default=0)
+    parts: list[Text | Rule] = [Rule(title, align="left")] if title else []
+    for i, row in enumerate(rows):
+        if i:
+            parts.append(Rule(style="dim"))
+        parts.extend(Text.assemble((f"{c.header:<{width}}  ", "bold"), cell) for c, cell in zip(columns, row))
+    return Group(*parts)
+
+
+def _print_plain(out: Console, lines: list[str]) -> None:
+    out.file.write("".join(f"{line}\n" for line in lines))
+    out.file.flush()
+
+
+def _rows_as_dicts(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> list[dict[str, str]]:
+    return [{c.header: (cell.plain if isinstance(cell, Text) else cell) for c, cell in zip(columns, row)} for row in rows]
+
+
+def _plain(cell: Cell) -> str:
+    text = cell.plain if isinstance(cell, Text) else cell
+    return text.replace("\t", " ").replace("\r\n", " ").replace("\n", " ")

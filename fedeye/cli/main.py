@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from rich.table import Table
+from rich.text import Text
 
-from fedeye.cli._common import console, exits_cleanly
+from fedeye.cli._common import Cell, Column, JsonOption, console, err_console, exits_cleanly, print_json, print_table
 from fedeye.client.state import fedeye_home
 from fedeye.cli.benchmark import benchmark_app
 from fedeye.cli.dashboard import dashboard_command
@@ -24,7 +23,7 @@ from fedeye.cli.site_admin import site_approve, site_dashboard, site_deny, site_
 if TYPE_CHECKING:
     from fedeye.config import RunConfig
     from fedeye.compose.simulation import SimulationResult
-    from fedeye.server.store import RunDetail
+    from fedeye.server.store import SiteMetricRecord
 
 app = typer.Typer(
     name="fedeye",
@@ -51,6 +50,7 @@ app.add_typer(sites_app, name="sites")
 app.add_typer(benchmark_app, name="benchmark")
 
 Modality = Literal["fundus", "oct"]
+SITE_METRICS = ("auc", "accuracy", "sensitivity", "specificity")
 BackboneOption = Annotated[
     Path | None,
     typer.Option("--backbone-weights", help="Local timm- or RETFound-format checkpoint to start the backbone from."),
@@ -59,12 +59,15 @@ BackboneOption = Annotated[
 
 @site_app.command("check")
 @exits_cleanly
-def site_check(site_dir: Annotated[Path, typer.Argument(help="The site folder (with manifest.csv).")]) -> None:
+def site_check(
+    site_dir: Annotated[Path, typer.Argument(help="The site folder (with manifest.csv).")], as_json: JsonOption = False,
+) -> None:
     """Validate a site folder and print a summary; exit 1 listing every problem."""
-    from fedeye.sites.check import check_site, render_report
+    from fedeye.cli.site_check import print_check_report
+    from fedeye.sites.check import check_site
 
     report = check_site(site_dir)
-    render_report(report, console)
+    print_check_report(report, as_json=as_json)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -100,6 +103,7 @@ def simulate(
     config: Annotated[Path, typer.Option("--config", "-c", help="Run file (TOML).")],
     db: Annotated[str | None, typer.Option(help="Run store URL or SQLite path (default: FEDEYE_DB or output.dir).")] = None,
     backbone_weights: BackboneOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run and its per-site results as JSON (progress on stderr).")] = False,
 ) -> None:
     """Run any configured experiment in Flower's Simulation Engine."""
     from fedeye.config import load_run_config
@@ -107,7 +111,7 @@ def simulate(
     cfg = load_run_config(config)
     if db:
         cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"db": db})})
-    _simulate_and_report(_with_backbone(cfg, backbone_weights))
+    _simulate_and_report(_with_backbone(cfg, backbone_weights), as_json=as_json)
 
 
 def _with_backbone(cfg: RunConfig, weights: Path | None) -> RunConfig:
@@ -128,6 +132,7 @@ def demo(
     sites: Annotated[int, typer.Option(min=2, help="Number of synthetic hospitals.")] = 4,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
     backbone_weights: BackboneOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run and its per-site results as JSON (progress on stderr).")] = False,
 ) -> None:
     """Synthesize hospitals, federate a small ViT across them, report per site."""
     from fedeye.cli.demo import demo_config, prepare_demo_sites
@@ -135,9 +140,11 @@ def demo(
     out = out.resolve()
     os.environ.setdefault("FEDEYE_HOME", str(out))  # the simulated sites' audit logs go under DIR
     site_root = prepare_demo_sites(out, sites=sites)
-    console.print(f"[bold]FedEye demo[/]: {sites} synthetic hospitals in {site_root}")
+    (err_console if as_json else console).print(f"[bold]FedEye demo[/]: {sites} synthetic hospitals in {site_root}")
     cfg = _with_backbone(demo_config(out, site_root=site_root, rounds=rounds), backbone_weights)
-    result = _simulate_and_report(cfg)
+    result = _simulate_and_report(cfg, as_json=as_json)
+    if as_json:
+        return
     console.print(f"\nglobal model: [bold]{result.model_path}[/]\nrun store:    [bold]{result.store_url}[/]  (run {result.run_id})")
     console.print(f"audit logs:   [bold]{fedeye_home() / 'audit'}[/]  (what each site sent, one JSON line per message)")
     console.print("\nnext, try:")
@@ -151,34 +158,34 @@ def demo(
         console.print(f"  {line}")
 
 
-def _simulate_and_report(cfg: RunConfig) -> SimulationResult:
+def _simulate_and_report(cfg: RunConfig, *, as_json: bool = False) -> SimulationResult:
     from fedeye.cli.progress import RichProgress
     from fedeye.server.federation import open_store
     from fedeye.compose.simulation import simulate as run_sim
     from fedeye.server.preflight import simulation_sites
 
     sites = simulation_sites(cfg)  # every site checked before the display and Flower start
-    with RichProgress(console, rounds=cfg.training.rounds) as progress:
+    with RichProgress(err_console if as_json else console, rounds=cfg.training.rounds) as progress:
         result = run_sim(cfg, progress=progress, sites=sites)
     with open_store(cfg) as store:
         detail = store.get_run(result.run_id)
+    tested = sorted((m for m in detail.site_metrics if m.phase == "test"), key=lambda m: m.site)
+    if as_json:
+        print_json({"run_id": result.run_id, "store": result.store_url, "model": result.model_path,
+                    "sites": [{"site": m.site, "num-examples": m.num_examples, **m.metrics} for m in tested]})
+        return result
     console.print()
-    _print_site_table(detail, split=cfg.data.final_split)
+    _print_site_table(tested, split=cfg.data.final_split)
     return result
 
 
-def _print_site_table(detail: RunDetail, *, split: str) -> None:
-    rows = [m for m in detail.site_metrics if m.phase == "test"]
-    table = Table(title=f"final global model on each site's {split} split", header_style="bold")
-    for name in ("site", "AUC", "accuracy", "sensitivity", "specificity", "images"):
-        table.add_column(name, justify="left" if name == "site" else "right", no_wrap=name == "site")
-    for m in sorted(rows, key=lambda r: r.site):
-        table.add_row(m.site, *(_f(m.metrics.get(k)) for k in ("auc", "accuracy", "sensitivity", "specificity")), str(m.num_examples))
-    if rows:
-        mean = {k: _mean([r.metrics.get(k) for r in rows]) for k in ("auc", "accuracy", "sensitivity", "specificity")}
-        table.add_section()
-        table.add_row("[bold]federated mean", *(_f(mean[k]) for k in mean), str(sum(r.num_examples for r in rows)))
-    console.print(table)
+def _print_site_table(tested: list[SiteMetricRecord], *, split: str) -> None:
+    rows: list[list[Cell]] = [[m.site, *(_f(m.metrics.get(k)) for k in SITE_METRICS), str(m.num_examples)] for m in tested]
+    if tested:
+        mean = [_f(_mean([m.metrics.get(k) for m in tested])) for k in SITE_METRICS]
+        rows.append([Text("federated mean", style="bold"), *mean, str(sum(m.num_examples for m in tested))])
+    columns = [Column("site"), *(Column(h, justify="right") for h in ("AUC", "accuracy", "sensitivity", "specificity", "images"))]
+    print_table(columns, rows, title=f"final global model on each site's {split} split")
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -203,21 +210,16 @@ def evaluate(
 
     report = evaluate_model_on_site(model, data, split=split)
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        print_json(report)
         return
-    table = Table(title=f"{report['model']} on {report['site']} ({report['split']})", header_style="bold")
-    for name in ("AUC", "accuracy", "sensitivity", "specificity", "images", "positives"):
-        table.add_column(name, justify="right")
     m = report["metrics"]
-    table.add_row(*(_f(m[k]) for k in ("auc", "accuracy", "sensitivity", "specificity")), str(report["num_examples"]), str(report["num_positive"]))
-    console.print(table)
+    row = [*(_f(m[k]) for k in SITE_METRICS), str(report["num_examples"]), str(report["num_positive"])]
+    columns = [Column(h, justify="right") for h in ("AUC", "accuracy", "sensitivity", "specificity", "images", "positives")]
+    print_table(columns, [row], title=f"{report['model']} on {report['site']} ({report['split']})")
     if report["experts"]:
-        mix = Table(title="Which experts the router mixes for these images (mean weight)", header_style="bold")
-        mix.add_column("expert (site)")
-        mix.add_column("mean weight", justify="right")
-        for name, weight in sorted(report["experts"].items(), key=lambda kv: -kv[1]):
-            mix.add_row(name, f"{weight:.3f}")
-        console.print(mix)
+        mix = [[name, f"{weight:.3f}"] for name, weight in sorted(report["experts"].items(), key=lambda kv: -kv[1])]
+        print_table([Column("expert (site)"), Column("mean weight", justify="right")], mix,
+                    title="Which experts the router mixes for these images (mean weight)")
 
 
 def main() -> None:

@@ -68,7 +68,7 @@ class RichProgress:
     def _render(self) -> Group:
         table = Table(title=None, expand=False, header_style="bold")
         for name in ("site", "round", "train loss", "eval loss", "eval AUC", "state"):
-            table.add_column(name, justify="left" if name in ("site", "state") else "right", no_wrap=name == "site")
+            table.add_column(name, justify="left" if name in ("site", "state") else "right", overflow="fold")
         for site, row in sorted(self._rows.items()):
             table.add_row(site, row["round"], row["train"], row["val"], row["auc"], row["state"])
         return Group(self._bar, table)

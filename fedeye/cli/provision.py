@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
+import tomli_w
 import typer
 
 from fedeye.cli._common import console, exits_cleanly
@@ -69,16 +69,15 @@ def provision_coordinator(out_dir: Path, *, hosts: list[str], force: bool) -> li
 
 
 def _coordinator_toml(out_dir: Path, hosts: list[str]) -> str:
-    lines = [
-        "# Written by 'fedeye coordinator init'. ca.key and superlink.key are secret.",
-        f"hosts = [{', '.join(json.dumps(h) for h in hosts)}]",
-        f"ca_certfile = {json.dumps(str(out_dir / 'ca.crt'))}",
-        f"ca_keyfile = {json.dumps(str(out_dir / 'ca.key'))}",
-        f"ssl_certfile = {json.dumps(str(out_dir / 'superlink.crt'))}",
-        f"ssl_keyfile = {json.dumps(str(out_dir / 'superlink.key'))}",
-        f"authorized_sites = {json.dumps(str(out_dir / AUTHORIZED_SITES))}",
-    ]
-    return "\n".join(lines) + "\n"
+    settings = {
+        "hosts": hosts,
+        "ca_certfile": str(out_dir / "ca.crt"),
+        "ca_keyfile": str(out_dir / "ca.key"),
+        "ssl_certfile": str(out_dir / "superlink.crt"),
+        "ssl_keyfile": str(out_dir / "superlink.key"),
+        "authorized_sites": str(out_dir / AUTHORIZED_SITES),
+    }
+    return "# Written by 'fedeye coordinator init'. ca.key and superlink.key are secret.\n" + tomli_w.dumps(settings)
 
 
 # --- coordinator register-site -------------------------------------------------------
@@ -159,11 +158,12 @@ def site_init(
     force: ForceOption = False,
 ) -> None:
     """Check the site's data, then write site.toml and the node key pair (node.key, node.pub)."""
-    from fedeye.sites.check import check_site, render_report
+    from fedeye.cli.site_check import print_check_report
+    from fedeye.sites.check import check_site
 
     report = check_site(data)
     if not report.ok:
-        render_report(report, console)
+        print_check_report(report)
         console.print("[red]nothing written[/]: fix the site data and run 'fedeye site init' again.")
         raise typer.Exit(1)
     line = provision_site(out_dir, name=name, data=data, device=device, force=force)
@@ -190,14 +190,11 @@ def provision_site(out_dir: Path, *, name: str, data: Path, device: Literal["aut
 
 
 def _site_toml(cfg: SiteConfig, name: str) -> str:
-    return "\n".join([
-        f"# Site {name!s}, written by 'fedeye site init'. The coordinator cannot change this file.",
-        f"data = {json.dumps(str(cfg.data))}",
-        f"device = {json.dumps(cfg.device)}",
-        f"audit_log = {json.dumps(str(cfg.audit_log))}",
-        "",
-        "[privacy]",
-        f"require_dp = {str(cfg.privacy.require_dp).lower()}",
-        f"min_group_size = {cfg.privacy.min_group_size}",
-        "",
-    ])
+    settings = {
+        "data": str(cfg.data),
+        "device": cfg.device,
+        "audit_log": str(cfg.audit_log),
+        "privacy": {"require_dp": cfg.privacy.require_dp, "min_group_size": cfg.privacy.min_group_size},
+    }
+    header = f"# Site {name!s}, written by 'fedeye site init'. The coordinator cannot change this file.\n"
+    return header + tomli_w.dumps(settings)

@@ -14,6 +14,7 @@ import typer
 
 from fedeye.cli._common import console, exits_cleanly
 from fedeye.cli.runs import DbOption, RunIdArgument, default_store_dir
+from fedeye.server.report_data import load_report_data
 from fedeye.server.store import RunStore, resolve_db_url
 
 if TYPE_CHECKING:
@@ -37,5 +38,5 @@ def _write(run_id: str, out: Path, db: str | None) -> ReportPaths:
     from fedeye.fairness.report import write_report  # matplotlib loads only for reports
 
     with RunStore(resolve_db_url(db, default_dir=default_store_dir())) as store:
-        detail = store.get_run(run_id)
-    return write_report(detail, out)
+        data = load_report_data(store, run_id)
+    return write_report(data, out)

@@ -14,14 +14,14 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
-from rich.console import Console, Group
+from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
+from fedeye.cli._common import Cell, Column, JsonOption, print_json, print_table
 from fedeye.errors import FedEyeError
 from fedeye.server.store import (
     DB_ENV_VAR,
@@ -52,7 +52,6 @@ DbOption = Annotated[
         show_default=False,
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 RunIdArgument = Annotated[str, typer.Argument(help="Run id, or an unambiguous prefix of one.")]
 
 
@@ -117,28 +116,25 @@ def _fail(exc: FedEyeError) -> NoReturn:
 
 
 def _emit_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=2, default=_json_default))
+    print_json(payload)
 
 
 def _print_runs(runs: list[RunSummary]) -> None:
-    console = Console()
     if not runs:
-        console.print("No runs recorded yet; start one with `fedeye run`.")
+        typer.echo("No runs recorded yet; start one with `fedeye run`.")
         return
-    console.print(_runs_table(runs))
+    headers = ("id", "name", "status", "strategy", "sites", "rounds", "started", "duration")
+    print_table(headers, _runs_rows(runs), title="FedEye runs")
 
 
 def _print_detail(detail: RunDetail) -> None:
-    Console().print(_detail_view(detail))
+    print_table([Column("", style="bold"), Column("")], _header_rows(detail), show_header=False)
+    for title, columns, rows in _detail_tables(detail):
+        typer.echo()
+        print_table(columns, rows, title=title, show_header=title != "configuration")
 
 
 # --------------------------------------------------------------------------- JSON
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
 def _summary_json(run: RunSummary) -> dict[str, Any]:
@@ -214,111 +210,106 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> list[tuple[st
 
 
 # ------------------------------------------------------------------------- tables
+# Each table is (columns, rows); print_table shows it as a rich table on a terminal
+# and as full-width tab-separated text when piped.
+
+Rows = list[list[Cell]]
+TableSpec = tuple[str, list[Column], Rows]  # title, columns, rows
+RIGHT: Literal["right"] = "right"
 
 
-def _runs_table(runs: list[RunSummary]) -> Table:
-    table = Table(title="FedEye runs")
-    for header in ("id", "name", "status", "strategy", "sites", "rounds", "started", "duration"):
-        table.add_column(header, no_wrap=header in ("id", "started"))
-    for run in runs:
-        table.add_row(
-            run.run_id, run.name, _status_text(run.status), run.strategy, str(run.num_sites),
-            f"{run.rounds_done}/{run.num_rounds}", _format_time(run.started_at),
-            format_duration(run.duration()),
-        )
-    return table
+def _right(*headers: str) -> list[Column]:
+    return [Column(h, justify=RIGHT) for h in headers]
 
 
-def _detail_view(detail: RunDetail) -> Group:
-    parts: list[Any] = [_header_table(detail), _config_table(detail.config)]
+def _runs_rows(runs: list[RunSummary]) -> Rows:
+    return [
+        [run.run_id, run.name, _status_text(run.status), run.strategy, str(run.num_sites),
+         f"{run.rounds_done}/{run.num_rounds}", _format_time(run.started_at), format_duration(run.duration())]
+        for run in runs
+    ]
+
+
+def _detail_tables(detail: RunDetail) -> list[TableSpec]:
+    tables = [("configuration", [Column("key", style="cyan"), Column("value")], _config_rows(detail.config))]
     if detail.rounds:
-        parts.append(_rounds_table(detail.rounds))
+        tables.append(_rounds_table(detail.rounds))
     last = detail.last_evaluated_round()
     if last is not None:
-        evaluated = [m for m in detail.site_metrics if m.phase == "evaluate"]
-        parts.append(_sites_table([m for m in evaluated if m.server_round == last], f"sites, evaluation of round {last}"))
+        evaluated = [m for m in detail.site_metrics if m.phase == "evaluate" and m.server_round == last]
+        tables.append(_sites_table(evaluated, f"sites, evaluation of round {last}"))
     tested = [m for m in detail.site_metrics if m.phase == "test"]
     if tested:
-        parts.append(_sites_table(tested, "sites, final model on each site's held-out test split"))
+        tables.append(_sites_table(tested, "sites, final model on each site's held-out test split"))
+    tables.extend(_event_tables(detail))
+    return tables
+
+
+def _event_tables(detail: RunDetail) -> list[TableSpec]:
+    tables: list[TableSpec] = []
     events = [m for m in detail.site_metrics if m.status != "ok"]
     if events:
-        parts.append(_events_table(events))
+        tables.append(("site events (failed, missing, left for budget, rejected updates)",
+                       [Column(h) for h in ("round", "phase", "site", "status", "reason")], _events_rows(events)))
     if detail.privacy:
-        parts.append(_privacy_table(detail.privacy))
+        tables.append(_privacy_table(detail.privacy))
     if detail.artifacts:
-        parts.append(_artifacts_table(detail.artifacts))
-    return Group(*parts)
+        tables.append(("artifacts", [Column(h) for h in ("kind", "round", "path", "size", "sha256")],
+                       _artifacts_rows(detail.artifacts)))
+    return tables
 
 
-def _events_table(events: list[SiteMetricRecord]) -> Table:
-    table = Table(title="site events (failed, missing, left for budget, rejected updates)")
-    for header in ("round", "phase", "site", "status", "reason"):
-        table.add_column(header, no_wrap=header != "reason", overflow="fold")
-    for m in events:
-        table.add_row(str(m.server_round), m.phase, Text(m.site), _site_status(m.status), Text(m.reason or ""))
-    return table
+def _events_rows(events: list[SiteMetricRecord]) -> Rows:
+    return [[str(m.server_round), m.phase, m.site, _site_status(m.status), m.reason or ""] for m in events]
 
 
-def _privacy_table(ledger: tuple[PrivacyRecord, ...]) -> Table:
-    table = Table(title="privacy ledger (epsilon spent so far, per site per round)")
-    for header in ("round", "scope", "site", "epsilon", "budget", "delta", "sigma", "q", "steps", "accountant", "status"):
-        table.add_column(header, justify="left" if header in ("scope", "site", "accountant", "status") else "right", no_wrap=header == "site")
-    for e in ledger:
-        table.add_row(
-            str(e.server_round), e.scope, Text(e.site), f"{e.epsilon:.3f}", "-" if e.budget is None else f"{e.budget:g}",
-            f"{e.delta:.2e}", f"{e.noise_multiplier:.3f}", f"{e.sample_rate:.3f}", str(e.steps), e.accountant,
-            _site_status(e.status),
-        )
-    return table
+def _privacy_table(ledger: tuple[PrivacyRecord, ...]) -> TableSpec:
+    text = ("scope", "site", "accountant", "status")
+    headers = ("round", "scope", "site", "epsilon", "budget", "delta", "sigma", "q", "steps", "accountant", "status")
+    rows: Rows = [
+        [str(e.server_round), e.scope, e.site, f"{e.epsilon:.3f}", "-" if e.budget is None else f"{e.budget:g}",
+         f"{e.delta:.2e}", f"{e.noise_multiplier:.3f}", f"{e.sample_rate:.3f}", str(e.steps), e.accountant,
+         _site_status(e.status)]
+        for e in ledger
+    ]
+    columns = [Column(h, justify="left" if h in text else RIGHT) for h in headers]
+    return "privacy ledger (epsilon spent so far, per site per round)", columns, rows
 
 
-def _header_table(detail: RunDetail) -> Table:
+def _header_rows(detail: RunDetail) -> Rows:
     run = detail.run
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold")
-    grid.add_column()
-    grid.add_row("run", f"{run.run_id}  ({escape(run.name)})")
-    grid.add_row("status", _status_text(run.status))
-    grid.add_row("strategy", run.strategy)
-    grid.add_row("sites", str(run.num_sites))
-    grid.add_row("rounds", f"{run.rounds_done}/{run.num_rounds}")
-    grid.add_row("started", _format_time(run.started_at))
-    grid.add_row("ended", _format_time(run.ended_at))
-    grid.add_row("duration", format_duration(run.duration()))
+    rows: Rows = [
+        ["run", f"{run.run_id}  ({run.name})"],
+        ["status", _status_text(run.status)],
+        ["strategy", run.strategy],
+        ["sites", str(run.num_sites)],
+        ["rounds", f"{run.rounds_done}/{run.num_rounds}"],
+        ["started", _format_time(run.started_at)],
+        ["ended", _format_time(run.ended_at)],
+        ["duration", format_duration(run.duration())],
+    ]
     final = detail.final_model()
     if final is not None:
-        grid.add_row("final model", Text(final.path))
+        rows.append(["final model", final.path])
     if run.error:
-        grid.add_row("error", Text(run.error, style="red"))
-    return grid
+        rows.append(["error", Text(run.error, style="red")])
+    return rows
 
 
-def _config_table(config: Mapping[str, Any]) -> Table:
+def _config_rows(config: Mapping[str, Any]) -> Rows:
     pairs = flatten_config(config)
-    table = Table(title="configuration", show_header=False)
-    table.add_column("key", style="cyan")
-    table.add_column("value")
-    for key, value in pairs[:MAX_CONFIG_LINES]:
-        table.add_row(Text(key), Text(value))
+    rows: Rows = [[key, value] for key, value in pairs[:MAX_CONFIG_LINES]]
     if len(pairs) > MAX_CONFIG_LINES:
-        table.add_row("...", f"{len(pairs) - MAX_CONFIG_LINES} more; see --json")
-    return table
+        rows.append(["...", f"{len(pairs) - MAX_CONFIG_LINES} more; see --json"])
+    return rows
 
 
-def _rounds_table(rounds: tuple[RoundRecord, ...]) -> Table:
+def _rounds_table(rounds: tuple[RoundRecord, ...]) -> TableSpec:
     train_names = metric_names(r.train_metrics for r in rounds)
     eval_names = metric_names(r.eval_metrics for r in rounds)
-    table = Table(title="rounds (aggregated)")
-    table.add_column("round", justify="right")
-    table.add_column("trained", justify="right")
-    table.add_column("evaluated", justify="right")
-    for name in train_names:
-        table.add_column(f"train {name}", justify="right")
-    for name in eval_names:
-        table.add_column(f"eval {name}", justify="right")
-    for record in rounds:
-        table.add_row(*_round_cells(record, train_names, eval_names))
-    return table
+    headers = ["round", "trained", "evaluated", *(f"train {n}" for n in train_names), *(f"eval {n}" for n in eval_names)]
+    rows: Rows = [list(_round_cells(r, train_names, eval_names)) for r in rounds]
+    return "rounds (aggregated)", _right(*headers), rows
 
 
 def _round_cells(record: RoundRecord, train_names: list[str], eval_names: list[str]) -> list[str]:
@@ -333,33 +324,22 @@ def _round_cells(record: RoundRecord, train_names: list[str], eval_names: list[s
     ]
 
 
-def _sites_table(records: list[SiteMetricRecord], title: str) -> Table:
+def _sites_table(records: list[SiteMetricRecord], title: str) -> TableSpec:
     names = metric_names(r.metrics for r in records)
-    table = Table(title=title)
-    table.add_column("site", no_wrap=True)
-    table.add_column("status")
-    table.add_column("n images", justify="right")
-    for name in names:
-        table.add_column(name, justify="right")
-    for record in records:
-        table.add_row(
-            Text(record.site), _site_status(record.status), str(record.num_examples),
-            *(_format_value(record.metrics.get(name)) for name in names),
-        )
-    return table
+    columns = [Column("site"), Column("status"), *_right("n images", *names)]
+    rows: Rows = [
+        [r.site, _site_status(r.status), str(r.num_examples), *(_format_value(r.metrics.get(n)) for n in names)]
+        for r in records
+    ]
+    return title, columns, rows
 
 
 def _site_status(status: str) -> Text:
     return Text(status, style="green" if status == "ok" else "red")
 
 
-def _artifacts_table(artifacts: tuple[ArtifactRecord, ...]) -> Table:
-    table = Table(title="artifacts")
-    for header in ("kind", "round", "path", "size", "sha256"):
-        table.add_column(header, overflow="fold")
-    for artifact in artifacts:
-        table.add_row(
-            artifact.kind, _format_value(artifact.server_round), Text(artifact.path),
-            _format_size(artifact.size_bytes), artifact.sha256[:12],
-        )
-    return table
+def _artifacts_rows(artifacts: tuple[ArtifactRecord, ...]) -> Rows:
+    return [
+        [a.kind, _format_value(a.server_round), a.path, _format_size(a.size_bytes), a.sha256[:12]]
+        for a in artifacts
+    ]

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from fedeye.cli._common import console, exits_cleanly
+from fedeye.cli._common import JsonOption, console, exits_cleanly, print_table
 from fedeye.client.admin import RunRow, run_rows, site_home
 from fedeye.client.approval import ApprovalBook, decision_entry
 from fedeye.client.audit import append_decision
@@ -24,22 +22,13 @@ RunArg = Annotated[str, typer.Argument(help="The run id, as `fedeye site runs` l
 
 
 @exits_cleanly
-def site_runs(
-    site_dir: SiteDirOption,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
+def site_runs(site_dir: SiteDirOption, as_json: JsonOption = False) -> None:
     """List the runs that asked for this site's data: requests, decisions, rounds joined, bytes sent."""
     rows = run_rows(site_home(site_dir))
-    if as_json:
-        typer.echo(json.dumps([asdict(r) for r in rows], indent=2, default=str))
-        return
-    if not rows:
+    if not rows and not as_json:
         console.print("no run has asked for this site's data yet")
         return
-    if not console.is_terminal:
-        _print_plain(rows)
-        return
-    console.print(_runs_table(rows))
+    print_table(_COLUMNS, [_cells(r) for r in rows], as_json=as_json, json_rows=[asdict(r) for r in rows])
 
 
 _COLUMNS = ("run", "name", "status", "by", "strategy", "rounds", "dp epsilon", "rounds joined", "KiB sent")
@@ -50,19 +39,6 @@ def _cells(row: RunRow) -> list[str]:
     epsilon = req.get("epsilon")
     return [row.run, row.name, row.status, row.decided_by, str(req.get("strategy", "")), str(req.get("rounds", "")),
             "-" if not req.get("dp") else f"{epsilon}", str(row.rounds_joined), f"{row.bytes_sent / 1024:.1f}"]
-
-
-def _runs_table(rows: list[RunRow]) -> Table:
-    table = Table(*_COLUMNS)
-    for row in rows:
-        table.add_row(*_cells(row))
-    return table
-
-
-def _print_plain(rows: list[RunRow]) -> None:
-    typer.echo("\t".join(_COLUMNS))
-    for row in rows:
-        typer.echo("\t".join(_cells(row)))
 
 
 @exits_cleanly

@@ -1,11 +1,15 @@
 """Fairness report of a recorded run: one self-contained HTML file and a Markdown summary.
 
-:func:`write_report` is the only function that touches the disk. It builds
-the report as plain data (:class:`Section` of tables, notes and figures as PNG
-bytes), renders it twice (HTML with inline CSS and base64 images; Markdown
-with the PNGs beside it) and writes everything at once: the files go to a
-temporary folder next to ``out`` first, so an error leaves no half-written
-report behind.
+A pure function of plain data: the caller fills a
+:class:`~fedeye.fairness.report_data.ReportData` (for a stored run,
+``build_report_data`` in the server package). :func:`build_sections`
+turns it into :class:`Section` of tables, notes and figures (PNG bytes);
+Jinja2 templates shipped in ``fedeye/fairness/templates`` render them as HTML
+(autoescaped, inline CSS, base64 images) and Markdown (PNGs beside it).
+
+:func:`write_report` is the only function that touches the disk. The files go
+to a temporary folder next to ``out`` first, so an error leaves no
+half-written report behind.
 
 Missing data (no test phase, no per-group metrics, no privacy ledger, a run
 that failed before any round) gives a short "not recorded" note, never an
@@ -15,7 +19,7 @@ error.
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import io
 import math
 import os
@@ -27,6 +31,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+from jinja2 import Environment, PackageLoader, StrictUndefined, Template
+from markupsafe import Markup, escape
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import MaxNLocator
 
@@ -41,7 +47,7 @@ from fedeye.fairness.metrics import (
     parse_group_metrics,
     slug,
 )
-from fedeye.server.store import PrivacyRecord, RunDetail, SiteMetricRecord
+from fedeye.fairness.report_data import PrivacyEntry, ReportData, SiteResult
 
 HTML_NAME = "report.html"
 MARKDOWN_NAME = "report.md"
@@ -76,6 +82,11 @@ class Table:
     caption: str = ""
     emphasis: int | None = None
 
+    @property
+    def text_columns(self) -> frozenset[int]:
+        """Indexes of the columns that hold text in the first row (aligned left)."""
+        return frozenset(i for i, v in enumerate(self.rows[0]) if isinstance(v, str)) if self.rows else frozenset()
+
 
 @dataclass(frozen=True)
 class Note:
@@ -108,13 +119,14 @@ class Section:
 # --------------------------------------------------------------------- entry point
 
 
-def write_report(detail: RunDetail, out: Path) -> ReportPaths:
+def write_report(data: ReportData, out: Path) -> ReportPaths:
     """Write the fairness report of a run into the folder ``out``.
 
     Parameters
     ----------
-    detail : RunDetail
-        The run, as :meth:`fedeye.server.store.RunStore.get_run` returns it.
+    data : ReportData
+        The run's results as plain data (see
+        ``build_report_data`` in the server package for a stored run).
     out : Path
         Folder to create (or update) with ``report.html`` (self-contained:
         inline CSS, base64 images, no network), ``report.md`` and its PNGs.
@@ -130,8 +142,8 @@ def write_report(detail: RunDetail, out: Path) -> ReportPaths:
         If ``out`` is an existing file or the folder cannot be written.
     """
     _check_target(out)
-    sections = build_sections(detail)
-    title = f"FedEye fairness report: {detail.run.name} ({detail.run.run_id})"
+    sections = build_sections(data)
+    title = f"FedEye fairness report: {data.run.name} ({data.run.run_id})"
     figures = [b for s in sections for b in s.blocks if isinstance(b, Figure)]
     files = {
         HTML_NAME: render_html(title, sections).encode(),
@@ -142,52 +154,52 @@ def write_report(detail: RunDetail, out: Path) -> ReportPaths:
     return ReportPaths(out, out / HTML_NAME, out / MARKDOWN_NAME, tuple(out / f.name for f in figures))
 
 
-def build_sections(detail: RunDetail) -> list[Section]:
+def build_sections(data: ReportData) -> list[Section]:
     """The report's content, in reading order (pure: no disk)."""
-    final, source = final_records(detail)
+    final, source = final_records(data)
     return [
-        _header_section(detail, source),
+        _header_section(data, source),
         _sites_section(final, source),
         _cross_site_section(final),
         _groups_section(final),
-        _privacy_section(detail.privacy),
-        _plots_section(detail, final),
+        _privacy_section(data.privacy),
+        _plots_section(data, final),
     ]
 
 
 # ------------------------------------------------------------------- selections
 
 
-def final_records(detail: RunDetail) -> tuple[list[SiteMetricRecord], str]:
+def final_records(data: ReportData) -> tuple[list[SiteResult], str]:
     """Each site's result for the final model, and a phrase saying where it comes from.
 
     The test phase (the latest round of it per site) when recorded, else the
     last evaluated round.
     """
-    tests = [m for m in detail.site_metrics if m.phase == "test"]
+    tests = [m for m in data.site_results if m.phase == "test"]
     if tests:
         latest = {m.site: m for m in sorted(tests, key=lambda m: m.server_round)}
         return sorted(latest.values(), key=lambda m: m.site), "final model on each site's held-out test split"
-    last = detail.last_evaluated_round()
+    last = data.last_evaluated_round()
     if last is None:
         return [], NOT_RECORDED
-    chosen = [m for m in detail.site_metrics if m.phase == "evaluate" and m.server_round == last]
+    chosen = [m for m in data.site_results if m.phase == "evaluate" and m.server_round == last]
     return sorted(chosen, key=lambda m: m.site), f"evaluation of round {last} (no test phase recorded)"
 
 
-def evaluate_series(detail: RunDetail, key: str) -> dict[str, list[tuple[int, float]]]:
+def evaluate_series(data: ReportData, key: str) -> dict[str, list[tuple[int, float]]]:
     """``site -> [(round, value)]`` of one metric in the evaluate phase; missing values skipped."""
     series: dict[str, list[tuple[int, float]]] = {}
-    for m in sorted(detail.site_metrics, key=lambda m: m.server_round):
+    for m in sorted(data.site_results, key=lambda m: m.server_round):
         value = m.metrics.get(key)
         if m.phase == "evaluate" and m.status == "ok" and _finite(value):
             series.setdefault(m.site, []).append((m.server_round, float(value)))  # type: ignore[arg-type]
     return series
 
 
-def last_privacy(ledger: Iterable[PrivacyRecord]) -> list[PrivacyRecord]:
+def last_privacy(ledger: Iterable[PrivacyEntry]) -> list[PrivacyEntry]:
     """The latest ledger row of each (scope, site)."""
-    latest: dict[tuple[str, str], PrivacyRecord] = {}
+    latest: dict[tuple[str, str], PrivacyEntry] = {}
     for row in sorted(ledger, key=lambda r: r.server_round):
         latest[(row.scope, row.site)] = row
     return [latest[k] for k in sorted(latest)]
@@ -196,9 +208,9 @@ def last_privacy(ledger: Iterable[PrivacyRecord]) -> list[PrivacyRecord]:
 # ---------------------------------------------------------------------- sections
 
 
-def _header_section(detail: RunDetail, source: str) -> Section:
-    run = detail.run
-    sites = sorted({m.site for m in detail.site_metrics})
+def _header_section(data: ReportData, source: str) -> Section:
+    run = data.run
+    sites = sorted({m.site for m in data.site_results})
     rows: list[tuple[Value, ...]] = [
         ("run", f"{run.run_id} ({run.name})"),
         ("status", run.status),
@@ -221,7 +233,7 @@ def _header_section(detail: RunDetail, source: str) -> Section:
     return Section("Run", (Table(("", ""), tuple(rows)), guide))
 
 
-def _sites_section(final: list[SiteMetricRecord], source: str) -> Section:
+def _sites_section(final: list[SiteResult], source: str) -> Section:
     if not final:
         return Section("Per-site results", (Note(f"Site results {NOT_RECORDED}."),))
     aucs = [m.metrics.get("auc") for m in final]
@@ -238,7 +250,7 @@ def _sites_section(final: list[SiteMetricRecord], source: str) -> Section:
     return Section("Per-site results", tuple(blocks))
 
 
-def _cross_site_section(final: list[SiteMetricRecord]) -> Section:
+def _cross_site_section(final: list[SiteResult]) -> Section:
     aucs = {m.site: m.metrics.get("auc") for m in final if _finite(m.metrics.get("auc"))}
     if not aucs:
         return Section("Across sites", (Note(f"Site AUCs {NOT_RECORDED}."),))
@@ -256,7 +268,7 @@ def _cross_site_section(final: list[SiteMetricRecord]) -> Section:
     return Section("Across sites", (Table(("measure", "value"), rows),))
 
 
-def _groups_section(final: list[SiteMetricRecord]) -> Section:
+def _groups_section(final: list[SiteResult]) -> Section:
     blocks: list[Block] = []
     for m in final:
         blocks.extend(_site_group_blocks(m))
@@ -273,7 +285,7 @@ def _groups_section(final: list[SiteMetricRecord]) -> Section:
     return Section("Groups within each site", (intro, *blocks))
 
 
-def _site_group_blocks(record: SiteMetricRecord) -> list[Block]:
+def _site_group_blocks(record: SiteResult) -> list[Block]:
     groups, fair = parse_group_metrics(record.metrics), parse_fair_metrics(record.metrics)
     if not groups and not fair:
         return []
@@ -292,7 +304,7 @@ def _site_group_blocks(record: SiteMetricRecord) -> list[Block]:
     ]
 
 
-def _privacy_section(ledger: Sequence[PrivacyRecord]) -> Section:
+def _privacy_section(ledger: Sequence[PrivacyEntry]) -> Section:
     rows = tuple(
         (r.site, r.scope, r.server_round, r.epsilon, r.budget, _share(r.epsilon, r.budget), f"{r.delta:.1e}", r.status)
         for r in last_privacy(ledger)
@@ -303,23 +315,23 @@ def _privacy_section(ledger: Sequence[PrivacyRecord]) -> Section:
     return Section("Privacy spent", (Table(header, rows, "Latest ledger entry per site."),))
 
 
-def _plots_section(detail: RunDetail, final: list[SiteMetricRecord]) -> Section:
+def _plots_section(data: ReportData, final: list[SiteResult]) -> Section:
     blocks: list[Block] = []
-    auc = evaluate_series(detail, "auc")
+    auc = evaluate_series(data, "auc")
     blocks.append(_line_figure("auc-over-rounds.png", auc, "AUC", "Each site's AUC over rounds (evaluate phase).")
                   if auc else Note(f"AUC over rounds {NOT_RECORDED}."))
     blocks.extend(_group_bar_figures(final))
-    es = es_auc_series(detail)
+    es = es_auc_series(data)
     blocks.append(_line_figure("es-auc-over-rounds.png", es, "ES-AUC", "ES-AUC over rounds: across sites (sites as groups) "
                                "and, per attribute, the mean over sites of the within-site ES-AUC.")
                   if es else Note(f"ES-AUC over rounds {NOT_RECORDED}."))
     return Section("Plots", tuple(blocks))
 
 
-def es_auc_series(detail: RunDetail) -> dict[str, list[tuple[int, float]]]:
+def es_auc_series(data: ReportData) -> dict[str, list[tuple[int, float]]]:
     """``line -> [(round, ES-AUC)]``: across sites, and each attribute's mean over sites."""
-    by_round: dict[int, list[SiteMetricRecord]] = {}
-    for m in detail.site_metrics:
+    by_round: dict[int, list[SiteResult]] = {}
+    for m in data.site_results:
         if m.phase == "evaluate" and m.status == "ok":
             by_round.setdefault(m.server_round, []).append(m)
     series: dict[str, list[tuple[int, float]]] = {}
@@ -353,7 +365,7 @@ def _line_figure(name: str, series: Mapping[str, list[tuple[int, float]]], ylabe
     return Figure(name, _png(fig), caption)
 
 
-def _group_bar_figures(final: list[SiteMetricRecord]) -> list[Block]:
+def _group_bar_figures(final: list[SiteResult]) -> list[Block]:
     per_site = {m.site: parse_group_metrics(m.metrics) for m in final}
     attributes = _ordered({a: None for groups in per_site.values() for a in groups})
     return [_group_bar_figure(a, {s: {g: v.get("auc") for g, v in groups.get(a, {}).items()} for s, groups in per_site.items()})
@@ -396,86 +408,32 @@ def _png(fig: MplFigure) -> bytes:
 # ------------------------------------------------------------------------ render
 
 
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1050px;margin:2em auto;padding:0 1em;color:#1d2733;line-height:1.45}
-h1{font-size:1.5em;border-bottom:2px solid #2a6f97;padding-bottom:.3em}
-h2{font-size:1.2em;color:#2a6f97;margin-top:2em}
-h3{font-size:1.05em}
-table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.92em}
-th,td{border:1px solid #d0d7de;padding:.3em .7em;text-align:right}
-th{background:#eef3f7}
-td:first-child,th:first-child,td.text,th.text{text-align:left}
-tr.emphasis td{font-weight:bold;background:#fff4e5}
-caption{caption-side:bottom;text-align:left;font-size:.85em;color:#57606a;padding-top:.3em}
-figure{margin:1em 0}
-figcaption{font-size:.85em;color:#57606a}
-img{max-width:100%}
-p.note{color:#3b4754}
-"""
-
-
-_TEXT_CLASS = ' class="text"'
-
-
 def render_html(title: str, sections: Sequence[Section]) -> str:
-    """The report as one HTML page: inline CSS, images as base64 data, no links out."""
-    body = "\n".join(_html_section(s) for s in sections)
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
-            f"<style>{_CSS}</style></head>\n<body>\n<h1>{_e(title)}</h1>\n{body}\n</body></html>\n")
+    """The report as one HTML page: inline CSS, images as base64 data, no links out.
 
-
-def _html_section(section: Section) -> str:
-    tag = f"h{section.level}"
-    return f"<{tag}>{_e(section.title)}</{tag}>\n" + "\n".join(_html_block(b) for b in section.blocks)
-
-
-def _html_block(block: Block) -> str:
-    if isinstance(block, Note):
-        return f"<p class=\"note\">{_bold_html(block.text)}</p>"
-    if isinstance(block, Figure):
-        data = base64.b64encode(block.png).decode("ascii")
-        return (f"<figure><img alt=\"{_e(block.caption)}\" src=\"data:image/png;base64,{data}\">"
-                f"<figcaption>{_e(block.caption)}</figcaption></figure>")
-    return _html_table(block)
-
-
-def _html_table(table: Table) -> str:
-    caption = f"<caption>{_e(table.caption)}</caption>" if table.caption else ""
-    text_columns = {i for i, v in enumerate(table.rows[0]) if isinstance(v, str)} if table.rows else set()
-    heads = (f"<th{_TEXT_CLASS if i in text_columns else ''}>{_e(h)}</th>" for i, h in enumerate(table.header))
-    head = "<tr>" + "".join(heads) + "</tr>" if any(table.header) else ""
-    rows = []
-    for i, row in enumerate(table.rows):
-        css = " class=\"emphasis\"" if i == table.emphasis else ""
-        cells = "".join(_html_cell(v) for v in row)
-        rows.append(f"<tr{css}>{cells}</tr>")
-    return f"<table>{caption}{head}{''.join(rows)}</table>"
-
-
-def _html_cell(value: Value) -> str:
-    return f"<td{_TEXT_CLASS if isinstance(value, str) else ''}>{_e(_fmt(value))}</td>"
+    Every text is escaped by the template engine (autoescape on).
+    """
+    return _template("report.html.j2", autoescape=True).render(title=title, sections=sections)
 
 
 def render_markdown(title: str, sections: Sequence[Section]) -> str:
     """The report as Markdown; figures are referenced as PNG files in the same folder."""
-    parts = [f"# {title}"]
-    for section in sections:
-        parts.append(f"{'#' * section.level} {section.title}")
-        parts.extend(_md_block(b) for b in section.blocks)
-    return "\n\n".join(parts) + "\n"
+    return _template("report.md.j2", autoescape=False).render(title=title, sections=sections)
 
 
-def _md_block(block: Block) -> str:
-    if isinstance(block, Note):
-        return block.text
-    if isinstance(block, Figure):
-        return f"![{block.caption}]({block.name})\n\n*{block.caption}*"
-    header = [h or " " for h in block.header]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for i, row in enumerate(block.rows):
-        cells = [_md_cell(_fmt(v)) for v in row]
-        lines.append("| " + " | ".join(f"**{c}**" if i == block.emphasis and c else c for c in cells) + " |")
-    return "\n".join(lines) + (f"\n\n*{block.caption}*" if block.caption else "")
+@functools.cache
+def _environment(autoescape: bool) -> Environment:
+    env = Environment(
+        loader=PackageLoader("fedeye.fairness", "templates"), autoescape=autoescape,
+        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+    )
+    env.filters.update(fmt=_fmt, bold=_bold_html, b64=_b64, md_cell=_md_cell, md_bold=_md_bold)
+    env.tests.update(note=lambda b: isinstance(b, Note), figure=lambda b: isinstance(b, Figure))
+    return env
+
+
+def _template(name: str, *, autoescape: bool) -> Template:
+    return _environment(autoescape).get_template(name)
 
 
 # ----------------------------------------------------------------------- writing
@@ -522,18 +480,22 @@ def _fmt(value: Value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else value
 
 
-def _e(text: str) -> str:
-    return html.escape(text, quote=True)
-
-
-def _bold_html(text: str) -> str:
+def _bold_html(text: str) -> Markup:
     """Escape, then turn ``**x**`` into ``<strong>x</strong>``."""
-    pieces = _e(text).split("**")
-    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(pieces))
+    pieces = str(escape(text)).split("**")
+    return Markup("".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(pieces)))
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode("ascii")
 
 
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_bold(text: str) -> str:
+    return f"**{text}**" if text else text
 
 
 def _time(moment: datetime | None) -> str:

@@ -12,9 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from fedeye.errors import ConfigError, Problem, errors_only
 from fedeye.sites.base import SPLITS, Sample, SiteFormat, open_site
 
@@ -103,47 +100,11 @@ def _label_names(site: SiteFormat) -> list[str]:
         return ["0", "1"]
 
 
-def render_report(report: CheckReport, console: Console) -> None:
-    """Print a summary table and, if any, every problem with its row and fix."""
-    if report.summary is not None:
-        console.print(_summary_table(report, report.summary))
-    if report.problems:
-        console.print(_problem_table(report.problems))
-    if report.ok:
-        warned = f" ({len(report.problems)} warning(s))" if report.problems else ""
-        console.print(f"[green]OK[/green]: site {report.site!r} passed every check{warned}.")
-        return
-    errors = len(errors_only(report.problems))
-    console.print(f"[red]{errors} problem(s)[/red] in site {report.site!r}; fix them and re-run the check.")
+def render_report(report: CheckReport, console: object) -> None:
+    """Deprecated: printing moved to the CLI, :func:`fedeye.cli.site_check.print_check_report`.
 
+    Kept only until ``cli/operate.py`` imports that function instead; remove then.
+    """
+    from fedeye.cli.site_check import print_check_report
 
-def _summary_table(report: CheckReport, summary: SiteSummary) -> Table:
-    table = Table(title=f"Site {report.site} ({report.format_name}: {report.root})", show_header=False)
-    table.add_column("item", style="bold")
-    table.add_column("value")
-    table.add_row("images", str(summary.num_samples))
-    table.add_row("patients", str(summary.num_patients))
-    table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in summary.per_label.items()))
-    for split in SPLITS:
-        counts = ", ".join(f"{k}: {v}" for k, v in sorted(summary.per_split_label[split].items()))
-        table.add_row(f"split {split}", f"{summary.per_split[split]} ({counts or 'empty'})")
-    table.add_row("attributes", ", ".join(f"{k} {v:.0%}" for k, v in summary.attribute_coverage.items()))
-    table.add_row("image size (WxH)", _sizes_text(summary))
-    return table
-
-
-def _sizes_text(summary: SiteSummary) -> str:
-    if summary.image_size_common is None:
-        return "-"
-    def fmt(wh: tuple[int, int] | None) -> str:
-        return f"{wh[0]}x{wh[1]}" if wh else "-"
-    return f"min {fmt(summary.image_size_min)}, max {fmt(summary.image_size_max)}, most common {fmt(summary.image_size_common)}"
-
-
-def _problem_table(problems: Sequence[Problem]) -> Table:
-    table = Table(title="Problems", show_lines=False)
-    for column in ("severity", "file", "row", "field", "problem", "what to do"):
-        table.add_column(column, overflow="fold")
-    for p in problems:
-        table.add_row(p.severity, Path(p.file).name, "" if p.row is None else str(p.row), p.field or "", p.message, p.fix)
-    return table
+    print_check_report(report, target=console)  # type: ignore[arg-type]

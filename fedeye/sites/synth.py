@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import tomli_w
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
@@ -493,11 +494,8 @@ def _write_site(folder: Path, profile: SiteProfile, images: list[SynthImage]) ->
     for image in images:
         Image.fromarray(image.pixels).save(folder / image.file, format="PNG", compress_level=1)
     _write_manifest(folder / "manifest.csv", images, profile.modality)
-    labels = '["normal", "glaucoma"]'
-    (folder / "site.toml").write_text(
-        f'name = "{profile.name}"\nmodality = "{profile.modality}"\ntask = "glaucoma"\nlabel_names = {labels}\n',
-        encoding="utf-8",
-    )
+    info = {"name": profile.name, "modality": profile.modality, "task": "glaucoma", "label_names": ["normal", "glaucoma"]}
+    (folder / "site.toml").write_text(tomli_w.dumps(info), encoding="utf-8")
     (folder / "profile.json").write_text(json.dumps(asdict(profile), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

@@ -34,9 +34,10 @@ def test_site_check_lists_every_problem_and_exits_1(tmp_path: Path) -> None:
     result = runner.invoke(app, ["site", "check", str(site)], env=WIDE)
     assert result.exit_code == 1
     out = result.output
-    assert re.search(r"manifest\.csv\s*│\s*2\s*│\s*image\s*│.*missing\.png' not found", out)
-    assert re.search(r"manifest\.csv\s*│\s*3\s*│\s*label\s*│\s*label 7 is outside", out)
-    assert re.search(r"manifest\.csv\s*│\s*3\s*│\s*image\s*│\s*cannot read image", out)
+    # piped output: one tab-separated line per problem (severity, file, row, field, problem, what to do)
+    assert re.search(r"^error\tmanifest\.csv\t2\timage\t.*missing\.png' not found", out, re.M)
+    assert re.search(r"^error\tmanifest\.csv\t3\tlabel\tlabel 7 is outside", out, re.M)
+    assert re.search(r"^error\tmanifest\.csv\t3\timage\tcannot read image", out, re.M)
 
 
 def test_sites_synth_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 from fedeye.config import RunConfig
 from fedeye.fairness.report import write_report
 from fedeye.compose.simulation import simulate
+from fedeye.server.report_data import build_report_data
 from fedeye.server.store import RunStore
 from fedeye.sites.split import split_patients
 from fedeye.sites.synth import synthesize_sites
@@ -57,6 +58,6 @@ def test_group_bias_shows_up_in_stored_metrics_and_report(tmp_path: Path) -> Non
         assert m.metrics["fair.sex.es-auc"] < m.metrics["auc"]
         assert m.metrics["fair.sex.gap"] == pytest.approx(abs(m.metrics["group.sex.m.auc"] - m.metrics["group.sex.f.auc"]))
 
-    paths = write_report(detail, tmp_path / "report")
+    paths = write_report(build_report_data(detail), tmp_path / "report")
     html = paths.html.read_text()
     assert "sex" in html and "ES-AUC" in html

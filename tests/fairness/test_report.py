@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from fedeye.fairness.report import ReportError, write_report
+from fedeye.fairness.report_data import PrivacyEntry, ReportData, RunInfo, SiteResult
+from fedeye.server.report_data import load_report_data
 from fedeye.server.store import RunStore
 from tests.fairness.conftest import SITE_NAMES, fill_store
 
 
 def test_html_is_self_contained_and_names_every_site(store: RunStore, tmp_path: Path) -> None:
-    detail = store.get_run(fill_store(store))
-    paths = write_report(detail, tmp_path / "report")
+    data = load_report_data(store, fill_store(store))
+    paths = write_report(data, tmp_path / "report")
 
     page = paths.html.read_text()
     assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", page)  # nothing fetched from a network
@@ -29,7 +31,7 @@ def test_html_is_self_contained_and_names_every_site(store: RunStore, tmp_path: 
 
 
 def test_markdown_and_pngs_are_written_beside_it(store: RunStore, tmp_path: Path) -> None:
-    paths = write_report(store.get_run(fill_store(store)), tmp_path / "out")
+    paths = write_report(load_report_data(store, fill_store(store)), tmp_path / "out")
     text = paths.markdown.read_text()
     assert {p.name for p in paths.images} >= {"auc-over-rounds.png", "es-auc-over-rounds.png", "group-auc-sex.png"}
     for image in paths.images:
@@ -41,7 +43,7 @@ def test_markdown_and_pngs_are_written_beside_it(store: RunStore, tmp_path: Path
 
 def test_missing_data_gives_notes_not_errors(store: RunStore, tmp_path: Path) -> None:
     run_id = fill_store(store, with_groups=False, with_test=False, with_privacy=False)
-    paths = write_report(store.get_run(run_id), tmp_path / "report")
+    paths = write_report(load_report_data(store, run_id), tmp_path / "report")
     page = paths.html.read_text()
     assert "Per-group metrics not recorded" in page and "Privacy ledger not recorded" in page
     assert "evaluation of round 3 (no test phase recorded)" in page
@@ -50,24 +52,24 @@ def test_missing_data_gives_notes_not_errors(store: RunStore, tmp_path: Path) ->
 def test_run_without_any_results(store: RunStore, tmp_path: Path) -> None:
     run_id = store.create_run(name="empty", strategy="fedavg", config={}, num_rounds=3, num_sites=2)
     store.finish_run(run_id, status="failed", error="no site could train in round 1")
-    paths = write_report(store.get_run(run_id), tmp_path / "report")
+    paths = write_report(load_report_data(store, run_id), tmp_path / "report")
     page = paths.html.read_text()
     assert "Site results not recorded" in page and "no site could train" in page
     assert paths.images == ()
 
 
 def test_existing_file_is_refused_and_existing_folder_is_updated(store: RunStore, tmp_path: Path) -> None:
-    detail = store.get_run(fill_store(store))
+    data = load_report_data(store, fill_store(store))
     target = tmp_path / "taken"
     target.write_text("keep me")
     with pytest.raises(ReportError, match="existing file"):
-        write_report(detail, target)
+        write_report(data, target)
     assert target.read_text() == "keep me"
 
     folder = tmp_path / "again"
-    write_report(detail, folder)
+    write_report(data, folder)
     (folder / "notes.txt").write_text("mine")
-    paths = write_report(detail, folder)
+    paths = write_report(data, folder)
     assert paths.html.is_file() and (folder / "notes.txt").read_text() == "mine"
 
 
@@ -79,5 +81,27 @@ def test_failure_while_rendering_leaves_nothing(store: RunStore, tmp_path: Path,
 
     monkeypatch.setattr(report, "render_markdown", broken)
     with pytest.raises(RuntimeError):
-        write_report(store.get_run(fill_store(store)), tmp_path / "report")
+        write_report(load_report_data(store, fill_store(store)), tmp_path / "report")
     assert not (tmp_path / "report").exists() and not list(tmp_path.glob(".report.tmp-*"))
+
+
+def test_report_from_plain_data_escapes_a_hostile_site_name(tmp_path: Path) -> None:
+    # Prepare: no store at all, a site name that is a script
+    hostile = "<script>alert('x')</script>"
+    run = RunInfo(run_id="r-1", name="<b>run</b>", status="finished", strategy="fedavg", num_sites=2,
+                  rounds_done=1, num_rounds=1)
+    results = tuple(SiteResult(site, phase, 1, "ok", 40, {"auc": auc, "accuracy": 0.7})
+                    for site, auc in ((hostile, 0.6), ("plain", 0.8)) for phase in ("evaluate", "test"))
+    privacy = (PrivacyEntry(hostile, "site", 1, 1.5, 1e-5, 8.0, "ok"),)
+
+    # Execute
+    paths = write_report(ReportData(run=run, site_results=results, privacy=privacy), tmp_path / "report")
+
+    # Assert: escaped everywhere (table cells, plot captions), same sections as before
+    page = paths.html.read_text()
+    assert "<script" not in page and "<b>run</b>" not in page
+    assert "&lt;script&gt;alert(" in page and "&lt;b&gt;run&lt;/b&gt;" in page
+    headings = re.findall(r"<h([12])>(.*?)</h\1>", page)
+    assert [h for _, h in headings][1:] == ["Run", "Per-site results", "Across sites", "Groups within each site",
+                                            "Privacy spent", "Plots"]
+    assert hostile in paths.markdown.read_text()  # Markdown is plain text, not a page

@@ -9,14 +9,15 @@ import pytest
 from rich.console import Console
 
 from fedeye.errors import SiteDataError
-from fedeye.sites.check import check_site, render_report
+from fedeye.cli.site_check import print_check_report
+from fedeye.sites.check import check_site
 
 from .conftest import SiteWriter, valid_rows
 
 
 def _render(report: object) -> str:
     buffer = io.StringIO()
-    render_report(report, Console(file=buffer, width=200))  # type: ignore[arg-type]
+    print_check_report(report, target=Console(file=buffer, width=200))  # type: ignore[arg-type]
     return buffer.getvalue()
 
 
