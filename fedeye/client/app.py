@@ -10,7 +10,9 @@ folder: the coordinator's run config cannot lift it.
 Replies carry only model arrays, aggregate metrics, the site's display name
 and status: never images, per-image predictions, labels or patient
 identifiers. Each reply is appended to the site's audit log
-(:mod:`fedeye.client.audit`) before it leaves. With DP on, a site whose next round would exceed its epsilon
+(:mod:`fedeye.client.audit`) before it leaves. An exception in a handler
+becomes a ``failed`` reply with a category and a site-local incident id; its
+text stays in the site's incident log (:mod:`fedeye.client.incidents`). With DP on, a site whose next round would exceed its epsilon
 budget does not train and replies ``left-budget`` (no arrays).
 """
 
@@ -26,6 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedeye.client.audit import audit_mod
+from fedeye.client.incidents import SiteIdentity, contains_failures, failure_guard_mod
 from fedeye.client.site import SiteJob
 from fedeye.client.training import (
     LocalObjective,
@@ -47,7 +50,22 @@ from fedeye import protocol as p
 if TYPE_CHECKING:
     from fedeye.privacy.planning import RoundPlan
 
-app = ClientApp(mods=[audit_mod])  # every outgoing reply is logged at the site first
+
+def _identify(msg: Message, context: Context) -> SiteIdentity:
+    """The failing site's name and folder, as far as they resolve (for its failed reply and incident log)."""
+    try:
+        job = _job(msg, context)
+    except Exception:  # noqa: BLE001  (the failure itself is logged by the caller)
+        return SiteIdentity()
+    try:
+        return SiteIdentity(name=job.site_name, folder=job.site_dir)
+    except Exception:  # noqa: BLE001
+        return SiteIdentity(folder=job.site_dir)
+
+
+# every outgoing reply is logged at the site first; exceptions become failed replies (fedeye.client.incidents)
+app = ClientApp(mods=[failure_guard_mod(_identify), audit_mod])
+contained = contains_failures(_identify)
 DP_STATE_KEY = "fedeye-dp-history"
 NORMS_STATE_KEY = "fedeye-local-norms"
 
@@ -68,6 +86,7 @@ def _reply(msg: Message, job: SiteJob, metrics: dict[str, float | int], *, array
 
 
 @app.train()
+@contained
 def train(msg: Message, context: Context) -> Message:
     """Load the global arrays, train on the local train split, return the update."""
     job = _job(msg, context)
@@ -172,6 +191,7 @@ def _save_dp_history(context: Context, history: list[MechanismStep]) -> None:
 
 
 @app.evaluate()
+@contained
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global arrays on the split named in the message (default val)."""
     job = _job(msg, context)
