@@ -97,13 +97,13 @@ def new_incident_id() -> str:
 
 def failure_reply(msg: Message, *, category: p.FailureCategory, incident: str, site_name: str | None) -> Message:
     """The reply of a failed message: status, category, incident id, a fixed reason; no arrays."""
-    site: dict[str, str] = {
+    site = ConfigRecord({
         p.SITE_STATUS: p.SiteStatus.FAILED.value, p.SITE_CATEGORY: category.value, p.SITE_INCIDENT: incident,
         p.SITE_REASON: FAILURE_REASONS[category].format(incident=incident),
-    }
+    })
     if site_name:
         site[p.SITE_NAME] = site_name
-    content = RecordDict({p.METRICS: MetricRecord({p.NUM_EXAMPLES: 0}), p.SITE: ConfigRecord(site)})
+    content = RecordDict({p.METRICS: MetricRecord({p.NUM_EXAMPLES: 0}), p.SITE: site})
     return Message(content=content, reply_to=msg)
 
 
