@@ -148,6 +148,7 @@ def demo(
 
 def _simulate_and_report(cfg: RunConfig) -> SimulationResult:
     from fedeye.cli.progress import RichProgress
+    from fedeye.errors import FederationError
     from fedeye.server.federation import open_store
     from fedeye.compose.simulation import simulate as run_sim
     from fedeye.server.preflight import simulation_sites
@@ -157,6 +158,8 @@ def _simulate_and_report(cfg: RunConfig) -> SimulationResult:
         result = run_sim(cfg, progress=progress, sites=sites)
     with open_store(cfg) as store:
         detail = store.get_run(result.run_id)
+    if detail.run.status != "finished":  # the ServerApp raises when a run fails; this is the store's word on it
+        raise FederationError(f"run {result.run_id} ended {detail.run.status}: {detail.run.error or 'no reason recorded'}")
     console.print()
     _print_site_table(detail, split=cfg.data.final_split)
     return result

@@ -38,7 +38,9 @@ from fedeye.server.store import (
 PREFERRED_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "loss", "site.worst-auc", "site.gap")
 NUM_EXAMPLES_KEY = "num-examples"
 MAX_CONFIG_LINES = 30
-STATUS_STYLE = {"running": "yellow", "finished": "green", "failed": "red", "stopped": "magenta"}
+STATUS_STYLE = {"running": "yellow", "finished": "green", "failed": "red", "stopped": "magenta", "interrupted": "magenta",
+                "stale": "dim"}
+STALE_NOTE = "its process ({owner}) is gone or has sent no heartbeat since {since}; it will not finish by itself"
 
 DbOption = Annotated[
     str | None,
@@ -289,7 +291,10 @@ def _header_table(detail: RunDetail) -> Table:
     if final is not None:
         grid.add_row("final model", Text(final.path))
     if run.error:
-        grid.add_row("error", Text(run.error, style="red"))
+        grid.add_row("interrupted" if run.status == "interrupted" else "error", Text(run.error, style="red"))
+    if run.status == "stale":
+        since = _format_time(run.heartbeat_at or run.started_at)
+        grid.add_row("stale", Text(STALE_NOTE.format(owner=run.owner or "unknown", since=since), style="red"))
     return grid
 
 
@@ -343,14 +348,16 @@ def _sites_table(records: list[SiteMetricRecord], title: str) -> Table:
         table.add_column(name, justify="right")
     for record in records:
         table.add_row(
-            Text(record.site), _site_status(record.status), str(record.num_examples),
+            Text(record.site), _site_status(record.status, record.reason), str(record.num_examples),
             *(_format_value(record.metrics.get(name)) for name in names),
         )
     return table
 
 
-def _site_status(status: str) -> Text:
-    return Text(status, style="green" if status == "ok" else "red")
+def _site_status(status: str, reason: str | None = None) -> Text:
+    """A site's status; a failed one with its category and incident id: ``failed: data-error (incident ...)``."""
+    label = f"{status}: {reason}" if status == "failed" and reason else status
+    return Text(label, style="green" if status == "ok" else "red")
 
 
 def _artifacts_table(artifacts: tuple[ArtifactRecord, ...]) -> Table:
