@@ -62,6 +62,11 @@ class StrategyConfig(_Section):
     min_evaluate_nodes: int = Field(default=2, ge=0, description="Fewest sites that evaluate in a round.")
     min_available_nodes: int = Field(default=2, ge=1, description="Sites that must be connected before a round starts.")
     round_timeout: float = Field(default=3600.0, gt=0, description="Seconds to wait for site replies in a round.")
+    on_too_few_sites: Literal["fail", "continue"] = Field(
+        default="fail",
+        description="A round in which fewer sites than min_train_nodes trained: fail the run, or continue "
+        "(Flower's own behaviour: aggregate whatever arrived, keep the model if nothing did).",
+    )
     fairness_q: float = Field(
         default=2.0, ge=0, description="fairfedavg only: q of q-FFL; site weights grow with loss**q (0 = FedAvg)."
     )

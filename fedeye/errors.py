@@ -91,3 +91,18 @@ class DeploymentError(FedEyeError):
 
 class SiteStateError(FedEyeError):
     """A site's state folder (approvals, ledger, cache) cannot be read or holds no such entry."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by a signal (Ctrl-C, SIGTERM): the run is recorded ``interrupted``.
+
+    Like :class:`KeyboardInterrupt` (and unlike :class:`FedEyeError`) it passes
+    through ``except Exception``, so the frameworks a run goes through
+    (Flower, Ray) let it reach the CLI, which exits 130 (SIGINT) or 143 (SIGTERM).
+    """
+
+    def __init__(self, signal_name: str, run_id: str | None = None) -> None:
+        self.signal_name = signal_name
+        self.run_id = run_id
+        run = f"run {run_id}" if run_id else "the run"
+        super().__init__(f"{run} was interrupted by {signal_name}")

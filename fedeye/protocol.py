@@ -18,6 +18,7 @@ global model, or the part a site is asked to train) and :data:`CONFIG`
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Final
 
@@ -151,3 +152,25 @@ def arrays_of(content: RecordDict) -> ArrayRecord:
 def metrics_of(content: RecordDict) -> MetricRecord:
     """The aggregate metrics of a reply."""
     return content.metric_records[METRICS]
+
+
+_INCIDENT_ID = re.compile(r"[0-9a-f]{6,32}")
+
+
+def site_failure(content: RecordDict) -> tuple[FailureCategory, str | None]:
+    """A failed reply's category and incident id, and nothing else of what the site wrote.
+
+    A category FedEye does not know reads as ``internal``; an incident id that
+    is not 6-32 lowercase hex characters reads as None, so no free text from a
+    site passes through here.
+
+    >>> from flwr.app import ConfigRecord
+    >>> site_failure(RecordDict({SITE: ConfigRecord({SITE_CATEGORY: "data-error", SITE_INCIDENT: "0a1b2c3d4e5f"})}))
+    (<FailureCategory.DATA_ERROR: 'data-error'>, '0a1b2c3d4e5f')
+    """
+    try:
+        category = FailureCategory(site_field(content, SITE_CATEGORY))
+    except ValueError:
+        category = FailureCategory.INTERNAL
+    incident = site_field(content, SITE_INCIDENT)
+    return category, incident if _INCIDENT_ID.fullmatch(incident) else None

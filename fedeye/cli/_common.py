@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import signal
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from fedeye.errors import FedEyeError
+from fedeye.errors import FedEyeError, RunInterrupted
 
 console = Console()
 err_console = Console(stderr=True)
@@ -48,6 +49,9 @@ class Column:
 def exits_cleanly(command: Callable[P, R]) -> Callable[P, R]:
     """Turn a :class:`FedEyeError` into its message on stderr and exit code 1.
 
+    A run stopped by a signal (:class:`RunInterrupted`) exits 128 + the
+    signal's number (130 for Ctrl-C, 143 for SIGTERM), as a shell does.
+
     Anything else is a bug and keeps its traceback.
     """
 
@@ -58,6 +62,9 @@ def exits_cleanly(command: Callable[P, R]) -> Callable[P, R]:
         except FedEyeError as err:
             err_console.print(f"[bold red]error:[/] {escape(str(err))}")
             raise typer.Exit(1) from None
+        except RunInterrupted as err:
+            err_console.print(f"[bold yellow]interrupted:[/] {escape(str(err))}; it is recorded as interrupted")
+            raise typer.Exit(128 + int(getattr(signal, err.signal_name, signal.SIGINT))) from None
 
     return wrapper
 

@@ -160,6 +160,7 @@ def demo(
 
 def _simulate_and_report(cfg: RunConfig, *, as_json: bool = False) -> SimulationResult:
     from fedeye.cli.progress import RichProgress
+    from fedeye.errors import FederationError
     from fedeye.server.federation import open_store
     from fedeye.compose.simulation import simulate as run_sim
     from fedeye.server.preflight import simulation_sites
@@ -169,6 +170,8 @@ def _simulate_and_report(cfg: RunConfig, *, as_json: bool = False) -> Simulation
         result = run_sim(cfg, progress=progress, sites=sites)
     with open_store(cfg) as store:
         detail = store.get_run(result.run_id)
+    if detail.run.status != "finished":  # the ServerApp raises when a run fails; this is the store's word on it
+        raise FederationError(f"run {result.run_id} ended {detail.run.status}: {detail.run.error or 'no reason recorded'}")
     tested = sorted((m for m in detail.site_metrics if m.phase == "test"), key=lambda m: m.site)
     if as_json:
         print_json({"run_id": result.run_id, "store": result.store_url, "model": result.model_path,

@@ -38,7 +38,9 @@ from fedeye.server.store import (
 PREFERRED_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "loss", "site.worst-auc", "site.gap")
 NUM_EXAMPLES_KEY = "num-examples"
 MAX_CONFIG_LINES = 30
-STATUS_STYLE = {"running": "yellow", "finished": "green", "failed": "red", "stopped": "magenta"}
+STATUS_STYLE = {"running": "yellow", "finished": "green", "failed": "red", "stopped": "magenta", "interrupted": "magenta",
+                "stale": "dim"}
+STALE_NOTE = "its process ({owner}) is gone or has sent no heartbeat since {since}; it will not finish by itself"
 
 DbOption = Annotated[
     str | None,
@@ -292,7 +294,10 @@ def _header_rows(detail: RunDetail) -> Rows:
     if final is not None:
         rows.append(["final model", final.path])
     if run.error:
-        rows.append(["error", Text(run.error, style="red")])
+        rows.append(["interrupted" if run.status == "interrupted" else "error", Text(run.error, style="red")])
+    if run.status == "stale":
+        since = _format_time(run.heartbeat_at or run.started_at)
+        rows.append(["stale", Text(STALE_NOTE.format(owner=run.owner or "unknown", since=since), style="red")])
     return rows
 
 
@@ -328,14 +333,16 @@ def _sites_table(records: list[SiteMetricRecord], title: str) -> TableSpec:
     names = metric_names(r.metrics for r in records)
     columns = [Column("site"), Column("status"), *_right("n images", *names)]
     rows: Rows = [
-        [r.site, _site_status(r.status), str(r.num_examples), *(_format_value(r.metrics.get(n)) for n in names)]
+        [r.site, _site_status(r.status, r.reason), str(r.num_examples), *(_format_value(r.metrics.get(n)) for n in names)]
         for r in records
     ]
     return title, columns, rows
 
 
-def _site_status(status: str) -> Text:
-    return Text(status, style="green" if status == "ok" else "red")
+def _site_status(status: str, reason: str | None = None) -> Text:
+    """A site's status; a failed one with its category and incident id: ``failed: data-error (incident ...)``."""
+    label = f"{status}: {reason}" if status == "failed" and reason else status
+    return Text(label, style="green" if status == "ok" else "red")
 
 
 def _artifacts_rows(artifacts: tuple[ArtifactRecord, ...]) -> Rows:

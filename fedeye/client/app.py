@@ -10,7 +10,9 @@ folder: the coordinator's run config cannot lift it.
 Replies carry only model arrays, aggregate metrics, the site's display name
 and status: never images, per-image predictions, labels or patient
 identifiers. Each reply is appended to the site's audit log
-(:mod:`fedeye.client.audit`) before it leaves. With DP on, a site whose next round would exceed its epsilon
+(:mod:`fedeye.client.audit`) before it leaves. An exception in a handler
+becomes a ``failed`` reply with a category and a site-local incident id; its
+text stays in the site's incident log (:mod:`fedeye.client.incidents`). With DP on, a site whose next round would exceed its epsilon
 budget does not train and replies ``left-budget`` (no arrays).
 """
 
@@ -29,6 +31,7 @@ from flwr.clientapp import ClientApp
 from fedeye import protocol as p
 from fedeye.client.approval import admission, refusal
 from fedeye.client.audit import audit_mod
+from fedeye.client.incidents import SiteIdentity, contains_failures, failure_guard_mod
 from fedeye.client.site import SiteJob
 from fedeye.client.training import (
     LocalObjective,
@@ -49,7 +52,22 @@ from fedeye.privacy.policy import DPSettings
 if TYPE_CHECKING:
     from fedeye.privacy.planning import RoundPlan
 
-app = ClientApp(mods=[audit_mod])  # every outgoing reply is logged at the site first
+
+def _identify(msg: Message, context: Context) -> SiteIdentity:
+    """The failing site's name and folder, as far as they resolve (for its failed reply and incident log)."""
+    try:
+        job = _job(msg, context)
+    except Exception:  # noqa: BLE001  (the failure itself is logged by the caller)
+        return SiteIdentity()
+    try:
+        return SiteIdentity(name=job.site_name, folder=job.site_dir)
+    except Exception:  # noqa: BLE001
+        return SiteIdentity(folder=job.site_dir)
+
+
+# every outgoing reply is logged at the site first; exceptions become failed replies (fedeye.client.incidents)
+app = ClientApp(mods=[failure_guard_mod(_identify), audit_mod])
+contained = contains_failures(_identify)
 DP_STATE_KEY = "fedeye-dp-history"
 NORMS_STATE_KEY = "fedeye-local-norms"
 
@@ -92,6 +110,7 @@ def _run_key(msg: Message) -> str:
 
 
 @app.train()
+@contained
 @_admitted
 def train(msg: Message, context: Context) -> Message:
     """Load the global arrays, train on the local train split, return the update."""
@@ -197,6 +216,7 @@ def _save_dp_history(context: Context, history: list[MechanismStep]) -> None:
 
 
 @app.evaluate()
+@contained
 @_admitted
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global arrays on the split named in the message (default val)."""

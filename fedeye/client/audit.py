@@ -10,7 +10,9 @@ and dtype, every metric and config value, and a SHA-256 of the payload.
 Where the file lives is decided only on the site's side, never by the
 coordinator's run config (see :func:`audit_path`). The log fails closed: if
 the file cannot be written the mod raises :class:`~fedeye.errors.AuditError`
-and the reply is not sent (Flower sends an error reply instead).
+and the reply is not sent: the ClientApp's outermost mod
+(:func:`fedeye.client.incidents.failure_guard_mod`) sends a content-free
+``failed`` reply instead and keeps the details in the site's incident log.
 
 Payload hash
     ``payload_sha256`` and ``payload_bytes`` are taken over Flower's own
@@ -217,15 +219,24 @@ def describe_reply(reply: Message, *, server_round: int | None = None, now: date
 # ------------------------------------------------------------------ file I/O
 
 
-def _make_private_dirs(folder: Path) -> None:
+def make_private_dirs(folder: Path) -> None:
+    """Create ``folder`` and its missing parents, each with mode 0700.
+
+    Safe when several sites create the same folder at once (simulated sites
+    start together): a folder another process made first is fine.
+    """
     missing = [p for p in (folder, *folder.parents) if not p.exists()]
     for path in reversed(missing):
-        path.mkdir(mode=0o700)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:  # another site made it between our check and mkdir
+            if not path.is_dir():
+                raise
 
 
 def _open_append(path: Path) -> int:
     try:
-        _make_private_dirs(path.parent)
+        make_private_dirs(path.parent)
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError as err:
         raise AuditError(

@@ -2,18 +2,27 @@
 
 Each site folder under ``data.root`` becomes one simulated SuperNode; the
 ServerApp runs in a thread of this process, so it can drive a progress
-display directly.
+display directly. Ctrl-C or SIGTERM ends the run ``interrupted``
+(:func:`stop_on_signals`); a run whose sites cannot train raises the
+ServerApp's :class:`~fedeye.errors.FederationError`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from fedeye.config import RunConfig
-from fedeye.server.federation import create_run, open_store, run_dir
+from fedeye.errors import RunInterrupted
+from fedeye.server.federation import Interruption, create_run, open_store, run_dir
 from fedeye.server.recorder import ProgressSink
 from fedeye.server.preflight import simulation_sites
 
@@ -48,13 +57,69 @@ def simulate(
     with open_store(cfg) as store:
         run_id = create_run(store, cfg, num_sites=len(sites))
         store_url = store.display_url
-    server_app = make_server_app(cfg, run_id=run_id, progress=progress)
-    with _flower_logging(quiet):
-        run_simulation(
-            server_app=server_app, client_app=client_app, num_supernodes=len(sites),
-            backend_config=_backend_config(cfg, quiet=quiet),
-        )
+    stop = Interruption()
+    server_app = make_server_app(cfg, run_id=run_id, progress=progress, stop=stop)
+    try:
+        with _flower_logging(quiet), stop_on_signals(stop):
+            run_simulation(
+                server_app=server_app, client_app=client_app, num_supernodes=len(sites),
+                backend_config=_backend_config(cfg, quiet=quiet),
+            )
+    except RunInterrupted:
+        pass  # a second signal: the run is recorded below
+    finally:
+        _shutdown_ray()
+    if stop.requested:
+        _mark_interrupted(cfg, run_id, stop.signal)
+        raise RunInterrupted(stop.signal, run_id)
     return SimulationResult(run_id=run_id, store_url=store_url, model_path=run_dir(cfg, run_id) / "global-model.pt")
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def stop_on_signals(stop: Interruption) -> Iterator[None]:
+    """While inside, the first Ctrl-C or SIGTERM asks the run to stop; a second one stops at once.
+
+    The first signal only sets ``stop``: the ServerApp notices it at its next
+    wait for replies (within a fraction of a second), records the run
+    ``interrupted`` and returns, and Flower shuts the simulation and Ray down
+    as after any run. A second signal raises
+    :class:`~fedeye.errors.RunInterrupted` right where the main thread is.
+    The previous handlers are restored on the way out. Outside the main
+    thread (where Python allows no signal handlers) nothing is installed.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if stop.requested:
+            raise RunInterrupted(name)
+        stop.request(name)
+
+    previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _mark_interrupted(cfg: RunConfig, run_id: str, signal_name: str) -> None:
+    """Record the run ``interrupted`` if the ServerApp did not get to it (it stopped before its first wait)."""
+    with open_store(cfg) as store:
+        if store.get_run(run_id).run.status in ("running", "stale"):
+            store.finish_run(run_id, status="interrupted", error=f"interrupted by {signal_name}")
+
+
+def _shutdown_ray() -> None:
+    """Flower shuts Ray down after a run; make sure of it however the run ended (no workers left behind)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def _backend_config(cfg: RunConfig, *, quiet: bool) -> dict[str, dict[str, int | float | str | bool]]:

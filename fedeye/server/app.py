@@ -17,21 +17,43 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedeye.config import RunConfig, from_flower_config
-from fedeye.errors import ConfigError
-from fedeye.server.federation import ResumePoint, create_run, open_store, resume_point, run_federation
+from fedeye.errors import ConfigError, RunInterrupted
+from fedeye.server.federation import (
+    Interruption,
+    ResumePoint,
+    StoppableGrid,
+    create_run,
+    open_store,
+    resume_point,
+    run_federation,
+)
 from fedeye.server.recorder import ProgressSink
 from fedeye.server.store import RunStore
 from fedeye.server.preflight import simulation_sites
 
 
 def make_server_app(
-    run_config: RunConfig | None = None, *, run_id: str | None = None, progress: ProgressSink | None = None
+    run_config: RunConfig | None = None, *, run_id: str | None = None, progress: ProgressSink | None = None,
+    stop: Interruption | None = None,
 ) -> ServerApp:
-    """A ServerApp running ``run_config`` (default: Flower's run config)."""
+    """A ServerApp running ``run_config`` (default: Flower's run config).
+
+    With ``stop`` (a simulation's signal handlers), the run ends
+    ``interrupted`` as soon as ``stop`` is requested, and the ServerApp returns.
+    """
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        if stop is None:
+            _main(grid, context)
+            return
+        try:
+            _main(StoppableGrid(grid, stop), context)  # type: ignore[arg-type]
+        except RunInterrupted:
+            pass  # recorded by run_federation; the simulation's caller raises it again
+
+    def _main(grid: Grid, context: Context) -> None:
         num_sites = len(list(grid.get_node_ids()))
         cfg = run_config or flower_run_config(context, num_nodes=num_sites)
         resume_id = str(context.run_config.get(RESUME_KEY, "")) if run_config is None else ""

@@ -36,7 +36,7 @@ class RunRow(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=64)  # e.g. "r-20261122-091500-ab12"
     name: str = Field(max_length=200)
-    status: str = Field(max_length=16, index=True)  # running/finished/failed/stopped
+    status: str = Field(max_length=16, index=True)  # running/finished/failed/stopped/interrupted
     strategy: str = Field(max_length=64)
     config: dict[str, Any] = _json_column(nullable=False)  # the full run config
     num_rounds: int
@@ -44,6 +44,11 @@ class RunRow(SQLModel, table=True):
     started_at: datetime = _time_column(nullable=False)
     ended_at: datetime | None = _time_column(nullable=True)
     error: str | None = Field(default=None)  # why a failed run failed
+    # the process that runs it (nullable: added later, migrated into older stores by the store)
+    owner_host: str | None = Field(default=None, max_length=255)
+    owner_pid: int | None = Field(default=None)
+    owner_started: float | None = Field(default=None)  # the process's start time (epoch seconds), if known
+    heartbeat_at: datetime | None = _time_column(nullable=True)  # renewed every phase of every round
 
 
 class RoundRow(SQLModel, table=True):

@@ -1,7 +1,9 @@
 """The run recorder: turns each round's site replies into store rows and progress.
 
 It is the :class:`~fedeye.strategies.base.RoundObserver` attached to the
-strategy, so every FedEye strategy is recorded the same way.
+strategy, so every FedEye strategy is recorded the same way. Every phase it
+sees also renews the run's heartbeat in the store (``runs list`` shows a run
+whose heartbeat stopped as ``stale``).
 
 A site that disappears mid-round is recorded ``missing`` (``on_missing``):
 the strategy reports the sampled nodes that never replied, and the recorder
@@ -13,6 +15,7 @@ it is not stored as a site of its own: the node is already reported missing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +26,6 @@ from flwr.app import Message
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.logger import log
 
-from fedeye.errors import FederationError
 from fedeye.fairness.metrics import cross_site_summary
 from fedeye.protocol import (
     DP_ACCOUNTANT,
@@ -39,7 +41,7 @@ from fedeye.protocol import (
     site_field,
 )
 from fedeye.server.store import PrivacyRecord, RunStore
-from fedeye.strategies.base import LEFT_BUDGET, Verdict
+from fedeye.strategies.base import LEFT_BUDGET, Verdict, judge_status
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,16 @@ class ProgressSink(Protocol):
 
 
 def site_report(server_round: int, phase: str, msg: Message, verdict: Verdict | None = None) -> SiteReport:
-    """Read a reply and the coordinator's verdict on it into a :class:`SiteReport`."""
+    """Read a reply and the coordinator's verdict on it into a :class:`SiteReport`.
+
+    Without a verdict the reply is judged by what it declares
+    (:func:`~fedeye.strategies.base.judge_status`). A failed site's report
+    holds its category and incident id, never text the site wrote.
+    """
     node_id = int(msg.metadata.src_node_id)
+    verdict = verdict or judge_status(msg)
     if msg.has_error():
-        return SiteReport(server_round, phase, f"node-{node_id}", node_id, 0, {}, "failed", str(msg.error.reason))
-    verdict = verdict or Verdict("ok")
+        return SiteReport(server_round, phase, f"node-{node_id}", node_id, 0, {}, "failed", verdict.reason)
     content = msg.content
     site = site_field(content, SITE_NAME, f"node-{node_id}")
     metrics = {k: float(v) for k, v in content[METRICS].items() if isinstance(v, (int, float))}
@@ -148,19 +155,21 @@ class RunRecorder:
             log(WARNING, "round %s: %s missing (%s)", server_round, site, reason)
 
     def on_round_start(self, server_round: int, phase: str, num_sites: int) -> None:
+        self.store.heartbeat(self.run_id)
         if self.progress:
             self.progress.round_started(server_round, phase, num_sites)
 
     def on_replies(
         self, server_round: int, phase: str, replies: list[Message], verdicts: list[Verdict] | None = None
     ) -> None:
-        verdicts = verdicts or [Verdict("ok")] * len(replies)
+        self.store.heartbeat(self.run_id)
+        verdicts = verdicts or [judge_status(m) for m in replies]
         judged = [(m, v) for m, v in zip(replies, verdicts, strict=True) if not from_superlink(m)]
         for msg in replies:
             if from_superlink(msg):
                 log(WARNING, "round %s (%s): the SuperLink could not reach a node: %s", server_round, phase, msg.error.reason)
         replies = [m for m, _ in judged]
-        reports = [site_report(server_round, phase, m, v) for m, v in judged]
+        reports = [self._named(site_report(server_round, phase, m, v)) for m, v in judged]
         self._learn_names(reports)
         for msg, report in zip(replies, reports):
             self._store_site(report)
@@ -168,14 +177,17 @@ class RunRecorder:
             if self.progress:
                 self.progress.site_reported(report)
         self._store_round(server_round, phase, reports)
-        if phase == "train" and reports and all(r.status in ("failed", "rejected") for r in reports):
-            reasons = "; ".join(f"{r.site}: {r.reason}" for r in reports)
-            raise FederationError(f"no site could train in round {server_round}: {reasons}")
+
+    def _named(self, report: SiteReport) -> SiteReport:
+        """A report whose reply did not name its site (a failure), named from earlier replies of its node."""
+        if report.site != f"node-{report.node_id}":
+            return report
+        return dataclasses.replace(report, site=self._names().get(report.node_id, report.site))
 
     def _learn_names(self, reports: list[SiteReport]) -> None:
         names = self._names()
         for report in reports:
-            if report.status != "failed":
+            if report.site != f"node-{report.node_id}":
                 names[report.node_id] = report.site
 
     def on_client_dp(

@@ -10,6 +10,11 @@ that a reader never blocks the writer and two writers queue instead of failing.
 
 Methods return frozen dataclasses, never live ORM rows.
 
+A run records the process that runs it and a heartbeat; a ``running`` run
+whose process is gone reads as ``stale`` (:mod:`fedeye.server.liveness`).
+Columns added after a table's first release are nullable and added to an
+existing database when it is opened, so older stores keep working.
+
 >>> store = RunStore("sqlite://")  # in memory
 >>> run_id = store.create_run(name="demo", strategy="fedavg", config={},
 ...                           num_rounds=3, num_sites=2)
@@ -35,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
-from sqlalchemy import Engine, event, func
+from sqlalchemy import Engine, event, func, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -48,10 +53,11 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from fedeye.errors import StoreError
+from fedeye.server.liveness import ProcessOwner, derive_status, this_process
 from fedeye.server.models import ArtifactRow, FlowerRunRow, PrivacyLedgerRow, RoundRow, RunRow, SiteMetricRow
 
-RunStatus = Literal["running", "finished", "failed", "stopped"]
-FinalStatus = Literal["finished", "failed", "stopped"]
+RunStatus = Literal["running", "finished", "failed", "stopped", "interrupted", "stale"]  # stale: derived, never stored
+FinalStatus = Literal["finished", "failed", "stopped", "interrupted"]
 Phase = Literal["train", "evaluate", "test"]
 SiteStatus = Literal["ok", "failed", "dropped", "left-budget", "rejected", "missing", "awaiting-approval", "denied"]
 PrivacyScope = Literal["site", "federation"]
@@ -59,6 +65,7 @@ PrivacyScope = Literal["site", "federation"]
 DB_ENV_VAR = "FEDEYE_DB"
 DB_FILE_NAME = "fedeye.db"
 SQLITE_BUSY_TIMEOUT_S = 30.0
+DEFAULT_ROUND_TIMEOUT_S = 3600.0  # StrategyConfig.round_timeout's default, for runs stored without one
 MAX_NODE_ID = 2**64 - 1  # Flower node ids are unsigned 64-bit integers
 _URL_HELP = (
     "pass a SQLAlchemy URL such as sqlite:////path/to/fedeye.db or "
@@ -84,6 +91,8 @@ class RunSummary:
     started_at: datetime
     ended_at: datetime | None
     error: str | None
+    owner: str | None = None  # "host:pid" of the process that runs it
+    heartbeat_at: datetime | None = None  # the owner's last sign of life (every phase of every round)
 
     def duration(self, *, now: datetime | None = None) -> timedelta:
         """Return how long the run took, or has been running so far."""
@@ -372,11 +381,26 @@ def _sha256_and_size(path: Path) -> tuple[str, int]:
 # ---------------------------------------------------------------- row -> record
 
 
+def _owner(row: RunRow) -> ProcessOwner | None:
+    if row.owner_host is None or row.owner_pid is None:
+        return None
+    return ProcessOwner(row.owner_host, row.owner_pid, row.owner_started)
+
+
+def _status(row: RunRow) -> RunStatus:
+    """The stored status, or ``stale`` for a running run whose process is gone (:mod:`fedeye.server.liveness`)."""
+    timeout = (row.config or {}).get("strategy", {}).get("round_timeout", DEFAULT_ROUND_TIMEOUT_S)
+    last = _maybe_utc(row.heartbeat_at) or _as_utc(row.started_at)
+    status = derive_status(row.status, owner=_owner(row), last_sign=last, round_timeout=float(timeout), now=_now())
+    return cast(RunStatus, status)
+
+
 def _summary(row: RunRow, rounds_done: int | None) -> RunSummary:
+    owner = _owner(row)
     return RunSummary(
         run_id=row.id,
         name=row.name,
-        status=cast(RunStatus, row.status),
+        status=_status(row),
         strategy=row.strategy,
         num_rounds=row.num_rounds,
         num_sites=row.num_sites,
@@ -384,6 +408,8 @@ def _summary(row: RunRow, rounds_done: int | None) -> RunSummary:
         started_at=_as_utc(row.started_at),
         ended_at=_maybe_utc(row.ended_at),
         error=row.error,
+        owner=None if owner is None else str(owner),
+        heartbeat_at=_maybe_utc(row.heartbeat_at),
     )
 
 
@@ -421,6 +447,37 @@ def _artifact_record(row: ArtifactRow) -> ArtifactRecord:
         size_bytes=row.size_bytes,
         created_at=_as_utc(row.created_at),
     )
+
+
+# ---------------------------------------------------------------------- migrations
+
+
+def _set_owner(row: RunRow, owner: ProcessOwner, now: datetime) -> None:
+    row.owner_host, row.owner_pid, row.owner_started = owner.host, owner.pid, owner.started
+    row.heartbeat_at = now
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns newer FedEye versions define to tables an older version created.
+
+    ``create_all`` makes missing tables only. Every column added after a
+    table's first release is nullable, so ``ALTER TABLE ... ADD COLUMN``
+    upgrades a store in place on SQLite and PostgreSQL alike; older FedEye
+    versions ignore the extra columns. Two processes upgrading at once: the
+    loser's ``ADD COLUMN`` fails and the column is there anyway.
+    """
+    for table in SQLModel.metadata.sorted_tables:
+        present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or not column.nullable:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+            except DBAPIError:
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
 
 
 # ------------------------------------------------------------------------ the store
@@ -483,23 +540,38 @@ class RunStore:
             run_id = _new_run_id(now)
             while session.get(RunRow, run_id) is not None:
                 run_id = _new_run_id(now)
-            session.add(
-                RunRow(
-                    id=run_id, name=name, status="running", strategy=strategy,
-                    config=_json_config(config), num_rounds=num_rounds,
-                    num_sites=num_sites, started_at=now,
-                )
+            row = RunRow(
+                id=run_id, name=name, status="running", strategy=strategy,
+                config=_json_config(config), num_rounds=num_rounds,
+                num_sites=num_sites, started_at=now,
             )
+            _set_owner(row, this_process(), now)
+            session.add(row)
         return run_id
 
     def reopen_run(self, run_id: str) -> tuple[RunStatus, str | None]:
-        """Set a run back to ``running`` (a resume); return its previous status and error."""
+        """Set a run back to ``running`` (a resume) owned by this process; return its previous status and error."""
         with self._session(write=True) as session:
             row = self._require_run(session, run_id)
-            previous = (cast(RunStatus, row.status), row.error)
+            previous = (_status(row), row.error)
             row.status, row.error, row.ended_at = "running", None, None
+            _set_owner(row, this_process(), _now())
             session.add(row)
         return previous
+
+    def claim_run(self, run_id: str) -> None:
+        """Record the calling process as the one running ``run_id`` (and renew its heartbeat)."""
+        with self._session(write=True) as session:
+            row = self._require_run(session, run_id)
+            _set_owner(row, this_process(), _now())
+            session.add(row)
+
+    def heartbeat(self, run_id: str) -> None:
+        """Renew the heartbeat of ``run_id``: its owner is alive (see :mod:`fedeye.server.liveness`)."""
+        with self._session(write=True) as session:
+            row = self._require_run(session, run_id)
+            row.heartbeat_at = _now()
+            session.add(row)
 
     def link_flower_run(self, run_id: str, *, flower_run_id: int, first_round: int, note: str | None = None) -> None:
         """Record that Flower run ``flower_run_id`` carries ``run_id`` from ``first_round`` on."""
@@ -671,6 +743,7 @@ class RunStore:
     def _create_tables(self) -> None:
         try:
             SQLModel.metadata.create_all(self._write_engine)
+            _add_missing_columns(self._write_engine)
         except DBAPIError as exc:
             self.close()
             raise StoreError(

@@ -4,7 +4,10 @@ FedEye strategies are Flower ``flwr.serverapp.strategy`` classes with an
 :class:`ObservedStrategy` mixin in front. Before the parent aggregates, the
 mixin judges every site reply:
 
-- an error reply is ``failed``;
+- an error reply, or a reply whose site status is ``failed``, is ``failed``;
+  the verdict's reason is the failure's category and the site's incident id
+  (``data-error (incident 0a1b2c3d4e5f)``), or Flower's error code: never any
+  text from the site;
 - a site that declined to train because its privacy budget is spent is
   ``left-budget`` and is not sampled for training again;
 - arrays with other names or shapes than the global model, non-finite values,
@@ -13,28 +16,40 @@ mixin judges every site reply:
 Only ``ok`` replies are aggregated, with their metrics cut to the names all of
 them share (Flower averages identical key sets only). Every reply, with its
 verdict, goes to the ``observer`` (the run recorder).
+
+Flower's ``min_train_nodes`` only sets how many nodes are *sampled*: its
+``aggregate_train`` averages whatever valid replies arrive, one or none
+(then the model silently stays as it was). FedEye checks explicitly: a round
+in which fewer sites trained than ``min_train_nodes`` (less those that left
+for budget in that round) raises :class:`TooFewSites`, which fails the run,
+unless ``on_too_few_sites = "continue"``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from logging import WARNING
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
+from flwr.common.logger import log
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedeye.errors import ConfigError, FedEyeError
+from fedeye.errors import ConfigError, FedEyeError, FederationError
 from fedeye.protocol import (
     ARRAYS,
     METRICS,
     NUM_EXAMPLES,
     SITE_CATEGORY,
+    SITE_NAME,
     SITE_REASON,
     SiteStatus,
+    site_failure,
     site_field,
     site_status,
 )
@@ -58,6 +73,10 @@ class Verdict:
 
 class BudgetExhausted(FedEyeError):
     """Every site has left the federation because its privacy budget is spent."""
+
+
+class TooFewSites(FederationError):
+    """Fewer sites trained in a round than ``min_train_nodes`` (and the run file says to fail)."""
 
 
 class RoundObserver(Protocol):
@@ -95,20 +114,39 @@ class _TrainingGrid:
         return getattr(self._grid, name)
 
 
+_ERROR_NAMES = {v: k.lower().replace("_", "-") for k, v in vars(ErrorCode).items() if isinstance(v, int)}
+
+
+def flower_error_reason(msg: Message) -> str:
+    """What the coordinator records of an error reply: Flower's error code only (its text may hold site paths)."""
+    code = int(msg.error.code)
+    return f"Flower error {code} ({_ERROR_NAMES.get(code, 'unknown')}); details stay at the site"
+
+
+def judge_status(msg: Message) -> Verdict:
+    """The verdict a reply earns by what it declares: failed (error or site status), left-budget, else ok."""
+    if msg.has_error():
+        return Verdict("failed", flower_error_reason(msg))
+    content = msg.content
+    status = site_status(content)
+    if status is SiteStatus.FAILED:
+        category, incident = site_failure(content)
+        return Verdict("failed", category.value + (f" (incident {incident})" if incident else ""))
+    if status is SiteStatus.LEFT_BUDGET:
+        return Verdict(LEFT_BUDGET, site_field(content, SITE_REASON, "privacy budget spent"))
+    return admission_verdict(content) or Verdict("ok")
+
+
 def judge_reply(msg: Message, global_arrays: ArrayRecord | None, *, max_update_norm: float | None) -> Verdict:
     """The verdict on one training reply (see the module docstring).
 
     ``global_arrays`` is what the reply must match: the global model, or the
     part of it this site was asked to send back.
     """
-    if msg.has_error():
-        return Verdict("failed", str(msg.error.reason))
+    declared = judge_status(msg)
+    if declared.status != "ok":
+        return declared
     content = msg.content
-    if site_status(content) is SiteStatus.LEFT_BUDGET:
-        return Verdict(LEFT_BUDGET, site_field(content, SITE_REASON, "privacy budget spent"))
-    admission = admission_verdict(content)
-    if admission is not None:
-        return admission
     if ARRAYS not in content.array_records:
         return Verdict("rejected", "the reply carries no model arrays")
     if global_arrays is None:
@@ -127,10 +165,27 @@ def admission_verdict(content: RecordDict) -> Verdict | None:
     return None
 
 
-def _evaluate_verdict(msg: Message) -> Verdict:
-    if msg.has_error():
-        return Verdict("failed", str(msg.error.reason))
-    return admission_verdict(msg.content) or Verdict("ok")
+def too_few_sites_reason(
+    server_round: int, replies: list[Message], verdicts: list[Verdict], *, sampled: int, min_train_nodes: int
+) -> str:
+    """``round 2: 1 of 3 sites trained, min_train_nodes = 2; failed: site-a data-error (incident ...)``."""
+    trained = sum(v.status == "ok" for v in verdicts)
+    others = [
+        f"{v.status}: {_reply_site(m)} {v.reason}".rstrip()
+        for m, v in zip(replies, verdicts) if v.status != "ok"
+    ]
+    silent = sampled - len(replies)
+    if silent > 0:
+        others.append(f"{silent} sent no reply")
+    detail = "; ".join(others)
+    return f"round {server_round}: {trained} of {sampled} sites trained, min_train_nodes = {min_train_nodes}" + (
+        f"; {detail}" if detail else ""
+    )
+
+
+def _reply_site(msg: Message) -> str:
+    node = f"node-{msg.metadata.src_node_id}"
+    return node if msg.has_error() else site_field(msg.content, SITE_NAME, node)
 
 
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -161,6 +216,7 @@ class ObservedStrategy:
 
     observer: RoundObserver | None = None
     max_update_norm: float | None = None
+    on_too_few_sites: str = "fail"  # or "continue" (StrategyConfig.on_too_few_sites)
     equal_weights: bool = False  # set by client-level DP
     num_nodes: int = 0  # connected nodes at the last configure_train
     num_sampled: int = 0  # nodes sampled to train at the last configure_train
@@ -228,7 +284,20 @@ class ObservedStrategy:
         self.departed.update(m.metadata.src_node_id for m, v in zip(replies, verdicts) if v.status in DEPARTED)
         if self.observer:
             self.observer.on_replies(server_round, "train", replies, verdicts)
+        self._check_enough_trained(server_round, replies, verdicts)
         return [m for m, v in zip(replies, verdicts) if v.status == "ok"]
+
+    def _check_enough_trained(self, server_round: int, replies: list[Message], verdicts: list[Verdict]) -> None:
+        """Raise :class:`TooFewSites` when fewer sites trained than ``min_train_nodes`` (see the module docstring)."""
+        left = sum(v.status == LEFT_BUDGET for v in verdicts)
+        minimum = int(getattr(self, "min_train_nodes", 0))
+        if sum(v.status == "ok" for v in verdicts) >= minimum - left:
+            return
+        reason = too_few_sites_reason(server_round, replies, verdicts, sampled=max(self.num_sampled, len(replies)),
+                                      min_train_nodes=minimum)
+        if self.on_too_few_sites == "fail":
+            raise TooFewSites(reason)
+        log(WARNING, "%s; continuing (strategy.on_too_few_sites = 'continue')", reason)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -244,7 +313,7 @@ class ObservedStrategy:
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
         report_missing(self.observer, server_round, "evaluate", set(self.evaluated_nodes), replies)
-        verdicts = [_evaluate_verdict(m) for m in replies]
+        verdicts = [judge_status(m) for m in replies]
         if self.observer:
             self.observer.on_replies(server_round, "evaluate", replies, verdicts)
         accepted = [m for m, v in zip(replies, verdicts) if v.status == "ok"]
@@ -301,4 +370,5 @@ def build_strategy(cfg: StrategyConfig, *, observer: RoundObserver | None = None
     strategy = _REGISTRY[cfg.name].from_config(cfg)
     strategy.observer = observer
     strategy.max_update_norm = cfg.max_update_norm
+    strategy.on_too_few_sites = cfg.on_too_few_sites
     return strategy  # type: ignore[no-any-return]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import typer
+from sqlmodel import Session
 from typer.testing import CliRunner
 
 from fedeye.cli.runs import build_runs_app, flatten_config, format_duration, metric_names
+from fedeye.server.models import RunRow
 from fedeye.server.store import RunStore
 
 WIDE = {"COLUMNS": "250"}  # rich reads the terminal width from here
@@ -186,3 +190,29 @@ def test_flatten_config() -> None:
     assert flatten_config({"a": {"b": 1, "c": "x"}, "d": [1, 2], "e": {}}) == [
         ("a.b", "1"), ("a.c", "x"), ("d", "[1, 2]"), ("e", "{}"),
     ]
+
+
+def test_run_of_a_dead_process_shows_stale(runner: CliRunner, app: typer.Typer, db: str) -> None:
+    store = RunStore(db)
+    run_id = store.create_run(name="killed", strategy="fedavg", config={}, num_rounds=3, num_sites=2)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    with Session(store._write_engine) as session, session.begin():
+        row = session.get(RunRow, run_id)
+        assert row is not None
+        row.owner_pid = gone.pid
+
+    listed = runner.invoke(app, ["runs", "list", "--db", db, "--json"])
+    shown = runner.invoke(app, ["runs", "show", run_id, "--db", db], env=WIDE)
+
+    assert json.loads(listed.stdout)[0]["status"] == "stale"
+    assert "stale" in shown.stdout and "it will not finish by itself" in shown.stdout
+
+
+def test_failed_site_shows_its_category_and_incident(runner: CliRunner, app: typer.Typer, db: str) -> None:
+    store = RunStore(db)
+    run_id = store.create_run(name="r", strategy="fedavg", config={}, num_rounds=1, num_sites=2)
+    store.record_site_metrics(run_id, server_round=1, phase="evaluate", site="site-a", node_id=1, num_examples=0,
+                              metrics={}, status="failed", reason="data-error (incident abc123abc123)")
+    shown = runner.invoke(app, ["runs", "show", run_id, "--db", db], env=WIDE)
+    assert "failed: data-error (incident abc123abc123)" in shown.stdout

@@ -10,9 +10,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.app.message.message import make_message
 
 from fedeye.client.app import app
+from fedeye.client.incidents import read_incidents
 from fedeye.client.site import site_dir_for
 from fedeye.config import RunConfig
-from fedeye.errors import ConfigError, SiteDataError
+from fedeye.errors import ConfigError
 from fedeye.models import build_model
 from fedeye.sites.base import open_site
 
@@ -91,10 +92,14 @@ def test_deployed_node_without_site_dir_gets_clear_error() -> None:
         site_dir_for(RunConfig(), {})
 
 
-def test_bad_site_folder_raises_site_data_error(tmp_path: Path, tiny_sites: Path) -> None:
+def test_bad_site_folder_fails_with_a_data_error_kept_at_the_site(tmp_path: Path, tiny_sites: Path) -> None:
     cfg = _config(tiny_sites)
-    with pytest.raises(SiteDataError, match="manifest.csv"):
-        app(_request(cfg, MessageType.TRAIN), _context({"site-dir": str(tmp_path)}))
+    site, state = tmp_path / "site", tmp_path / "state"
+    site.mkdir()
+    reply = app(_request(cfg, MessageType.TRAIN), _context({"site-dir": str(site), "state-dir": str(state)}))
+    assert reply.content["site"]["status"] == "failed" and reply.content["site"]["category"] == "data-error"
+    (incident,) = read_incidents(state)
+    assert "manifest.csv" in incident["message"] and incident["error_type"].endswith("SiteDataError")
 
 
 def _dp_config(tiny_sites: Path, *, epsilon: float, rounds: int = 3) -> RunConfig:

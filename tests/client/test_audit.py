@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import stat
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,6 +36,7 @@ from fedeye.client.audit import (
     audit_mod,
     audit_path,
     describe_reply,
+    ensure_audit_file,
     payload_bytes,
     read_audit,
 )
@@ -274,3 +279,30 @@ def test_real_dp_training_logs_epsilon_spent(real_run: RealRun, tmp_path: Path) 
 
     (entry,) = read_audit(log)
     assert entry["epsilon"] == reply.content["metrics"]["dp-epsilon"] > 0
+
+
+def _create_after(barrier: Any, path: Path) -> None:
+    barrier.wait()
+    ensure_audit_file(path)
+
+
+def test_many_sites_create_one_audit_folder_at_once(tmp_path: Path) -> None:
+    """The first demo on a fresh machine: simulated sites start together and race to make the folder."""
+    ctx = multiprocessing.get_context("fork")
+    folder = tmp_path / "home" / "audit"
+    barrier = ctx.Barrier(12)
+    procs = [ctx.Process(target=_create_after, args=(barrier, folder / f"site-{i}.jsonl")) for i in range(12)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=60)
+    assert [proc.exitcode for proc in procs] == [0] * 12
+    assert len(list(folder.iterdir())) == 12 and folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_threads_creating_one_audit_folder_all_succeed(tmp_path: Path) -> None:
+    folder = tmp_path / "a" / "b" / "audit"
+    barrier = threading.Barrier(16)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda i: _create_after(barrier, folder / f"{i}.jsonl"), range(16)))
+    assert len(results) == 16 and len(list(folder.iterdir())) == 16

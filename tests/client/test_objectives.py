@@ -14,7 +14,7 @@ from flwr.app.message.message import make_message
 from fedeye.client.app import app, norm_keys
 from fedeye.client.training import LocalObjective, mean_expert_weights, set_site_prototype, train_local
 from fedeye.config import RunConfig, TrainingConfig
-from fedeye.errors import ConfigError, ModelError
+from fedeye.client.incidents import _state_dir, read_incidents
 from fedeye.models import ModelConfig, build_model
 from fedeye.sites.base import open_site
 from fedeye.sites.dataset import SiteDataset
@@ -109,8 +109,8 @@ def test_prompt_mode_receives_only_prompt_parts_and_checks_the_backbone(tiny_sit
     assert not reply.has_error()
     assert all(is_prompt_key(k) or k.startswith("expert/") for k in reply.content["arrays"])
 
-    with pytest.raises(ModelError, match="frozen backbone .* differs from the coordinator's"):  # Flower sends it as an error reply
-        app(_request(cfg, prompt_parts, **{"expert-index": 0, BACKBONE_KEY: "0" * 64}), _context(site))
+    failed = app(_request(cfg, prompt_parts, **{"expert-index": 0, BACKBONE_KEY: "0" * 64}), _context(site))
+    assert failed.content["site"]["category"] == "model-error" and "arrays" not in failed.content
 
 
 def test_evaluation_reports_the_routers_mix_per_expert(tiny_sites: Path) -> None:
@@ -173,8 +173,10 @@ def test_a_site_requiring_dp_refuses_a_strategy_with_its_own_objective(tiny_site
     cfg = _cfg(tiny_sites)
     context = Context(run_id=1, node_id=7, node_config={"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)},
                       state=RecordDict(), run_config={})
-    with pytest.raises(ConfigError, match="requires DP-SGD, which this run's strategy"):
-        app(_request(cfg, _initial(cfg), **{"expert-index": 0}), context)
+    reply = app(_request(cfg, _initial(cfg), **{"expert-index": 0}), context)
+    assert reply.content["site"]["category"] == "config-error"
+    incidents = read_incidents(_state_dir(context.node_config, tiny_sites / "site-1", node_id=7))
+    assert "requires DP-SGD, which this run's strategy" in incidents[-1]["message"]
 
 
 def test_client_level_dp_with_prompt_experts_is_refused_in_the_config() -> None:

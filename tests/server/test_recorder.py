@@ -11,7 +11,6 @@ import time
 from flwr.app import ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
-from fedeye.errors import FederationError
 from fedeye.server.recorder import RunRecorder, SiteReport, site_report, weighted_mean
 from fedeye.server.store import RunStore
 
@@ -38,9 +37,16 @@ def test_site_report_reads_name_metrics_and_count() -> None:
     assert report == SiteReport(3, "evaluate", "Eye Clinic", 17, 40, {"auc": 0.8})
 
 
-def test_error_reply_is_a_failed_report() -> None:
-    report = site_report(1, "train", _error_reply(9, "disk full"))
-    assert report.status == "failed" and report.reason == "disk full" and report.node_id == 9
+def test_error_reply_is_a_failed_report_without_its_text() -> None:
+    report = site_report(1, "train", _error_reply(9, "disk full at /data/MRN-1234"))
+    assert report.status == "failed" and report.node_id == 9
+    assert report.reason == "Flower error 0 (unknown); details stay at the site"
+
+
+def _failed_reply(node_id: int, site: str, **fields: str) -> Message:
+    record = ConfigRecord({"name": site, "status": "failed", **fields})
+    content = RecordDict({"metrics": MetricRecord({"num-examples": 0}), "site": record})
+    return make_message(_metadata(node_id), content=content)
 
 
 def test_weighted_mean_skips_nan_and_failed() -> None:
@@ -63,11 +69,23 @@ def test_recorder_stores_sites_and_rounds(tmp_path: Path) -> None:
     assert detail.rounds[0].train_metrics == {"loss": 0.5} and detail.rounds[0].num_sites_trained == 1
 
 
-def test_round_where_no_site_trained_stops_the_run(tmp_path: Path) -> None:
+def test_failed_site_is_stored_with_category_and_incident_only(tmp_path: Path) -> None:
     store = RunStore(f"sqlite:///{tmp_path / 's.db'}")
     run_id = store.create_run(name="t", strategy="fedavg", config={}, num_rounds=1, num_sites=2)
-    with pytest.raises(FederationError, match="no site could train in round 1.*bad manifest"):
-        RunRecorder(store, run_id).on_replies(1, "train", [_error_reply(1, "bad manifest")])
+    leaky = _failed_reply(1, "a", category="data-error", incident="0a1b2c3d4e5f", reason="see /data/MRN-1234/x.png")
+    forged = _failed_reply(2, "b", category="/data/MRN-1234", incident="/data/MRN-1234")
+    RunRecorder(store, run_id).on_replies(1, "evaluate", [leaky, forged])
+    rows = {m.site: (m.status, m.reason) for m in store.get_run(run_id).site_metrics}
+    assert rows == {"a": ("failed", "data-error (incident 0a1b2c3d4e5f)"), "b": ("failed", "internal")}
+
+
+def test_failed_reply_without_a_name_is_named_from_earlier_rounds(tmp_path: Path) -> None:
+    store = RunStore(f"sqlite:///{tmp_path / 's.db'}")
+    run_id = store.create_run(name="t", strategy="fedavg", config={}, num_rounds=2, num_sites=1)
+    recorder = RunRecorder(store, run_id)
+    recorder.on_replies(1, "train", [_reply(4, "Eye Clinic", loss=0.1, **{"num-examples": 3})])
+    recorder.on_replies(2, "train", [_error_reply(4, "boom")])
+    assert [m.site for m in store.get_run(run_id).site_metrics] == ["Eye Clinic", "Eye Clinic"]
 
 
 def test_evaluation_round_stores_the_cross_site_view(tmp_path: Path) -> None:

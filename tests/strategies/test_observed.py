@@ -10,7 +10,7 @@ from flwr.app import ConfigRecord
 
 from fedeye.config import StrategyConfig
 from fedeye.strategies import build_strategy, list_strategies
-from fedeye.strategies.base import BudgetExhausted
+from fedeye.strategies.base import BudgetExhausted, TooFewSites
 from fedeye.models.prompt_arrays import EXPERT_KEY
 from tests.strategies.conftest import FakeGrid, array_record, reply
 
@@ -31,7 +31,8 @@ class Seen:
 
 def _strategy(name: str, observer: Seen, **cfg: Any) -> Any:
     """A strategy that has sent round 1 to NODES (server optimisers and expert banks need that)."""
-    strategy = build_strategy(StrategyConfig(name=name, min_train_nodes=1, min_available_nodes=1, **cfg), observer=observer)
+    settings = {"min_train_nodes": 1, "min_available_nodes": 1, **cfg}
+    strategy = build_strategy(StrategyConfig(name=name, **settings), observer=observer)
     list(strategy.configure_train(1, array_record(GLOBAL), ConfigRecord(), FakeGrid(NODES)))
     return strategy
 
@@ -107,3 +108,46 @@ def test_sites_silent_in_evaluation_are_reported_missing(name: str, flower_task:
     list(strategy.configure_evaluate(1, array_record(GLOBAL), ConfigRecord(), FakeGrid(NODES)))
     strategy.aggregate_evaluate(1, [reply(3, auc=0.8), reply(4, auc=0.7)])
     assert missing == [(1, "evaluate", [1, 2])]
+
+
+def _failed(node_id: int) -> Any:
+    msg = reply(node_id, status="failed", n=0)
+    msg.content["site"]["category"] = "data-error"
+    msg.content["site"]["incident"] = "0a1b2c3d4e5f"
+    msg.content["site"]["reason"] = "see /data/MRN-1234"  # a site's own text is never taken
+    return msg
+
+
+@pytest.mark.parametrize("name", list_strategies())
+def test_round_with_fewer_trained_sites_than_min_train_nodes_fails_the_run(name: str, flower_task: None) -> None:
+    seen = Seen()
+    strategy = _strategy(name, seen, min_train_nodes=2)
+    strategy.num_sampled = 3
+    with pytest.raises(TooFewSites) as caught:
+        strategy.aggregate_train(2, [reply(1, arrays=_update(name, 0.1)), _failed(2), _failed(3)])
+    assert str(caught.value) == (
+        "round 2: 1 of 3 sites trained, min_train_nodes = 2; failed: site-2 data-error (incident 0a1b2c3d4e5f); "
+        "failed: site-3 data-error (incident 0a1b2c3d4e5f)"
+    )
+    assert seen.calls[-1] == (2, "train", ["ok", "failed", "failed"])  # recorded before the run fails
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedadam"])
+def test_run_file_may_ask_to_continue_with_too_few_sites(name: str, flower_task: None) -> None:
+    strategy = _strategy(name, Seen(), min_train_nodes=2, on_too_few_sites="continue")
+    arrays, _ = strategy.aggregate_train(1, [reply(1, arrays=_update(name, 0.1)), _failed(2)])
+    assert arrays is not None  # Flower's own behaviour: whatever arrived is aggregated
+
+
+def test_sites_leaving_for_budget_do_not_fail_the_round(flower_task: None) -> None:
+    strategy = _strategy("fedavg", Seen(), min_train_nodes=2)
+    arrays, _ = strategy.aggregate_train(1, [reply(1, arrays=_update("fedavg", 0.1)), reply(2, status="left-budget")])
+    assert arrays is not None
+
+
+def test_failed_evaluation_reply_is_not_averaged(flower_task: None) -> None:
+    seen = Seen()
+    strategy = _strategy("fedavg", seen, min_evaluate_nodes=1)
+    metrics = strategy.aggregate_evaluate(1, [reply(1, auc=0.8), _failed(2)])
+    assert metrics is not None and metrics["auc"] == pytest.approx(0.8)
+    assert seen.calls[-1] == (1, "evaluate", ["ok", "failed"])

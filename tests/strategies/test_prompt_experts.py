@@ -66,6 +66,7 @@ def test_prompt_mode_sends_only_prompt_parts_with_the_backbone_fingerprint(flowe
 
 def test_a_reply_with_the_whole_bank_is_rejected(flower_task: None) -> None:
     strategy, _ = _strategy()
+    strategy.on_too_few_sites = "continue"  # else the round with no accepted reply fails the run
     arrays, _ = strategy.aggregate_train(1, [reply(10, arrays=dict(GLOBAL))])
     assert arrays is None  # a site may only send its own expert
 

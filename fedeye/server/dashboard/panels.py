@@ -46,6 +46,7 @@ def summary_json(run: RunSummary) -> Json:
         "run_id": run.run_id, "name": run.name, "status": run.status, "strategy": run.strategy,
         "num_sites": run.num_sites, "num_rounds": run.num_rounds, "rounds_done": run.rounds_done,
         "started_at": _iso(run.started_at), "ended_at": _iso(run.ended_at), "error": run.error,
+        "owner": run.owner, "heartbeat_at": _iso(run.heartbeat_at),
     }
 
 
@@ -102,6 +103,8 @@ def participation(records: Iterable[SiteMetricRecord]) -> Json:
             cell["states"].append(state)
         if m.reason:
             cell["reasons"].append(f"{m.phase}: {m.reason}")
+        if m.status == "failed" and m.reason and "failure" not in cell:
+            cell["failure"] = m.reason  # e.g. "data-error (incident 0a1b2c3d4e5f)": shown as "failed: ..."
     rounds = sorted({r for by_round in cells.values() for r in by_round})
     counts = [{"round": r, **{s: sum(s in c.get(r, {}).get("states", []) for c in cells.values()) for s in PARTICIPATION}}
               for r in rounds]

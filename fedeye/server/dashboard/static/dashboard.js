@@ -83,7 +83,11 @@
       });
     var wrap = el("div");
     wrap.appendChild(box);
-    if (run.error) wrap.appendChild(el("p", "error", "Error: " + run.error));
+    if (run.error) wrap.appendChild(el("p", "error", (run.status === "interrupted" ? "Interrupted: " : "Error: ") + run.error));
+    if (run.status === "stale") {
+      wrap.appendChild(el("p", "error", "Stale: the process running it (" + (run.owner || "unknown") + ") is gone or has sent no " +
+        "heartbeat since " + when(run.heartbeat_at || run.started_at) + "; it will not finish by itself."));
+    }
     fill("summary", wrap);
   }
 
@@ -103,7 +107,10 @@
       return [site].concat(p.rounds.map(function (r) {
         var cell = p.grid[site][String(r)], box = el("div", "chips");
         if (!cell) { box.appendChild(el("span", "chip none", "not sampled")); return box; }
-        cell.states.slice().sort().reverse().forEach(function (s) { box.appendChild(el("span", "chip state-" + s, STATE_LABEL[s] || s)); });
+        cell.states.slice().sort().reverse().forEach(function (s) {
+          var label = s === "failed" && cell.failure ? "failed: " + cell.failure : (STATE_LABEL[s] || s);
+          box.appendChild(el("span", "chip state-" + s, label));
+        });
         if (cell.reasons.length) box.title = cell.reasons.join("\n");
         return box;
       }));
