@@ -87,3 +87,7 @@ class ProvisioningError(FedEyeError):
 
 class DeploymentError(FedEyeError):
     """A deployment step cannot go on: missing TLS files, a bad address, or a Flower command that failed."""
+
+
+class LedgerError(FedEyeError):
+    """A site's privacy ledger cannot be opened, read or written."""

@@ -25,7 +25,7 @@ from fedeye.config import RunConfig
 from fedeye.errors import FederationError
 from fedeye.models import build_model, save_model
 from fedeye.models.io import load_model, load_state
-from fedeye.protocol import RUN_CONFIG, SERVER_ROUND, SPLIT
+from fedeye.protocol import FEDEYE_RUN_ID, RUN_CONFIG, SERVER_ROUND, SPLIT
 from fedeye.server.recorder import ProgressSink, RunRecorder
 from fedeye.server.store import RunStore, resolve_db_url
 from fedeye.strategies import build_strategy
@@ -127,15 +127,15 @@ def _run(
             initial_arrays=initial,
             num_rounds=max(cfg.training.rounds - done, 0),
             timeout=cfg.strategy.round_timeout,
-            train_config=_message_config(cfg),
-            evaluate_config=_message_config(cfg, split=cfg.data.eval_split),
+            train_config=_message_config(cfg, run_id=run_id),
+            evaluate_config=_message_config(cfg, run_id=run_id, split=cfg.data.eval_split),
             evaluate_fn=_checkpointer(cfg, store=store, run_id=run_id, out=out, offset=done),
         ).arrays
     except BudgetExhausted as stop:  # the last global model stands
         inner = getattr(strategy, "strategy", strategy)  # a client-DP wrapper holds the FedEye strategy
         final, note = inner.global_arrays or initial, f"ended early: {stop}"
     load_state(model, final.to_torch_state_dict())
-    _final_evaluation(grid, strategy, final, cfg, recorder)
+    _final_evaluation(grid, strategy, final, cfg, recorder, run_id=run_id)
     experts = _expert_sites(strategy, recorder)
     return _save_final(model, cfg, store=store, run_id=run_id, out=out, experts=experts), note
 
@@ -204,8 +204,9 @@ class RoundsAfter(Strategy):
         self.inner.summary()
 
 
-def _message_config(cfg: RunConfig, *, split: str | None = None) -> ConfigRecord:
-    record = ConfigRecord({RUN_CONFIG: cfg.to_json()})
+def _message_config(cfg: RunConfig, *, run_id: str, split: str | None = None) -> ConfigRecord:
+    """What every message of the run carries: its config and its FedEye run id (a site's privacy ledger keys on it)."""
+    record = ConfigRecord({RUN_CONFIG: cfg.to_json(), FEDEYE_RUN_ID: run_id})
     if split is not None:
         record[SPLIT] = split
     return record
@@ -228,9 +229,11 @@ def _checkpointer(cfg: RunConfig, *, store: RunStore, run_id: str, out: Path, of
     return checkpoint
 
 
-def _final_evaluation(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, recorder: RunRecorder) -> None:
+def _final_evaluation(
+    grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, recorder: RunRecorder, *, run_id: str
+) -> None:
     """Evaluate the final global model on every site's ``data.final_split``."""
-    config = _message_config(cfg, split=cfg.data.final_split)
+    config = _message_config(cfg, run_id=run_id, split=cfg.data.final_split)
     config[SERVER_ROUND] = cfg.training.rounds
     messages = list(strategy.configure_evaluate(cfg.training.rounds, arrays, config, grid))  # type: ignore[attr-defined]
     replies = list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))
