@@ -39,6 +39,7 @@ from fedeye.protocol import NODE_STATE_DIR
 LEDGER_FILE: Final = "ledger.sqlite"
 BUSY_TIMEOUT_S: Final = 30.0
 SIM_SITES_DIR: Final = "sites"  # $FEDEYE_HOME/sites/<site>-<hash>: a simulated site's state folder
+DEPLOYMENT_STATE_DIR: Final = "state"  # <site init folder>/state; replaced by fedeye.client.state on merge
 EntryState = Literal["booked", "spent"]
 T = TypeVar("T")
 
@@ -62,19 +63,24 @@ _COLUMNS = "run, server_round, noise_multiplier, sample_rate, steps, delta, acco
 
 
 # replaced by fedeye.client.state on merge
-def _state_dir(node_config: Mapping[str, object], site_dir: Path) -> Path:
-    """The site's state folder (made 0700): the node's ``state-dir``, else one per site folder under FEDEYE_HOME.
+def _state_dir_path(node_config: Mapping[str, object], site_dir: Path) -> Path:
+    """Where the site's state folder is (nothing is created).
 
     Deployment: ``state-dir`` from the node config (a folder beside
     ``site.toml``). Simulation (no ``state-dir``):
     ``$FEDEYE_HOME/sites/<readable name>-<first 12 hex of sha256 of the resolved site folder>``.
     """
     if NODE_STATE_DIR in node_config:
-        folder = Path(str(node_config[NODE_STATE_DIR])).expanduser()
-    else:
-        resolved = site_dir.expanduser().resolve()
-        digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
-        folder = fedeye_home() / SIM_SITES_DIR / f"{site_slug(resolved.name)}-{digest}"
+        return Path(str(node_config[NODE_STATE_DIR])).expanduser()
+    resolved = site_dir.expanduser().resolve()
+    digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+    return fedeye_home() / SIM_SITES_DIR / f"{site_slug(resolved.name)}-{digest}"
+
+
+# replaced by fedeye.client.state on merge
+def _state_dir(node_config: Mapping[str, object], site_dir: Path) -> Path:
+    """The site's state folder (:func:`_state_dir_path`), made 0700 if missing."""
+    folder = _state_dir_path(node_config, site_dir)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # exist_ok: many sites may create it at once
     folder.chmod(0o700)
     return folder
@@ -114,12 +120,12 @@ class SiteLedger:
         with self._connect() as conn:
             return _read_entries(conn)
 
-    def states(self) -> list[EntryState]:
-        """Each entry's state, in the order of :meth:`entries`."""
+    def entries_with_state(self) -> list[tuple[LedgerEntry, EntryState]]:
+        """Every phase with its state (``booked``: its reply never confirmed), oldest first."""
         if not self.path.is_file():
             return []
         with self._connect() as conn:
-            return [cast(EntryState, row[0]) for row in conn.execute("SELECT state FROM dp_phase ORDER BY id")]
+            return _read_rows(conn)
 
     def append(self, entry: LedgerEntry) -> int:
         """Record a phase as spent; returns its row id."""
@@ -198,12 +204,17 @@ def _insert(conn: sqlite3.Connection, entry: LedgerEntry, *, state: EntryState) 
 
 
 def _read_entries(conn: sqlite3.Connection) -> list[LedgerEntry]:
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM dp_phase ORDER BY id").fetchall()
+    return [entry for entry, _ in _read_rows(conn)]
+
+
+def _read_rows(conn: sqlite3.Connection) -> list[tuple[LedgerEntry, EntryState]]:
+    rows = conn.execute(f"SELECT {_COLUMNS}, state FROM dp_phase ORDER BY id").fetchall()
     return [
-        LedgerEntry(run=str(run), server_round=int(rnd), noise_multiplier=float(sigma), sample_rate=float(q),
-                    steps=int(steps), delta=float(delta), accountant=cast(Accountant, str(acct)),
-                    data_fingerprint=str(fp), recorded_at=datetime.fromisoformat(str(at)))
-        for run, rnd, sigma, q, steps, delta, acct, fp, at in rows
+        (LedgerEntry(run=str(run), server_round=int(rnd), noise_multiplier=float(sigma), sample_rate=float(q),
+                     steps=int(steps), delta=float(delta), accountant=cast(Accountant, str(acct)),
+                     data_fingerprint=str(fp), recorded_at=datetime.fromisoformat(str(at))),
+         cast(EntryState, str(state)))
+        for run, rnd, sigma, q, steps, delta, acct, fp, at, state in rows
     ]
 
 
