@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,3 +185,42 @@ def test_a_booking_never_confirmed_still_counts(tmp_path: Path) -> None:
     assert [s for _, s in ledger.entries_with_state()] == ["spent", "booked"]
     assert lifetime_epsilon(ledger.entries(), accountant="rdp") == pytest.approx(
         epsilon_spent([MechanismStep(1.0, 0.1, 5)] * 2, delta=1e-3, accountant="rdp"))
+
+
+# --- end to end ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_simulations_share_the_sites_lifetime_ledger(tmp_path: Path, tiny_sites: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from fedeye.cli.main import app as cli
+    from fedeye.server.store import RunStore
+
+    sites = tmp_path / "sites"
+    shutil.copytree(tiny_sites, sites)
+    cfg = _cfg(sites)
+    patients = len({s.patient_id for s in open_site(sites / "site-2").samples() if s.split == "train"})
+    one = epsilon_spent([_one_round(sites / "site-2", cfg)], delta=default_delta(patients), accountant="rdp")
+    (sites / "site-2" / "fedeye-site.toml").write_text(f"[privacy]\nlifetime_epsilon = {1.05 * one}\n")  # one round fits
+    run_file = tmp_path / "run.toml"
+    run_file.write_text(
+        f'name = "lifetime"\n[data]\nroot = "{sites}"\n[model]\narch = "vit-tiny-cpu"\nimg_size = 32\n'
+        "[training]\nrounds = 1\nbatch_size = 8\n[privacy]\nenabled = true\nepsilon = 50.0\nnoise_multiplier = 1.0\n"
+        f'[output]\ndir = "{tmp_path / "out"}"\ndb = "{tmp_path / "out" / "fedeye.db"}"\n'
+    )
+
+    runs = [CliRunner().invoke(cli, ["simulate", "--config", str(run_file)]) for _ in range(2)]
+
+    assert [r.exit_code for r in runs] == [0, 0], runs[-1].output
+    store = RunStore(f"sqlite:///{tmp_path / 'out' / 'fedeye.db'}")
+    first, second = sorted((store.get_run(s.run_id) for s in store.list_runs()), key=lambda d: d.run.started_at)
+    site2 = open_site(sites / "site-2").info.name
+    train = {(d.run.run_id, m.site): m for d in (first, second) for m in d.site_metrics if m.phase == "train"}
+    assert train[(first.run.run_id, site2)].status == "ok"
+    assert train[(second.run.run_id, site2)].status == "left-budget"
+    assert "lifetime budget" in (train[(second.run.run_id, site2)].reason or "")
+    status = json.loads(CliRunner().invoke(cli, ["site", "status", str(sites / "site-2"), "--json"]).output)
+    assert [r["run"] for r in status["runs"]] == [first.run.run_id]
