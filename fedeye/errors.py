@@ -106,3 +106,7 @@ class RunInterrupted(KeyboardInterrupt):
         self.run_id = run_id
         run = f"run {run_id}" if run_id else "the run"
         super().__init__(f"{run} was interrupted by {signal_name}")
+
+
+class LedgerError(FedEyeError):
+    """A site's privacy ledger cannot be opened, read or written."""

@@ -32,7 +32,8 @@ SITE: Final = "site"  #: ConfigRecord: the replying site's name, status and (not
 
 # --- keys of the coordinator's config record -----------------------------------------
 RUN_CONFIG: Final = "run-config"  #: the validated run config as JSON (fedeye.config.RunConfig)
-RUN_ID: Final = "fedeye-run-id"  #: the FedEye run (stable across resumes, unlike Flower's run id)
+RUN_ID: Final = "fedeye-run-id"  #: the FedEye run id (kept when a run resumes): keys approvals and the privacy ledger
+FEDEYE_RUN_ID: Final = RUN_ID
 SERVER_ROUND: Final = "server-round"  #: the round number (Flower's key)
 SPLIT: Final = "split"  #: evaluate: the split to evaluate (default: the run's data.eval_split)
 PROXIMAL_MU: Final = "proximal-mu"  #: FedProx: the proximal term's weight (Flower's key)
@@ -119,6 +120,18 @@ def optional_int(config: ConfigRecord, key: str) -> int | None:
     """An integer config value, or None when absent."""
     value = config.get(key)
     return None if value is None else int(value)  # type: ignore[arg-type]
+
+
+def ledger_run(config: ConfigRecord, *, flower_run_id: int) -> str:
+    """The run a site's privacy ledger books a round under: the FedEye run id, else ``flower-<Flower run id>``.
+
+    >>> ledger_run(ConfigRecord({FEDEYE_RUN_ID: "r-20250101-000000-ab12"}), flower_run_id=7)
+    'r-20250101-000000-ab12'
+    >>> ledger_run(ConfigRecord({}), flower_run_id=7)
+    'flower-7'
+    """
+    value = str(config.get(FEDEYE_RUN_ID, "") or "")
+    return value or f"flower-{flower_run_id}"
 
 
 def site_status(content: RecordDict) -> SiteStatus:

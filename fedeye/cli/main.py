@@ -19,6 +19,7 @@ from fedeye.cli.provision import coordinator_app, site_init
 from fedeye.cli.report import report_command
 from fedeye.cli.runs import runs_app
 from fedeye.cli.site_admin import site_approve, site_dashboard, site_deny, site_runs
+from fedeye.cli.site_status import site_status_command
 
 if TYPE_CHECKING:
     from fedeye.config import RunConfig
@@ -43,6 +44,7 @@ site_app.command("runs")(site_runs)
 site_app.command("approve")(site_approve)
 site_app.command("deny")(site_deny)
 site_app.command("dashboard")(site_dashboard)
+site_app.command("status")(site_status_command)
 coordinator_app.command("start")(coordinator_start)
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(run_app, name="run")

@@ -382,8 +382,10 @@ def resumable_config(detail: RunDetail, *, store: RunStore, connection: str | No
     Raises
     ------
     DeploymentError
-        The run finished, still runs in Flower, or trained with DP (a site's
-        accountant restarts with a new Flower run, so its budget could be overspent).
+        The run finished, still runs in Flower, or used client-level DP (its
+        accountant lives in the coordinator's strategy and would restart).
+        Patient-level DP-SGD runs resume: each site goes on with its privacy
+        ledger's history of this run id (``fedeye.client.ledger``).
     FederationError
         No completed round to resume from, or its checkpoint changed.
     """
@@ -394,10 +396,11 @@ def resumable_config(detail: RunDetail, *, store: RunStore, connection: str | No
     if run.status == "finished":
         raise DeploymentError(f"run {run.run_id} finished; there is nothing to resume")
     cfg = parse_run_config(detail.config, source=f"the recorded config of run {run.run_id}")
-    if cfg.privacy.enabled or cfg.privacy.client_level != "off":
+    if cfg.privacy.client_level != "off":
         raise DeploymentError(
-            f"run {run.run_id} uses differential privacy: each site's privacy accountant lives in its Flower run, so a "
-            "resumed run could overspend a site's budget. Start a new run with `fedeye run launch` instead."
+            f"run {run.run_id} uses client-level differential privacy ({cfg.privacy.client_level}): its accountant lives "
+            "in the coordinator's strategy and would start again from zero. Start a new run with `fedeye run launch` "
+            "instead (patient-level DP-SGD runs, privacy.enabled, can be resumed)."
         )
     resume_point(store, run.run_id)  # raises without a usable checkpoint
     if connection is not None and detail.flower_runs:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,6 +33,7 @@ from fedeye import protocol as p
 from fedeye.client.approval import admission, refusal
 from fedeye.client.audit import audit_mod
 from fedeye.client.incidents import SiteIdentity, contains_failures, failure_guard_mod
+from fedeye.client.ledger import SiteLedger, data_fingerprint, ledger_path
 from fedeye.client.site import SiteJob
 from fedeye.client.training import (
     LocalObjective,
@@ -46,11 +48,11 @@ from fedeye.errors import ConfigError
 from fedeye.fairness.metrics import site_fairness_metrics
 from fedeye.models.io import load_state, model_state
 from fedeye.models.prompt_arrays import site_update
-from fedeye.privacy.accounting import MechanismStep
+from fedeye.privacy.ledger import LedgerDecision, LedgerEntry, plan_with_ledger
 from fedeye.privacy.policy import DPSettings
 
 if TYPE_CHECKING:
-    from fedeye.privacy.planning import RoundPlan
+    from fedeye.sites.dataset import SiteDataset
 
 
 def _identify(msg: Message, context: Context) -> SiteIdentity:
@@ -68,7 +70,6 @@ def _identify(msg: Message, context: Context) -> SiteIdentity:
 # every outgoing reply is logged at the site first; exceptions become failed replies (fedeye.client.incidents)
 app = ClientApp(mods=[failure_guard_mod(_identify), audit_mod])
 contained = contains_failures(_identify)
-DP_STATE_KEY = "fedeye-dp-history"
 NORMS_STATE_KEY = "fedeye-local-norms"
 
 
@@ -169,50 +170,70 @@ def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 
 def _train_private(msg, context, job, model, dataset, settings: DPSettings, server_round: int) -> Message:  # type: ignore[no-untyped-def]
-    """DP-SGD per patient, or a ``left-budget`` reply when the round would overspend."""
-    from fedeye.client.dp_training import train_local_dp  # Opacus loads only where DP is used
-    from fedeye.privacy.planning import plan_round
+    """DP-SGD per patient, booked in the site's lifetime ledger; ``left-budget`` when the round would overspend.
 
-    history = _dp_history(context)
-    plan = plan_round(
-        settings, num_patients=len(set(dataset.patient_ids)), batch_size=job.cfg.training.batch_size,
-        local_epochs=job.cfg.training.local_epochs, history=history, total_rounds=job.cfg.training.rounds,
-    )
-    if not plan.fits:
-        reason = f"next round would spend epsilon {plan.epsilon_after:.3f} > budget {plan.epsilon_budget:g}"
-        metrics = {p.NUM_EXAMPLES: 0, **_dp_metrics(plan, history, spent=plan.epsilon_before)}
-        return _reply(msg, job, metrics, status={p.SITE_STATUS: p.SiteStatus.LEFT_BUDGET.value, p.SITE_REASON: reason, p.DP_ACCOUNTANT: plan.accountant})
-    result = train_local_dp(model, dataset, cfg=job.cfg.training, plan=plan, max_grad_norm=settings.max_grad_norm,
-                            server_round=server_round)
-    history = [*history, plan.mechanism]
-    _save_dp_history(context, history)
+    The round is checked against the run's and the lifetime budget and booked
+    in one ledger transaction, and confirmed on disk before the reply leaves.
+    """
+    from fedeye.client.dp_training import train_local_dp  # Opacus loads only where DP is used
+
+    ledger = SiteLedger(ledger_path(job.node_config, job.site_dir))
+    run = p.ledger_run(msg.content[p.CONFIG], flower_run_id=msg.metadata.run_id)
+    decision, booked = ledger.book(_ledger_decider(job, dataset, settings, run=run, server_round=server_round))
+    plan = decision.plan
+    if booked is None:
+        metrics = {p.NUM_EXAMPLES: 0, **_dp_metrics(decision, spent=plan.epsilon_before, lifetime=decision.lifetime_before)}
+        status = {p.SITE_STATUS: p.SiteStatus.LEFT_BUDGET.value, p.SITE_REASON: decision.refusal or "", p.DP_ACCOUNTANT: plan.accountant}
+        return _reply(msg, job, metrics, status=status)
+    try:
+        result = train_local_dp(model, dataset, cfg=job.cfg.training, plan=plan, max_grad_norm=settings.max_grad_norm,
+                                server_round=server_round)
+    except BaseException:
+        ledger.cancel(booked)  # nothing of this round left the site
+        raise
+    ledger.confirm(booked)  # spent, on disk, before the reply leaves the site
     metrics = {p.LOSS: result.loss, p.NUM_EXAMPLES: result.num_examples, p.TRAIN_SECONDS: result.seconds,
-               **_dp_metrics(plan, history, spent=plan.epsilon_after)}
+               **_dp_metrics(decision, spent=plan.epsilon_after, lifetime=decision.lifetime_after, trained=True)}
     return _reply(msg, job, metrics, arrays=ArrayRecord(model_state(model)), status={p.DP_ACCOUNTANT: plan.accountant})
 
 
-def _dp_metrics(plan: RoundPlan, history: list[MechanismStep], *, spent: float) -> dict[str, float | int]:
-    return {
+def _dp_metrics(decision: LedgerDecision, *, spent: float, lifetime: float, trained: bool = False) -> dict[str, float | int]:
+    """Aggregate DP bookkeeping for the coordinator: this run's epsilon and the site's lifetime epsilon."""
+    plan = decision.plan
+    metrics: dict[str, float | int] = {
         p.DP_EPSILON: spent, p.DP_DELTA: plan.delta, p.DP_BUDGET: plan.epsilon_budget,
         p.DP_NOISE_MULTIPLIER: plan.noise_multiplier, p.DP_SAMPLE_RATE: plan.sample_rate,
-        p.DP_STEPS: sum(h.steps for h in history),
+        p.DP_STEPS: sum(h.steps for h in decision.history) + (plan.steps if trained else 0),
+        p.DP_LIFETIME_EPSILON: lifetime,
     }
+    if decision.lifetime_budget is not None:
+        metrics[p.DP_LIFETIME_BUDGET] = decision.lifetime_budget
+    return metrics
 
 
-def _dp_history(context: Context) -> list[MechanismStep]:
-    """This site's DP-SGD phases so far in this run (kept in the node's Flower context)."""
-    if DP_STATE_KEY not in context.state.config_records:
-        return []
-    record = context.state[DP_STATE_KEY]
-    return [MechanismStep(float(s), float(q), int(n)) for s, q, n in zip(record["sigma"], record["q"], record["steps"])]
+def _ledger_decider(
+    job: SiteJob, dataset: SiteDataset, settings: DPSettings, *, run: str, server_round: int
+) -> Callable[[list[LedgerEntry]], tuple[LedgerDecision, LedgerEntry | None]]:
+    """How the ledger decides the round: plan it over the ledger, and the entry to book if it fits."""
+    fingerprint = data_fingerprint([(s.image, s.patient_id, s.label) for s in dataset.samples])
+    training = job.cfg.training
 
+    def decide(entries: list[LedgerEntry]) -> tuple[LedgerDecision, LedgerEntry | None]:
+        decision = plan_with_ledger(
+            settings, entries, run=run, lifetime_budget=job.site_config.privacy.lifetime_epsilon,
+            num_patients=len(set(dataset.patient_ids)), batch_size=training.batch_size,
+            local_epochs=training.local_epochs, total_rounds=training.rounds,
+        )
+        if not decision.fits:
+            return decision, None
+        plan = decision.plan
+        return decision, LedgerEntry(
+            run=run, server_round=server_round, noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+            steps=plan.steps, delta=plan.delta, accountant=plan.accountant, data_fingerprint=fingerprint,
+            recorded_at=datetime.now(UTC),
+        )
 
-def _save_dp_history(context: Context, history: list[MechanismStep]) -> None:
-    context.state[DP_STATE_KEY] = ConfigRecord({
-        "sigma": [h.noise_multiplier for h in history],
-        "q": [h.sample_rate for h in history],
-        "steps": [h.steps for h in history],
-    })
+    return decide
 
 
 @app.evaluate()

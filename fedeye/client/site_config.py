@@ -9,6 +9,7 @@ from ``fedeye-site.toml`` inside the simulated site's folder. Example::
     [privacy]
     require_dp = true
     epsilon = 3.0          # budget for one run
+    lifetime_epsilon = 10.0  # budget over every run on this data (the site's ledger)
     max_grad_norm = 1.0
     min_group_size = 10
     [approval]

@@ -27,12 +27,27 @@ def epsilon_spent(history: Sequence[MechanismStep], *, delta: float, accountant:
     """Epsilon of the composed ``history`` at ``delta`` (0.0 for an empty history)."""
     from opacus.accountants import create_accountant  # imported on use: slow
 
-    runs = [(h.noise_multiplier, h.sample_rate, h.steps) for h in history if h.steps > 0]
+    runs = _merged(history)
     if not runs:
         return 0.0
     acct = create_accountant(mechanism=accountant)
     acct.history = runs
     return float(acct.get_epsilon(delta=delta))
+
+
+def _merged(history: Sequence[MechanismStep]) -> list[tuple[float, float, int]]:
+    """``(sigma, q, steps)`` with the steps of equal ``(sigma, q)`` summed: composing a mechanism
+    ``a`` then ``b`` times is composing it ``a + b`` times, and a long ledger holds few distinct ones.
+
+    >>> _merged([MechanismStep(1.0, 0.1, 5), MechanismStep(2.0, 0.1, 1), MechanismStep(1.0, 0.1, 5)])
+    [(1.0, 0.1, 10), (2.0, 0.1, 1)]
+    """
+    steps: dict[tuple[float, float], int] = {}
+    for h in history:
+        if h.steps > 0:
+            key = (h.noise_multiplier, h.sample_rate)
+            steps[key] = steps.get(key, 0) + h.steps
+    return [(sigma, q, n) for (sigma, q), n in steps.items()]
 
 
 def calibrate_noise(

@@ -79,6 +79,7 @@ def plan_round(
     local_epochs: int,
     history: Sequence[MechanismStep],
     total_rounds: int,
+    target_epsilon: float | None = None,
 ) -> RoundPlan:
     """Plan one round of DP-SGD at a site.
 
@@ -104,6 +105,11 @@ def plan_round(
         Rounds the site already trained with DP in this run (oldest first).
     total_rounds : int
         Rounds planned for the run (used only to calibrate ``sigma``).
+    target_epsilon : float, optional
+        The epsilon ``sigma`` is calibrated to spend over the planned rounds
+        (default: the budget; lower when less of the site's lifetime budget
+        is left, see :func:`~fedeye.privacy.ledger.plan_with_ledger`). The
+        budget the plan is checked against stays ``settings.epsilon_budget``.
 
     Returns
     -------
@@ -117,7 +123,10 @@ def plan_round(
     _check_counts(num_patients=num_patients, batch_size=batch_size, local_epochs=local_epochs, total_rounds=total_rounds)
     sample_rate = min(1.0, batch_size / num_patients)
     steps = max(1, round(local_epochs / sample_rate))
-    sigma = _noise_multiplier(settings, history, sample_rate=sample_rate, total_steps=total_rounds * steps)
+    sigma = _noise_multiplier(
+        settings, history, sample_rate=sample_rate, total_steps=total_rounds * steps,
+        target_epsilon=settings.epsilon_budget if target_epsilon is None else target_epsilon,
+    )
     this_round = MechanismStep(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
     delta, accountant = settings.delta, settings.accountant
     return RoundPlan(
@@ -138,7 +147,7 @@ def _check_counts(**counts: int) -> None:
 
 
 def _noise_multiplier(
-    settings: DPSettings, history: Sequence[MechanismStep], *, sample_rate: float, total_steps: int
+    settings: DPSettings, history: Sequence[MechanismStep], *, sample_rate: float, total_steps: int, target_epsilon: float
 ) -> float:
     """The fixed, reused or freshly calibrated ``sigma``, floored by the site's minimum."""
     if settings.noise_multiplier is not None:
@@ -147,7 +156,7 @@ def _noise_multiplier(
         sigma = history[0].noise_multiplier
     else:
         sigma = calibrate_noise(
-            target_epsilon=settings.epsilon_budget, delta=settings.delta, sample_rate=sample_rate,
+            target_epsilon=target_epsilon, delta=settings.delta, sample_rate=sample_rate,
             total_steps=total_steps, accountant=settings.accountant,
         )
     return max(sigma, settings.min_noise_multiplier or 0.0)

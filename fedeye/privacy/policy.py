@@ -25,6 +25,10 @@ class PrivacyPolicy(BaseModel):
 
     require_dp: bool = Field(default=False, description="Train with DP-SGD even if the coordinator does not ask.")
     epsilon: float | None = Field(default=None, gt=0, description="Epsilon budget for one run at this site; None = no site limit.")
+    lifetime_epsilon: float | None = Field(
+        default=None, gt=0,
+        description="Epsilon budget over every run on this site's data (its lifetime ledger); None = no lifetime limit.",
+    )
     delta: float | None = Field(default=None, gt=0, lt=1, description="Delta; default 1/(10 x number of patients), below 1/n.")
     max_grad_norm: float | None = Field(default=None, gt=0, description="Largest per-patient gradient norm allowed (clipping C).")
     min_noise_multiplier: float | None = Field(default=None, gt=0, description="Smallest noise multiplier sigma allowed.")
@@ -74,11 +78,15 @@ def effective_dp(requested: PrivacyConfig, policy: PrivacyPolicy, *, num_patient
 
     Every value takes the more private of the two: the smaller epsilon, delta
     and clipping norm, the larger noise multiplier; the site's accountant when it
-    names one.
+    names one. A site with ``require_dp``, an ``epsilon`` or a
+    ``lifetime_epsilon`` trains with DP whatever the run asks; one run's
+    budget never exceeds the site's lifetime budget.
     """
-    if not (requested.enabled or policy.require_dp or policy.epsilon is not None):
+    if not (requested.enabled or policy.require_dp or policy.epsilon is not None or policy.lifetime_epsilon is not None):
         return None
-    epsilon = min(e for e in (requested.epsilon if requested.enabled else None, policy.epsilon) if e is not None)
+    asked = requested.epsilon if requested.enabled else None
+    epsilons = [e for e in (asked, policy.epsilon, policy.lifetime_epsilon) if e is not None]
+    epsilon = min(epsilons or [requested.epsilon])  # require_dp alone: the run config's (default) budget
     deltas = [d for d in (requested.delta, policy.delta) if d is not None] or [default_delta(num_patients)]
     norms = [n for n in (requested.max_grad_norm, policy.max_grad_norm) if n is not None]
     sigma = requested.noise_multiplier

@@ -277,6 +277,7 @@ class RoundsAfter(Strategy):
 
 
 def _message_config(cfg: RunConfig, *, run_id: str, split: str | None = None) -> ConfigRecord:
+    """What every message of the run carries: its config and its FedEye run id (sites key approvals and ledgers on it)."""
     record = ConfigRecord({RUN_CONFIG: cfg.to_json(), RUN_ID: run_id})
     if split is not None:
         record[SPLIT] = split
@@ -300,8 +301,9 @@ def _checkpointer(cfg: RunConfig, *, store: RunStore, run_id: str, out: Path, of
     return checkpoint
 
 
-def _final_evaluation(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, recorder: RunRecorder,
-                      *, run_id: str) -> None:
+def _final_evaluation(
+    grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, recorder: RunRecorder, *, run_id: str
+) -> None:
     """Evaluate the final global model on every site's ``data.final_split``."""
     config = _message_config(cfg, run_id=run_id, split=cfg.data.final_split)
     config[SERVER_ROUND] = cfg.training.rounds

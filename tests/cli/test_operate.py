@@ -198,11 +198,11 @@ def test_run_foreground_keeps_the_tail_where_flower_prints_its_exit_code() -> No
 # --- resume refusals ------------------------------------------------------------------------
 
 
-def _recorded_run(db: Path, *, privacy: bool = False, status: str = "failed") -> str:
+def _recorded_run(db: Path, *, privacy: dict[str, object] | None = None, status: str = "failed") -> str:
     from fedeye.config import RunConfig
     from fedeye.server.store import RunStore
 
-    cfg = RunConfig.model_validate({"privacy": {"enabled": privacy}})
+    cfg = RunConfig.model_validate({"privacy": privacy or {}})
     with RunStore(f"sqlite:///{db}") as store:
         run_id = store.create_run(name="r", strategy="fedavg", config=cfg.model_dump(mode="json"), num_rounds=3, num_sites=3)
         store.finish_run(run_id, status=status)  # type: ignore[arg-type]
@@ -210,11 +210,13 @@ def _recorded_run(db: Path, *, privacy: bool = False, status: str = "failed") ->
 
 
 @pytest.mark.parametrize(("privacy", "status", "message"), [
-    (False, "finished", "finished; there is nothing to resume"),
-    (True, "failed", "uses differential privacy"),
-    (False, "failed", "no completed round to resume from"),
+    (None, "finished", "finished; there is nothing to resume"),
+    ({"client_level": "fixed"}, "failed", "uses client-level differential privacy"),
+    (None, "failed", "no completed round to resume from"),
+    # patient-level DP-SGD is resumable (the sites' ledgers keep its history): refused only for the missing checkpoint
+    ({"enabled": True}, "failed", "no completed round to resume from"),
 ])
-def test_run_resume_refuses(tmp_path: Path, privacy: bool, status: str, message: str) -> None:
+def test_run_resume_refuses(tmp_path: Path, privacy: dict[str, object] | None, status: str, message: str) -> None:
     run_id = _recorded_run(tmp_path / "s.db", privacy=privacy, status=status)
     code, out = _invoke("run", "resume", run_id, "--db", str(tmp_path / "s.db"), "--superlink", "127.0.0.1:1", "--insecure")
     assert code == 1 and message in out
