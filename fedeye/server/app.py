@@ -19,6 +19,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedeye.config import RunConfig, from_flower_config
 from fedeye.errors import ConfigError
 from fedeye.server.federation import ResumePoint, create_run, open_store, resume_point, run_federation
+from fedeye.server.polling import PollingGrid
 from fedeye.server.recorder import ProgressSink
 from fedeye.server.store import RunStore
 from fedeye.server.preflight import simulation_sites
@@ -41,7 +42,8 @@ def make_server_app(
             else:
                 rid, start = run_id or create_run(store, cfg, num_sites=num_sites), None
                 store.link_flower_run(rid, flower_run_id=context.run_id, first_round=1)
-            run_federation(grid, cfg, store=store, run_id=rid, progress=progress, resume=start)
+            polled: Grid = PollingGrid(grid)  # type: ignore[assignment]  # replies every 0.25 s, not Flower's 3 s
+            run_federation(polled, cfg, store=store, run_id=rid, progress=progress, resume=start)
 
     return server_app
 

@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedeye.errors import ConfigError, FedEyeError
-from fedeye.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE_REASON, SiteStatus, site_field, site_status
+from fedeye.protocol import ARRAYS, METRICS, NUM_EXAMPLES, SITE_CATEGORY, SITE_REASON, SiteStatus, site_field, site_status
 from fedeye.strategies._utils import common_metric_keys, update_problem
 
 if TYPE_CHECKING:
@@ -84,14 +84,23 @@ class _TrainingGrid:
         return getattr(self._grid, name)
 
 
+def failure_verdict(msg: Message) -> Verdict | None:
+    """``failed`` for an error reply or a reply whose site says ``failed`` (reason: its category), else None."""
+    if msg.has_error():
+        return Verdict("failed", str(msg.error.reason))
+    if site_status(msg.content) is SiteStatus.FAILED:
+        return Verdict("failed", site_field(msg.content, SITE_CATEGORY, "failed"))
+    return None
+
+
 def judge_reply(msg: Message, global_arrays: ArrayRecord | None, *, max_update_norm: float | None) -> Verdict:
     """The verdict on one training reply (see the module docstring).
 
     ``global_arrays`` is what the reply must match: the global model, or the
     part of it this site was asked to send back.
     """
-    if msg.has_error():
-        return Verdict("failed", str(msg.error.reason))
+    if (failed := failure_verdict(msg)) is not None:
+        return failed
     content = msg.content
     if site_status(content) is SiteStatus.LEFT_BUDGET:
         return Verdict(LEFT_BUDGET, site_field(content, SITE_REASON, "privacy budget spent"))
@@ -214,7 +223,7 @@ class ObservedStrategy:
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
         report_missing(self.observer, server_round, "evaluate", set(self.evaluated_nodes), replies)
-        verdicts = [Verdict("failed", str(m.error.reason)) if m.has_error() else Verdict("ok") for m in replies]
+        verdicts = [failure_verdict(m) or Verdict("ok") for m in replies]
         if self.observer:
             self.observer.on_replies(server_round, "evaluate", replies, verdicts)
         accepted = [m for m, v in zip(replies, verdicts) if v.status == "ok"]
