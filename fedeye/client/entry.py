@@ -157,6 +157,7 @@ def _log_timing(state_dir: Path, message: Message, *, worker: bool, handler_s: f
     entry = {
         "run": message.metadata.run_id, "type": message.metadata.message_type, "worker": worker,
         "round": None if config is None else config.get("server-round"),
+        "split": None if config is None else config.get("split"),
         "started": process_started_at(), "imported": _IMPORTED_AT, "replied": time.time(), "handler-s": handler_s,
     }
     path = state_dir / TIMINGS_FILE
