@@ -163,6 +163,7 @@ def site_start(
     ca: Annotated[Path | None, typer.Option("--ca", help="The coordinator's ca.crt (default: DIR/ca.crt).")] = None,
     runtime_port: Annotated[int, typer.Option("--runtime-port", min=0, max=65535, help="Local port of this SuperNode's ClientApp API (0: any free port).")] = 0,
     rejoin_wait: Annotated[float, typer.Option("--rejoin-wait", min=0, help="Seconds to keep retrying while the SuperLink refuses this node (it still sees this site's previous SuperNode online).")] = REJOIN_WAIT_S,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="The site's state folder (worker socket, logs), made 0700 (default: DIR/state).")] = None,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Run the ClientApp in Flower's per-message process (no warm site worker): slower, every message imports torch and decodes the data again.")] = False,
 ) -> None:
     """Check the site's data, start the site worker, then run Flower's SuperNode for this site in the foreground."""
@@ -179,7 +180,7 @@ def site_start(
     if cfg.data is None:
         raise DeploymentError(f"{site_toml}: no 'data' folder set; add data = \"/path/to/site\" or run `fedeye site init` again")
     _check_data_or_exit(cfg.data)
-    state_dir = keys.ensure_private_dir(site_state_dir(site_dir))
+    state_dir = keys.ensure_private_dir((state_dir or site_state_dir(site_dir)).resolve())
     node_config = site_node_config(data=cfg.data, site_toml=site_toml, audit_log=cfg.audit_log, state_dir=state_dir,
                                    site_name=open_site(cfg.data).info.name, worker=not no_worker)
     port = runtime_port or free_port()
