@@ -13,8 +13,9 @@ Timestamps come from the sites' own logs: the per-message ClientApp
 (``fedeye.client.entry``) appends to ``<state-dir>/logs/messages.jsonl``
 when its process started (``/proc/self/stat``), when it handed the reply
 back to Flower, and how long the ClientApp's handler took in the worker
-(``handler-s``). Round wall times come from the run store (first training
-message configured -> last evaluation result recorded).
+(``handler-s``). A round's wall time comes from the run store: from the last
+evaluation result of the previous round to the last of this one (training,
+aggregation, checkpoint, evaluation).
 
 Per configuration it prints, over rounds 2..``--rounds`` (round 1 warms the
 worker's model and data caches):
@@ -287,10 +288,9 @@ def figures(result: dict[str, Any], rounds: range, *, compute: dict[tuple[int, s
     """Per-round rows and the medians (a), (b), (c); ``compute`` replaces handler times when given."""
     rows, overheads, from_start = [], [], []
     for r in rounds:
-        if r not in result["rounds"]:
+        if r not in result["rounds"] or r - 1 not in result["rounds"]:
             continue
-        start, end = result["rounds"][r]
-        wall = end - start
+        wall = result["rounds"][r][1] - result["rounds"][r - 1][1]  # last evaluation result of round r-1 -> of round r
         per_site = []
         for site, lines in result["sites"].items():
             msgs = [m for kind in ("train", "evaluate") if (m := _message(lines, kind, r))]

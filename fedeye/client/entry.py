@@ -145,11 +145,11 @@ def _refused_reply(message: Message, context: Context, header: dict[str, object]
 def process_started_at() -> float:
     """When this process started (Unix time; Linux ``/proc``), else when this module was imported."""
     try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
-    except (OSError, ValueError, IndexError, StopIteration):
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: start, since boot
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
         return _IMPORTED_AT
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() - age
 
 
 def _log_timing(state_dir: Path, message: Message, *, worker: bool, handler_s: float) -> None:
