@@ -76,6 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=6, help="local epochs per round (sets the compute per round)")
     parser.add_argument("--rounds", type=int, default=4, help="rounds (figures are medians over rounds 2..N)")
     parser.add_argument("--configs", default="worker,no-worker", help="comma-separated: worker, no-worker")
+    parser.add_argument("--run-timeout", type=float, default=1500.0, help="seconds to wait for one configuration's run")
     parser.add_argument("--keep", type=Path, default=None, help="copy the federation's folders (logs, stores) here")
     parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
     return parser.parse_args(argv)
@@ -234,7 +235,7 @@ def run_configuration(name: str, *, worker: bool, site_dirs: list[Path], args: a
             with RunStore(db) as store:
                 return store.get_run(run_id).run.status != "running"
 
-        _wait("the run to finish", finished, fed, timeout=600)
+        _wait("the run to finish", finished, fed, timeout=args.run_timeout)
         ended = time.monotonic()
         with RunStore(db) as store:
             detail = store.get_run(run_id)
@@ -353,12 +354,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"targets (worker): site overhead {w['site-overhead-s']:.2f} s <= {OVERHEAD_TARGET_S} "
                   f"{verdict(w['site-overhead-s'], OVERHEAD_TARGET_S)}; ratio {w['ratio']:.2f} <= {RATIO_TARGET} {verdict(w['ratio'], RATIO_TARGET)}")
         write_json(args.json, results)
-        if args.keep is not None:
-            shutil.copytree(root, args.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
         if "worker" in figs:
             print(f"site-overhead-s {figs['worker']['site-overhead-s']:.2f}")
             print(f"ratio {figs['worker']['ratio']:.2f}")
     finally:
+        if args.keep is not None:  # also after a failure: the logs say why
+            shutil.copytree(root, args.keep, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.sock"))
         shutil.rmtree(root, ignore_errors=True)
 
 
