@@ -108,6 +108,8 @@ NODE_SITE_CONFIG: Final = "site-config"  #: deployment: the site's policy file (
 NODE_AUDIT_LOG: Final = "audit-log"  #: an explicit audit log path
 NODE_STATE_DIR: Final = "state-dir"  #: the site's state folder (cache, ledger, logs, worker socket)
 NODE_PARTITION_ID: Final = "partition-id"  #: simulation: which site folder this node serves
+NODE_WORKER: Final = "worker"  #: deployment: true when a site worker serves the ClientApp (fedeye.client.worker)
+NODE_SITE_NAME: Final = "site-name"  #: deployment: the site's display name, for replies made without its data
 
 
 # --- typed getters -----------------------------------------------------------------

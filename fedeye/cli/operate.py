@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -41,6 +43,7 @@ from fedeye.cli.runs import DbOption, default_store_dir
 from fedeye.cli.site_state import site_states
 from fedeye.errors import DeploymentError
 from fedeye.privacy import keys
+from fedeye.protocol import NODE_AUDIT_LOG, NODE_SITE_CONFIG, NODE_SITE_DIR, NODE_SITE_NAME, NODE_STATE_DIR, NODE_WORKER
 from fedeye.server.store import RunDetail, RunStore, resolve_db_url
 
 if TYPE_CHECKING:  # fedeye.config loads torch (model configs): only inside the run commands
@@ -160,9 +163,12 @@ def site_start(
     ca: Annotated[Path | None, typer.Option("--ca", help="The coordinator's ca.crt (default: DIR/ca.crt).")] = None,
     runtime_port: Annotated[int, typer.Option("--runtime-port", min=0, max=65535, help="Local port of this SuperNode's ClientApp API (0: any free port).")] = 0,
     rejoin_wait: Annotated[float, typer.Option("--rejoin-wait", min=0, help="Seconds to keep retrying while the SuperLink refuses this node (it still sees this site's previous SuperNode online).")] = REJOIN_WAIT_S,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="The site's state folder (worker socket, logs), made 0700 (default: DIR/state).")] = None,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="Run the ClientApp in Flower's per-message process (no warm site worker): slower, every message imports torch and decodes the data again.")] = False,
 ) -> None:
-    """Check the site's data, then run Flower's SuperNode for this site in the foreground."""
+    """Check the site's data, start the site worker, then run Flower's SuperNode for this site in the foreground."""
     from fedeye.client.site_config import load_site_config
+    from fedeye.sites.base import open_site
 
     site_dir = site_dir.resolve()
     address = parse_address(superlink, option="--superlink")
@@ -174,11 +180,14 @@ def site_start(
     if cfg.data is None:
         raise DeploymentError(f"{site_toml}: no 'data' folder set; add data = \"/path/to/site\" or run `fedeye site init` again")
     _check_data_or_exit(cfg.data)
-    node_config = _node_config(data=cfg.data, site_toml=site_toml, audit_log=cfg.audit_log)
+    state_dir = keys.ensure_private_dir((state_dir or site_state_dir(site_dir)).resolve())
+    node_config = site_node_config(data=cfg.data, site_toml=site_toml, audit_log=cfg.audit_log, state_dir=state_dir,
+                                   site_name=open_site(cfg.data).info.name, worker=not no_worker)
     port = runtime_port or free_port()
-    command = supernode_command(address, credentials=credentials, node_config=node_config, runtime_port=port)
+    command = supernode_command(address, credentials=credentials, node_config=_node_config_arg(node_config), runtime_port=port)
     console.print(f"SuperNode of [bold]{site_dir.name}[/] -> {address} ({'TLS, node key' if credentials else '[red]INSECURE[/]'}), data {cfg.data}")
-    finished = _run_supernode(command, rejoin_wait=rejoin_wait)
+    with _site_worker(state_dir, node_config, enabled=not no_worker):
+        finished = _run_supernode(command, rejoin_wait=rejoin_wait)
     if finished.code and REFUSED in finished.tail:
         err_console.print(
             "[bold red]the SuperLink refused this site[/]: its key is not registered. Send node.pub to the operator, who runs "
@@ -229,13 +238,43 @@ def _check_data_or_exit(data: Path) -> None:
         raise typer.Exit(1)
 
 
-def _node_config(*, data: Path, site_toml: Path, audit_log: Path | None) -> str:
-    """Flower's ``--node-config`` for the ClientApp: ``site-dir``, ``site-config`` and ``audit-log``."""
-    pairs = {"site-dir": data, "site-config": site_toml, "audit-log": audit_log}
-    for key, path in pairs.items():
-        if path is not None and "'" in str(path):
-            raise DeploymentError(f"{key}: {path} contains a quote (') that Flower's --node-config cannot carry; rename the folder")
-    return " ".join(f"{key}='{path}'" for key, path in pairs.items() if path is not None)
+def site_state_dir(site_dir: Path) -> Path:
+    """The site's state folder: ``<site init folder>/state``."""
+    return site_dir / "state"  # replaced by fedeye.client.state on merge
+
+
+def site_node_config(*, data: Path, site_toml: Path, audit_log: Path | None, state_dir: Path, site_name: str,
+                     worker: bool) -> dict[str, str | bool]:
+    """The SuperNode's node config: ``site-dir``, ``site-config``, ``audit-log``, ``state-dir``, ``site-name``, ``worker``."""
+    paths = {NODE_SITE_DIR: data, NODE_SITE_CONFIG: site_toml, NODE_AUDIT_LOG: audit_log, NODE_STATE_DIR: state_dir}
+    config: dict[str, str | bool] = {key: str(path) for key, path in paths.items() if path is not None}
+    return {**config, NODE_SITE_NAME: site_name, NODE_WORKER: worker}
+
+
+def _node_config_arg(node_config: dict[str, str | bool]) -> str:
+    """Flower's ``--node-config`` text for ``node_config`` (strings single-quoted, booleans bare)."""
+    for key, value in node_config.items():
+        if isinstance(value, str) and "'" in value:
+            raise DeploymentError(f"{key}: {value} contains a quote (') that Flower's --node-config cannot carry; rename it")
+    return " ".join(f"{key}={str(value).lower()}" if isinstance(value, bool) else f"{key}='{value}'" for key, value in node_config.items())
+
+
+@contextmanager
+def _site_worker(state_dir: Path, node_config: dict[str, str | bool], *, enabled: bool) -> Iterator[None]:
+    """Run the site worker (restarted if it dies) while the SuperNode runs."""
+    if not enabled:
+        yield
+        return
+    from fedeye.cli.site_worker import WorkerSupervisor
+
+    supervisor = WorkerSupervisor(state_dir=state_dir, node_config=node_config)
+    console.print(f"starting the site worker (log: {supervisor.log_path})")
+    pid = supervisor.start()
+    console.print(f"site worker pid {pid} ready on {supervisor.socket_path}")
+    try:
+        yield
+    finally:
+        supervisor.stop()
 
 
 def supernode_command(address: Address, *, credentials: tuple[Path, Path] | None, node_config: str, runtime_port: int) -> list[str]:

@@ -22,7 +22,8 @@ from types import FrameType
 
 from fedeye.config import RunConfig
 from fedeye.errors import RunInterrupted
-from fedeye.server.federation import Interruption, create_run, open_store, run_dir
+from fedeye.server.federation import create_run, open_store, run_dir
+from fedeye.server.polling import Interruption
 from fedeye.server.recorder import ProgressSink
 from fedeye.server.preflight import simulation_sites
 

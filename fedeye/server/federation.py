@@ -12,12 +12,9 @@ arrays and rounds are numbered on from there, into the same run record.
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -25,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedeye.config import RunConfig
-from fedeye.errors import FedEyeError, FederationError, RunInterrupted
+from fedeye.errors import FedEyeError, FederationError
 from fedeye.models import build_model, save_model
 from fedeye.models.io import load_model, load_state
 from fedeye.protocol import RUN_CONFIG, RUN_ID, SERVER_ROUND, SPLIT
@@ -118,67 +115,6 @@ def run_federation(
         raise
     store.finish_run(run_id, status="finished", error=note)
     return path
-
-
-class Interruption:
-    """A request to stop a run, made by a signal handler and seen by the ServerApp's thread."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signal = ""
-
-    def request(self, signal_name: str) -> None:
-        """Ask the run to stop (the first request names the signal)."""
-        self.signal = self.signal or signal_name
-        self.event.set()
-
-    @property
-    def requested(self) -> bool:
-        return self.event.is_set()
-
-
-class StoppableGrid:
-    """A view of a grid that gives up waiting for replies once ``stop`` is set.
-
-    Flower's grids wait up to the round timeout for replies and cannot be
-    told to stop; a simulation's signal handler sets ``stop`` instead, and the
-    next wait raises :class:`~fedeye.errors.RunInterrupted` in the ServerApp,
-    which then records the run ``interrupted`` and ends, and Flower shuts the
-    simulation (and Ray) down as after any run.
-    """
-
-    def __init__(self, grid: Grid, stop: Interruption) -> None:
-        self._grid = grid
-        self._stop = stop
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-    def _check(self) -> None:
-        if self._stop.requested:
-            raise RunInterrupted(self._stop.signal)
-
-    def get_node_ids(self) -> Iterable[int]:
-        self._check()
-        return self._grid.get_node_ids()
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Flower's ``send_and_receive`` (push, then pull until every reply or the timeout), watching ``stop``."""
-        self._check()
-        waiting = set(self._grid.push_messages(messages))
-        end = None if timeout is None else time.monotonic() + timeout
-        replies: list[Message] = []
-        while waiting and (end is None or time.monotonic() < end):
-            pulled = list(self._grid.pull_messages(waiting))
-            replies.extend(pulled)
-            waiting.difference_update(m.metadata.reply_to_message_id for m in pulled)
-            if waiting:
-                self._check()
-                time.sleep(PULL_INTERVAL_S)
-        return replies
-
-
-PULL_INTERVAL_S = 0.1  # Flower's InMemoryGrid default
 
 
 def _run(

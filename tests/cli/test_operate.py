@@ -220,3 +220,16 @@ def test_run_resume_refuses(tmp_path: Path, privacy: dict[str, object] | None, s
     run_id = _recorded_run(tmp_path / "s.db", privacy=privacy, status=status)
     code, out = _invoke("run", "resume", run_id, "--db", str(tmp_path / "s.db"), "--superlink", "127.0.0.1:1", "--insecure")
     assert code == 1 and message in out
+
+
+def test_site_node_config_reaches_the_clientapp_as_flower_parses_it(tmp_path: Path) -> None:
+    from flwr.common.config import parse_config_args
+
+    from fedeye.cli.operate import _node_config_arg, site_node_config
+
+    config = site_node_config(data=tmp_path / "data", site_toml=tmp_path / "site.toml", audit_log=None,
+                              state_dir=tmp_path / "state", site_name="eye-clinic", worker=True)
+    parsed = parse_config_args([_node_config_arg(config)])
+
+    assert parsed == {"site-dir": str(tmp_path / "data"), "site-config": str(tmp_path / "site.toml"),
+                      "state-dir": str(tmp_path / "state"), "site-name": "eye-clinic", "worker": True}

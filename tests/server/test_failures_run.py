@@ -14,7 +14,8 @@ from fedeye.client.incidents import read_incidents
 from fedeye.compose.inline import InlineGrid, serverapp_task
 from fedeye.config import RunConfig
 from fedeye.errors import FederationError, RunInterrupted
-from fedeye.server.federation import Interruption, StoppableGrid, create_run, run_federation
+from fedeye.server.federation import create_run, run_federation
+from fedeye.server.polling import Interruption, PollingGrid
 from fedeye.server.store import RunStore
 
 SECRET = "MRN-483920-Doe"
@@ -109,6 +110,6 @@ def test_stop_request_ends_the_run_interrupted(tmp_path: Path, tiny_sites: Path)
     run_id = create_run(store, cfg, num_sites=2)
     stop.request("SIGINT")
     with serverapp_task(), pytest.raises(RunInterrupted):
-        run_federation(StoppableGrid(grid, stop), cfg, store=store, run_id=run_id)  # type: ignore[arg-type]
+        run_federation(PollingGrid(grid, stop=stop, interval=0.1), cfg, store=store, run_id=run_id)  # type: ignore[arg-type]
     run = store.get_run(run_id).run
     assert (run.status, run.error) == ("interrupted", "the run was interrupted by SIGINT")
