@@ -80,6 +80,7 @@ done
 as_root "for s in ${SITES[*]}; do
     install -o 10001 -g 10001 -m 0644 /demo/coordinator/ca.crt /demo/\$s/ca.crt
     sed -i \"s|^audit_log = .*|audit_log = \\\"/var/lib/fedeye/audit/\$s.jsonl\\\"|\" /demo/\$s/site.toml
+    sed -i \"/^audit_log = /a state_dir = \\\"/var/lib/fedeye/state\\\"\" /demo/\$s/site.toml
 done
 touch /demo/.provisioned"
 echo "provision-demo: done; $DEMO holds:"

@@ -41,6 +41,7 @@ from fedeye.cli.flower import (
 from fedeye.cli.provision import AUTHORIZED_SITES, read_authorized_sites
 from fedeye.cli.runs import DbOption, default_store_dir
 from fedeye.cli.site_state import site_states
+from fedeye.client.state import SiteState, deployment_state
 from fedeye.errors import DeploymentError
 from fedeye.privacy import keys
 from fedeye.protocol import NODE_AUDIT_LOG, NODE_SITE_CONFIG, NODE_SITE_DIR, NODE_SITE_NAME, NODE_STATE_DIR, NODE_WORKER
@@ -163,7 +164,7 @@ def site_start(
     ca: Annotated[Path | None, typer.Option("--ca", help="The coordinator's ca.crt (default: DIR/ca.crt).")] = None,
     runtime_port: Annotated[int, typer.Option("--runtime-port", min=0, max=65535, help="Local port of this SuperNode's ClientApp API (0: any free port).")] = 0,
     rejoin_wait: Annotated[float, typer.Option("--rejoin-wait", min=0, help="Seconds to keep retrying while the SuperLink refuses this node (it still sees this site's previous SuperNode online).")] = REJOIN_WAIT_S,
-    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="The site's state folder (worker socket, logs), made 0700 (default: DIR/state).")] = None,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="The site's state folder, made 0700 (default: state_dir in site.toml, else DIR/state). Site admin commands read site.toml, so set it there.")] = None,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Run the ClientApp in Flower's per-message process (no warm site worker): slower, every message imports torch and decodes the data again.")] = False,
 ) -> None:
     """Check the site's data, start the site worker, then run Flower's SuperNode for this site in the foreground."""
@@ -180,7 +181,8 @@ def site_start(
     if cfg.data is None:
         raise DeploymentError(f"{site_toml}: no 'data' folder set; add data = \"/path/to/site\" or run `fedeye site init` again")
     _check_data_or_exit(cfg.data)
-    state_dir = keys.ensure_private_dir((state_dir or site_state_dir(site_dir)).resolve())
+    state_dir = SiteState(state_dir.resolve()) if state_dir else deployment_state(site_toml, cfg.state_dir)
+    state_dir = state_dir.ensure().root
     node_config = site_node_config(data=cfg.data, site_toml=site_toml, audit_log=cfg.audit_log, state_dir=state_dir,
                                    site_name=open_site(cfg.data).info.name, worker=not no_worker)
     port = runtime_port or free_port()
@@ -236,11 +238,6 @@ def _check_data_or_exit(data: Path) -> None:
         render_report(report, console)
         err_console.print("[bold red]the SuperNode was not started[/]: fix the site data (`fedeye site check`) and start again.")
         raise typer.Exit(1)
-
-
-def site_state_dir(site_dir: Path) -> Path:
-    """The site's state folder: ``<site init folder>/state``."""
-    return site_dir / "state"  # replaced by fedeye.client.state on merge
 
 
 def site_node_config(*, data: Path, site_toml: Path, audit_log: Path | None, state_dir: Path, site_name: str,

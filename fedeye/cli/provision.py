@@ -156,6 +156,7 @@ def site_init(
     data: Annotated[Path, typer.Option("--data", help="The site's data folder (checked first).")],
     device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Where this site trains.")] = "auto",
     force: ForceOption = False,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="The site's state folder (data cache, ledger, approvals, worker socket); default: state/ beside site.toml. In a container: a writable volume.")] = None,
 ) -> None:
     """Check the site's data, then write site.toml and the node key pair (node.key, node.pub)."""
     from fedeye.cli.site_check import print_check_report
@@ -166,21 +167,23 @@ def site_init(
         print_check_report(report)
         console.print("[red]nothing written[/]: fix the site data and run 'fedeye site init' again.")
         raise typer.Exit(1)
-    line = provision_site(out_dir, name=name, data=data, device=device, force=force)
+    line = provision_site(out_dir, name=name, data=data, device=device, force=force, state_dir=state_dir)
     console.print(f"wrote site.toml, node.key (secret), node.pub in [bold]{out_dir.resolve()}[/]")
     console.print(f"public key: {line}", soft_wrap=True)
     console.print("send node.pub to the coordinator operator, who runs:")
     console.print(f"  fedeye coordinator register-site node.pub --name {name}", soft_wrap=True)
 
 
-def provision_site(out_dir: Path, *, name: str, data: Path, device: Literal["auto", "cpu", "cuda"], force: bool) -> str:
+def provision_site(out_dir: Path, *, name: str, data: Path, device: Literal["auto", "cpu", "cuda"], force: bool,
+                   state_dir: Path | None = None) -> str:
     """Write site.toml, node.key (0600) and node.pub; return the public key line."""
     if not SITE_NAME.match(name):
         raise ProvisioningError(f"site name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-'")
     out_dir = out_dir.resolve()
     paths = [out_dir / "site.toml", out_dir / "node.key", out_dir / "node.pub"]
     keys.refuse_existing(paths, force=force)
-    cfg = SiteConfig(data=data.resolve(), device=device, audit_log=out_dir / "audit.jsonl")
+    cfg = SiteConfig(data=data.resolve(), device=device, audit_log=out_dir / "audit.jsonl",
+                     state_dir=None if state_dir is None else state_dir.resolve())
     node_key, node_pub = keys.create_node_keypair()
     keys.ensure_private_dir(out_dir)
     keys.write_atomic(paths[0], _site_toml(cfg, name).encode(), mode=0o644)
@@ -194,6 +197,7 @@ def _site_toml(cfg: SiteConfig, name: str) -> str:
         "data": str(cfg.data),
         "device": cfg.device,
         "audit_log": str(cfg.audit_log),
+        **({"state_dir": str(cfg.state_dir)} if cfg.state_dir else {}),
         "privacy": {"require_dp": cfg.privacy.require_dp, "min_group_size": cfg.privacy.min_group_size},
     }
     header = f"# Site {name!s}, written by 'fedeye site init'. The coordinator cannot change this file.\n"

@@ -44,7 +44,8 @@ def site_home(folder: Path) -> SiteHome:
     """
     folder = folder.expanduser().resolve()
     if all((folder / m).is_file() for m in INIT_MARKERS):
-        cfg, state = load_site_config(folder / "site.toml"), deployment_state(folder / "site.toml")
+        cfg = load_site_config(folder / "site.toml")
+        state = deployment_state(folder / "site.toml", cfg.state_dir)
         return SiteHome(folder, cfg, state.root, cfg.audit_log or state.audit_log, deployed=True)
     if folder.is_dir() and (any((folder / m).is_file() for m in DATA_MARKERS) or any(folder.glob("*.npz"))):
         state = simulated_state(folder)

@@ -44,6 +44,8 @@ class SiteConfig(BaseModel):
     data: Path | None = Field(default=None, description="The site folder (manifest.csv and images).")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where this site trains.")
     audit_log: Path | None = Field(default=None, description="Where the site's audit log of outgoing messages goes.")
+    state_dir: Path | None = Field(default=None, description="The site's state folder (data cache, privacy ledger, "
+                                   "approvals, worker socket, logs); default: state/ beside this file.")
     privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy, description="Which runs this site admits.")
 
@@ -61,8 +63,10 @@ def load_site_config(path: Path) -> SiteConfig:
     except ValidationError as err:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"{path}: invalid site config: {fields}") from None
-    if cfg.data is not None and not cfg.data.is_absolute():
-        cfg = cfg.model_copy(update={"data": (path.parent / cfg.data).resolve()})
+    relative = {k: (path.parent / v).resolve() for k in ("data", "audit_log", "state_dir")
+                if (v := getattr(cfg, k)) is not None and not v.is_absolute()}
+    if relative:
+        cfg = cfg.model_copy(update=relative)
     return cfg
 
 

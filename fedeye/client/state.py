@@ -112,9 +112,9 @@ class SiteState:
         return self
 
 
-def deployment_state(site_toml: Path) -> SiteState:
-    """The state folder of a deployment site: ``state/`` beside its ``site.toml``."""
-    return SiteState(site_toml.resolve().parent / STATE_DIRNAME)
+def deployment_state(site_toml: Path, configured: Path | None = None) -> SiteState:
+    """The state folder of a deployment site: ``state_dir`` of its ``site.toml``, else ``state/`` beside it."""
+    return SiteState(configured or site_toml.resolve().parent / STATE_DIRNAME)
 
 
 def state_key(site_dir: Path) -> str:

@@ -70,6 +70,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Final
 
 from fedeye.client import frames
+from fedeye.client.state import SiteState
 from fedeye.errors import DeploymentError
 from fedeye.protocol import FailureCategory
 
@@ -87,7 +88,7 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 def worker_socket_path(state_dir: Path) -> Path:
     """Where a site's worker listens: ``<state-dir>/worker.sock``."""
-    return state_dir / SOCKET_NAME  # replaced by fedeye.client.state on merge
+    return SiteState(state_dir).worker_socket
 
 
 @dataclass(frozen=True)
