@@ -95,7 +95,7 @@ def coordinator_register_site(
 
     ``fedeye coordinator start`` registers every listed site when the SuperLink starts.
     """
-    from fedeye.cli.flower import parse_address, register_node, save_connection
+    from fedeye.flower_programs import parse_address, register_node, save_connection
 
     address = parse_address(superlink, option="--superlink") if superlink else None  # bad input before any write
     fingerprint = register_site(out_dir / AUTHORIZED_SITES, pubkey_file, name=name)

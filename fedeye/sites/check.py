@@ -98,13 +98,3 @@ def _label_names(site: SiteFormat) -> list[str]:
         return list(site.info.label_names)
     except ConfigError:
         return ["0", "1"]
-
-
-def render_report(report: CheckReport, console: object) -> None:
-    """Deprecated: printing moved to the CLI, :func:`fedeye.cli.site_check.print_check_report`.
-
-    Kept only until ``cli/operate.py`` imports that function instead; remove then.
-    """
-    from fedeye.cli.site_check import print_check_report
-
-    print_check_report(report, target=console)  # type: ignore[arg-type]

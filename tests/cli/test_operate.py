@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedeye.cli.flower import Address, connection_name, parse_address, save_connection
+from fedeye.flower_programs import Address, connection_name, parse_address, save_connection
 from fedeye.cli.main import app
-from fedeye.cli.operate import superlink_command, supernode_command
+from fedeye.client.supernode import supernode_command
+from fedeye.server.deployment import superlink_command
 from fedeye.errors import DeploymentError
 
 runner = CliRunner()
@@ -122,7 +123,7 @@ def test_run_status_of_an_unknown_run(tmp_path: Path) -> None:
 
 
 def test_superlink_command_has_tls_auth_and_state(coord: Path, tmp_path: Path) -> None:
-    from fedeye.cli.operate import coordinator_tls
+    from fedeye.server.deployment import coordinator_tls
 
     command = superlink_command(Address("127.0.0.1", 9092), tls=coordinator_tls(coord), database=tmp_path / "s.db")
     joined = " ".join(command)
@@ -175,7 +176,7 @@ def test_run_foreground_forwards_sigterm_and_returns_the_programs_code() -> None
     import sys
 
     child = "import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(7)); print('ready', flush=True); time.sleep(60)"
-    wrapper = f"import sys; from fedeye.cli.flower import run_foreground; sys.exit(run_foreground([sys.executable, '-c', {child!r}]).code)"
+    wrapper = f"import sys; from fedeye.flower_programs import run_foreground; sys.exit(run_foreground([sys.executable, '-c', {child!r}]).code)"
     proc = subprocess.Popen([sys.executable, "-c", wrapper], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
@@ -189,7 +190,7 @@ def test_run_foreground_forwards_sigterm_and_returns_the_programs_code() -> None
 def test_run_foreground_keeps_the_tail_where_flower_prints_its_exit_code() -> None:
     import sys
 
-    from fedeye.cli.flower import run_foreground
+    from fedeye.flower_programs import run_foreground
 
     finished = run_foreground([sys.executable, "-c", "import sys; print('Exit Code: 305'); sys.exit(1)"])
     assert finished.code == 1 and "Exit Code: 305" in finished.tail
@@ -225,7 +226,8 @@ def test_run_resume_refuses(tmp_path: Path, privacy: dict[str, object] | None, s
 def test_site_node_config_reaches_the_clientapp_as_flower_parses_it(tmp_path: Path) -> None:
     from flwr.common.config import parse_config_args
 
-    from fedeye.cli.operate import _node_config_arg, site_node_config
+    from fedeye.client.supernode import node_config_arg as _node_config_arg
+    from fedeye.client.supernode import site_node_config
 
     config = site_node_config(data=tmp_path / "data", site_toml=tmp_path / "site.toml", audit_log=None,
                               state_dir=tmp_path / "state", site_name="eye-clinic", worker=True)

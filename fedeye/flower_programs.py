@@ -34,6 +34,7 @@ from types import FrameType
 from typing import Any
 
 from fedeye.errors import DeploymentError
+from fedeye.wait import wait_until
 
 FLWR_TIMEOUT_S = 120.0
 TAIL_LINES = 60
@@ -84,14 +85,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 def wait_for_port(address: Address, *, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> bool:
     """Wait until ``address`` accepts TCP connections; False if ``proc`` exits first or time runs out."""
     host = "127.0.0.1" if address.wildcard else address.host
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
+
+    def listening() -> bool | None:
+        if proc.poll() is not None:
+            return False
         try:
             with socket.create_connection((host, address.port), timeout=1.0):
                 return True
         except OSError:
-            time.sleep(0.3)
-    return False
+            return None
+
+    return bool(wait_until(listening, timeout=timeout_s, interval=0.3))
 
 
 # --- programs and their environment ---------------------------------------------------
