@@ -19,13 +19,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from fedeye.config import RunConfig
 from fedeye.errors import RunInterrupted
 from fedeye.server.federation import create_run, open_store, run_dir
 from fedeye.server.polling import Interruption
-from fedeye.server.recorder import ProgressSink
 from fedeye.server.preflight import simulation_sites
+from fedeye.server.recorder import ProgressSink
+
+if TYPE_CHECKING:
+    from flwr.server.superlink.fleet.vce.backend.backend import BackendConfig
 
 # Keep Ray on loopback and Flower from installing app dependencies at run time.
 _SIM_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
@@ -123,7 +127,7 @@ def _shutdown_ray() -> None:
         ray.shutdown()
 
 
-def _backend_config(cfg: RunConfig, *, quiet: bool) -> dict[str, dict[str, int | float | str | bool]]:
+def _backend_config(cfg: RunConfig, *, quiet: bool) -> BackendConfig:
     return {
         "client_resources": {"num_cpus": cfg.simulation.client_cpus, "num_gpus": cfg.simulation.client_gpus},
         "init_args": {
