@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import tomllib
@@ -33,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from fedeye._atomic import atomic_write_text
 from fedeye.errors import DeploymentError
 
 FLWR_TIMEOUT_S = 120.0
@@ -209,14 +209,7 @@ def save_connection(address: Address, *, root_certificates: Path | None) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 # --- flwr commands ----------------------------------------------------------------------

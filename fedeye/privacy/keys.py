@@ -23,8 +23,6 @@ import base64
 import datetime as dt
 import hashlib
 import ipaddress
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedeye._atomic import atomic_write_bytes
 from fedeye.errors import ProvisioningError
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
@@ -194,19 +193,8 @@ def refuse_existing(paths: Sequence[Path], *, force: bool) -> None:
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> Path:
-    """Write ``data`` to a temp file beside ``path`` with ``mode``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` atomically with permission bits ``mode`` (0600 by default)."""
+    return atomic_write_bytes(path, data, mode=mode)
 
 
 def save_private_key(key: ec.EllipticCurvePrivateKey, path: Path, *, openssh: bool = False) -> Path:

@@ -8,10 +8,12 @@ manner of Flower Datasets' ``Partitioner`` and timm's ``@register_model``.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
@@ -76,6 +78,27 @@ class SiteScan:
 
     samples: list[Sample]
     problems: list[Problem]
+
+
+SelfT = TypeVar("SelfT", bound="SiteFormat")
+
+
+def cached_scan(scan: Callable[[SelfT], SiteScan]) -> Callable[[SelfT], SiteScan]:
+    """Decorate a format's :meth:`SiteFormat.scan` so it reads the folder once per instance.
+
+    >>> class Tiny(SiteFormat):  # doctest: +SKIP
+    ...     @cached_scan
+    ...     def scan(self) -> SiteScan: ...
+    """
+
+    @functools.wraps(scan)
+    def cached(self: SelfT) -> SiteScan:
+        if "_cached_scan" not in self.__dict__:
+            self.__dict__["_cached_scan"] = scan(self)
+        result: SiteScan = self.__dict__["_cached_scan"]
+        return result
+
+    return cached
 
 
 class SiteFormat(ABC):

@@ -34,6 +34,7 @@ from fedeye.sites.base import (
     SiteFormat,
     SiteInfo,
     SiteScan,
+    cached_scan,
     load_site_info,
     read_site_toml,
     register_format,
@@ -140,13 +141,9 @@ class DicomSite(SiteFormat):
         """Path of the site's ``labels.csv``."""
         return self.root / LABELS
 
+    @cached_scan
     def scan(self) -> SiteScan:
         """Read every header and ``labels.csv``; never raises for bad data."""
-        if not hasattr(self, "_scan"):
-            self._scan = self._scan_uncached()
-        return self._scan
-
-    def _scan_uncached(self) -> SiteScan:
         toml_problems = self._info_problems()
         headers, file_problems = self._read_headers()
         self._headers = {h.file: h for h in headers}

@@ -25,6 +25,7 @@ from fedeye.sites.base import (
     SiteFormat,
     SiteInfo,
     SiteScan,
+    cached_scan,
     SplitName,
     load_site_info,
     read_site_toml,
@@ -222,13 +223,9 @@ class ManifestSite(SiteFormat):
         """Path of the site's ``manifest.csv``."""
         return self.root / MANIFEST
 
+    @cached_scan
     def scan(self) -> SiteScan:
         """Parse the manifest and check every image; never raises for bad data."""
-        if not hasattr(self, "_scan"):
-            self._scan = self._scan_uncached()
-        return self._scan
-
-    def _scan_uncached(self) -> SiteScan:
         file = str(self.manifest_path)
         toml_problems = self._info_problems()
         num_classes = len(self.info.label_names) if not toml_problems else 2

@@ -41,6 +41,7 @@ from fedeye.sites.base import (
     SiteFormat,
     SiteInfo,
     SiteScan,
+    cached_scan,
     SplitName,
     load_site_info,
     read_site_toml,
@@ -154,13 +155,9 @@ class FairVisionSite(SiteFormat):
         defaults = DEFAULT_LABEL_NAMES.get(task_key(info.task))
         return info.model_copy(update={"label_names": defaults}) if defaults else info
 
+    @cached_scan
     def scan(self) -> SiteScan:
         """Check every subject file; never raises for bad data."""
-        if not hasattr(self, "_scan"):
-            self._scan = self._scan_uncached()
-        return self._scan
-
-    def _scan_uncached(self) -> SiteScan:
         data, problems = read_site_toml(self.root)
         problems = problems or site_info_problems(data, file=str(self.root / SITE_TOML), default_name=self.root.resolve().name)
         if problems:

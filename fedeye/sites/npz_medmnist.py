@@ -28,6 +28,7 @@ from fedeye.sites.base import (
     SiteFormat,
     SiteInfo,
     SiteScan,
+    cached_scan,
     load_site_info,
     read_site_toml,
     register_format,
@@ -102,13 +103,9 @@ class MedMnistSite(SiteFormat):
         defaults = {k: v for k, v in DATASET_DEFAULTS.get(kind or "", {}).items() if k not in data}
         return info.model_copy(update=defaults)
 
+    @cached_scan
     def scan(self) -> SiteScan:
         """Check the arrays and every label; never raises for bad data."""
-        if not hasattr(self, "_scan"):
-            self._scan = self._scan_uncached()
-        return self._scan
-
-    def _scan_uncached(self) -> SiteScan:
         file = str(self.npz_path)
         data, problems = read_site_toml(self.root)
         problems = problems or site_info_problems(data, file=str(self.root / SITE_TOML), default_name=self.root.resolve().name)
