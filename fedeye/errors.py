@@ -87,3 +87,7 @@ class ProvisioningError(FedEyeError):
 
 class DeploymentError(FedEyeError):
     """A deployment step cannot go on: missing TLS files, a bad address, or a Flower command that failed."""
+
+
+class ImageDataError(FedEyeError):
+    """Pixels cannot be used as they are: too many, an unsupported type, or values outside the expected range."""
