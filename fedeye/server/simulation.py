@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedeye.config import RunConfig
-from fedeye.errors import ConfigError, SiteDataError
+from fedeye.errors import ConfigError, SiteDataError, errors_only
 from fedeye.server.federation import create_run, open_store, run_dir
 from fedeye.server.recorder import ProgressSink
 from fedeye.sites.base import open_site
@@ -40,7 +40,7 @@ def simulation_sites(cfg: RunConfig) -> list[Path]:
     dirs = simulated_site_dirs(cfg.data.root)
     if cfg.simulation.num_sites is not None and cfg.simulation.num_sites != len(dirs):
         raise ConfigError(f"simulation.num_sites={cfg.simulation.num_sites} but {cfg.data.root} holds {len(dirs)} site folders")
-    problems = [p for d in dirs for p in open_site(d).problems()]
+    problems = errors_only([p for d in dirs for p in open_site(d).problems()])  # warnings never block a run, as in `site check`
     if problems:
         raise SiteDataError(str(cfg.data.root), problems)
     _check_node_minimums(cfg, len(dirs))

@@ -27,7 +27,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 
-from fedeye.errors import Problem, SiteDataError
+from fedeye.errors import ImageDataError, Problem, SiteDataError
 from fedeye.sites.base import (
     SITE_TOML,
     Sample,
@@ -47,8 +47,10 @@ from fedeye.sites.manifest import (
     _parse_split,
     _read_csv,
     assign_splits,
+    duplicate_image_problems,
     empty_split_problems,
 )
+from fedeye.sites.pixels import check_pixel_count
 
 LABELS = "labels.csv"
 KEY_COLUMNS = ("sop_instance_uid", "file")
@@ -187,7 +189,8 @@ class DicomSite(SiteFormat):
             problems += row_problems
             rows += parsed
             used |= {r.image.split("#")[0] for r in parsed}
-        return rows, problems, used
+        rows, duplicates = duplicate_image_problems(rows, file=file)
+        return rows, problems + duplicates, used
 
     def _label_row(
         self, line: int, record: dict[str, str], key: str, index: dict[str, DicomHeader], info: SiteInfo
@@ -243,9 +246,12 @@ def read_header(path: Path, root: Path) -> tuple[DicomHeader | None, Problem | N
         missing = [k for k in ("SOPInstanceUID", "Rows", "Columns", "BitsStored", "PixelData") if k not in ds]
         if missing:
             return None, _file_problem(path, f"required DICOM attribute(s) {missing} missing", "re-export the image from the device or PACS", field=missing[0])
+        check_pixel_count(int(ds.Columns), int(ds.Rows))
         short = _pixel_problem(ds, path)
         if short:
             return None, short
+    except ImageDataError as exc:
+        return None, _file_problem(path, str(exc), "downscale the image, or remove the file", field="Rows")
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
         return None, _file_problem(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})", "re-export or re-copy the file (it may be truncated), or remove it")
     return _header(ds, rel), None

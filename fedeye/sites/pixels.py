@@ -51,7 +51,8 @@ def integer_to_uint8(pixels: np.ndarray) -> np.ndarray:
         raise ImageDataError(f"pixel values go up to {high}, more than 16 bits; re-export as 8- or 16-bit")
     if bits == 8:
         return pixels.astype(np.uint8)
-    return np.rint(pixels.astype(np.float64) * (255.0 / (2**bits - 1))).astype(np.uint8)
+    scaled: np.ndarray = np.rint(pixels.astype(np.float64) * (255.0 / (2**bits - 1)))
+    return scaled.astype(np.uint8)
 
 
 def float_to_uint8(pixels: np.ndarray) -> np.ndarray:
