@@ -51,7 +51,7 @@ def load_site_config(path: Path) -> SiteConfig:
     try:
         cfg = SiteConfig.model_validate(raw)
     except ValidationError as err:
-        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in err.errors())
         raise ConfigError(f"{path}: invalid site config: {fields}") from None
     if cfg.data is not None and not cfg.data.is_absolute():
         cfg = cfg.model_copy(update={"data": (path.parent / cfg.data).resolve()})

@@ -35,7 +35,9 @@ class SiteInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, description="Human-readable site name.")
+    name: str = Field(
+        min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$", description="Human-readable site name (one line)."
+    )
     modality: Literal["fundus", "oct"] = Field(
         default="fundus", description="Imaging modality of every image in the site."
     )
@@ -188,7 +190,7 @@ def _field_hint(loc: str) -> str:
     hints = {
         "modality": "'fundus' or 'oct'",
         "label_names": 'a list of at least two names, e.g. ["normal", "glaucoma"]',
-        "name": "a non-empty string",
+        "name": "a non-empty, one-line string of at most 200 characters",
         "task": "a non-empty string such as 'glaucoma'",
         "oct_frames": "'middle' or 'all'",
         "preprocess": "'none', 'fov-crop' or 'fov-crop+clahe'",
