@@ -25,7 +25,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedeye.errors import ConfigError
 from fedeye.models.config import ModelConfig
@@ -84,7 +93,9 @@ class StrategyConfig(_Section):
     @field_validator("name")
     @classmethod
     def _registered(cls, name: str) -> str:
-        from fedeye.strategies import list_strategies  # late: the strategies import Flower
+        from fedeye.strategies import (
+            list_strategies,  # late: the strategies import Flower
+        )
 
         if name not in list_strategies():
             raise ValueError(f"unknown strategy {name!r}; registered strategies: {', '.join(list_strategies())}")

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from fedeye.config import RunConfig, from_flower_config, load_run_config, to_flower_config
+from fedeye.config import (
+    RunConfig,
+    from_flower_config,
+    load_run_config,
+    to_flower_config,
+)
 from fedeye.errors import ConfigError
 from fedeye.server.app import RESUME_KEY
 

@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fedeye.errors import ImageDataError
-from fedeye.sites.pixels import BIT_DEPTHS, MAX_IMAGE_PIXELS, check_pixel_count, float_to_uint8, integer_to_uint8, to_uint8
+from fedeye.sites.pixels import (
+    BIT_DEPTHS,
+    MAX_IMAGE_PIXELS,
+    check_pixel_count,
+    float_to_uint8,
+    integer_to_uint8,
+    to_uint8,
+)
 
 SHAPES = hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=8)
 

@@ -275,7 +275,7 @@ def test_huge_image_is_refused_from_its_header(make_site: SiteWriter) -> None:
 
 
 def test_each_image_is_decoded_once_per_check(make_site: SiteWriter, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fedeye.sites.manifest as manifest
+    from fedeye.sites import manifest
 
     rows = [{"image": "images/one.png", "label": 0, "patient_id": f"p{i}"} for i in range(30)]
     root = make_site(rows[:1])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 from flwr.serverapp.strategy import Strategy
+from pydantic import ValidationError
 
 from fedeye.config import StrategyConfig
 from fedeye.errors import ConfigError
