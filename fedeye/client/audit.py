@@ -41,7 +41,7 @@ from flwr.common.constant import ErrorCode
 from flwr.common.serde import recorddict_to_proto
 from flwr.common.serde_utils import error_to_proto
 
-from fedeye.errors import AuditError
+from fedeye.errors import AuditError, ConfigError
 
 AUDIT_LOG_KEY = "audit-log"  # node config key: explicit audit file path
 SITE_DIR_KEY = "site-dir"  # node config key of the site folder (as in fedeye.client.site)
@@ -93,31 +93,56 @@ def fedeye_home() -> Path:
     return Path(os.environ.get(HOME_ENV) or Path.home() / ".fedeye").expanduser()
 
 
+SITE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # full-match: an audit file stem
+
+
 def site_slug(name: str) -> str:
-    """A filesystem-safe file stem for a site folder name."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")
-    return slug or "site"
+    """A filesystem-safe file stem for a site name (full-matches :data:`SITE_STEM`)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:64].rstrip(".-")
+    return slug if SITE_STEM.fullmatch(slug) else "site"
 
 
-def audit_path(node_config: Mapping[str, object], *, home: Path, node_id: int = 0) -> Path:
-    """The audit file of this node, from its node config only.
+def audit_path(node_config: Mapping[str, object], *, home: Path, node_id: int = 0, site_name: str | None = None) -> Path:
+    """The audit file of this node, from its node config (and, in simulation, its site's name).
 
-    ``audit-log`` if set; else ``<home>/audit/<slug of the site-dir folder
-    name>.jsonl``; a simulated node (``partition-id``, no ``site-dir``) uses
-    ``partition-<k>.jsonl`` and any other node ``node-<node_id>.jsonl``.
+    ``audit-log`` if set; else ``<home>/audit/<site>.jsonl`` where ``<site>``
+    is the slug of the ``site-dir`` folder name, or of ``site_name`` (a
+    simulated node's site folder, see :func:`simulated_site_name`); a
+    simulated node whose site is unknown uses ``partition-<k>.jsonl`` and any
+    other node ``node-<node_id>.jsonl``.
 
     >>> audit_path({"site-dir": "/data/St Aurelia/"}, home=Path("/h"))
     PosixPath('/h/audit/St-Aurelia.jsonl')
+    >>> audit_path({"partition-id": 0}, home=Path("/h"), site_name="site-1")
+    PosixPath('/h/audit/site-1.jsonl')
     """
     if AUDIT_LOG_KEY in node_config:
         return Path(str(node_config[AUDIT_LOG_KEY])).expanduser()
     if SITE_DIR_KEY in node_config:
         stem = site_slug(Path(str(node_config[SITE_DIR_KEY])).expanduser().name)
+    elif site_name is not None:
+        stem = site_slug(site_name)
     elif PARTITION_KEY in node_config:
         stem = f"partition-{node_config[PARTITION_KEY]}"
     else:
         stem = f"node-{node_id}"
     return home / "audit" / f"{stem}.jsonl"
+
+
+def simulated_site_name(node_config: Mapping[str, object], run_config: Mapping[str, object]) -> str | None:
+    """A simulated node's site folder name (``data.root``'s ``partition-id``-th site); None if unknown."""
+    from fedeye.client.site import (
+        simulated_site_dirs,  # late: it imports the model code
+    )
+
+    index, root = node_config.get(PARTITION_KEY), run_config.get("data.root")
+    if SITE_DIR_KEY in node_config or not isinstance(index, int) or isinstance(index, bool) or not root:
+        return None
+    try:
+        dirs = simulated_site_dirs(Path(str(root)))
+    except ConfigError:
+        return None
+    return dirs[index].name if 0 <= index < len(dirs) else None
 
 
 # ------------------------------------------------------------------ pure description
@@ -247,7 +272,8 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     unwritable log fails before training. If the ClientApp raises, the
     error reply Flower will send is logged and the exception re-raised.
     """
-    path = audit_path(context.node_config, home=fedeye_home(), node_id=context.node_id)
+    site_name = simulated_site_name(context.node_config, context.run_config)
+    path = audit_path(context.node_config, home=fedeye_home(), node_id=context.node_id, site_name=site_name)
     ensure_audit_file(path)
     server_round = server_round_of(msg)
     try:

@@ -4,10 +4,12 @@ Every route is a ``GET``; nothing writes to the store. Every request, pages,
 scripts and API alike, needs the access token: as ``?token=`` once (the
 server answers with an HttpOnly, SameSite=Strict cookie and a redirect to the
 same address without the token, so it does not stay in the address bar or
-history), as that cookie, or as ``Authorization: Bearer <token>``.
+history), as that cookie, or as ``Authorization: Bearer <token>``. Requests
+whose ``Host`` header names another server are refused (DNS rebinding), and
+the redirect never leaves this server (no open redirect through ``//host``).
 
 >>> from fastapi.testclient import TestClient
->>> client = TestClient(create_app("sqlite://", token="t0ken"))
+>>> client = TestClient(create_app("sqlite://", token="t0ken"), base_url="http://127.0.0.1")
 >>> client.get("/api/runs").status_code
 401
 >>> client.get("/api/runs", headers={"Authorization": "Bearer t0ken"}).json()
@@ -17,10 +19,10 @@ history), as that cookie, or as ``Authorization: Bearer <token>``.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -31,6 +33,8 @@ from fedeye.server.dashboard.panels import run_panels, summary_json
 from fedeye.server.store import RunStore
 
 STATIC_DIR = Path(__file__).parent / "static"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+ANY_HOST = "*"  # a dashboard bound to every interface (0.0.0.0) cannot know the names it is reached by
 TOKEN_COOKIE = "fedeye-dashboard-token"
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -54,7 +58,7 @@ with <code>fedeye dashboard --token YOUR-TOKEN</code>.</p></body></html>"""
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(store_url: str, *, token: str) -> FastAPI:
+def create_app(store_url: str, *, token: str, hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
     """Return the read-only dashboard over the run store at ``store_url``.
 
     Parameters
@@ -63,16 +67,53 @@ def create_app(store_url: str, *, token: str) -> FastAPI:
         SQLAlchemy URL of the run store (see :func:`~fedeye.server.store.resolve_db_url`).
     token
         The access token every request must carry; never empty.
+    hosts
+        Names a request's ``Host`` header may give (without port); ``"*"``
+        accepts any. See :func:`allowed_hosts`.
     """
     if not token:
         raise ValueError("the dashboard needs a non-empty access token")
     store = RunStore(store_url)
     app = FastAPI(title="FedEye dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.middleware("http")(_token_guard(token))
+    app.middleware("http")(_host_guard(hosts))  # added last, so it runs first
     _add_pages(app)
     _add_api(app, store)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+# -------------------------------------------------------------------------- hosts
+
+
+def allowed_hosts(bind_host: str) -> tuple[str, ...]:
+    """``Host`` names to accept for a dashboard listening on ``bind_host``.
+
+    >>> allowed_hosts("10.0.0.5")
+    ('10.0.0.5', '127.0.0.1', 'localhost', '::1')
+    """
+    if bind_host in ("0.0.0.0", "::", ""):
+        return (ANY_HOST,)
+    return tuple(dict.fromkeys((bind_host.strip("[]"), *LOOPBACK_HOSTS)))
+
+
+def _host_guard(hosts: Sequence[str]) -> Callable[[Request, Handler], Awaitable[Response]]:
+    accepted = {h.lower() for h in hosts}
+
+    async def guard(request: Request, call_next: Handler) -> Response:
+        if ANY_HOST in accepted or _host_name(request.headers.get("host", "")) in accepted:
+            return await call_next(request)
+        detail = f"this dashboard answers to {sorted(accepted)} only; open it by one of those names"
+        return JSONResponse({"detail": detail}, status_code=400, headers=SECURITY_HEADERS)
+
+    return guard
+
+
+def _host_name(header: str) -> str:
+    try:
+        return (urlsplit(f"//{header}").hostname or "").lower()
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return ""
 
 
 # -------------------------------------------------------------------------- token
@@ -107,7 +148,8 @@ def _same(given: str, token: str) -> bool:
 def _cookie_redirect(request: Request, token: str) -> Response:
     """Swap ``?token=`` for a cookie so the token leaves the address bar."""
     query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
-    target = request.url.path + (f"?{query}" if query else "")
+    path = "/" + request.url.path.lstrip("/\\")  # "//other.host" would leave this server
+    target = path + (f"?{query}" if query else "")
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
     response.headers.update(SECURITY_HEADERS)
