@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from fedeye.errors import ImageDataError, Problem, SiteDataError
 from fedeye.sites.base import (
@@ -44,6 +44,7 @@ ATTRIBUTE_COLUMNS = ("eye", "age", "sex", "race", "ethnicity")
 EYES = ("OD", "OS")
 SEXES = ("M", "F", "O")
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16/32-bit integer and float gray: scaled, not clipped
+LOW_BIT_COLOUR_MAX = 16  # high byte of a 16-bit value below 4096
 PIL_ERRORS = (OSError, ValueError, EOFError, SyntaxError)
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _AGE = re.compile(r"[0-9]+(\.[0-9]+)?")
@@ -368,7 +369,20 @@ def _native_pixels(img: Image.Image) -> np.ndarray:
         return to_uint8(np.asarray(img))
     if img.mode in ("1", "L"):
         return np.asarray(img.convert("L"), dtype=np.uint8)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    wide_colour = _is_16bit_colour(img)  # read before decoding: Pillow clears the tiles
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if wide_colour and rgb.size and int(rgb.max()) < LOW_BIT_COLOUR_MAX:
+        raise ImageDataError(
+            "16-bit colour image whose values stay below 4096 (e.g. 12-bit data): Pillow keeps only the high "
+            "byte, which would leave it nearly black; save it as 8-bit colour, or as 16-bit gray"
+        )
+    return rgb
+
+
+def _is_16bit_colour(img: Image.Image) -> bool:
+    """Whether Pillow reads this colour image from 16 bits per channel (it keeps the high byte)."""
+    tiles = img.tile if isinstance(img, ImageFile.ImageFile) else []
+    return any(isinstance(tile.args, str) and ";16" in tile.args for tile in tiles)
 
 
 def to_modality(pixels: np.ndarray, modality: str) -> np.ndarray:

@@ -154,8 +154,8 @@ def scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype.kind not in "buif" or not np.isfinite(pixels).all():
         raise ImageDataError(f"pixels of type {pixels.dtype} include values that are not finite numbers")
     low, high = float(pixels.min()), float(pixels.max())
-    scaled = (pixels.astype(np.float32) - low) * (255.0 / (high - low) if high > low else 0.0)
-    return np.rint(scaled).astype(np.uint8)
+    scaled: np.ndarray = np.rint((pixels.astype(np.float32) - low) * (255.0 / (high - low) if high > low else 0.0))
+    return scaled.astype(np.uint8)
 
 
 # --------------------------------------------------------------------- the format

@@ -202,7 +202,7 @@ def test_simulate_refuses_a_decompression_bomb_before_flower_starts(tmp_path: Pa
 
     sites = tmp_path / "sites"
     shutil.copytree(tiny_sites, sites)
-    first = sorted((sites / "site-1" / "images").iterdir())[0]
+    first = min((sites / "site-1" / "images").iterdir())
     Image.new("L", (30000, 30000)).save(first, format="PNG")
     run_file = tiny_run_toml(tmp_path / "run.toml", sites=sites, out=tmp_path / "out")
 

@@ -129,3 +129,11 @@ def test_commands_are_mounted_on_fedeye(tmp_path: Path, tiny_sites: Path) -> Non
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "site" / "node.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+
+
+@pytest.mark.parametrize("host", ["a b", "fl.example.org\n", "-x.org", "x" * 70 + ".org"])
+def test_coordinator_init_refuses_a_bad_host_and_writes_nothing(tmp_path: Path, host: str) -> None:
+    out = tmp_path / "coord"
+    result = runner.invoke(root, ["coordinator", "init", str(out), "--host", host], env=WIDE)
+    assert result.exit_code == 1 and "neither an IP address nor a DNS name" in result.output
+    assert not out.exists()

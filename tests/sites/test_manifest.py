@@ -297,3 +297,36 @@ def test_labels_must_be_plain_integers(make_site: SiteWriter, label: str) -> Non
     [problem] = _only(ManifestSite(make_site(rows)).problems(), "label")
 
     assert problem.row == 2
+
+
+def _png48(path: Path, pixels: np.ndarray) -> None:
+    """Write an RGB PNG with 16 bits per channel (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    height, width = pixels.shape[:2]
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_12bit_data_in_a_16bit_colour_png_is_refused_not_darkened(make_site: SiteWriter) -> None:
+    root = make_site()
+    _png48(root / "images" / "p0_OD.png", np.full((4, 4, 3), 4000, np.uint16))
+
+    [problem] = _only(ManifestSite(root).problems(), "image")
+
+    assert problem.row == 2 and "16-bit colour" in problem.message
+
+
+def test_full_range_16bit_colour_png_keeps_its_high_byte(make_site: SiteWriter) -> None:
+    root = make_site()
+    _png48(root / "images" / "p0_OD.png", np.full((4, 4, 3), 65535, np.uint16))
+    site = ManifestSite(root)
+
+    pixels = site.read_image(next(s for s in site.samples() if s.image == "images/p0_OD.png"))
+
+    assert (pixels == 255).all()
