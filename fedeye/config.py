@@ -147,7 +147,7 @@ LOCAL_OBJECTIVE_STRATEGIES = ("fedprox", "fedbn", "prompt-experts")
 class RunConfig(_Section):
     """Everything that describes one federated run."""
 
-    name: str = Field(default="fedeye-run", min_length=1, description="Human-readable run name.")
+    name: str = Field(default="fedeye-run", min_length=1, max_length=200, description="Human-readable run name (one line).")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
@@ -155,6 +155,13 @@ class RunConfig(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _one_line(cls, name: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise ValueError("the run name must be one line without control characters (newline, tab, ...)")
+        return name
 
     @model_validator(mode="after")
     def _strategy_supports_dp(self) -> RunConfig:

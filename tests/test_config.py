@@ -43,6 +43,7 @@ def test_run_file_validates_and_resolves_relative_data_root(tmp_path: Path) -> N
         ("[strategy]\nround_timeout = inf\n", "strategy.round_timeout"),
         ("[strategy]\nname = \"fedavgg\"\n", "strategy.name"),
         ("[model]\nimg_size = 64.0\n", "model.img_size"),
+        ("name = \"a\\nb\"\n", "name"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, body: str, field: str) -> None:

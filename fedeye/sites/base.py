@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedeye.errors import ConfigError, Problem, SiteDataError, errors_only
 
@@ -47,6 +47,15 @@ class SiteInfo(BaseModel):
         min_length=2,
         description="Name of each class; label k in the manifest is label_names[k].",
     )
+    @field_validator("label_names")
+    @classmethod
+    def _distinct_label_names(cls, names: list[str]) -> list[str]:
+        blank = [i for i, n in enumerate(names) if not n.strip()]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if blank or repeated:
+            raise ValueError(f"label names must be distinct and non-empty (empty at {blank}, repeated: {repeated})")
+        return names
+
     oct_frames: Literal["middle", "all"] = Field(
         default="middle",
         description="Multi-frame OCT volumes: the middle B-scan only, or every frame as its own sample.",

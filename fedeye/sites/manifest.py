@@ -357,11 +357,18 @@ def decode_image_file(path: Path) -> np.ndarray:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # FedEye's own lower limit applies
             with Image.open(path) as img:
                 check_pixel_count(*img.size)
+                _check_single_frame(img)
                 return _native_pixels(img)
     except Image.DecompressionBombError as exc:
         raise ImageDataError(f"image is far above FedEye's limit of {MAX_IMAGE_PIXELS:,} pixels ({exc}); downscale it") from exc
     except PIL_ERRORS as exc:
         raise ImageDataError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_single_frame(img: Image.Image) -> None:
+    frames = int(getattr(img, "n_frames", 1))
+    if frames > 1:
+        raise ImageDataError(f"image file holds {frames} frames; save the one frame to use as its own PNG or JPEG")
 
 
 def _native_pixels(img: Image.Image) -> np.ndarray:

@@ -330,3 +330,22 @@ def test_full_range_16bit_colour_png_keeps_its_high_byte(make_site: SiteWriter) 
     pixels = site.read_image(next(s for s in site.samples() if s.image == "images/p0_OD.png"))
 
     assert (pixels == 255).all()
+
+
+def test_multi_frame_image_is_refused(make_site: SiteWriter) -> None:
+    root = make_site()
+    frames = [Image.new("RGB", (8, 8), (v, v, v)) for v in (10, 200)]
+    frames[0].save(root / "images" / "p0_OD.png", format="GIF", save_all=True, append_images=frames[1:])
+
+    [problem] = _only(ManifestSite(root).problems(), "image")
+
+    assert problem.row == 2 and "2 frames" in problem.message
+
+
+@pytest.mark.parametrize("names", ['["a", "a"]', '["a", ""]'])
+def test_label_names_must_be_distinct_and_non_empty(make_site: SiteWriter, names: str) -> None:
+    root = make_site(toml=f"label_names = {names}\n")
+
+    [problem] = _only(ManifestSite(root).problems(), "label_names")
+
+    assert "distinct and non-empty" in problem.message
