@@ -210,3 +210,11 @@ def test_simulate_refuses_a_decompression_bomb_before_flower_starts(tmp_path: Pa
 
     assert result.exit_code == 1 and first.name in result.output and "limit" in result.output
     assert not (tmp_path / "out" / "fedeye.db").exists()
+
+
+@pytest.mark.parametrize("option", [["--size", "100000"], ["--seed", "-1"], ["--sites", "1000"]])
+def test_sites_synth_bounds_its_arguments(tmp_path: Path, option: list[str]) -> None:
+    result = runner.invoke(app, ["sites", "synth", str(tmp_path / "out"), *option], env=WIDE)
+
+    assert result.exit_code == 2 and "Invalid value" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
