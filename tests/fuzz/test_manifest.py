@@ -74,8 +74,8 @@ MODES = {"L": np.uint8, "I;16": np.uint16, "RGB": np.uint8, "F": np.float32}
 
 @given(st.sampled_from(sorted(MODES)), st.data())
 def test_pixel_values_arrive_unchanged_or_scaled(mode: str, data: st.DataObject) -> None:
-    shape = data.draw(st.tuples(st.integers(1, 12), st.integers(1, 12)))
-    shape = (*shape, 3) if mode == "RGB" else shape
+    side: tuple[int, ...] = data.draw(st.tuples(st.integers(1, 12), st.integers(1, 12)))
+    shape = (*side, 3) if mode == "RGB" else side
     elements = st.floats(0, 1, width=32) if mode == "F" else None
     stored = data.draw(hnp.arrays(MODES[mode], shape, elements=elements))
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,10 +88,11 @@ def test_pixel_values_arrive_unchanged_or_scaled(mode: str, data: st.DataObject)
 
 
 def _expected(stored: np.ndarray, mode: str) -> np.ndarray:
-    if mode == "F":
-        return np.rint(stored.astype(np.float64) * 255).astype(np.uint8)
+    scale = 255.0
     if mode == "I;16":
         high = int(stored.max())
-        bits = next(b for b in (8, 10, 12, 14, 16) if high < 2**b)
-        return np.rint(stored.astype(np.float64) * 255 / (2**bits - 1)).astype(np.uint8)
+        scale = 255.0 / (2 ** next(b for b in (8, 10, 12, 14, 16) if high < 2**b) - 1)
+    if mode in ("F", "I;16"):
+        scaled: np.ndarray = np.rint(stored.astype(np.float64) * scale)
+        return scaled.astype(np.uint8)
     return stored
