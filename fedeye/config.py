@@ -25,7 +25,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedeye.errors import ConfigError
 from fedeye.models.config import ModelConfig
@@ -33,7 +42,11 @@ from fedeye.privacy.policy import PrivacyConfig
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # floats must be finite; ints and bools are typed as StrictInt / StrictBool (no true -> 1, no 1e20 -> int)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+
+MAX_SITES = 10_000  # upper bound of every site count
 
 
 class DataConfig(_Section):
@@ -58,17 +71,17 @@ class StrategyConfig(_Section):
     name: str = Field(default="fedavg", description="A registered strategy name.")
     fraction_train: float = Field(default=1.0, gt=0.0, le=1.0, description="Share of sites sampled to train each round.")
     fraction_evaluate: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of sites sampled to evaluate each round.")
-    min_train_nodes: int = Field(default=2, ge=1, description="Fewest sites that train in a round.")
-    min_evaluate_nodes: int = Field(default=2, ge=0, description="Fewest sites that evaluate in a round.")
-    min_available_nodes: int = Field(default=2, ge=1, description="Sites that must be connected before a round starts.")
-    round_timeout: float = Field(default=3600.0, gt=0, description="Seconds to wait for site replies in a round.")
+    min_train_nodes: StrictInt = Field(default=2, ge=1, le=MAX_SITES, description="Fewest sites that train in a round.")
+    min_evaluate_nodes: StrictInt = Field(default=2, ge=0, le=MAX_SITES, description="Fewest sites that evaluate in a round.")
+    min_available_nodes: StrictInt = Field(default=2, ge=1, le=MAX_SITES, description="Sites that must be connected before a round starts.")
+    round_timeout: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600, description="Seconds to wait for site replies in a round.")
     on_too_few_sites: Literal["fail", "continue"] = Field(
         default="fail",
         description="A round in which fewer sites than min_train_nodes trained: fail the run, or continue "
         "(Flower's own behaviour: aggregate whatever arrived, keep the model if nothing did).",
     )
     fairness_q: float = Field(
-        default=2.0, ge=0, description="fairfedavg only: q of q-FFL; site weights grow with loss**q (0 = FedAvg)."
+        default=2.0, ge=0, le=100, description="fairfedavg only: q of q-FFL; site weights grow with loss**q (0 = FedAvg)."
     )
     max_update_norm: float | None = Field(
         default=None, gt=0, description="Reject a site update whose L2 distance to the global model exceeds this."
@@ -82,16 +95,27 @@ class StrategyConfig(_Section):
         description="prompt-experts only: share of images trained with a random mix of experts (domain mixup).",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from fedeye.strategies import (
+            list_strategies,  # late: the strategies import Flower
+        )
+
+        if name not in list_strategies():
+            raise ValueError(f"unknown strategy {name!r}; registered strategies: {', '.join(list_strategies())}")
+        return name
+
 
 class TrainingConfig(_Section):
     """Local training at each site."""
 
-    rounds: int = Field(default=3, ge=1, description="Federated rounds.")
-    local_epochs: int = Field(default=1, ge=1, description="Epochs over the local train split per round.")
-    batch_size: int = Field(default=32, ge=1, description="Local mini-batch size.")
-    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
+    rounds: StrictInt = Field(default=3, ge=1, le=100_000, description="Federated rounds.")
+    local_epochs: StrictInt = Field(default=1, ge=1, le=10_000, description="Epochs over the local train split per round.")
+    batch_size: StrictInt = Field(default=32, ge=1, le=65_536, description="Local mini-batch size.")
+    lr: float = Field(default=1e-3, gt=0, le=10, description="AdamW learning rate.")
     weight_decay: float = Field(default=0.05, ge=0, description="AdamW weight decay.")
-    augment: bool = Field(default=True, description="Light flips/crops during local training.")
+    augment: StrictBool = Field(default=True, description="Light flips/crops during local training.")
     class_weighting: Literal["none", "balanced"] = Field(
         default="balanced", description="balanced: weight the loss by inverse local class frequency (prevalence differs by site)."
     )
@@ -102,16 +126,16 @@ class TrainingConfig(_Section):
         default="constant",
         description="cosine: the learning rate of round r is lr * (1 + cos(pi * (r - 1) / rounds)) / 2, floored at lr / 20.",
     )
-    seed: int = Field(default=0, description="Seed of model initialisation and local shuffling.")
+    seed: StrictInt = Field(default=0, ge=0, le=2**32 - 1, description="Seed of model initialisation and local shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where sites train.")
 
 
 class SimulationConfig(_Section):
     """Flower Simulation Engine resources."""
 
-    num_sites: int | None = Field(default=None, ge=1, description="Simulated SuperNodes; default: number of site folders.")
-    client_cpus: float = Field(default=1.0, gt=0, description="CPUs per simulated site (also its torch threads).")
-    client_gpus: float = Field(default=0.0, ge=0, description="GPUs per simulated site.")
+    num_sites: StrictInt | None = Field(default=None, ge=1, le=MAX_SITES, description="Simulated SuperNodes; default: number of site folders.")
+    client_cpus: float = Field(default=1.0, gt=0, le=1024, description="CPUs per simulated site (also its torch threads).")
+    client_gpus: float = Field(default=0.0, ge=0, le=64, description="GPUs per simulated site.")
 
 
 class OutputConfig(_Section):
@@ -128,7 +152,7 @@ LOCAL_OBJECTIVE_STRATEGIES = ("fedprox", "fedbn", "prompt-experts")
 class RunConfig(_Section):
     """Everything that describes one federated run."""
 
-    name: str = Field(default="fedeye-run", min_length=1, description="Human-readable run name.")
+    name: str = Field(default="fedeye-run", min_length=1, max_length=200, description="Human-readable run name (one line).")
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
@@ -136,6 +160,13 @@ class RunConfig(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _one_line(cls, name: str) -> str:
+        if any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise ValueError("the run name must be one line without control characters (newline, tab, ...)")
+        return name
 
     @model_validator(mode="after")
     def _strategy_supports_dp(self) -> RunConfig:

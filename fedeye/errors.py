@@ -110,3 +110,7 @@ class RunInterrupted(KeyboardInterrupt):
 
 class LedgerError(FedEyeError):
     """A site's privacy ledger cannot be opened, read or written."""
+
+
+class ImageDataError(FedEyeError):
+    """Pixels cannot be used as they are: too many, an unsupported type, or values outside the expected range."""

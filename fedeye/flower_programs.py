@@ -22,9 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 import tomllib
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from fedeye._atomic import atomic_write_text
 from fedeye.errors import DeploymentError
 from fedeye.wait import wait_until
 
@@ -218,14 +217,7 @@ def save_connection(address: Address, *, root_certificates: Path | None) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 # --- flwr commands ----------------------------------------------------------------------

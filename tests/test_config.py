@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from fedeye.config import RunConfig, from_flower_config, load_run_config, to_flower_config
+from fedeye.config import (
+    RunConfig,
+    from_flower_config,
+    load_run_config,
+    to_flower_config,
+)
 from fedeye.errors import ConfigError
 from fedeye.server.app import RESUME_KEY
 
@@ -29,6 +34,16 @@ def test_run_file_validates_and_resolves_relative_data_root(tmp_path: Path) -> N
         ("[model]\narch = \"vit-huge\"\n", "model.arch"),
         ("[strategy]\nfraction_train = 1.5\n", "strategy.fraction_train"),
         ("[training]\nlearning_rate = 0.1\n", "training.learning_rate"),
+        ("[training]\nrounds = true\n", "training.rounds"),
+        ("[training]\nrounds = 1e20\n", "training.rounds"),
+        ("[training]\nrounds = 100000000\n", "training.rounds"),
+        ("[training]\naugment = 1\n", "training.augment"),
+        ("[training]\nlr = nan\n", "training.lr"),
+        ("[privacy]\nepsilon = inf\n", "privacy.epsilon"),
+        ("[strategy]\nround_timeout = inf\n", "strategy.round_timeout"),
+        ("[strategy]\nname = \"fedavgg\"\n", "strategy.name"),
+        ("[model]\nimg_size = 64.0\n", "model.img_size"),
+        ("name = \"a\\nb\"\n", "name"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, body: str, field: str) -> None:

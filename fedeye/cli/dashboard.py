@@ -22,13 +22,14 @@ from sqlalchemy.exc import ArgumentError
 
 from fedeye.cli._common import console, exits_cleanly
 from fedeye.cli.runs import DbOption, default_store_dir
-from fedeye.errors import StoreError
+from fedeye.errors import ConfigError, StoreError
 from fedeye.server.store import mask_url, resolve_db_url
-from fedeye.web import check_listen_host
+from fedeye.web import check_listen_host, check_token
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 TOKEN_ENV_VAR = "FEDEYE_DASHBOARD_TOKEN"
+MIN_TOKEN_LENGTH = 16
 
 
 @exits_cleanly
@@ -44,17 +45,26 @@ def dashboard_command(
     """Serve a read-only web dashboard of recorded runs (token-protected)."""
     import uvicorn
 
-    from fedeye.server.dashboard import create_app
+    from fedeye.server.dashboard.app import allowed_hosts, create_app
 
     check_listen_host(host, token_given=bool(token), default=DEFAULT_HOST)
-    url = resolve_db_url(db, default_dir=default_store_dir())
+    check_token(token, env_var=TOKEN_ENV_VAR)
+    url = resolve_db_url(db, default_dir=default_store_dir(), create=False)
     _require_existing_store(url)
     access = token or secrets.token_urlsafe(24)
-    app = create_app(url, token=access)
+    app = create_app(url, token=access, hosts=allowed_hosts(host))
     shown_host = f"[{host}]" if ":" in host else host
     console.print(f"FedEye dashboard over [bold]{mask_url(url)}[/] (read-only)")
     console.print(f"open [bold]http://{shown_host}:{port}/?token={access}[/]  (Ctrl+C to stop)", soft_wrap=True)
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
+
+
+def _check_token(token: str | None) -> None:
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"--token (or {TOKEN_ENV_VAR}) has {len(token)} character(s); use at least {MIN_TOKEN_LENGTH}, "
+            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))', or omit it for a random one"
+        )
 
 
 def _require_existing_store(url: str) -> None:

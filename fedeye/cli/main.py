@@ -78,11 +78,11 @@ def site_check(
 @exits_cleanly
 def sites_synth(
     out: Annotated[Path, typer.Argument(help="Folder to write the site folders into.")],
-    sites: Annotated[int, typer.Option(min=1, help="Number of hospitals.")] = 4,
-    images_per_site: Annotated[int, typer.Option(min=10, help="Images per hospital.")] = 200,
+    sites: Annotated[int, typer.Option(min=1, max=100, help="Number of hospitals.")] = 4,
+    images_per_site: Annotated[int, typer.Option(min=10, max=100_000, help="Images per hospital.")] = 200,
     modality: Annotated[str, typer.Option(help="fundus or oct.")] = "fundus",
-    seed: Annotated[int, typer.Option(help="Same seed, same files.")] = 0,
-    size: Annotated[int, typer.Option(min=32, help="Image side in pixels.")] = 128,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Same seed, same files.")] = 0,
+    size: Annotated[int, typer.Option(min=32, max=2048, help="Image side in pixels.")] = 128,
     overwrite: Annotated[bool, typer.Option(help="Replace existing site folders.")] = False,
 ) -> None:
     """Write synthetic hospital sites (see fedeye/sites/README.md for the data sheet)."""
@@ -131,8 +131,8 @@ def _with_backbone(cfg: RunConfig, weights: Path | None) -> RunConfig:
 @exits_cleanly
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for sites, store and model.")] = Path("fedeye-demo"),
-    sites: Annotated[int, typer.Option(min=2, help="Number of synthetic hospitals.")] = 4,
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
+    sites: Annotated[int, typer.Option(min=2, max=100, help="Number of synthetic hospitals.")] = 4,
+    rounds: Annotated[int, typer.Option(min=1, max=100_000, help="Federated rounds.")] = 5,
     backbone_weights: BackboneOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run and its per-site results as JSON (progress on stderr).")] = False,
 ) -> None:

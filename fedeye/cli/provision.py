@@ -26,7 +26,7 @@ site_app = typer.Typer(help="Provision one site: site config and node key.", no_
 
 AUTHORIZED_SITES = "authorized-sites.csv"
 AUTHORIZED_HEADER = ("name", "fingerprint", "public_key")
-SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always used with fullmatch
 
 ForceOption = Annotated[bool, typer.Option("--force", help="Replace existing keys and config files.")]
 
@@ -110,7 +110,7 @@ def coordinator_register_site(
 
 def register_site(registry: Path, pubkey_file: Path, *, name: str) -> str:
     """Validate the key and append ``name, fingerprint, key`` to ``registry``; return the fingerprint."""
-    if not SITE_NAME.match(name):
+    if not SITE_NAME.fullmatch(name):
         raise ProvisioningError(f"site name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     line = keys.load_public_key_line(pubkey_file)
     fingerprint = keys.public_key_fingerprint(line)
@@ -177,7 +177,7 @@ def site_init(
 def provision_site(out_dir: Path, *, name: str, data: Path, device: Literal["auto", "cpu", "cuda"], force: bool,
                    state_dir: Path | None = None) -> str:
     """Write site.toml, node.key (0600) and node.pub; return the public key line."""
-    if not SITE_NAME.match(name):
+    if not SITE_NAME.fullmatch(name):
         raise ProvisioningError(f"site name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-'")
     out_dir = out_dir.resolve()
     paths = [out_dir / "site.toml", out_dir / "node.key", out_dir / "node.pub"]

@@ -37,6 +37,6 @@ def report_command(run_id: RunIdArgument, out: OutOption = Path("fedeye-report")
 def _write(run_id: str, out: Path, db: str | None) -> ReportPaths:
     from fedeye.fairness.report import write_report  # matplotlib loads only for reports
 
-    with RunStore(resolve_db_url(db, default_dir=default_store_dir())) as store:
+    with RunStore(resolve_db_url(db, default_dir=default_store_dir(), create=False)) as store:
         data = load_report_data(store, run_id)
     return write_report(data, out)

@@ -107,7 +107,7 @@ runs_app = build_runs_app()
 
 
 def _open_store(db: str | None, default_dir: Path | None) -> RunStore:
-    return RunStore(resolve_db_url(db, default_dir=default_dir or default_store_dir()))
+    return RunStore(resolve_db_url(db, default_dir=default_dir or default_store_dir(), create=False))
 
 
 def _fail(exc: FedEyeError) -> NoReturn:
@@ -166,7 +166,7 @@ def _format_time(moment: datetime | None) -> str:
     return "-" if moment is None else moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _format_value(value: float | int | None) -> str:
+def _format_value(value: float | None) -> str:
     if value is None:
         return "-"
     return str(value) if isinstance(value, int) else f"{value:.3f}"

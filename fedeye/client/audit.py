@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from hashlib import sha256
@@ -43,7 +42,7 @@ from flwr.common.constant import ErrorCode
 from flwr.common.serde import recorddict_to_proto
 from flwr.common.serde_utils import error_to_proto
 
-from fedeye.client.state import HOME_ENV, STATE_DIR_KEY, SiteState, fedeye_home, simulated_state, site_slug
+from fedeye.client.state import STATE_DIR_KEY, SiteState, fedeye_home, simulated_state
 from fedeye.errors import AuditError, FedEyeError
 from fedeye.sites.layout import simulated_site_dirs
 from fedeye.protocol import (

@@ -61,7 +61,7 @@ def load_site_config(path: Path) -> SiteConfig:
     try:
         cfg = SiteConfig.model_validate(raw)
     except ValidationError as err:
-        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in err.errors())
         raise ConfigError(f"{path}: invalid site config: {fields}") from None
     relative = {k: (path.parent / v).resolve() for k in ("data", "audit_log", "state_dir")
                 if (v := getattr(cfg, k)) is not None and not v.is_absolute()}

@@ -53,10 +53,13 @@ def fedeye_home() -> Path:
     return Path(os.environ.get(HOME_ENV) or Path.home() / ".fedeye").expanduser()
 
 
+SITE_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # full-match: a file or folder stem made from a site name
+
+
 def site_slug(name: str) -> str:
-    """A filesystem-safe file stem for a site folder name."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")
-    return slug or "site"
+    """A filesystem-safe stem for a site name (full-matches :data:`SITE_STEM`)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:64].rstrip(".-")
+    return slug if SITE_STEM.fullmatch(slug) else "site"
 
 
 def ensure_private_dir(path: Path) -> Path:

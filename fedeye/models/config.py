@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 ArchName = Literal["vit-tiny-cpu", "vit-small", "vit-base", "vit-large"]
 TrainMode = Literal["full", "prompt"]
@@ -74,27 +82,27 @@ class ModelConfig(BaseModel):
     (64, 96)
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # finite floats; ints and bools strict
 
     arch: ArchName = Field(
         default="vit-tiny-cpu",
         description="Backbone size; vit-tiny-cpu trains on a CPU, the others match timm vit_*_patch16_224.",
     )
-    img_size: int | None = Field(
-        default=None,
+    img_size: StrictInt | None = Field(
+        default=None, ge=1, le=4096,
         description="Square input side in pixels; None uses the arch default (tiny: 64, others: 224).",
     )
-    num_classes: int = Field(default=2, ge=2, description="Number of output classes (2 for binary).")
-    num_shared_prompts: int = Field(
-        default=4, ge=0, description="Prompt tokens shared by every site and domain (0 = none)."
+    num_classes: StrictInt = Field(default=2, ge=2, le=10_000, description="Number of output classes (2 for binary).")
+    num_shared_prompts: StrictInt = Field(
+        default=4, ge=0, le=1024, description="Prompt tokens shared by every site and domain (0 = none)."
     )
-    num_domains: int = Field(
-        default=0, ge=0, description="Number of domain experts, each with its own prompt tokens (0 = none)."
+    num_domains: StrictInt = Field(
+        default=0, ge=0, le=10_000, description="Number of domain experts, each with its own prompt tokens (0 = none)."
     )
-    num_domain_prompts: int = Field(
-        default=4, ge=0, description="Prompt tokens per domain expert; unused when num_domains is 0."
+    num_domain_prompts: StrictInt = Field(
+        default=4, ge=0, le=1024, description="Prompt tokens per domain expert; unused when num_domains is 0."
     )
-    router: bool = Field(
+    router: StrictBool = Field(
         default=True,
         description="With domain experts: a router mixes them per image from the image's style (false = uniform mix).",
     )

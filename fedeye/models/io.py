@@ -7,10 +7,9 @@ and never runs pickled code.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from fedeye._atomic import atomic_write_bytes
 from fedeye.errors import ModelError
 from fedeye.models.config import ModelConfig
 from fedeye.models.factory import build_model
@@ -68,16 +68,9 @@ def _metadata_json(metadata: dict[str, Any] | None) -> str:
 
 def _atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_model(path: Path) -> tuple[PromptViT, ModelConfig, dict[str, Any]]:

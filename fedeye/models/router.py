@@ -43,7 +43,6 @@ Clients", AAAI 2022.
 
 from __future__ import annotations
 
-import math
 from typing import cast
 
 import torch

@@ -23,8 +23,7 @@ import base64
 import datetime as dt
 import hashlib
 import ipaddress
-import os
-import tempfile
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +33,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fedeye._atomic import atomic_write_bytes
 from fedeye.errors import ProvisioningError
+
+HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")  # full-match
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 NODE_CURVE = ec.SECP384R1
@@ -75,10 +77,11 @@ def issue_server_certificate(
     if not hosts:
         raise ProvisioningError("no host given for the SuperLink certificate; pass at least one --host (IP or DNS name)")
     key = ec.generate_private_key(NODE_CURVE())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+    names = [_general_name(h) for h in hosts]  # validates every host first
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0][:64])])  # the SANs carry the full names
     cert = (
         _builder(subject=subject, issuer=ca_cert.subject, public_key=key.public_key(), days=days)
-        .add_extension(x509.SubjectAlternativeName([_general_name(h) for h in hosts]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -155,7 +158,13 @@ def _general_name(host: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
-        return x509.DNSName(host)
+        pass
+    if len(host) > 253 or not HOST_NAME.fullmatch(host):
+        raise ProvisioningError(
+            f"--host {host!r} is neither an IP address nor a DNS name; use e.g. 10.0.0.5 or fl.example.org "
+            "(letters, digits and '-', labels separated by '.')"
+        )
+    return x509.DNSName(host)
 
 
 # --- serialization -------------------------------------------------------------------
@@ -194,19 +203,8 @@ def refuse_existing(paths: Sequence[Path], *, force: bool) -> None:
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> Path:
-    """Write ``data`` to a temp file beside ``path`` with ``mode``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` atomically with permission bits ``mode`` (0600 by default)."""
+    return atomic_write_bytes(path, data, mode=mode)
 
 
 def save_private_key(key: ec.EllipticCurvePrivateKey, path: Path, *, openssh: bool = False) -> Path:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 Accountant = Literal["rdp", "prv"]
+MAX_EPSILON = 1000.0  # far above any meaningful budget; infinity would quietly calibrate a tiny noise
 
 
 class PrivacyPolicy(BaseModel):
@@ -21,28 +22,28 @@ class PrivacyPolicy(BaseModel):
     The guarantee is patient-level: see ``docs/privacy.md``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # finite floats only
 
-    require_dp: bool = Field(default=False, description="Train with DP-SGD even if the coordinator does not ask.")
-    epsilon: float | None = Field(default=None, gt=0, description="Epsilon budget for one run at this site; None = no site limit.")
+    require_dp: StrictBool = Field(default=False, description="Train with DP-SGD even if the coordinator does not ask.")
+    epsilon: float | None = Field(default=None, gt=0, le=MAX_EPSILON, description="Epsilon budget for one run at this site; None = no site limit.")
     lifetime_epsilon: float | None = Field(
-        default=None, gt=0,
+        default=None, gt=0, le=MAX_EPSILON,
         description="Epsilon budget over every run on this site's data (its lifetime ledger); None = no lifetime limit.",
     )
     delta: float | None = Field(default=None, gt=0, lt=1, description="Delta; default 1/(10 x number of patients), below 1/n.")
     max_grad_norm: float | None = Field(default=None, gt=0, description="Largest per-patient gradient norm allowed (clipping C).")
     min_noise_multiplier: float | None = Field(default=None, gt=0, description="Smallest noise multiplier sigma allowed.")
     accountant: Accountant | None = Field(default=None, description="Accountant this site trusts; None = the coordinator's choice.")
-    min_group_size: int = Field(default=10, ge=1, description="Metrics on a subgroup smaller than this are never sent.")
+    min_group_size: StrictInt = Field(default=10, ge=1, le=1_000_000, description="Metrics on a subgroup smaller than this are never sent.")
 
 
 class PrivacyConfig(BaseModel):
     """Differential privacy requested by the coordinator's run config."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # finite floats only
 
-    enabled: bool = Field(default=False, description="Ask every site to train with DP-SGD (sample-level, per patient).")
-    epsilon: float = Field(default=8.0, gt=0, description="Epsilon budget for the whole run, per site.")
+    enabled: StrictBool = Field(default=False, description="Ask every site to train with DP-SGD (sample-level, per patient).")
+    epsilon: float = Field(default=8.0, gt=0, le=MAX_EPSILON, description="Epsilon budget for the whole run, per site.")
     delta: float | None = Field(default=None, gt=0, lt=1, description="Delta; default 1/(10 x the site's number of patients).")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Per-patient gradient clipping norm C.")
     noise_multiplier: float | None = Field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fedeye.config import RunConfig
-from fedeye.errors import ConfigError, SiteDataError
+from fedeye.errors import ConfigError, SiteDataError, errors_only
 from fedeye.sites.base import open_site
 from fedeye.sites.layout import simulated_site_dirs
 
@@ -17,7 +17,7 @@ def simulation_sites(cfg: RunConfig) -> list[Path]:
     dirs = simulated_site_dirs(cfg.data.root)
     if cfg.simulation.num_sites is not None and cfg.simulation.num_sites != len(dirs):
         raise ConfigError(f"simulation.num_sites={cfg.simulation.num_sites} but {cfg.data.root} holds {len(dirs)} site folders")
-    problems = [p for d in dirs for p in open_site(d).problems()]
+    problems = errors_only([p for d in dirs for p in open_site(d).problems()])  # warnings never block a run, as in `site check`
     if problems:
         raise SiteDataError(str(cfg.data.root), problems)
     _check_node_minimums(cfg, len(dirs))

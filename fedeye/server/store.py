@@ -26,7 +26,6 @@ existing database when it is opened, so older stores keep working.
 from __future__ import annotations
 
 import dataclasses
-
 import hashlib
 import json
 import math
@@ -54,7 +53,14 @@ from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from fedeye.errors import StoreError
 from fedeye.server.liveness import ProcessOwner, derive_status, this_process
-from fedeye.server.models import ArtifactRow, FlowerRunRow, PrivacyLedgerRow, RoundRow, RunRow, SiteMetricRow
+from fedeye.server.models import (
+    ArtifactRow,
+    FlowerRunRow,
+    PrivacyLedgerRow,
+    RoundRow,
+    RunRow,
+    SiteMetricRow,
+)
 
 RunStatus = Literal["running", "finished", "failed", "stopped", "interrupted", "stale"]  # stale: derived, never stored
 FinalStatus = Literal["finished", "failed", "stopped", "interrupted"]
@@ -192,7 +198,7 @@ class RunDetail:
 # ------------------------------------------------------------------------ URL helpers
 
 
-def resolve_db_url(db: str | None, *, default_dir: Path) -> str:
+def resolve_db_url(db: str | None, *, default_dir: Path, create: bool = True) -> str:
     """Choose the store URL: explicit ``db``, else ``$FEDEYE_DB``, else a file.
 
     Parameters
@@ -202,16 +208,38 @@ def resolve_db_url(db: str | None, *, default_dir: Path) -> str:
         or ``None`` means "not given".
     default_dir
         Folder of the default ``fedeye.db`` SQLite file.
+    create
+        True for commands that record runs: the parent folder of a SQLite
+        file is created. False for commands that only read: a SQLite file
+        named by ``db`` or ``$FEDEYE_DB`` must exist (a mistyped path is
+        refused, not created); the default store is still created empty.
 
     Returns
     -------
     str
-        A SQLAlchemy URL. For SQLite files the parent folder is created.
+        A SQLAlchemy URL.
+
+    Raises
+    ------
+    StoreError
+        If ``create`` is False and a given SQLite file does not exist.
     """
-    chosen = db or os.environ.get(DB_ENV_VAR) or str(default_dir / DB_FILE_NAME)
+    given = db or os.environ.get(DB_ENV_VAR)
+    chosen = given or str(default_dir / DB_FILE_NAME)
     url = chosen if "://" in chosen else _sqlite_url(Path(chosen))
+    if given and not create:
+        _require_sqlite_file(url)
     _make_sqlite_parent(url)
     return url
+
+
+def _require_sqlite_file(url: str) -> None:
+    path = _sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise StoreError(
+            f"no run store at {path} (from --db or {DB_ENV_VAR}); check the path, "
+            "or record a run there first with `fedeye simulate`"
+        )
 
 
 def mask_url(url: str) -> str:
@@ -307,7 +335,10 @@ def _reason(exc: DBAPIError, url: str) -> str:
     """Return the driver's message, first line only, with no password in it."""
     text = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
     password = _password(url)
-    return text.replace(password, "***") if password else text
+    if not password:
+        return text
+    # whole occurrences only: a password "p" must not turn "port" into "***ort"
+    return re.sub(rf"(?<![\w]){re.escape(password)}(?![\w])", "***", text)
 
 
 def _password(url: str) -> str | None:

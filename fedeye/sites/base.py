@@ -8,14 +8,16 @@ manner of Flower Datasets' ``Partitioner`` and timm's ``@register_model``.
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedeye.errors import ConfigError, Problem, SiteDataError, errors_only
 
@@ -33,7 +35,9 @@ class SiteInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, description="Human-readable site name.")
+    name: str = Field(
+        min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$", description="Human-readable site name (one line)."
+    )
     modality: Literal["fundus", "oct"] = Field(
         default="fundus", description="Imaging modality of every image in the site."
     )
@@ -43,6 +47,15 @@ class SiteInfo(BaseModel):
         min_length=2,
         description="Name of each class; label k in the manifest is label_names[k].",
     )
+    @field_validator("label_names")
+    @classmethod
+    def _distinct_label_names(cls, names: list[str]) -> list[str]:
+        blank = [i for i, n in enumerate(names) if not n.strip()]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if blank or repeated:
+            raise ValueError(f"label names must be distinct and non-empty (empty at {blank}, repeated: {repeated})")
+        return names
+
     oct_frames: Literal["middle", "all"] = Field(
         default="middle",
         description="Multi-frame OCT volumes: the middle B-scan only, or every frame as its own sample.",
@@ -76,6 +89,27 @@ class SiteScan:
 
     samples: list[Sample]
     problems: list[Problem]
+
+
+SelfT = TypeVar("SelfT", bound="SiteFormat")
+
+
+def cached_scan(scan: Callable[[SelfT], SiteScan]) -> Callable[[SelfT], SiteScan]:
+    """Decorate a format's :meth:`SiteFormat.scan` so it reads the folder once per instance.
+
+    >>> class Tiny(SiteFormat):  # doctest: +SKIP
+    ...     @cached_scan
+    ...     def scan(self) -> SiteScan: ...
+    """
+
+    @functools.wraps(scan)
+    def cached(self: SelfT) -> SiteScan:
+        if "_cached_scan" not in self.__dict__:
+            self.__dict__["_cached_scan"] = scan(self)
+        result: SiteScan = self.__dict__["_cached_scan"]
+        return result
+
+    return cached
 
 
 class SiteFormat(ABC):
@@ -165,7 +199,7 @@ def _field_hint(loc: str) -> str:
     hints = {
         "modality": "'fundus' or 'oct'",
         "label_names": 'a list of at least two names, e.g. ["normal", "glaucoma"]',
-        "name": "a non-empty string",
+        "name": "a non-empty, one-line string of at most 200 characters",
         "task": "a non-empty string such as 'glaucoma'",
         "oct_frames": "'middle' or 'all'",
         "preprocess": "'none', 'fov-crop' or 'fov-crop+clahe'",

@@ -17,6 +17,7 @@ split only. 16-bit pixels are scaled to uint8 by BitsStored (no VOI window).
 
 from __future__ import annotations
 
+import struct
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
@@ -27,13 +28,14 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array
 
-from fedeye.errors import Problem, SiteDataError
+from fedeye.errors import ImageDataError, Problem, SiteDataError
 from fedeye.sites.base import (
     SITE_TOML,
     Sample,
     SiteFormat,
     SiteInfo,
     SiteScan,
+    cached_scan,
     load_site_info,
     read_site_toml,
     register_format,
@@ -46,8 +48,10 @@ from fedeye.sites.manifest import (
     _parse_split,
     _read_csv,
     assign_splits,
+    duplicate_image_problems,
     empty_split_problems,
 )
+from fedeye.sites.pixels import check_pixel_count
 
 LABELS = "labels.csv"
 KEY_COLUMNS = ("sop_instance_uid", "file")
@@ -106,8 +110,21 @@ def expected_pixel_bytes(ds: pydicom.Dataset) -> int:
 
 
 def to_uint8(pixels: np.ndarray, *, bits_stored: int, monochrome1: bool) -> np.ndarray:
-    """Scale stored values to uint8 by the stored bit depth; invert MONOCHROME1."""
-    scaled = np.clip(pixels.astype(np.float32), 0, None) * (255.0 / (2**bits_stored - 1))
+    """Scale stored values to uint8 by the stored bit depth; invert MONOCHROME1.
+
+    Raises
+    ------
+    ImageDataError
+        If a value lies outside ``0 .. 2**bits_stored - 1`` (signed data, or a wrong BitsStored):
+        such values would otherwise be clipped without notice.
+    """
+    high = 2**bits_stored - 1
+    if pixels.size and (int(pixels.min()) < 0 or int(pixels.max()) > high):
+        raise ImageDataError(
+            f"pixel values span {int(pixels.min())}..{int(pixels.max())}, outside 0..{high} of BitsStored "
+            f"{bits_stored}; FedEye reads unsigned ophthalmic images only"
+        )
+    scaled = pixels.astype(np.float32) * (255.0 / high)
     out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
     return 255 - out if monochrome1 else out
 
@@ -140,13 +157,9 @@ class DicomSite(SiteFormat):
         """Path of the site's ``labels.csv``."""
         return self.root / LABELS
 
+    @cached_scan
     def scan(self) -> SiteScan:
         """Read every header and ``labels.csv``; never raises for bad data."""
-        if not hasattr(self, "_scan"):
-            self._scan = self._scan_uncached()
-        return self._scan
-
-    def _scan_uncached(self) -> SiteScan:
         toml_problems = self._info_problems()
         headers, file_problems = self._read_headers()
         self._headers = {h.file: h for h in headers}
@@ -190,7 +203,8 @@ class DicomSite(SiteFormat):
             problems += row_problems
             rows += parsed
             used |= {r.image.split("#")[0] for r in parsed}
-        return rows, problems, used
+        rows, duplicates = duplicate_image_problems(rows, file=file)
+        return rows, problems + duplicates, used
 
     def _label_row(
         self, line: int, record: dict[str, str], key: str, index: dict[str, DicomHeader], info: SiteInfo
@@ -221,10 +235,14 @@ class DicomSite(SiteFormat):
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             pixels = pixel_array(path, index=int(frame) if frame else None)
-        except (OSError, ValueError, InvalidDicomError, RuntimeError, NotImplementedError) as exc:
+        except (OSError, ValueError, InvalidDicomError, RuntimeError, NotImplementedError, struct.error) as exc:
             problem = Problem(file=str(path), row=sample.row, field="PixelData", message=f"cannot decode pixels: {exc}", fix="run `fedeye site check` on the site")
             raise SiteDataError(self.site_name, [problem]) from exc
-        gray = to_uint8(pixels, bits_stored=int(ds.BitsStored), monochrome1=ds.PhotometricInterpretation == "MONOCHROME1")
+        try:
+            gray = to_uint8(pixels, bits_stored=int(ds.BitsStored), monochrome1=ds.PhotometricInterpretation == "MONOCHROME1")
+        except ImageDataError as exc:
+            problem = Problem(file=str(path), row=sample.row, field="PixelData", message=str(exc), fix="re-export the image as unsigned 8- or 16-bit")
+            raise SiteDataError(self.site_name, [problem]) from exc
         return _to_modality(gray, self.info.modality)
 
     def image_size(self, sample: Sample) -> tuple[int, int]:
@@ -246,10 +264,13 @@ def read_header(path: Path, root: Path) -> tuple[DicomHeader | None, Problem | N
         missing = [k for k in ("SOPInstanceUID", "Rows", "Columns", "BitsStored", "PixelData") if k not in ds]
         if missing:
             return None, _file_problem(path, f"required DICOM attribute(s) {missing} missing", "re-export the image from the device or PACS", field=missing[0])
+        check_pixel_count(int(ds.Columns), int(ds.Rows))
         short = _pixel_problem(ds, path)
         if short:
             return None, short
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
+    except ImageDataError as exc:
+        return None, _file_problem(path, str(exc), "downscale the image, or remove the file", field="Rows")
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, AttributeError, struct.error) as exc:
         return None, _file_problem(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})", "re-export or re-copy the file (it may be truncated), or remove it")
     return _header(ds, rel), None
 

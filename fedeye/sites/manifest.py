@@ -9,15 +9,18 @@ split by patient with :func:`fedeye.sites.split.split_patients`.
 from __future__ import annotations
 
 import csv
+import os
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile
 
-from fedeye.errors import Problem, SiteDataError
+from fedeye.errors import ImageDataError, Problem, SiteDataError
 from fedeye.sites.base import (
     SITE_TOML,
     SPLITS,
@@ -26,11 +29,13 @@ from fedeye.sites.base import (
     SiteInfo,
     SiteScan,
     SplitName,
+    cached_scan,
     load_site_info,
     read_site_toml,
     register_format,
     site_info_problems,
 )
+from fedeye.sites.pixels import MAX_IMAGE_PIXELS, check_pixel_count, to_uint8
 from fedeye.sites.split import split_patients
 
 MANIFEST = "manifest.csv"
@@ -38,6 +43,11 @@ REQUIRED_COLUMNS = ("image", "label", "patient_id")
 ATTRIBUTE_COLUMNS = ("eye", "age", "sex", "race", "ethnicity")
 EYES = ("OD", "OS")
 SEXES = ("M", "F", "O")
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16/32-bit integer and float gray: scaled, not clipped
+LOW_BIT_COLOUR_MAX = 16  # high byte of a 16-bit value below 4096
+PIL_ERRORS = (OSError, ValueError, EOFError, SyntaxError)
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_AGE = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,18 @@ def column_problems(header: Sequence[str], *, file: str) -> list[Problem]:
         )
         for name in REQUIRED_COLUMNS
         if name not in header
+    ] + _duplicate_column_problems(header, file=file)
+
+
+def _duplicate_column_problems(header: Sequence[str], *, file: str) -> list[Problem]:
+    named = [name for name in header if name]
+    return [
+        Problem(
+            file=file, row=1, field=name,
+            message=f"column '{name}' appears {named.count(name)} times (header has {list(header)})",
+            fix=f"keep one '{name}' column (names are compared ignoring case and spaces)",
+        )
+        for name in sorted({n for n in named if named.count(n) > 1})
     ]
 
 
@@ -99,10 +121,9 @@ def _parse_label(
     if raw is None:
         return None, []
     valid = f"an integer in 0..{num_classes - 1} (one per label_names entry in {SITE_TOML})"
-    try:
-        label = int(raw)
-    except ValueError:
+    if not _INTEGER.fullmatch(raw):
         return None, [_row_problem(file, row, "label", f"label {raw!r} is not an integer", f"use {valid}")]
+    label = int(raw)
     if not 0 <= label < num_classes:
         message = f"label {label} is outside range(0, {num_classes})"
         return None, [_row_problem(file, row, "label", message, f"use {valid}, or extend label_names")]
@@ -138,10 +159,7 @@ def _parse_attrs(row: int, record: dict[str, str], *, file: str) -> tuple[dict[s
 
 
 def _is_age(raw: str) -> bool:
-    try:
-        return 0 <= float(raw) <= 130
-    except ValueError:
-        return False
+    return _AGE.fullmatch(raw) is not None and float(raw) <= 130
 
 
 def assign_splits(rows: Sequence[ManifestRow], *, file: str) -> tuple[list[Sample], list[Problem]]:
@@ -171,6 +189,21 @@ def patient_leak_problems(rows: Sequence[ManifestRow], *, file: str) -> list[Pro
             fix = "put all images of a patient in one split (or drop the split column)"
             problems.append(_row_problem(file, r.row, "split", message, fix))
     return problems
+
+
+def duplicate_image_problems(rows: Sequence[ManifestRow], *, file: str) -> tuple[list[ManifestRow], list[Problem]]:
+    """Keep the first row of each image; report every later row naming the same file."""
+    first: dict[str, ManifestRow] = {}
+    kept: list[ManifestRow] = []
+    problems: list[Problem] = []
+    for r in rows:
+        seen = first.setdefault(os.path.normpath(r.image), r)
+        if seen is r:
+            kept.append(r)
+            continue
+        message = f"image {r.image!r} is already listed on line {seen.row} (label {seen.label} there, {r.label} here)"
+        problems.append(_row_problem(file, r.row, "image", message, "list each image once: delete or fix one of the two rows"))
+    return kept, problems
 
 
 def empty_split_problems(samples: Sequence[Sample], *, file: str) -> list[Problem]:
@@ -208,6 +241,7 @@ class ManifestSite(SiteFormat):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self._sizes: dict[str, tuple[int, int]] = {}
+        self._checked: dict[str, tuple[str, str] | None] = {}  # image -> (message, fix) of its problem
 
     @classmethod
     def can_open(cls, root: Path) -> bool:
@@ -222,13 +256,9 @@ class ManifestSite(SiteFormat):
         """Path of the site's ``manifest.csv``."""
         return self.root / MANIFEST
 
+    @cached_scan
     def scan(self) -> SiteScan:
         """Parse the manifest and check every image; never raises for bad data."""
-        if not hasattr(self, "_scan"):
-            self._scan = self._scan_uncached()
-        return self._scan
-
-    def _scan_uncached(self) -> SiteScan:
         file = str(self.manifest_path)
         toml_problems = self._info_problems()
         num_classes = len(self.info.label_names) if not toml_problems else 2
@@ -242,10 +272,11 @@ class ManifestSite(SiteFormat):
             image_problems = self._image_problems(row, record["image"], file) if record.get("image") else []
             problems += row_problems + image_problems
             rows += [parsed] if parsed and not image_problems else []
+        rows, duplicate_problems = duplicate_image_problems(rows, file=file)
         samples, split_problems = assign_splits(rows, file=file)
         if samples:
             split_problems += empty_split_problems(samples, file=file)
-        return SiteScan(samples, problems + split_problems)
+        return SiteScan(samples, problems + duplicate_problems + split_problems)
 
     def _info_problems(self) -> list[Problem]:
         data, problems = read_site_toml(self.root)
@@ -253,26 +284,31 @@ class ManifestSite(SiteFormat):
         return problems or site_info_problems(data, file=file, default_name=self.root.resolve().name)
 
     def _image_problems(self, row: int, image: str, file: str) -> list[Problem]:
+        if image not in self._checked:
+            self._checked[image] = self._check_image(image)
+        found = self._checked[image]
+        return [] if found is None else [_row_problem(file, row, "image", *found)]
+
+    def _check_image(self, image: str) -> tuple[str, str] | None:
+        """Decode one image (its size checked first); return ``(message, fix)`` of its problem."""
+        outside = image_path_problem(self.root, image)
+        if outside is not None:
+            return outside
         path = self.root / image
         if not path.is_file():
-            fix = f"copy the image to {path} or fix the path (relative to {self.root})"
-            return [_row_problem(file, row, "image", f"image file {image!r} not found", fix)]
+            return f"image file {image!r} not found", f"copy the image to {path} or fix the path (relative to {self.root})"
         try:
-            with Image.open(path) as img:
-                img.load()
-                self._sizes[image] = img.size
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            fix = "re-export the image as PNG or JPEG, or remove its row"
-            return [_row_problem(file, row, "image", f"cannot read image {image!r}: {exc}", fix)]
-        return []
+            pixels = decode_image_file(path)
+        except ImageDataError as exc:
+            return f"cannot read image {image!r}: {exc}", "re-export the image as an 8- or 16-bit PNG or JPEG, or remove its row"
+        self._sizes[image] = (int(pixels.shape[1]), int(pixels.shape[0]))
+        return None
 
     def read_image(self, sample: Sample) -> np.ndarray:
         """Decode a sample's image as uint8 RGB (fundus) or gray (OCT)."""
-        mode = "L" if self.info.modality == "oct" else "RGB"
         try:
-            with Image.open(self.root / sample.image) as img:
-                return np.asarray(img.convert(mode), dtype=np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            return to_modality(decode_image_file(self.root / sample.image), self.info.modality)
+        except ImageDataError as exc:
             problem = Problem(
                 file=str(self.manifest_path), row=sample.row, field="image",
                 message=f"cannot read image {sample.image!r}: {exc}",
@@ -286,6 +322,83 @@ class ManifestSite(SiteFormat):
             with Image.open(self.root / sample.image) as img:
                 self._sizes[sample.image] = img.size
         return self._sizes[sample.image]
+
+
+# ------------------------------------------------------------------ image files
+
+
+def image_path_problem(root: Path, image: str) -> tuple[str, str] | None:
+    """``(message, fix)`` when a manifest path is absolute or leads outside ``root`` (also by symlink)."""
+    fix = f"copy the image into {root} and give its path relative to that folder"
+    if "\x00" in image:
+        return f"image path {image!r} contains a NUL character", fix
+    relative = Path(image)
+    if relative.is_absolute() or ".." in relative.parts:
+        return f"image path {image!r} is not inside the site folder (absolute or '..')", fix
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root.resolve()):
+        return f"image path {image!r} leads outside the site folder (to {target}, through a symlink)", fix
+    return None
+
+
+def decode_image_file(path: Path) -> np.ndarray:
+    """Decode an image file to uint8 ``HxW`` gray or ``HxWx3`` RGB; its size is checked before decoding.
+
+    16/32-bit integer and float gray images are scaled by
+    :func:`fedeye.sites.pixels.to_uint8`; other modes are converted by Pillow.
+
+    Raises
+    ------
+    ImageDataError
+        If the file is not a readable image, is too large, or holds values that cannot be scaled.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # FedEye's own lower limit applies
+            with Image.open(path) as img:
+                check_pixel_count(*img.size)
+                _check_single_frame(img)
+                return _native_pixels(img)
+    except Image.DecompressionBombError as exc:
+        raise ImageDataError(f"image is far above FedEye's limit of {MAX_IMAGE_PIXELS:,} pixels ({exc}); downscale it") from exc
+    except PIL_ERRORS as exc:
+        raise ImageDataError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
+
+
+def _check_single_frame(img: Image.Image) -> None:
+    frames = int(getattr(img, "n_frames", 1))
+    if frames > 1:
+        raise ImageDataError(f"image file holds {frames} frames; save the one frame to use as its own PNG or JPEG")
+
+
+def _native_pixels(img: Image.Image) -> np.ndarray:
+    if img.mode in WIDE_MODES:
+        return to_uint8(np.asarray(img))
+    if img.mode in ("1", "L"):
+        return np.asarray(img.convert("L"), dtype=np.uint8)
+    wide_colour = _is_16bit_colour(img)  # read before decoding: Pillow clears the tiles
+    rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if wide_colour and rgb.size and int(rgb.max()) < LOW_BIT_COLOUR_MAX:
+        raise ImageDataError(
+            "16-bit colour image whose values stay below 4096 (e.g. 12-bit data): Pillow keeps only the high "
+            "byte, which would leave it nearly black; save it as 8-bit colour, or as 16-bit gray"
+        )
+    return rgb
+
+
+def _is_16bit_colour(img: Image.Image) -> bool:
+    """Whether Pillow reads this colour image from 16 bits per channel (it keeps the high byte)."""
+    tiles = img.tile if isinstance(img, ImageFile.ImageFile) else []
+    return any(isinstance(tile.args, str) and ";16" in tile.args for tile in tiles)
+
+
+def to_modality(pixels: np.ndarray, modality: str) -> np.ndarray:
+    """uint8 gray or RGB -> ``HxW`` gray for OCT, ``HxWx3`` RGB for fundus."""
+    if modality == "oct" and pixels.ndim == 3:
+        return np.asarray(Image.fromarray(pixels).convert("L"), dtype=np.uint8)
+    if modality != "oct" and pixels.ndim == 2:
+        return np.repeat(pixels[..., None], 3, axis=2)
+    return pixels
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[Problem]]:

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from fedeye.errors import Problem, SiteDataError
+from fedeye.errors import ImageDataError, Problem, SiteDataError
 from fedeye.sites.base import (
     SITE_TOML,
     Sample,
@@ -42,6 +42,7 @@ from fedeye.sites.base import (
     SiteInfo,
     SiteScan,
     SplitName,
+    cached_scan,
     load_site_info,
     read_site_toml,
     register_format,
@@ -49,6 +50,7 @@ from fedeye.sites.base import (
 )
 from fedeye.sites.dicom import frame_indices
 from fedeye.sites.manifest import ManifestRow, assign_splits, empty_split_problems
+from fedeye.sites.pixels import check_pixel_count
 
 RACES = {0: "Asian", 1: "Black", 2: "White"}  # assumption, see module docstring
 LABEL_FIELDS = {"glaucoma": ("glaucoma",), "dr": ("dr_class", "dr_subtype"), "amd": ("amd_condition", "dr_subtype")}
@@ -89,36 +91,71 @@ def task_key(task: str) -> str:
     return next((k for k in LABEL_FIELDS if lowered.startswith(k)), lowered)
 
 
+ATTRIBUTE_FIELDS = ("race", "male", "hispanic", "ethnicity", "age")
+SCALAR = ((), (1,))
+
+
 def decode_label(value: Any, task: str) -> int | None:
-    """Class index of a stored label (int-like, or an EyeFairness condition string)."""
+    """Class index of a stored label (a whole number, or an EyeFairness condition string); None if neither."""
     if isinstance(value, str):
         return SUBTYPE_LABELS.get(task, {}).get(value, 3 if task == "amd" and value.startswith(("advanced", "wet")) else None)
+    number = _number(value)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float when it is a real number (bool, int, float), else None."""
+    if not isinstance(value, (bool, int, float)):
+        return None
     number = float(value)
-    return int(number) if number.is_integer() else None
+    return number if np.isfinite(number) else None
+
+
+def _code(fields: dict[str, Any], name: str) -> int | None:
+    number = _number(fields.get(name))
+    return int(number) if number is not None and number.is_integer() else None
 
 
 def subject_attrs(fields: dict[str, Any]) -> dict[str, str]:
     """Map FairVision demographic codes to FedEye attribute strings (unknown codes dropped)."""
     attrs: dict[str, str] = {}
-    if "race" in fields and int(fields["race"]) in RACES:
-        attrs["race"] = RACES[int(fields["race"])]
-    if "male" in fields and int(fields["male"]) in (0, 1):
-        attrs["sex"] = "M" if int(fields["male"]) == 1 else "F"
-    hispanic = fields.get("hispanic", fields.get("ethnicity"))
-    if hispanic is not None and int(hispanic) in (0, 1):
-        attrs["ethnicity"] = "Hispanic" if int(hispanic) == 1 else "Non-Hispanic"
-    if "age" in fields and 0 <= float(fields["age"]) <= 130:
-        attrs["age"] = f"{float(fields['age']):g}"
+    race, male = _code(fields, "race"), _code(fields, "male")
+    hispanic = _code(fields, "hispanic" if "hispanic" in fields else "ethnicity")
+    age = _number(fields.get("age"))
+    if race in RACES:
+        attrs["race"] = RACES[race]
+    if male in (0, 1):
+        attrs["sex"] = "M" if male == 1 else "F"
+    if hispanic in (0, 1):
+        attrs["ethnicity"] = "Hispanic" if hispanic == 1 else "Non-Hispanic"
+    if age is not None and 0 <= age <= 130:
+        attrs["age"] = f"{age:g}"
     return attrs
 
 
+def attribute_problems(shapes: dict[str, tuple[tuple[int, ...], Any]], fields: dict[str, Any], path: Path) -> list[Problem]:
+    """Report demographic fields that are not one number (a vector, a string, NaN)."""
+    fix = "store it as one number (race 0/1/2, male 0/1, hispanic 0/1, age in years), or remove the field"
+    return [
+        Problem(file=str(path), field=name, message=f"field '{name}' holds {_shown(shapes[name][0], fields.get(name))}, expected one number", fix=fix)
+        for name in ATTRIBUTE_FIELDS
+        if name in shapes and (shapes[name][0] not in SCALAR or _number(fields.get(name)) is None)
+    ]
+
+
+def _shown(shape: tuple[int, ...], value: Any) -> str:
+    return f"an array of shape {shape}" if shape not in SCALAR else repr(value)
+
+
 def scale_to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """uint8 unchanged; other dtypes min-max scaled per image to 0..255."""
+    """uint8 unchanged; other numbers min-max scaled per image to 0..255; NaN or infinity refused."""
     if pixels.dtype == np.uint8:
         return pixels
+    if pixels.dtype.kind not in "buif" or not np.isfinite(pixels).all():
+        raise ImageDataError(f"pixels of type {pixels.dtype} include values that are not finite numbers")
     low, high = float(pixels.min()), float(pixels.max())
-    scaled = (pixels.astype(np.float32) - low) * (255.0 / (high - low) if high > low else 0.0)
-    return np.rint(scaled).astype(np.uint8)
+    scaled: np.ndarray = np.rint((pixels.astype(np.float32) - low) * (255.0 / (high - low) if high > low else 0.0))
+    return scaled.astype(np.uint8)
 
 
 # --------------------------------------------------------------------- the format
@@ -154,13 +191,9 @@ class FairVisionSite(SiteFormat):
         defaults = DEFAULT_LABEL_NAMES.get(task_key(info.task))
         return info.model_copy(update={"label_names": defaults}) if defaults else info
 
+    @cached_scan
     def scan(self) -> SiteScan:
         """Check every subject file; never raises for bad data."""
-        if not hasattr(self, "_scan"):
-            self._scan = self._scan_uncached()
-        return self._scan
-
-    def _scan_uncached(self) -> SiteScan:
         data, problems = read_site_toml(self.root)
         problems = problems or site_info_problems(data, file=str(self.root / SITE_TOML), default_name=self.root.resolve().name)
         if problems:
@@ -177,29 +210,41 @@ class FairVisionSite(SiteFormat):
         return SiteScan(samples, problems + split_problems)
 
     def _subject(self, number: int, path: Path) -> tuple[list[ManifestRow], list[Problem]]:
-        task = task_key(self.info.task)
         try:
             shapes = npz_shapes(path)
-            image_field, problems = _image_field_problems(shapes, self.info.modality, path)
-            label_field = next((f for f in LABEL_FIELDS.get(task, (self.info.task,)) if f in shapes), None)
-            if label_field is None:
-                problems.append(_missing(path, LABEL_FIELDS.get(task, (self.info.task,))[0], f"the label of task {self.info.task!r}"))
+            image_field, label_field, problems = self._field_problems(shapes, path)
             if problems:
                 return [], problems
             with np.load(path, allow_pickle=False) as archive:
-                fields = {k: archive[k].item() for k, (shape, _) in shapes.items() if shape in ((), (1,))}
+                fields = {k: archive[k].item() for k, (shape, _) in shapes.items() if shape in SCALAR}
         except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
             return [], [Problem(file=str(path), message=f"cannot read npz: {exc}", fix="re-copy the file (it may be truncated), or remove it")]
-        label = decode_label(fields[label_field], task)
+        label = decode_label(fields[label_field], task_key(self.info.task))
+        problems = attribute_problems(shapes, fields, path)
         if label is None or not 0 <= label < len(self.info.label_names):
-            return [], [Problem(file=str(path), field=label_field, message=f"label {fields[label_field]!r} is not a class in 0..{len(self.info.label_names) - 1}", fix=f"fix the file, or set task / label_names in {SITE_TOML}")]
-        shape = shapes[image_field][0]
-        self._sizes[path.relative_to(self.root).as_posix()] = (shape[-1], shape[-2]) if image_field == "oct_bscans" else (shape[1], shape[0])
-        frames = frame_indices(shape[0], self.info.oct_frames) if self.info.modality == "oct" else [None]
+            problems.append(Problem(file=str(path), field=label_field, message=f"label {fields[label_field]!r} is not a class in 0..{len(self.info.label_names) - 1}", fix=f"fix the file, or set task / label_names in {SITE_TOML}"))
+        if problems or label is None:
+            return [], problems
+        return self._rows(number, path, shapes[image_field][0], image_field, label, subject_attrs(fields)), []
+
+    def _field_problems(self, shapes: dict[str, tuple[tuple[int, ...], Any]], path: Path) -> tuple[str, str, list[Problem]]:
+        """The image and label fields of a subject file, and what is wrong with them."""
+        candidates = LABEL_FIELDS.get(task_key(self.info.task), (self.info.task,))
+        image_field, problems = _image_field_problems(shapes, self.info.modality, path)
+        label_field = next((f for f in candidates if f in shapes), candidates[0])
+        if label_field not in shapes:
+            problems.append(_missing(path, label_field, f"the label of task {self.info.task!r}"))
+        elif shapes[label_field][0] not in SCALAR:
+            message = f"label field '{label_field}' has shape {shapes[label_field][0]}, expected one value"
+            problems.append(Problem(file=str(path), field=label_field, message=message, fix="store the label as a single number or condition string"))
+        return image_field, label_field, problems
+
+    def _rows(self, number: int, path: Path, shape: tuple[int, ...], image_field: str, label: int, attrs: dict[str, str]) -> list[ManifestRow]:
         rel = path.relative_to(self.root).as_posix()
+        self._sizes[rel] = (shape[-1], shape[-2]) if image_field == "oct_bscans" else (shape[1], shape[0])
+        frames = frame_indices(shape[0], self.info.oct_frames) if self.info.modality == "oct" else [None]
         split = SPLIT_FOLDERS.get(path.parent.name.lower()) if path.parent != self.root else None
-        attrs = subject_attrs(fields)
-        return [ManifestRow(number, rel if f is None else f"{rel}#{f}", label, path.stem, split, attrs) for f in frames], []
+        return [ManifestRow(number, rel if f is None else f"{rel}#{f}", label, path.stem, split, attrs) for f in frames]
 
     def read_image(self, sample: Sample) -> np.ndarray:
         """Decode ``slo_fundus`` as uint8 RGB, or one OCT B-scan as uint8 gray."""
@@ -210,7 +255,7 @@ class FairVisionSite(SiteFormat):
                 if self.info.modality == "oct":
                     return scale_to_uint8(archive["oct_bscans"][int(frame)])
                 pixels = scale_to_uint8(archive["slo_fundus"])
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, ImageDataError) as exc:
             problem = Problem(file=str(path), message=f"cannot read image: {exc}", fix="run `fedeye site check` on the site")
             raise SiteDataError(self.site_name, [problem]) from exc
         return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
@@ -235,4 +280,11 @@ def _image_field_problems(shapes: dict[str, tuple[tuple[int, ...], Any]], modali
     if len(shape) not in ndims or not rgb_ok or min(shape) < 1:
         want = "FxHxW (B-scans)" if modality == "oct" else "HxW or HxWx3"
         return field, [Problem(file=str(path), field=field, message=f"'{field}' has shape {shape}, expected {want}", fix="re-export the subject, or remove the file")]
+    if np.dtype(shapes[field][1]).kind not in "buif":
+        return field, [Problem(file=str(path), field=field, message=f"'{field}' holds {shapes[field][1]} values, expected numbers", fix="re-export the subject, or remove the file")]
+    try:
+        height, width = shape[-2:] if modality == "oct" else shape[:2]
+        check_pixel_count(int(width), int(height))
+    except ImageDataError as exc:
+        return field, [Problem(file=str(path), field=field, message=str(exc), fix="downscale the image, or remove the file")]
     return field, []

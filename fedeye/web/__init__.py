@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -25,6 +25,9 @@ from fedeye.errors import ConfigError
 
 COMMON_STATIC = Path(__file__).parent / "static"  #: the shared stylesheet and icon, served at /common
 TOKEN_COOKIE = "fedeye-dashboard-token"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+ANY_HOST = "*"  # a page bound to every interface (0.0.0.0) cannot know the names it is reached by
+MIN_TOKEN_LENGTH = 16
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -47,12 +50,48 @@ with <code>--token YOUR-TOKEN</code>.</p></body></html>"""
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def protect(app: FastAPI, *, token: str) -> None:
-    """Require ``token`` on every request of ``app`` and serve the shared look at ``/common``."""
+def protect(app: FastAPI, *, token: str, hosts: Sequence[str] = LOOPBACK_HOSTS) -> None:
+    """Require ``token`` on every request of ``app``, answer only to ``hosts``, serve the shared look at ``/common``.
+
+    ``hosts``: names a request's ``Host`` header may give (without port);
+    ``"*"`` accepts any (see :func:`allowed_hosts`). Requests naming another
+    server are refused (DNS rebinding).
+    """
     if not token:
         raise ValueError("a FedEye web page needs a non-empty access token")
     app.middleware("http")(_token_guard(token))
+    app.middleware("http")(_host_guard(hosts))  # added last, so it runs first
     app.mount("/common", StaticFiles(directory=COMMON_STATIC), name="common")
+
+
+def allowed_hosts(bind_host: str) -> tuple[str, ...]:
+    """``Host`` names to accept for a page listening on ``bind_host``.
+
+    >>> allowed_hosts("10.0.0.5")
+    ('10.0.0.5', '127.0.0.1', 'localhost', '::1')
+    """
+    if bind_host in ("0.0.0.0", "::", ""):
+        return (ANY_HOST,)
+    return tuple(dict.fromkeys((bind_host.strip("[]"), *LOOPBACK_HOSTS)))
+
+
+def _host_guard(hosts: Sequence[str]) -> Callable[[Request, Handler], Awaitable[Response]]:
+    accepted = {h.lower() for h in hosts}
+
+    async def guard(request: Request, call_next: Handler) -> Response:
+        if ANY_HOST in accepted or _host_name(request.headers.get("host", "")) in accepted:
+            return await call_next(request)
+        detail = f"this page answers to {sorted(accepted)} only; open it by one of those names"
+        return JSONResponse({"detail": detail}, status_code=400, headers=SECURITY_HEADERS)
+
+    return guard
+
+
+def _host_name(header: str) -> str:
+    try:
+        return (urlsplit(f"//{header}").hostname or "").lower()
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return ""
 
 
 def _token_guard(token: str) -> Callable[[Request, Handler], Awaitable[Response]]:
@@ -84,7 +123,8 @@ def _same(given: str, token: str) -> bool:
 def _cookie_redirect(request: Request, token: str) -> Response:
     """Swap ``?token=`` for a cookie so the token leaves the address bar."""
     query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
-    target = request.url.path + (f"?{query}" if query else "")
+    path = "/" + request.url.path.lstrip("/\\")  # "//other.host" would leave this server
+    target = path + (f"?{query}" if query else "")
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
     response.headers.update(SECURITY_HEADERS)
@@ -97,6 +137,21 @@ def _unauthorized(request: Request) -> Response:
         detail = "missing or wrong access token; send it as 'Authorization: Bearer <token>'"
         return JSONResponse({"detail": detail}, status_code=401, headers=headers)
     return Response(_UNAUTHORIZED_PAGE, status_code=401, media_type="text/html", headers=headers)
+
+
+def check_token(token: str | None, *, env_var: str) -> None:
+    """Refuse a given token shorter than :data:`MIN_TOKEN_LENGTH` characters.
+
+    Raises
+    ------
+    ConfigError
+        The token is too short to resist guessing.
+    """
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"--token (or {env_var}) has {len(token)} character(s); use at least {MIN_TOKEN_LENGTH}, "
+            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))', or omit it for a random one"
+        )
 
 
 def check_listen_host(host: str, *, token_given: bool, default: str = "127.0.0.1") -> None:

@@ -146,3 +146,76 @@ def test_unusable_backbone_file_fails_before_flower_starts(tmp_path: Path, tiny_
     result = runner.invoke(app, ["simulate", "--config", str(run_file), "--backbone-weights", str(junk)], env=WIDE)
     assert result.exit_code == 1 and "junk.pth" in result.output
     assert not (tmp_path / "out" / "fedeye.db").exists()
+
+
+# ------------------------------------------------------------- hostile input (issue 14)
+
+
+def test_site_check_reports_hostile_images_by_row_without_traceback(tmp_path: Path) -> None:
+    from PIL import Image
+
+    site = tmp_path / "hostile"
+    (site / "images").mkdir(parents=True)
+    Image.new("L", (30000, 30000)).save(site / "images" / "bomb.png")
+    Image.new("RGB", (8, 8)).save(site / "images" / "ok.png")
+    rows = ["images/bomb.png,0,p1", "../outside.png,0,p2", "images/ok.png,0,p3", "images/ok.png,1,p4"]
+    (site / "manifest.csv").write_text("image,label,patient_id\n" + "\n".join(rows) + "\n")
+
+    result = runner.invoke(app, ["site", "check", str(site)], env=WIDE)
+
+    out = result.output
+    assert result.exit_code == 1 and "Traceback" not in out and isinstance(result.exception, SystemExit)
+    assert re.search(r"manifest\.csv\s*│\s*2\s*│\s*image\s*│.*limit", out)
+    assert re.search(r"manifest\.csv\s*│\s*3\s*│\s*image\s*│.*not inside the site", out)
+    assert re.search(r"manifest\.csv\s*│\s*5\s*│\s*image\s*│.*already listed", out)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ("[training]\nrounds = true\n", "training.rounds"),
+        ("[privacy]\nenabled = true\nepsilon = inf\n", "privacy.epsilon"),
+        ("[strategy]\nname = \"fedavgx\"\n", "strategy.name"),
+        ("[strategy]\nround_timeout = inf\n", "strategy.round_timeout"),
+    ],
+)
+def test_simulate_refuses_hostile_run_values_and_writes_nothing(tmp_path: Path, tiny_sites: Path, body: str, field: str) -> None:
+    import tomllib
+
+    import tomli_w
+
+    run_file = tiny_run_toml(tmp_path / "run.toml", sites=tiny_sites, out=tmp_path / "out")
+    run = tomllib.loads(run_file.read_text())
+    for section, values in tomllib.loads(body).items():
+        run.setdefault(section, {}).update(values)
+    run_file.write_text(tomli_w.dumps(run))
+
+    result = runner.invoke(app, ["simulate", "--config", str(run_file)], env=WIDE)
+
+    assert result.exit_code == 1 and field in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_simulate_refuses_a_decompression_bomb_before_flower_starts(tmp_path: Path, tiny_sites: Path) -> None:
+    import shutil
+
+    from PIL import Image
+
+    sites = tmp_path / "sites"
+    shutil.copytree(tiny_sites, sites)
+    first = min((sites / "site-1" / "images").iterdir())
+    Image.new("L", (30000, 30000)).save(first, format="PNG")
+    run_file = tiny_run_toml(tmp_path / "run.toml", sites=sites, out=tmp_path / "out")
+
+    result = runner.invoke(app, ["simulate", "--config", str(run_file)], env=WIDE)
+
+    assert result.exit_code == 1 and first.name in result.output and "limit" in result.output
+    assert not (tmp_path / "out" / "fedeye.db").exists()
+
+
+@pytest.mark.parametrize("option", [["--size", "100000"], ["--seed", "-1"], ["--sites", "1000"]])
+def test_sites_synth_bounds_its_arguments(tmp_path: Path, option: list[str]) -> None:
+    result = runner.invoke(app, ["sites", "synth", str(tmp_path / "out"), *option], env=WIDE)
+
+    assert result.exit_code == 2 and "Invalid value" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

@@ -106,10 +106,18 @@ def test_site_init_on_a_bad_site_writes_nothing(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 65])
+@pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 65, "s1\n", "s1\r", "s1/..", "é"])
 def test_bad_site_names_are_refused(tmp_path: Path, name: str) -> None:
     result = runner.invoke(root, ["coordinator", "register-site", str(_node_pub(tmp_path / "a.pub")), "--name", name, "--dir", str(tmp_path)], env=WIDE)
-    assert result.exit_code != 0
+    assert result.exit_code == 1 and "not allowed" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "authorized-sites.csv").exists()
+
+
+def test_site_init_refuses_a_name_with_a_newline(tiny_sites: Path, tmp_path: Path) -> None:
+    out = tmp_path / "site"
+    result = runner.invoke(root, ["site", "init", str(out), "--name", "s1\n", "--data", str(tiny_sites / "site-1")], env=WIDE)
+    assert result.exit_code == 1 and "not allowed" in result.output
+    assert not out.exists()
 
 
 def test_commands_are_mounted_on_fedeye(tmp_path: Path, tiny_sites: Path) -> None:
@@ -121,3 +129,11 @@ def test_commands_are_mounted_on_fedeye(tmp_path: Path, tiny_sites: Path) -> Non
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "site" / "node.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+
+
+@pytest.mark.parametrize("host", ["a b", "fl.example.org\n", "-x.org", "x" * 70 + ".org"])
+def test_coordinator_init_refuses_a_bad_host_and_writes_nothing(tmp_path: Path, host: str) -> None:
+    out = tmp_path / "coord"
+    result = runner.invoke(root, ["coordinator", "init", str(out), "--host", host], env=WIDE)
+    assert result.exit_code == 1 and "neither an IP address nor a DNS name" in result.output
+    assert not out.exists()

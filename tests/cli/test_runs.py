@@ -12,7 +12,12 @@ import typer
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from fedeye.cli.runs import build_runs_app, flatten_config, format_duration, metric_names
+from fedeye.cli.runs import (
+    build_runs_app,
+    flatten_config,
+    format_duration,
+    metric_names,
+)
 from fedeye.server.models import RunRow
 from fedeye.server.store import RunStore
 
@@ -142,6 +147,7 @@ def test_show_json(runner: CliRunner, app: typer.Typer, db: str, tmp_path: Path)
 
 
 def test_show_unknown_run_exits_1(runner: CliRunner, app: typer.Typer, db: str) -> None:
+    RunStore(db).close()  # an existing, empty store
     result = runner.invoke(app, ["runs", "show", "r-nope", "--db", db])
 
     assert result.exit_code == 1
@@ -155,6 +161,14 @@ def test_bad_db_url_exits_1(runner: CliRunner, app: typer.Typer) -> None:
 
     assert result.exit_code == 1
     assert "cannot open run store nosuchdb://x/y" in result.stderr
+
+
+@pytest.mark.parametrize("given", ["{tmp}/typo/runs.db", "sqlite:///{tmp}/typo/runs.db", "{tmp}/runs-typo.db"])
+def test_mistyped_db_path_is_refused_and_nothing_created(runner: CliRunner, app: typer.Typer, tmp_path: Path, given: str) -> None:
+    result = runner.invoke(app, ["runs", "list", "--db", given.format(tmp=tmp_path)])
+
+    assert result.exit_code == 1 and "no run store at" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "runs-typo.db").exists()
 
 
 def test_show_running_run_without_results(runner: CliRunner, app: typer.Typer, db: str) -> None:

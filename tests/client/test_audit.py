@@ -39,6 +39,7 @@ from fedeye.client.audit import (
     ensure_audit_file,
     payload_bytes,
     read_audit,
+    simulated_site_name,
 )
 from fedeye.client.state import simulated_state
 from fedeye.config import RunConfig
@@ -88,6 +89,26 @@ def _toy_request(message_type: str = MessageType.TRAIN) -> Message:
 
 
 # ------------------------------------------------------------------ paths
+
+
+def test_simulated_audit_file_is_named_after_the_site(tmp_path: Path) -> None:
+    for name in ("site-2", "site-1", ".hidden"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+    run_config = {"data.root": str(tmp_path / "data")}
+
+    name = simulated_site_name({"partition-id": 1}, run_config)
+
+    assert name == "site-2"
+    assert audit_path({"partition-id": 1}, home=tmp_path, site_name=name) == tmp_path / "audit" / "site-2.jsonl"
+    assert simulated_site_name({"partition-id": 5}, run_config) is None
+    assert simulated_site_name({"partition-id": 0}, {"data.root": str(tmp_path / "none")}) is None
+
+
+@pytest.mark.parametrize("name", ["s1\n", "../../etc", "...", "x" * 300, "é"])
+def test_audit_file_stem_is_always_a_valid_site_name(name: str) -> None:
+    from fedeye.client.state import SITE_STEM, site_slug
+
+    assert SITE_STEM.fullmatch(site_slug(name))
 
 
 def test_audit_path_comes_from_node_config_only(tmp_path: Path) -> None:

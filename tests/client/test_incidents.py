@@ -11,7 +11,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.app.message.message import make_message
 
 from fedeye.client.app import app
-from fedeye.client.audit import audit_path, fedeye_home, payload_bytes, read_audit
+from fedeye.client.audit import audit_path, payload_bytes, read_audit
+from fedeye.client.state import fedeye_home
 from fedeye.client.incidents import (
     INCIDENT_FILE,
     SiteIdentity,

@@ -46,7 +46,7 @@ def store(tmp_path: Path) -> RunStore:
 
 @pytest.fixture
 def client(store: RunStore) -> TestClient:
-    return TestClient(create_app(store.url, token=TOKEN))
+    return TestClient(create_app(store.url, token=TOKEN), base_url="http://127.0.0.1:8765")
 
 
 def test_runs_list_shows_each_run(store: RunStore, client: TestClient) -> None:
@@ -161,6 +161,35 @@ def test_empty_token_is_refused_at_build_time() -> None:
         create_app("sqlite://", token="")
 
 
+@pytest.mark.parametrize("path", ["//other.host", "/\\other.host", "///other.host/x"])
+def test_token_redirect_never_leaves_the_server(client: TestClient, path: str) -> None:
+    response = client.get(f"{path}?token={TOKEN}", follow_redirects=False)
+
+    location = response.headers["location"]
+    assert response.status_code == 303 and location.startswith("/") and not location.startswith(("//", "/\\"))
+
+
+@pytest.mark.parametrize("host", ["evil.example", "127.0.0.1.evil.example", "[::1"])
+def test_foreign_host_header_is_refused(client: TestClient, host: str) -> None:
+    response = client.get("/api/runs", headers={"Authorization": f"Bearer {TOKEN}", "Host": host})
+
+    assert response.status_code == 400 and "answers to" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8765", "localhost", "[::1]:8765"])
+def test_loopback_host_headers_are_accepted(client: TestClient, host: str) -> None:
+    response = client.get("/api/runs", headers={"Authorization": f"Bearer {TOKEN}", "Host": host})
+
+    assert response.status_code == 200
+
+
+def test_allowed_hosts_follow_the_bound_address() -> None:
+    from fedeye.server.dashboard.app import allowed_hosts
+
+    assert allowed_hosts("0.0.0.0") == ("*",)
+    assert allowed_hosts("10.1.2.3")[0] == "10.1.2.3" and "localhost" in allowed_hosts("10.1.2.3")
+
+
 # ----------------------------------------------------------------------- the command
 
 
@@ -185,3 +214,9 @@ def test_command_refuses_a_missing_store_file(tmp_path: Path) -> None:
 
     assert result.exit_code == 1 and "no run store at" in result.output
     assert not (tmp_path / "none.db").exists()
+
+
+def test_command_refuses_a_short_token(tmp_path: Path) -> None:
+    result = CliRunner().invoke(_cli(), ["dashboard", "--token", "x", "--db", str(tmp_path / "x.db")], env={"COLUMNS": "200"})
+
+    assert result.exit_code == 1 and "at least 16" in result.output and "Traceback" not in result.output

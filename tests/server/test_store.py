@@ -318,6 +318,17 @@ def test_wrong_password_on_real_server_is_store_error(postgres_server: object) -
     assert "password authentication failed" in str(caught.value)
 
 
+def test_driver_message_masks_only_the_whole_password() -> None:
+    from fedeye.server.store import _reason
+
+    class Failure:
+        orig = 'connection to server at "h", port 1 failed: p rejected'
+
+    reason = _reason(Failure(), "postgresql://u:p@h:1/d")  # type: ignore[arg-type]
+
+    assert reason == 'connection to server at "h", port 1 failed: *** rejected'
+
+
 def test_mask_url_hides_password() -> None:
     assert mask_url("postgresql://u:pw@h:5432/d") == "postgresql://u:***@h:5432/d"
     assert mask_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"

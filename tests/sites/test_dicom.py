@@ -94,3 +94,16 @@ def test_label_row_without_file_and_bad_label(tmp_path: Path) -> None:
     (root / "labels.csv").write_text(text)
     fields = sorted(p.field or "" for p in DicomSite(root).problems() if p.severity == "error")
     assert fields == ["file", "label"]
+
+
+def test_values_outside_bits_stored_are_refused_not_clipped() -> None:
+    import pytest
+
+    from fedeye.errors import ImageDataError
+    from fedeye.sites.dicom import to_uint8
+
+    with pytest.raises(ImageDataError, match="outside 0..4095"):
+        to_uint8(np.array([[0, 5000]], np.uint16), bits_stored=12, monochrome1=False)
+    with pytest.raises(ImageDataError, match="-3"):
+        to_uint8(np.array([[-3, 10]], np.int16), bits_stored=12, monochrome1=False)
+    assert to_uint8(np.array([[0, 4095]], np.uint16), bits_stored=12, monochrome1=False).tolist() == [[0, 255]]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from fedeye.errors import ConfigError, Problem, SiteDataError
 from fedeye.sites.check import check_site
@@ -209,3 +211,141 @@ def test_header_only_manifest(tmp_path: Path) -> None:
     [problem] = ManifestSite(tmp_path).problems()
 
     assert "no images" in problem.message
+
+
+# ------------------------------------------------------------- hostile input (issue 14)
+
+
+def _gray16(path: Path, high: int) -> np.ndarray:
+    pixels = (np.arange(16 * 16).reshape(16, 16) * high // 255).astype(np.uint16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def test_16bit_gray_png_is_scaled_by_its_bit_depth_not_clipped(make_site: SiteWriter) -> None:
+    root = make_site()
+    stored = _gray16(root / "images" / "p0_OD.png", 4095)  # 12-bit values in a 16-bit PNG
+    site = ManifestSite(root)
+    sample = next(s for s in site.samples() if s.image == "images/p0_OD.png")
+
+    pixels = site.read_image(sample)
+
+    assert pixels.shape == (16, 16, 3)
+    assert np.array_equal(pixels[..., 0], np.rint(stored.astype(np.float64) * 255 / 4095).astype(np.uint8))
+
+
+def test_duplicate_column_is_an_error_on_the_header(make_site: SiteWriter) -> None:
+    root = make_site(header=["image", "label", "patient_id", "Label"])
+
+    problems = ManifestSite(root).problems()
+
+    assert any(p.row == 1 and p.field == "label" and "appears 2 times" in p.message for p in problems)
+
+
+def test_same_image_twice_is_an_error(make_site: SiteWriter) -> None:
+    rows = valid_rows()
+    root = make_site(rows + [{**rows[0], "label": 1}])
+
+    [problem] = _only(ManifestSite(root).problems(), "image")
+
+    assert problem.row == len(rows) + 2 and "already listed on line 2" in problem.message
+
+
+@pytest.mark.parametrize("image", ["../outside.png", "/etc/hostname", "images/link.png"])
+def test_image_paths_outside_the_site_are_refused(make_site: SiteWriter, tmp_path: Path, image: str) -> None:
+    rows = valid_rows()
+    root = make_site(rows)
+    Image.new("RGB", (4, 4)).save(tmp_path / "outside.png")
+    (root / "images" / "link.png").symlink_to(tmp_path / "outside.png")
+    (root / "manifest.csv").write_text((root / "manifest.csv").read_text().replace(str(rows[0]["image"]), image, 1))
+
+    [problem] = _only(ManifestSite(root).problems(), "image")
+
+    assert problem.row == 2 and "site folder" in problem.message
+
+
+def test_huge_image_is_refused_from_its_header(make_site: SiteWriter) -> None:
+    root = make_site()
+    Image.new("L", (30000, 30000)).save(root / "images" / "p0_OD.png")  # ~1 MB on disk, 900 MP decoded
+
+    [problem] = _only(ManifestSite(root).problems(), "image")
+
+    assert problem.row == 2 and "limit" in problem.message
+
+
+def test_each_image_is_decoded_once_per_check(make_site: SiteWriter, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedeye.sites import manifest
+
+    rows = [{"image": "images/one.png", "label": 0, "patient_id": f"p{i}"} for i in range(30)]
+    root = make_site(rows[:1])
+    (root / "manifest.csv").write_text("image,label,patient_id\n" + "".join(f"images/one.png,0,p{i}\n" for i in range(30)))
+    calls: list[Path] = []
+    decode = manifest.decode_image_file
+    monkeypatch.setattr(manifest, "decode_image_file", lambda path: calls.append(path) or decode(path))
+
+    ManifestSite(root).problems()
+
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("label", ["1_0", " +", "1.0", "١"])
+def test_labels_must_be_plain_integers(make_site: SiteWriter, label: str) -> None:
+    rows = valid_rows()
+    rows[0]["label"] = label
+
+    [problem] = _only(ManifestSite(make_site(rows)).problems(), "label")
+
+    assert problem.row == 2
+
+
+def _png48(path: Path, pixels: np.ndarray) -> None:
+    """Write an RGB PNG with 16 bits per channel (Pillow cannot write one)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    height, width = pixels.shape[:2]
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_12bit_data_in_a_16bit_colour_png_is_refused_not_darkened(make_site: SiteWriter) -> None:
+    root = make_site()
+    _png48(root / "images" / "p0_OD.png", np.full((4, 4, 3), 4000, np.uint16))
+
+    [problem] = _only(ManifestSite(root).problems(), "image")
+
+    assert problem.row == 2 and "16-bit colour" in problem.message
+
+
+def test_full_range_16bit_colour_png_keeps_its_high_byte(make_site: SiteWriter) -> None:
+    root = make_site()
+    _png48(root / "images" / "p0_OD.png", np.full((4, 4, 3), 65535, np.uint16))
+    site = ManifestSite(root)
+
+    pixels = site.read_image(next(s for s in site.samples() if s.image == "images/p0_OD.png"))
+
+    assert (pixels == 255).all()
+
+
+def test_multi_frame_image_is_refused(make_site: SiteWriter) -> None:
+    root = make_site()
+    frames = [Image.new("RGB", (8, 8), (v, v, v)) for v in (10, 200)]
+    frames[0].save(root / "images" / "p0_OD.png", format="GIF", save_all=True, append_images=frames[1:])
+
+    [problem] = _only(ManifestSite(root).problems(), "image")
+
+    assert problem.row == 2 and "2 frames" in problem.message
+
+
+@pytest.mark.parametrize("names", ['["a", "a"]', '["a", ""]'])
+def test_label_names_must_be_distinct_and_non_empty(make_site: SiteWriter, names: str) -> None:
+    root = make_site(toml=f"label_names = {names}\n")
+
+    [problem] = _only(ManifestSite(root).problems(), "label_names")
+
+    assert "distinct and non-empty" in problem.message

@@ -51,3 +51,24 @@ def test_missing_field_and_wrong_shape_name_the_file(tmp_path: Path) -> None:
     assert problems["data_000100.npz"].field == "slo_fundus" and "missing" in problems["data_000100.npz"].message
     assert problems["data_000101.npz"].field == "slo_fundus" and "(4, 4, 4, 4)" in problems["data_000101.npz"].message
     assert "cannot read npz" in problems["data_000102.npz"].message
+
+
+# ------------------------------------------------------------- hostile input (issue 14)
+
+
+def test_label_vector_and_race_string_are_reported_not_raised(tmp_path: Path) -> None:
+    root = write_fairvision_site(tmp_path / "s")
+    write_fairvision_subject(root / "train" / "data_000100.npz", glaucoma=np.array([0, 1, 0]))
+    write_fairvision_subject(root / "train" / "data_000101.npz", race="White")
+
+    problems = {Path(p.file).name: p for p in open_site(root).problems()}
+
+    assert problems["data_000100.npz"].field == "glaucoma" and "shape (3,)" in problems["data_000100.npz"].message
+    assert problems["data_000101.npz"].field == "race" and "'White'" in problems["data_000101.npz"].message
+
+
+def test_decode_label_refuses_non_numbers() -> None:
+    assert decode_label(b"1", "glaucoma") is None
+    assert decode_label(float("nan"), "glaucoma") is None
+    assert decode_label(1.7, "glaucoma") is None
+    assert decode_label(True, "glaucoma") == 1

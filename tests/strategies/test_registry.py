@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from flwr.serverapp.strategy import Strategy
+from pydantic import ValidationError
 
 from fedeye.config import StrategyConfig
 from fedeye.errors import ConfigError
@@ -24,4 +25,9 @@ def test_duplicate_name_is_refused() -> None:
 
 def test_unknown_name_lists_choices() -> None:
     with pytest.raises(ConfigError, match="fedavg"):
-        build_strategy(StrategyConfig(name="nope"))
+        build_strategy(StrategyConfig.model_construct(name="nope"))
+
+
+def test_unknown_name_is_refused_when_the_config_is_read() -> None:
+    with pytest.raises(ValidationError, match="registered strategies: .*fedavg"):
+        StrategyConfig(name="nope")

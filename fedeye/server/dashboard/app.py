@@ -1,10 +1,10 @@
 """The dashboard's FastAPI application: token check, pages, JSON API.
 
 Every route is a ``GET``; nothing writes to the store. Every request needs
-the access token (see :mod:`fedeye.web`).
+the access token, and only this server's names are answered (see :mod:`fedeye.web`).
 
 >>> from fastapi.testclient import TestClient
->>> client = TestClient(create_app("sqlite://", token="t0ken"))
+>>> client = TestClient(create_app("sqlite://", token="t0ken"), base_url="http://127.0.0.1")
 >>> client.get("/api/runs").status_code
 401
 >>> client.get("/api/runs", headers={"Authorization": "Bearer t0ken"}).json()
@@ -13,6 +13,7 @@ the access token (see :mod:`fedeye.web`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,12 @@ from fastapi.staticfiles import StaticFiles
 from fedeye.errors import StoreError
 from fedeye.server.dashboard.panels import run_panels, summary_json
 from fedeye.server.store import RunStore
-from fedeye.web import protect
+from fedeye.web import LOOPBACK_HOSTS, protect
 
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def create_app(store_url: str, *, token: str) -> FastAPI:
+def create_app(store_url: str, *, token: str, hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
     """Return the read-only dashboard over the run store at ``store_url``.
 
     Parameters
@@ -37,10 +38,13 @@ def create_app(store_url: str, *, token: str) -> FastAPI:
         SQLAlchemy URL of the run store (see :func:`~fedeye.server.store.resolve_db_url`).
     token
         The access token every request must carry; never empty.
+    hosts
+        Names a request's ``Host`` header may give (without port); ``"*"``
+        accepts any. See :func:`allowed_hosts`.
     """
     store = RunStore(store_url)
     app = FastAPI(title="FedEye dashboard", docs_url=None, redoc_url=None, openapi_url=None)
-    protect(app, token=token)
+    protect(app, token=token, hosts=hosts)
     _add_pages(app)
     _add_api(app, store)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
