@@ -6,6 +6,7 @@ from ``fedeye-site.toml`` inside the simulated site's folder. Example::
 
     data = "/data/glaucoma-site"
     device = "cuda"
+    cache_image_sizes = [224]   # prepare the data cache before joining
     [privacy]
     require_dp = true
     epsilon = 3.0          # budget for one run
@@ -18,7 +19,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -37,6 +38,11 @@ class SiteConfig(BaseModel):
     data: Path | None = Field(default=None, description="The site folder (manifest.csv and images).")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where this site trains.")
     audit_log: Path | None = Field(default=None, description="Where the site's audit log of outgoing messages goes.")
+    cache_image_sizes: list[Annotated[int, Field(ge=8)]] = Field(
+        default_factory=list,
+        description="Image sizes to prepare the data cache at when the site starts (e.g. [224]); "
+        "a size not listed is prepared on the first message that needs it.",
+    )
     privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
 
 
