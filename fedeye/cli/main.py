@@ -19,6 +19,7 @@ from fedeye.cli.operate import coordinator_start, run_app, site_start
 from fedeye.cli.provision import coordinator_app, site_init
 from fedeye.cli.report import report_command
 from fedeye.cli.runs import runs_app
+from fedeye.cli.site_cache import cache_app
 
 if TYPE_CHECKING:
     from fedeye.config import RunConfig
@@ -39,6 +40,7 @@ sites_app = typer.Typer(help="Work with several sites (synthetic hospitals).", n
 app.add_typer(site_app, name="site")
 site_app.command("init")(site_init)
 site_app.command("start")(site_start)
+site_app.add_typer(cache_app, name="cache")
 coordinator_app.command("start")(coordinator_start)
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(run_app, name="run")

@@ -174,7 +174,8 @@ def site_start(
     if cfg.data is None:
         raise DeploymentError(f"{site_toml}: no 'data' folder set; add data = \"/path/to/site\" or run `fedeye site init` again")
     _check_data_or_exit(cfg.data)
-    node_config = _node_config(data=cfg.data, site_toml=site_toml, audit_log=cfg.audit_log)
+    state = _prepare_state(site_toml, data=cfg.data, image_sizes=cfg.cache_image_sizes)
+    node_config = _node_config(data=cfg.data, site_toml=site_toml, audit_log=cfg.audit_log, state_dir=state)
     port = runtime_port or free_port()
     command = supernode_command(address, credentials=credentials, node_config=node_config, runtime_port=port)
     console.print(f"SuperNode of [bold]{site_dir.name}[/] -> {address} ({'TLS, node key' if credentials else '[red]INSECURE[/]'}), data {cfg.data}")
@@ -229,9 +230,23 @@ def _check_data_or_exit(data: Path) -> None:
         raise typer.Exit(1)
 
 
-def _node_config(*, data: Path, site_toml: Path, audit_log: Path | None) -> str:
-    """Flower's ``--node-config`` for the ClientApp: ``site-dir``, ``site-config`` and ``audit-log``."""
-    pairs = {"site-dir": data, "site-config": site_toml, "audit-log": audit_log}
+def _prepare_state(site_toml: Path, *, data: Path, image_sizes: list[int]) -> Path:
+    """Create the site's state folder and build its data cache at ``image_sizes`` (none: the first message builds it)."""
+    from fedeye.cli.site_cache import build_with_progress
+    from fedeye.client.state import SiteLocation, deployment_state
+
+    location = SiteLocation(data, deployment_state(site_toml).ensure(), None)
+    if not image_sizes:
+        console.print("data cache: prepared by the first message, at the run's image size "
+                      f"(to prepare it now, add cache_image_sizes = [224] to {site_toml})", soft_wrap=True)
+    else:
+        build_with_progress(location, image_sizes=image_sizes, out=console)
+    return location.state.root
+
+
+def _node_config(*, data: Path, site_toml: Path, audit_log: Path | None, state_dir: Path | None = None) -> str:
+    """Flower's ``--node-config`` for the ClientApp: ``site-dir``, ``site-config``, ``audit-log`` and ``state-dir``."""
+    pairs = {"site-dir": data, "site-config": site_toml, "audit-log": audit_log, "state-dir": state_dir}
     for key, path in pairs.items():
         if path is not None and "'" in str(path):
             raise DeploymentError(f"{key}: {path} contains a quote (') that Flower's --node-config cannot carry; rename the folder")

@@ -18,6 +18,7 @@ import typer
 
 from fedeye.cli._common import console, exits_cleanly
 from fedeye.client.site_config import SiteConfig
+from fedeye.client.state import deployment_state
 from fedeye.privacy import keys
 from fedeye.errors import ProvisioningError
 
@@ -186,6 +187,7 @@ def provision_site(out_dir: Path, *, name: str, data: Path, device: Literal["aut
     keys.write_atomic(paths[0], _site_toml(cfg, name).encode(), mode=0o644)
     keys.save_private_key(node_key, paths[1], openssh=True)
     keys.save_public_key(node_pub, paths[2])
+    deployment_state(paths[0]).ensure()  # state/: data cache, privacy ledger, logs (0700)
     return keys.public_key_line(node_pub)
 
 
@@ -195,6 +197,7 @@ def _site_toml(cfg: SiteConfig, name: str) -> str:
         f"data = {json.dumps(str(cfg.data))}",
         f"device = {json.dumps(cfg.device)}",
         f"audit_log = {json.dumps(str(cfg.audit_log))}",
+        "# cache_image_sizes = [224]  # prepare the data cache at these image sizes when the site starts",
         "",
         "[privacy]",
         f"require_dp = {str(cfg.privacy.require_dp).lower()}",
