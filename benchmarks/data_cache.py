@@ -8,9 +8,9 @@ does, and draws the first shuffled training batch. Its wall time is taken by
 this script from ``Popen`` to the moment the child reports the batch, so it
 includes interpreter start-up and imports. Three kinds of message:
 
-- ``no cache``: today's behaviour without a cache (decode every image);
-- ``cold``: the first message with the cache (builds the train split's
-  entry: this is the time to build the cache);
+- ``no cache``: the behaviour without a cache (scan and decode every image);
+- ``cold``: the first message with the cache (builds the entries of all three
+  splits: this is the time to build the cache);
 - ``warm``: later messages (open the entry, memory-mapped).
 
 The sites are synthetic fundus photographs (``fedeye.sites.synth``) at
@@ -176,7 +176,7 @@ def report(results: dict[int, dict[str, Any]]) -> None:
                 ["site images", "message", "train images", "wall", "imports", "dataset", "1st batch", "data path",
                  "cpu", "cpu imports", "cpu data path"], rows)
     print_table("fingerprint: per-message stat walk vs SHA-256 of every file's bytes (page cache warm)",
-                ["site images", "site MiB", "stat walk s", "sha256 s", "cache MiB (train)"],
+                ["site images", "site MiB", "stat walk s", "sha256 s", "cache MiB"],
                 [(n, r["fingerprint"]["site_mib"], f"{r['fingerprint']['stat_s']:.3f}", r["fingerprint"]["content_s"], r["cache_mib"])
                  for n, r in results.items()])
     print()
@@ -184,7 +184,7 @@ def report(results: dict[int, dict[str, Any]]) -> None:
         data = min(m["dataset"] + m["batch"] for m in r["warm"])
         wall = min(m["wall"] for m in r["warm"])
         cpu = max(m["cpu_data"] for m in r["warm"])
-        print(f"{images} images: build {r['cold']['dataset']:.1f} s wall, {r['cold']['cpu_dataset']:.1f} s CPU (train split, "
+        print(f"{images} images: build {r['cold']['dataset']:.1f} s wall, {r['cold']['cpu_dataset']:.1f} s CPU (every split, "
               f"in the first message). Warm message, best of {len(r['warm'])}: data path {data:.2f} s wall "
               f"({verdict(data, TARGET_WARM_S)} <= {TARGET_WARM_S:.0f} s), worst data-path CPU {cpu:.2f} s "
               f"({verdict(cpu, TARGET_WARM_S)}); whole process incl. interpreter and imports {wall:.2f} s ({verdict(wall, TARGET_WARM_S)})")

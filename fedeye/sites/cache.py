@@ -32,7 +32,9 @@ Writing
     ``os.replace``; the sidecar is moved last and marks the entry complete. An
     interrupted build leaves no file under an entry's name. A lock file
     serialises builders of the same entry, so concurrent messages or runs
-    build it once.
+    build it once. A miss builds every split of the site at that size and
+    mode (one scan of the site, which for a manifest site decodes every image
+    to check it, serves all three).
 
 >>> split = cached_split(open_site("site-1"), "train", image_size=224, preprocess="none",  # doctest: +SKIP
 ...                      cache_dir=Path("~/.fedeye/sites/site-1-0123456789ab/cache"))
@@ -184,9 +186,14 @@ def _sample(raw: dict[str, Any]) -> Sample:
 
 def cached_split(
     site: SiteFormat, split: SplitName, *, image_size: int, preprocess: PreprocessMode, cache_dir: Path,
-    progress: Progress | None = None,
+    progress: Progress | None = None, build_others: bool = True,
 ) -> CachedSplit:
     """The cached split, built first if this site version has none yet.
+
+    On a miss the site's other splits are built too (``build_others``): one
+    scan of the site serves all three, where a fresh process per message
+    would otherwise scan (and, for a manifest site, decode) every image again
+    for the evaluation and test messages. ``progress`` follows ``split`` only.
 
     Raises
     ------
@@ -197,6 +204,15 @@ def cached_split(
     if (found := open_entry(cache_dir, key)) is not None:
         return found
     cache_dir.mkdir(parents=True, exist_ok=True)
+    found = _ensure_entry(site, key, cache_dir, progress)
+    others = [s for s in SPLITS if s != split and any(sample.split == s for sample in site.samples())] if build_others else []
+    for other in others:
+        _ensure_entry(site, CacheKey(other, image_size, preprocess, key.fingerprint), cache_dir, None)
+    return found
+
+
+def _ensure_entry(site: SiteFormat, key: CacheKey, cache_dir: Path, progress: Progress | None) -> CachedSplit:
+    """Open ``key``'s entry, building it under its lock if no other process has."""
     with _locked(cache_dir / f".{key.stem}.lock"):
         if (found := open_entry(cache_dir, key)) is None:  # another process may have built it meanwhile
             _build(site, key, cache_dir, progress)
@@ -353,7 +369,7 @@ def build_site_cache(
             label = f"{split} {size}px"
             report = (lambda done, total, label=label: progress(label, done, total)) if progress else None
             entry = cached_split(site, split, image_size=size, preprocess=site.info.preprocess,
-                                 cache_dir=cache_dir, progress=report)
+                                 cache_dir=cache_dir, progress=report, build_others=False)
             if report is not None:
                 report(len(entry.samples), len(entry.samples))
             built.append(entry)

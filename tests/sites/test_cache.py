@@ -105,6 +105,22 @@ def test_augmented_cached_items_equal_uncached(synth_fundus: list[Path], tmp_pat
 # ------------------------------------------------------------------ reuse
 
 
+def test_a_miss_builds_every_split_so_later_messages_do_not_scan(
+    make_site: SiteWriter, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _varied_site(make_site)
+    SiteDataset(open_site(root), "train", image_size=16, cache_dir=cache)
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("the evaluation message must not scan or decode the site")
+
+    monkeypatch.setattr(ManifestSite, "read_image", refuse)
+    monkeypatch.setattr(ManifestSite, "scan", refuse)
+
+    assert {e.split for e in list_entries(cache)} == {"train", "val", "test"}
+    assert len(SiteDataset(open_site(root), "val", image_size=16, cache_dir=cache)) > 0
+
+
 def test_second_dataset_reads_the_cache_without_decoding(
     make_site: SiteWriter, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -129,7 +145,9 @@ def test_other_size_or_mode_is_another_entry(make_site: SiteWriter, cache: Path,
     SiteDataset(open_site(root), "train", image_size=24, cache_dir=cache)
     SiteDataset(open_site(root), "train", image_size=16, preprocess="fov-crop", cache_dir=cache)
 
-    assert [(e.image_size, e.preprocess) for e in list_entries(cache)] == [(16, "fov-crop"), (16, "none"), (24, "none")]
+    entries = list_entries(cache)
+    assert [(e.image_size, e.preprocess) for e in entries if e.split == "train"] == [(16, "fov-crop"), (16, "none"), (24, "none")]
+    assert len(entries) == 9  # each miss builds all three splits
 
 
 def test_concurrent_builders_decode_once(make_site: SiteWriter, cache: Path, count_decodes: list[str]) -> None:
@@ -148,10 +166,9 @@ def test_concurrent_builders_decode_once(make_site: SiteWriter, cache: Path, cou
     for thread in threads:
         thread.join()
 
-    train = [s for s in open_site(root).samples() if s.split == "train"]
     assert not errors
-    assert sorted(count_decodes) == sorted(s.image for s in train)  # one builder decoded; the others waited and reused
-    assert len(list_entries(cache)) == 1
+    assert sorted(count_decodes) == sorted(s.image for s in open_site(root).samples())  # each image once: the others waited
+    assert len(list_entries(cache)) == 3
 
 
 # ------------------------------------------------------------------ invalidation
@@ -176,7 +193,7 @@ def test_changed_image_bytes_invalidate(make_site: SiteWriter, cache: Path, coun
     assert count_decodes  # rebuilt
     index = [s.image for s in data.samples].index("images/p0_OD.png")
     assert float(np.asarray(data._images[index]).max()) == 0.0  # the new pixels
-    assert len(list_entries(cache)) == 1  # the stale entry is gone
+    assert len(list_entries(cache)) == 3  # the stale entries are gone
 
 
 def test_added_and_removed_images_invalidate(make_site: SiteWriter, cache: Path, count_decodes: list[str]) -> None:
@@ -250,7 +267,7 @@ def test_entry_without_its_sidecar_is_rebuilt(make_site: SiteWriter, cache: Path
     root = _varied_site(make_site)
     _rebuilds(root, cache, count_decodes)
 
-    next(cache.glob("*.json")).unlink()  # as if the process died between the two renames
+    next(cache.glob("train-*.json")).unlink()  # as if the process died between the two renames
 
     assert _rebuilds(root, cache, count_decodes)
 
