@@ -18,6 +18,14 @@ def fedeye_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+@pytest.fixture(autouse=True)
+def test_fedeye_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own FEDEYE_HOME (simulated sites' state folders, data caches), never ~/.fedeye."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("FEDEYE_HOME", str(home))
+    return home
+
+
 @pytest.fixture(scope="session")
 def tiny_sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three small synthetic fundus sites (40 images each, 32 px), made once."""

@@ -20,6 +20,7 @@ from fedeye.cli.report import report_command
 from fedeye.cli.runs import runs_app
 from fedeye.cli.site_admin import site_approve, site_dashboard, site_deny, site_runs
 from fedeye.cli.site_status import site_status_command
+from fedeye.cli.site_cache import cache_app
 
 if TYPE_CHECKING:
     from fedeye.config import RunConfig
@@ -45,6 +46,7 @@ site_app.command("approve")(site_approve)
 site_app.command("deny")(site_deny)
 site_app.command("dashboard")(site_dashboard)
 site_app.command("status")(site_status_command)
+site_app.add_typer(cache_app, name="cache")
 coordinator_app.command("start")(coordinator_start)
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(run_app, name="run")

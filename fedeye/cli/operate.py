@@ -148,7 +148,7 @@ def site_start(
         raise DeploymentError(f"{site_toml}: no 'data' folder set; add data = \"/path/to/site\" or run `fedeye site init` again")
     _check_data_or_exit(cfg.data)
     state = SiteState(state_dir.resolve()) if state_dir else deployment_state(site_toml, cfg.state_dir)
-    state_dir = state.ensure().root
+    state_dir = _prepare_state(state, site_toml=site_toml, data=cfg.data, image_sizes=cfg.cache_image_sizes)
     node_config = site_node_config(data=cfg.data, site_toml=site_toml, audit_log=cfg.audit_log, state_dir=state_dir,
                                    site_name=open_site(cfg.data).info.name, worker=not no_worker)
     port = runtime_port or free_port()
@@ -180,6 +180,20 @@ def _check_data_or_exit(data: Path) -> None:
         print_check_report(report, target=console)
         err_console.print("[bold red]the SuperNode was not started[/]: fix the site data (`fedeye site check`) and start again.")
         raise typer.Exit(1)
+
+
+def _prepare_state(state: SiteState, *, site_toml: Path, data: Path, image_sizes: list[int]) -> Path:
+    """Create the site's state folder and build its data cache at ``image_sizes`` (none: the first message builds it)."""
+    from fedeye.cli.site_cache import build_with_progress
+    from fedeye.client.admin import SiteLocation
+
+    location = SiteLocation(data, state.ensure(), None)
+    if not image_sizes:
+        console.print("data cache: prepared by the first message, at the run's image size "
+                      f"(to prepare it now, add cache_image_sizes = [224] to {site_toml})", soft_wrap=True)
+    else:
+        build_with_progress(location, image_sizes=image_sizes, out=console)
+    return location.state.root
 
 
 @contextmanager

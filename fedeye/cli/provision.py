@@ -18,6 +18,7 @@ import typer
 
 from fedeye.cli._common import console, exits_cleanly
 from fedeye.client.site_config import SiteConfig
+from fedeye.client.state import deployment_state
 from fedeye.privacy import keys
 from fedeye.errors import ProvisioningError
 
@@ -189,6 +190,7 @@ def provision_site(out_dir: Path, *, name: str, data: Path, device: Literal["aut
     keys.write_atomic(paths[0], _site_toml(cfg, name).encode(), mode=0o644)
     keys.save_private_key(node_key, paths[1], openssh=True)
     keys.save_public_key(node_pub, paths[2])
+    deployment_state(paths[0]).ensure()  # state/: data cache, privacy ledger, logs (0700)
     return keys.public_key_line(node_pub)
 
 
@@ -200,5 +202,6 @@ def _site_toml(cfg: SiteConfig, name: str) -> str:
         **({"state_dir": str(cfg.state_dir)} if cfg.state_dir else {}),
         "privacy": {"require_dp": cfg.privacy.require_dp, "min_group_size": cfg.privacy.min_group_size},
     }
-    header = f"# Site {name!s}, written by 'fedeye site init'. The coordinator cannot change this file.\n"
+    header = (f"# Site {name!s}, written by 'fedeye site init'. The coordinator cannot change this file.\n"
+              "# cache_image_sizes = [224]  # prepare the data cache at these image sizes when the site starts\n")
     return header + tomli_w.dumps(settings)

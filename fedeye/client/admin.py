@@ -16,8 +16,8 @@ from pathlib import Path
 from fedeye.client.approval import ApprovalBook, RequestRecord
 from fedeye.client.audit import AuditEntry, read_audit
 from fedeye.client.site_config import SiteConfig, load_site_config, site_config_for
-from fedeye.client.state import deployment_state, simulated_state
-from fedeye.errors import SiteStateError
+from fedeye.client.state import SiteState, deployment_state, simulated_state
+from fedeye.errors import ConfigError, SiteStateError
 
 INIT_MARKERS = ("site.toml", "node.pub")  #: what `fedeye site init` leaves in a deployment site's folder
 DATA_MARKERS = ("manifest.csv", "labels.csv", "site.toml")  #: any of these marks a site data folder
@@ -99,3 +99,31 @@ def _audit_by_run(path: Path) -> dict[str, list[AuditEntry]]:
 
 def _trained(entry: AuditEntry) -> bool:
     return entry["message_type"] == "train" and bool(entry["arrays"]) and entry["status"] == "ok"
+
+
+@dataclass(frozen=True)
+class SiteLocation:
+    """A site as a command names it: its data folder, its state folder and, in deployment, its config."""
+
+    data: Path
+    state: SiteState
+    config: SiteConfig | None  # the site.toml of `fedeye site init`; None for a site data folder
+
+
+def locate_site(folder: Path, *, state_dir: Path | None = None) -> SiteLocation:
+    """The data and state folders of the site named by ``folder`` (see :func:`site_home`); ``state_dir`` overrides.
+
+    Raises
+    ------
+    SiteStateError
+        ``folder`` is not a site.
+    ConfigError
+        A deployment site's ``site.toml`` is invalid or names no data folder.
+    """
+    home = site_home(folder)
+    state = SiteState(state_dir) if state_dir else SiteState(home.state_dir)
+    if not home.deployed:
+        return SiteLocation(home.folder, state, None)
+    if home.config.data is None:
+        raise ConfigError(f"{home.folder / 'site.toml'}: no 'data' folder set; add data = \"/path/to/site\" or run `fedeye site init` again")
+    return SiteLocation(home.config.data, state, home.config)

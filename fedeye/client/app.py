@@ -3,7 +3,10 @@
 The site folder comes from the node config key ``site-dir`` (deployment: each
 SuperNode is started with ``--node-config "site-dir='/data/site'"``) or, in
 simulation, from ``partition-id`` over the sorted sub-folders of
-``data.root`` in the run config. The site's own config (privacy policy) comes
+``data.root`` in the run config. Its state folder (data cache, privacy
+ledger) is the node config's ``state-dir`` or, without one, a folder under
+``$FEDEYE_HOME`` keyed by the site folder (:mod:`fedeye.client.state`). The
+site's own config (privacy policy) comes
 from ``site-config`` in the node config or ``fedeye-site.toml`` in the site
 folder: the coordinator's run config cannot lift it.
 

@@ -1,7 +1,10 @@
 """Which site a ClientApp serves, and its cached data and model.
 
 A simulated site's ClientApp runs in a long-lived Ray actor that serves
-many rounds, so decoded images are cached per process.
+many rounds, so opened datasets are also kept per process. Deployment runs
+every message in a fresh process: there the site's data cache on disk
+(:mod:`fedeye.sites.cache`, in the site's state folder,
+:mod:`fedeye.client.state`) saves decoding every image again.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from flwr.app import ArrayRecord
 from fedeye.client.audit import audit_path
 from fedeye.client.state import fedeye_home, site_state_for
 from fedeye.client.site_config import SiteConfig, site_config_for
+from fedeye.client.state import SiteState, site_state_for
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError, ModelError
 from fedeye.models import ModelConfig, PromptViT, build_model
@@ -79,8 +83,8 @@ def _fingerprint(model: PromptViT) -> str:
 
 
 @lru_cache(maxsize=32)
-def _dataset(path: str, split: str, image_size: int, augment: bool) -> SiteDataset:
-    return SiteDataset(_open(path), split, image_size=image_size, augment=augment)
+def _dataset(path: str, split: str, image_size: int, augment: bool, cache_dir: str) -> SiteDataset:
+    return SiteDataset(_open(path), split, image_size=image_size, augment=augment, cache_dir=Path(cache_dir))
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,12 @@ class SiteJob:
 
     def dataset(self, split: str) -> SiteDataset:
         augment = self.cfg.training.augment and split == "train"
-        return _dataset(str(self.site_dir), split, self.image_size, augment)
+        return _dataset(str(self.site_dir), split, self.image_size, augment, str(self.state.cache_dir))
+
+    @property
+    def state(self) -> SiteState:
+        """The site's state folder (node config ``state-dir``, else under ``FEDEYE_HOME``), created if missing."""
+        return site_state_for(self.site_dir, self.node_config)
 
     @property
     def image_size(self) -> int:

@@ -6,6 +6,7 @@ from ``fedeye-site.toml`` inside the simulated site's folder. Example::
 
     data = "/data/glaucoma-site"
     device = "cuda"
+    cache_image_sizes = [224]   # prepare the data cache before joining
     [privacy]
     require_dp = true
     epsilon = 3.0          # budget for one run
@@ -24,7 +25,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -46,6 +47,11 @@ class SiteConfig(BaseModel):
     audit_log: Path | None = Field(default=None, description="Where the site's audit log of outgoing messages goes.")
     state_dir: Path | None = Field(default=None, description="The site's state folder (data cache, privacy ledger, "
                                    "approvals, worker socket, logs); default: state/ beside this file.")
+    cache_image_sizes: list[Annotated[int, Field(ge=8)]] = Field(
+        default_factory=list,
+        description="Image sizes to prepare the data cache at when the site starts (e.g. [224]); "
+        "a size not listed is prepared on the first message that needs it.",
+    )
     privacy: PrivacyPolicy = Field(default_factory=PrivacyPolicy)
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy, description="Which runs this site admits.")
 

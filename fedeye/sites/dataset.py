@@ -1,35 +1,32 @@
-"""PyTorch dataset over one split of a site, cached in memory as uint8."""
+"""PyTorch dataset over one split of a site, as uint8 in memory or memory-mapped from the site's cache."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fedeye.errors import ConfigError, Problem, SiteDataError
+from fedeye.errors import ConfigError
 from fedeye.sites.base import SPLITS, Sample, SiteFormat
-from fedeye.sites.preprocess import PreprocessMode, preprocess_fundus
+from fedeye.sites.cache import cached_split, prepare_image, split_samples
+from fedeye.sites.preprocess import PreprocessMode, to_rgb
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SiteDataset", "to_rgb"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def to_rgb(pixels: np.ndarray) -> np.ndarray:
-    """Return uint8 ``HxWx3``; gray ``HxW`` (OCT) is repeated to three channels."""
-    if pixels.ndim == 2:
-        return np.repeat(pixels[..., None], 3, axis=2)
-    if pixels.ndim == 3 and pixels.shape[2] == 3:
-        return pixels
-    if pixels.ndim == 3 and pixels.shape[2] == 1:
-        return np.repeat(pixels, 3, axis=2)
-    raise ValueError(f"expected HxW or HxWx3 pixels, got shape {pixels.shape}")
 
 
 class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
     """One split of a site as ``(image, label)`` pairs.
 
     Images are decoded, padded to square and resized once, then kept in memory
-    as uint8 (sites are small). Items are float32 ``3xSxS`` tensors normalised
+    as uint8; with ``cache_dir`` (the site's ``SiteState.cache_dir``) they are
+    instead read, memory-mapped, from the site's data cache
+    (:mod:`fedeye.sites.cache`), which is built on first use and holds the
+    same pixels. Items are float32 ``3xSxS`` tensors normalised
     with ImageNet mean and std; ``augment`` adds a random horizontal flip and
     a small random shift (pad-and-crop). ``preprocess`` (default: the site's
     ``preprocess`` in ``site.toml``) crops fundus images to their field of view
@@ -42,7 +39,8 @@ class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
     """
 
     def __init__(
-        self, site: SiteFormat, split: str, *, image_size: int, augment: bool = False, preprocess: PreprocessMode | None = None
+        self, site: SiteFormat, split: str, *, image_size: int, augment: bool = False, preprocess: PreprocessMode | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.preprocess: PreprocessMode = preprocess or site.info.preprocess
         if self.preprocess != "none" and site.info.modality != "fundus":
@@ -52,27 +50,29 @@ class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
         if image_size < 8:
             raise ConfigError(f"image_size must be at least 8 pixels, got {image_size}")
         self.site, self.split, self.image_size, self.augment = site, split, image_size, augment
-        self.samples: list[Sample] = [s for s in site.samples() if s.split == split]
-        if not self.samples:
-            raise SiteDataError(site.site_name, [_empty_split_problem(site, split)])
+        self.samples, self._images = self._cached(cache_dir) if cache_dir is not None else self._decoded()
         self.labels = np.array([s.label for s in self.samples], dtype=np.int64)
         self.attrs: list[dict[str, str]] = [dict(s.attrs) for s in self.samples]
         self.patient_ids = [s.patient_id for s in self.samples]
         self.num_classes = len(site.info.label_names)
-        self._images = self._load_images()
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
-    def _load_images(self) -> torch.Tensor:
+    def _decoded(self) -> tuple[list[Sample], np.ndarray]:
+        samples = split_samples(self.site, self.split)
         size, mode = self.image_size, self.preprocess
-        stack = np.stack([preprocess_fundus(to_rgb(self.site.read_image(s)), mode=mode, size=size) for s in self.samples])
-        return torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous()
+        return samples, np.stack([prepare_image(self.site, s, preprocess=mode, image_size=size) for s in samples])
+
+    def _cached(self, cache_dir: Path) -> tuple[list[Sample], np.ndarray]:
+        split = cached_split(self.site, self.split, image_size=self.image_size,
+                             preprocess=self.preprocess, cache_dir=cache_dir)
+        return split.samples, split.images
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self._images[index]
+        image = torch.from_numpy(np.array(self._images[index])).permute(2, 0, 1)  # a copy: the cache is read-only
         if self.augment:
             image = self._augment(image)
         scaled = image.to(torch.float32) / 255.0
@@ -87,11 +87,3 @@ class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
         top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
         return padded[:, top : top + self.image_size, left : left + self.image_size]
 
-
-def _empty_split_problem(site: SiteFormat, split: str) -> Problem:
-    return Problem(
-        file=str(site.root),
-        field="split",
-        message=f"split {split!r} has no images",
-        fix="add patients to this split, or let the loader split by patient (needs >= 3 patients)",
-    )

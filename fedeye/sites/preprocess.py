@@ -40,6 +40,17 @@ class Circle:
     radius: float
 
 
+def to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """Return uint8 ``HxWx3``; gray ``HxW`` (OCT) is repeated to three channels."""
+    if pixels.ndim == 2:
+        return np.repeat(pixels[..., None], 3, axis=2)
+    if pixels.ndim == 3 and pixels.shape[2] == 3:
+        return pixels
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        return np.repeat(pixels, 3, axis=2)
+    raise ValueError(f"expected HxW or HxWx3 pixels, got shape {pixels.shape}")
+
+
 def find_fov(rgb: np.ndarray, *, threshold: float = THRESHOLD) -> Circle:
     """Circle bounding the field of view; the whole image when no FOV stands out."""
     height, width = rgb.shape[:2]
