@@ -45,7 +45,8 @@ def dashboard_command(
     """Serve a read-only web dashboard of recorded runs (token-protected)."""
     import uvicorn
 
-    from fedeye.server.dashboard.app import allowed_hosts, create_app
+    from fedeye.server.dashboard.app import create_app
+    from fedeye.web import allowed_hosts
 
     check_listen_host(host, token_given=bool(token), default=DEFAULT_HOST)
     check_token(token, env_var=TOKEN_ENV_VAR)

@@ -10,7 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from fedeye.cli.main import app
-from fedeye.cli.operate import _node_config, _prepare_state
+from fedeye.cli.operate import _prepare_state
+from fedeye.client.state import deployment_state
+from fedeye.client.supernode import node_config_arg, site_node_config
 from fedeye.cli.provision import provision_site
 from fedeye.client.state import STATE_MARKER, SiteState, simulated_state
 from fedeye.sites.cache import STATE_MARKER as CACHE_SKIPS, list_entries
@@ -100,9 +102,11 @@ def test_site_init_makes_a_private_state_folder(init_dir: Path) -> None:
 
 
 def test_site_start_prepares_the_cache_and_passes_the_state_dir(init_dir: Path, data: Path) -> None:
-    state = _prepare_state(init_dir / "site.toml", data=data, image_sizes=[16])
+    site_toml = init_dir / "site.toml"
+    state = _prepare_state(deployment_state(site_toml), site_toml=site_toml, data=data, image_sizes=[16])
 
-    node_config = _node_config(data=data, site_toml=init_dir / "site.toml", audit_log=None, state_dir=state)
+    node_config = node_config_arg(site_node_config(data=data, site_toml=site_toml, audit_log=None, state_dir=state,
+                                                   site_name="s", worker=False))
 
     assert state == (init_dir / "state").resolve()
     assert len(list_entries(state / "cache")) == 3

@@ -11,14 +11,6 @@ from fedeye.sites.dataset import SiteDataset
 from fedeye.sites.synth import synthesize_sites
 
 
-@pytest.fixture(autouse=True)
-def site_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A FEDEYE_HOME of its own for each test: site state (privacy ledgers, audit logs) never leaks between tests."""
-    home = tmp_path_factory.mktemp("site-home")
-    monkeypatch.setenv("FEDEYE_HOME", str(home))
-    return home
-
-
 @pytest.fixture(scope="session")
 def dp_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One synthetic fundus site: 40 images at 32 px (about 13 train patients)."""

@@ -39,7 +39,7 @@ from fedeye.client.audit import (
     ensure_audit_file,
     payload_bytes,
     read_audit,
-    simulated_site_name,
+    simulated_site_of,
 )
 from fedeye.client.state import simulated_state
 from fedeye.config import RunConfig
@@ -91,17 +91,19 @@ def _toy_request(message_type: str = MessageType.TRAIN) -> Message:
 # ------------------------------------------------------------------ paths
 
 
-def test_simulated_audit_file_is_named_after_the_site(tmp_path: Path) -> None:
+def test_simulated_audit_file_is_in_its_sites_state_folder(tmp_path: Path) -> None:
     for name in ("site-2", "site-1", ".hidden"):
         (tmp_path / "data" / name).mkdir(parents=True)
-    run_config = {"data.root": str(tmp_path / "data")}
+    cfg = RunConfig.model_validate({"data": {"root": str(tmp_path / "data")}})
+    request = _request(MessageType.TRAIN, RecordDict({"config": ConfigRecord({"run-config": cfg.to_json()})}))
 
-    name = simulated_site_name({"partition-id": 1}, run_config)
+    site = simulated_site_of(request, {"partition-id": 1})
 
-    assert name == "site-2"
-    assert audit_path({"partition-id": 1}, home=tmp_path, site_name=name) == tmp_path / "audit" / "site-2.jsonl"
-    assert simulated_site_name({"partition-id": 5}, run_config) is None
-    assert simulated_site_name({"partition-id": 0}, {"data.root": str(tmp_path / "none")}) is None
+    assert site == tmp_path / "data" / "site-2"
+    expected = simulated_state(site, home=tmp_path).audit_log
+    assert audit_path({"partition-id": 1}, home=tmp_path, site_dir=site) == expected
+    assert simulated_site_of(request, {"partition-id": 5}) is None
+    assert simulated_site_of(request, {"site-dir": "/x", "partition-id": 0}) is None
 
 
 @pytest.mark.parametrize("name", ["s1\n", "../../etc", "...", "x" * 300, "é"])

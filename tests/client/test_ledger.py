@@ -120,9 +120,9 @@ def test_without_a_fedeye_run_id_the_flower_run_keys_the_ledger(tiny_sites: Path
     assert runs_of(_ledger(tiny_sites / "site-1").entries()) == ["flower-1"]
 
 
-def test_state_folder_is_private_and_under_fedeye_home(tiny_sites: Path, site_home: Path, tmp_path: Path) -> None:
+def test_state_folder_is_private_and_under_fedeye_home(tiny_sites: Path, test_fedeye_home: Path, tmp_path: Path) -> None:
     folder = site_state_for(tiny_sites / "site-1", {}).root
-    assert folder.parent == site_home / "sites" and folder.name.startswith("site-1-")
+    assert folder.parent == test_fedeye_home / "sites" and folder.name.startswith("site-1-")
     assert folder.stat().st_mode & 0o777 == 0o700
     assert site_state_for(tiny_sites / "site-1", {"state-dir": str(tmp_path / "st")}).root == tmp_path / "st"
 

@@ -184,7 +184,7 @@ def test_loopback_host_headers_are_accepted(client: TestClient, host: str) -> No
 
 
 def test_allowed_hosts_follow_the_bound_address() -> None:
-    from fedeye.server.dashboard.app import allowed_hosts
+    from fedeye.web import allowed_hosts
 
     assert allowed_hosts("0.0.0.0") == ("*",)
     assert allowed_hosts("10.1.2.3")[0] == "10.1.2.3" and "localhost" in allowed_hosts("10.1.2.3")
