@@ -15,6 +15,7 @@ from typing import Literal
 
 from fedeye.client.admin import SiteHome, site_home
 from fedeye.client.audit import AuditEntry, read_audit
+from fedeye.client.incidents import INCIDENT_FILE, read_incidents
 from fedeye.client.ledger import EntryState, SiteLedger
 from fedeye.client.site_config import SiteConfig
 from fedeye.client.state import SiteState
@@ -110,8 +111,18 @@ def site_status(site: Path, *, latest: int = LATEST_AUDIT) -> SiteStatusReport:
 
 
 def runtime_state(state_dir: Path) -> dict[str, str]:
-    """The site's worker and data cache, as words (extend here as the worker and the cache land)."""
-    return {"worker": "unknown", "cache": "not built", "state-dir": "present" if state_dir.is_dir() else "missing"}
+    """The site's worker and data cache, as words (``site status`` prints them)."""
+    from fedeye.client.worker import ping  # socket and frames only: no torch
+    from fedeye.sites.cache import list_entries
+
+    state = SiteState(state_dir)
+    pid = ping(state.worker_socket, timeout_s=1.0) if state.worker_socket.exists() else None
+    entries = list_entries(state.cache_dir) if state.cache_dir.is_dir() else []
+    cache = ", ".join(f"{e.split} {e.image_size}px {e.preprocess} ({e.count} images, {e.bytes / 2**20:.0f} MiB)"
+                      for e in entries) or "not built (the first message builds it; or `fedeye site cache build`)"
+    return {"worker": f"running (pid {pid})" if pid else "not running", "cache": cache,
+            "state-dir": "present" if state_dir.is_dir() else "missing",
+            "incidents": str(len(read_incidents(state_dir))) + f" (details: {state_dir / INCIDENT_FILE})"}
 
 
 def _locate(site: Path) -> _SiteFiles:

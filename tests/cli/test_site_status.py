@@ -52,7 +52,7 @@ def test_simulated_site_status_json_shows_runs_and_lifetime(tiny_sites: Path, tm
 
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["kind"] == "simulation" and report["runtime"]["worker"] == "unknown"
+    assert report["kind"] == "simulation" and report["runtime"]["worker"] == "not running" and report["runtime"]["cache"].startswith("not built")
     per_run = epsilon_per_run(entries, accountant="rdp")
     assert [(r["run"], r["rounds"]) for r in report["runs"]] == [("r-a", [1, 2]), ("r-b", [1])]
     assert [r["epsilon"] for r in report["runs"]] == pytest.approx([per_run["r-a"], per_run["r-b"]])
