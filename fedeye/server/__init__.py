@@ -1,0 +1,1 @@
+"""The coordinator: ServerApp, run store, recorder, deployment orchestration, dashboard."""
