@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -101,6 +101,17 @@ class TrainingConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where sites train.")
 
 
+class EvaluationConfig(_Section):
+    """How the final model is used at a site: its operating point (see :mod:`fedeye.fairness.operating_point`)."""
+
+    operating_point: Literal["youden"] | Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        default="youden",
+        description='Threshold the federation chooses on the sites\' pooled validation scores: "youden" '
+        "(max sensitivity + specificity) or a target sensitivity in (0, 1), e.g. 0.85 for screening.",
+    )
+    calibrate: bool = Field(default=True, description="Fit a temperature across sites (temperature scaling).")
+
+
 class SimulationConfig(_Section):
     """Flower Simulation Engine resources."""
 
@@ -128,6 +139,7 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

@@ -8,7 +8,8 @@ per-image value:
 
 - :func:`counts_above`: per class, how many validation images score at or
   above each threshold of the fixed grid :data:`LOG_ODDS_GRID` (an empirical
-  ROC curve at a fixed resolution; summed over sites it is the pooled one);
+  ROC curve at a fixed resolution, 201 points; summed over sites it is the
+  pooled one);
 - :func:`nll_per_temperature`: the summed log-loss of the validation images
   at each temperature of the fixed grid :data:`TEMPERATURE_GRID`; summed over
   sites, its minimum is the pooled maximum-likelihood temperature.
@@ -34,10 +35,12 @@ from typing import Literal
 
 import numpy as np
 
-#: Thresholds on the positive-class log-odds (p from 3e-4 to 0.9997, 0.08 apart in log-odds).
-LOG_ODDS_GRID: np.ndarray = np.linspace(-8.0, 8.0, 201)
-#: Temperatures tried by temperature scaling (0.25 to 8, geometric).
-TEMPERATURE_GRID: np.ndarray = np.geomspace(0.25, 8.0, 61)
+_MAGNITUDES = np.geomspace(1e-3, 16.0, 100)
+#: Thresholds on the positive-class log-odds: 0 and +-1e-3 ... +-16 in steps of 10% (scale-free: a barely
+#: trained model whose log-odds all lie within +-0.05 is resolved as well as a confident one).
+LOG_ODDS_GRID: np.ndarray = np.concatenate([-_MAGNITUDES[::-1], [0.0], _MAGNITUDES])
+#: Temperatures tried by temperature scaling (0.05 to 20, geometric, 5% apart).
+TEMPERATURE_GRID: np.ndarray = np.geomspace(0.05, 20.0, 121)
 #: The target of an operating point: Youden's J, or a minimum sensitivity in (0, 1).
 Target = Literal["youden"] | float
 _EPS = 1e-7
@@ -179,3 +182,74 @@ def _percentiles(values: np.ndarray, tail: float) -> tuple[float, float]:
         return float("nan"), float("nan")
     low, high = np.percentile(finite, [tail, 100 - tail])
     return float(low), float(high)
+
+
+# ------------------------------------------------------------------ what a model file carries
+
+
+@dataclass(frozen=True)
+class ModelOperatingPoint:
+    """The operating point and temperature a model file carries (metadata key :data:`METADATA_KEY`).
+
+    ``log_odds`` is the threshold on the uncalibrated positive-class log-odds;
+    ``threshold`` the same threshold on the calibrated probability. ``source``
+    says who set it (``federation``, ``calibrate``, ``adapt``), ``target``
+    what it aimed at, ``fitted_on`` how many images (positives, negatives) it
+    was chosen on, and ``sensitivity``/``specificity`` what it gave there.
+    """
+
+    log_odds: float
+    temperature: float
+    target: str
+    source: str
+    fitted_on: tuple[int, int]
+    sensitivity: float
+    specificity: float
+
+    @property
+    def threshold(self) -> float:
+        """The threshold on the calibrated positive-class probability."""
+        return float(calibrated_positive(np.array([self.log_odds]), self.temperature)[0])
+
+    def to_metadata(self) -> dict[str, object]:
+        """JSON-ready form for a model file's metadata."""
+        return {"log_odds": self.log_odds, "threshold": self.threshold, "temperature": self.temperature,
+                "target": self.target, "source": self.source, "fitted_on": list(self.fitted_on),
+                "sensitivity": self.sensitivity, "specificity": self.specificity}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, object]) -> ModelOperatingPoint | None:
+        """The point stored in a model file's metadata, or None (an older model: threshold 0.5)."""
+        raw = metadata.get(METADATA_KEY)
+        if not isinstance(raw, dict):
+            return None
+        positives, negatives = raw.get("fitted_on", (0, 0))
+        return cls(log_odds=float(raw["log_odds"]), temperature=float(raw.get("temperature", 1.0)),
+                   target=str(raw.get("target", "youden")), source=str(raw.get("source", "")),
+                   fitted_on=(int(positives), int(negatives)), sensitivity=float(raw.get("sensitivity", float("nan"))),
+                   specificity=float(raw.get("specificity", float("nan"))))
+
+
+METADATA_KEY = "operating_point"
+#: Without a stored operating point a model is used at p1 >= 0.5, i.e. log-odds >= 0.
+DEFAULT_POINT = ModelOperatingPoint(0.0, 1.0, "p >= 0.5", "default", (0, 0), float("nan"), float("nan"))
+
+
+def fit_operating_point(
+    *, positives_above: np.ndarray, negatives_above: np.ndarray, num_positive: int, num_negative: int,
+    nll: np.ndarray | None, target: Target, source: str,
+) -> ModelOperatingPoint:
+    """Threshold (for ``target``) and temperature (``nll`` None: 1.0) from summed summaries."""
+    point = choose_threshold(positives_above, negatives_above, num_positive=num_positive,
+                             num_negative=num_negative, target=target)
+    temperature = 1.0 if nll is None else fit_temperature(nll)
+    return ModelOperatingPoint(point.log_odds, temperature, str(target), source, (num_positive, num_negative),
+                               point.sensitivity, point.specificity)
+
+
+def fit_local_operating_point(labels: np.ndarray, log_odds: np.ndarray, *, target: Target, source: str) -> ModelOperatingPoint:
+    """:func:`fit_operating_point` on one labelled set (``fedeye calibrate``)."""
+    pos, neg = counts_above(labels, log_odds)
+    return fit_operating_point(positives_above=pos, negatives_above=neg, num_positive=int((labels == 1).sum()),
+                               num_negative=int((labels != 1).sum()), nll=nll_per_temperature(labels, log_odds),
+                               target=target, source=source)
