@@ -200,11 +200,18 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
-    table = Table(title=f"{report['model']} on {report['site']} ({report['split']})", header_style="bold")
-    for name in ("AUC", "accuracy", "sensitivity", "specificity", "images", "positives"):
-        table.add_column(name, justify="right")
+    if report["note"]:
+        console.print(f"[yellow]note[/]: {report['note']}")
+    console.print(_operating_point_line(report["operating_point"]))
+    table = Table(title=f"{report['model']} on {report['site']} ({report['split']}: {report['num_examples']} images, "
+                  f"{report['num_positive']} positive)", header_style="bold")
+    for name in ("metric", "value", "95% CI"):
+        table.add_column(name, justify="left" if name == "metric" else "right")
     m = report["metrics"]
-    table.add_row(*(_f(m[k]) for k in ("auc", "accuracy", "sensitivity", "specificity")), str(report["num_examples"]), str(report["num_positive"]))
+    for key in ("auc", "sensitivity", "specificity", "balanced-accuracy", "ppv", "npv", "accuracy", "ece", "ece-calibrated"):
+        if key in m:
+            ci = f"{_f(m[key + '-ci-low'])} - {_f(m[key + '-ci-high'])}" if key + "-ci-low" in m else ""
+            table.add_row(key, _f(m[key]), ci)
     console.print(table)
     if report["experts"]:
         mix = Table(title="Which experts the router mixes for these images (mean weight)", header_style="bold")
@@ -213,6 +220,14 @@ def evaluate(
         for name, weight in sorted(report["experts"].items(), key=lambda kv: -kv[1]):
             mix.add_row(name, f"{weight:.3f}")
         console.print(mix)
+
+
+def _operating_point_line(point: dict[str, object]) -> str:
+    if not point.get("stored"):
+        return "operating point: p >= 0.5 (this model file carries none; `fedeye calibrate` sets one)"
+    fitted = point.get("fitted_on") or [0, 0]
+    return (f"operating point: p >= {float(point['threshold']):.3f} after temperature {float(point['temperature']):.2f} "  # type: ignore[arg-type]
+            f"({point['target']}, set by {point['source']} on {fitted[0]} positive and {fitted[1]} negative images)")  # type: ignore[index]
 
 
 def main() -> None:
