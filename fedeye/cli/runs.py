@@ -240,6 +240,9 @@ def _detail_view(detail: RunDetail) -> Group:
     tested = [m for m in detail.site_metrics if m.phase == "test"]
     if tested:
         parts.append(_sites_table(tested, "sites, final model on each site's held-out test split"))
+        at_point = [m for m in tested if m.metrics.get("threshold") is not None]
+        if at_point:
+            parts.append(_operating_point_table(at_point))
     events = [m for m in detail.site_metrics if m.status != "ok"]
     if events:
         parts.append(_events_table(events))
@@ -346,6 +349,26 @@ def _sites_table(records: list[SiteMetricRecord], title: str) -> Table:
             Text(record.site), _site_status(record.status), str(record.num_examples),
             *(_format_value(record.metrics.get(name)) for name in names),
         )
+    return table
+
+
+OPERATING_RATES = ("sensitivity", "specificity", "balanced-accuracy", "ppv", "npv")
+
+
+def _operating_point_table(records: list[SiteMetricRecord]) -> Table:
+    """Rates at the federation's operating point, with the sites' bootstrap 95% CIs, and calibration."""
+    first = records[0].metrics
+    title = (f"final model at the federation's operating point (p >= {_format_value(first.get('threshold'))} "
+             f"after temperature {_format_value(first.get('temperature'))}); [95% CI]")
+    table = Table(title=title)
+    table.add_column("site", no_wrap=True)
+    for name in (*OPERATING_RATES, "ECE before -> after"):
+        table.add_column(name, justify="right")
+    for r in records:
+        m = r.metrics
+        cells = [f"{_format_value(m.get(k))} [{_format_value(m.get(k + '-ci-low'))}, {_format_value(m.get(k + '-ci-high'))}]"
+                 for k in OPERATING_RATES]
+        table.add_row(Text(r.site), *cells, f"{_format_value(m.get('ece'))} -> {_format_value(m.get('ece-calibrated'))}")
     return table
 
 
