@@ -25,7 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedeye.errors import ConfigError
 from fedeye.models.config import ModelConfig
@@ -86,7 +86,11 @@ class TrainingConfig(_Section):
     batch_size: int = Field(default=32, ge=1, description="Local mini-batch size.")
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(default=0.05, ge=0, description="AdamW weight decay.")
-    augment: bool = Field(default=True, description="Light flips/crops during local training.")
+    augment: Literal["none", "light", "strong"] = Field(
+        default="light",
+        description='Training augmentation (fedeye/client/augment.py): "none"; "light" = flips and small shifts '
+        '(true in older run files); "strong" = light + colour, gamma, blur, JPEG, noise and occlusion bands.',
+    )
     class_weighting: Literal["none", "balanced"] = Field(
         default="balanced", description="balanced: weight the loss by inverse local class frequency (prevalence differs by site)."
     )
@@ -98,6 +102,12 @@ class TrainingConfig(_Section):
         description="cosine: the learning rate of round r is lr * (1 + cos(pi * (r - 1) / rounds)) / 2, floored at lr / 20.",
     )
     seed: int = Field(default=0, description="Seed of model initialisation and local shuffling.")
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_from_bool(cls, value: object) -> object:
+        """Run files from before the levels said ``augment = true/false``."""
+        return {True: "light", False: "none"}.get(value, value) if isinstance(value, bool) else value
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where sites train.")
 
 

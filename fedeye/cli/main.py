@@ -13,6 +13,7 @@ from rich.table import Table
 
 from fedeye.cli._common import console, exits_cleanly
 from fedeye.client.audit import fedeye_home
+from fedeye.cli.adapt import adapt_command, calibrate_command
 from fedeye.cli.benchmark import benchmark_app
 from fedeye.cli.dashboard import dashboard_command
 from fedeye.cli.operate import coordinator_start, run_app, site_start
@@ -44,6 +45,8 @@ app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(run_app, name="run")
 app.add_typer(sites_app, name="sites")
 app.add_typer(benchmark_app, name="benchmark")
+app.command("calibrate")(calibrate_command)
+app.command("adapt")(adapt_command)
 
 Modality = Literal["fundus", "oct"]
 BackboneOption = Annotated[

@@ -77,7 +77,7 @@ def _fingerprint(model: PromptViT) -> str:
 
 
 @lru_cache(maxsize=32)
-def _dataset(path: str, split: str, image_size: int, augment: bool) -> SiteDataset:
+def _dataset(path: str, split: str, image_size: int, augment: str) -> SiteDataset:
     return SiteDataset(_open(path), split, image_size=image_size, augment=augment)
 
 
@@ -99,7 +99,7 @@ class SiteJob:
         return _open(str(self.site_dir)).info.name
 
     def dataset(self, split: str) -> SiteDataset:
-        augment = self.cfg.training.augment and split == "train"
+        augment = self.cfg.training.augment if split == "train" else "none"
         return _dataset(str(self.site_dir), split, self.image_size, augment)
 
     @property

@@ -287,7 +287,7 @@ def _fresh_model(cfg: RunConfig, seed: int) -> torch.nn.Module:
 
 def _split(site: Path, cfg: RunConfig, split: str) -> SiteDataset:
     return SiteDataset(open_site(site), split, image_size=int(cfg.model.img_size or 64),
-                       augment=split == "train" and cfg.training.augment)
+                       augment=cfg.training.augment if split == "train" else "none")
 
 
 def _all_images(site: Path, cfg: RunConfig) -> _Pooled:
