@@ -10,6 +10,7 @@ import typer
 
 from fedeye.cli._common import console, exits_cleanly
 from fedeye.errors import ConfigError
+from fedeye.fairness.operating_point import Target
 
 ModelOption = Annotated[Path, typer.Option("--model", help="A model file saved by FedEye.")]
 DataOption = Annotated[Path, typer.Option("--data", help="The hospital's site folder.")]
@@ -47,9 +48,11 @@ def adapt_command(
     _show(result, as_json, f"adapted on {result['num_images']} unlabelled images: {result['reason']}")
 
 
-def _target(raw: str | None) -> str | float | None:
-    if raw is None or raw == "youden":
-        return raw
+def _target(raw: str | None) -> Target | None:
+    if raw is None:
+        return None
+    if raw == "youden":
+        return "youden"
     try:
         value = float(raw)
     except ValueError:

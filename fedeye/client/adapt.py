@@ -94,7 +94,8 @@ def _em(x: np.ndarray, high: np.ndarray, iterations: int) -> MixtureFit:
     resp = high.astype(np.float64)
     floor = max(float(np.std(x)) * 0.05, 1e-3)  # no component narrower than 5% of the spread (no spikes)
     done = 0
-    for done in range(1, iterations + 1):
+    while done < iterations:
+        done += 1
         weight, means, sds = _m_step(x, resp, floor)
         new = _e_step(x, weight, means, sds)
         if np.max(np.abs(new - resp)) < 1e-6:
@@ -236,7 +237,7 @@ def entropy_minimisation(model: nn.Module, images: ImageDataset, *, settings: Ad
             entropy = -(probs * probs.clamp_min(1e-8).log()).sum(dim=1).mean()
             diversity = -(mean * mean.clamp_min(1e-8).log()).sum()
             optimizer.zero_grad(set_to_none=True)
-            (entropy - settings.diversity * diversity).backward()
+            (entropy - settings.diversity * diversity).backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             step += 1
             if step >= settings.tent_steps:

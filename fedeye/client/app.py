@@ -191,7 +191,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     expert_index = p.optional_int(msg.content[p.CONFIG], p.EXPERT_INDEX)
     if expert_index is not None:
         metrics[p.EXPERT_INDEX] = expert_index
-    point = point_from_config(msg.content[p.CONFIG])
+    point = point_from_config(p.config_of(msg.content))
     if point is not None and probs.shape[1] == 2:  # the federation's operating point, with bootstrap CIs
         metrics.update(metrics_at_point(probs, labels, point))
     reply = _reply(msg, job, metrics)

@@ -30,14 +30,14 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as F
+from torchvision.transforms import v2  # type: ignore[import-untyped]
+from torchvision.transforms.v2 import functional as F  # type: ignore[import-untyped]
 
 AugmentLevel = Literal["none", "light", "strong"]
 Augmentation = Callable[[torch.Tensor], torch.Tensor]
 
 
-class RandomGamma(v2.Transform):
+class RandomGamma(v2.Transform):  # type: ignore[misc]
     """Gamma correction with a gamma drawn log-uniformly from ``[1 / limit, limit]``."""
 
     def __init__(self, limit: float = 1.5) -> None:
@@ -76,6 +76,7 @@ def build_augmentation(level: AugmentLevel, *, image_size: int) -> Augmentation 
     if level == "none":
         return None
     if level == "light":
-        return v2.Compose(_light(image_size))
-    pipeline = v2.Compose([*_light(image_size), *_camera(image_size)])
+        light: Augmentation = v2.Compose(_light(image_size))
+        return light
+    pipeline: Augmentation = v2.Compose([*_light(image_size), *_camera(image_size)])
     return lambda image: (pipeline(image).clamp(0, 1) * 255).round().to(torch.uint8)

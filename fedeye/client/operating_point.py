@@ -41,7 +41,7 @@ def score_summary(probs: np.ndarray, labels: np.ndarray, *, min_group_size: int)
         record.update({p.SUMMARY_NEGATIVES: num_neg, p.SUMMARY_NEGATIVES_ABOVE: [int(v) for v in neg]})
     if num_pos >= min_group_size and num_neg >= min_group_size:
         record[p.SUMMARY_NLL] = [float(v) for v in nll_per_temperature(labels, d)]
-    return MetricRecord(record) if record else None  # type: ignore[arg-type]
+    return MetricRecord(record) if record else None
 
 
 def point_from_config(config: ConfigRecord) -> ModelOperatingPoint | None:

@@ -48,6 +48,7 @@ from fedeye.fairness.metrics import expected_calibration_error
 from fedeye.fairness.operating_point import (
     DEFAULT_POINT,
     ModelOperatingPoint,
+    Target,
     calibrated_positive,
     positive_log_odds,
     rates_at,
@@ -269,7 +270,7 @@ def _calibrated_rows(row: FoldResult, model: torch.nn.Module, target: Path, cfg:
     return out
 
 
-def _target_of(point: ModelOperatingPoint) -> str | float:
+def _target_of(point: ModelOperatingPoint) -> Target:
     return "youden" if point.target in ("youden", "p >= 0.5", "") else float(point.target)
 
 

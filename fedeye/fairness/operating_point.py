@@ -64,7 +64,7 @@ def positive_log_odds(probs: np.ndarray) -> np.ndarray:
     probs = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1.0)
     if probs.ndim != 2 or probs.shape[1] != 2:
         raise ValueError(f"operating points are for binary tasks: probs must be (n, 2), got {probs.shape}")
-    return np.log(probs[:, 1]) - np.log(probs[:, 0])
+    return np.asarray(np.log(probs[:, 1]) - np.log(probs[:, 0]))
 
 
 def counts_above(labels: np.ndarray, log_odds: np.ndarray, grid: np.ndarray = LOG_ODDS_GRID) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +125,7 @@ def nll_per_temperature(labels: np.ndarray, log_odds: np.ndarray, temperatures: 
     """Summed binary log-loss of the images at each temperature (``sum_i log(1 + exp(-s_i d_i / T))``)."""
     sign = np.where(np.asarray(labels) == 1, 1.0, -1.0)
     scaled = (sign * np.asarray(log_odds, dtype=np.float64))[None, :] / np.asarray(temperatures)[:, None]
-    return np.logaddexp(0.0, -scaled).sum(axis=1)
+    return np.asarray(np.logaddexp(0.0, -scaled).sum(axis=1))
 
 
 def fit_temperature(nll_sums: np.ndarray, temperatures: np.ndarray = TEMPERATURE_GRID) -> float:

@@ -32,7 +32,7 @@ def test_counts_match_sklearn_roc(scores: tuple[np.ndarray, np.ndarray]) -> None
     labels, d = scores
     pos, neg = counts_above(labels, d)
     fpr, tpr, thresholds = roc_curve(labels, d, drop_intermediate=False)
-    for t, f, s in zip(thresholds[1:], fpr[1:], tpr[1:]):
+    for t, f, s in zip(thresholds[1:], fpr[1:], tpr[1:], strict=True):
         # at a sample's own score the grid-free ROC and a grid threshold placed there agree
         p_at, n_at = counts_above(labels, d, grid=np.array([t]))
         assert p_at[0] / labels.sum() == pytest.approx(s)
