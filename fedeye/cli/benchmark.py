@@ -63,3 +63,16 @@ def dg_command(
     run_benchmark(settings, log=console.print)
     console.print(f"done in {time.perf_counter() - start:.0f} s; results in [bold]{out / 'results.md'}[/]")
     console.print((out / "results.md").read_text(), markup=False)
+
+
+@benchmark_app.command("dg-merge")
+@exits_cleanly
+def dg_merge_command(
+    parts: Annotated[list[Path], typer.Argument(help="Result folders of `benchmark dg` runs (e.g. one per --held-out or --seed).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the joined results.md, CSVs and plots.")] = Path("dg-results"),
+) -> None:
+    """Join benchmark runs split across processes or machines into one set of tables."""
+    from fedeye.compose.dg_benchmark import merge_results
+
+    rows = merge_results(parts, out)
+    console.print(f"{len(rows)} rows from {len(parts)} runs; results in [bold]{out / 'results.md'}[/]")

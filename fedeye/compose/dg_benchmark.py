@@ -488,6 +488,19 @@ def _sd(values: Sequence[float]) -> float:
     return statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
+def merge_results(parts: Sequence[Path], out_dir: Path) -> list[FoldResult]:
+    """Join the ``rows.json`` of benchmark runs split by held-out site or seed, and write the tables in ``out_dir``."""
+    rows: list[FoldResult] = []
+    for part in parts:
+        source = part / "rows.json"
+        if not source.is_file():
+            raise ConfigError(f"{part}: no rows.json; pass folders that `fedeye benchmark dg --out` wrote")
+        rows += [FoldResult(**raw) for raw in json.loads(source.read_text())]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_results(rows, out_dir)
+    return rows
+
+
 RATE_COLUMNS = ("auc", "balanced_accuracy", "sensitivity", "specificity", "ece", "ece_calibrated", "threshold")
 
 

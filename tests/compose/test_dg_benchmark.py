@@ -92,3 +92,20 @@ def test_bad_benchmark_options_are_named_and_exit_1(tiny_sites: Path, tmp_path: 
     result = runner.invoke(app, ["benchmark", "dg", "--sites", str(tiny_sites), "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 1
     assert message in result.output
+
+
+def test_merge_joins_runs_split_by_held_out_site(tmp_path: Path) -> None:
+    from fedeye.compose.dg_benchmark import FoldResult, write_results
+
+    for site in ("site-1", "site-2"):
+        row = FoldResult(method="fedavg", held_out=site, seed=0, unseen_auc=0.8, seen_auc=0.9, balanced_accuracy=0.75,
+                         sensitivity=0.7, specificity=0.8, auc=0.8, ece=0.1, ece_calibrated=0.05, threshold=0.4)
+        (tmp_path / site).mkdir()
+        write_results([row], tmp_path / site)
+
+    result = runner.invoke(app, ["benchmark", "dg-merge", str(tmp_path / "site-1"), str(tmp_path / "site-2"),
+                                 "--out", str(tmp_path / "all")])
+
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "all" / "results.md").read_text()
+    assert "| fedavg | 2 |" in report and "| site-1 | site-2 |" in report
