@@ -29,8 +29,10 @@ What changes at a new hospital, and what this module does about each
    Need to Access the Source Data?", ICML 2020): mean per-image entropy minus
    the entropy of the mean prediction, which rewards using both classes.
    If the share of images predicted positive still leaves [0.05, 0.95], the
-   weights are put back. It is off by default: on FedEye's benchmark it did
-   not raise the unseen-site AUC (see docs/dg-benchmark.md).
+   weights are put back. It is off by default: in a pilot (FedAvg, held-out
+   synthetic site-5, seed 0) 10 steps left the unseen AUC at 0.957 and the
+   balanced accuracy at 0.887 against 0.892 with the threshold step alone;
+   a from-scratch ViT-tiny on 64 px images has little in its norms to adapt.
 3. **The experts.** With domain experts the router already mixes experts
    per image by style (``fedeye.models.router``): a new hospital's images go
    to the hospitals they resemble, without training, so nothing is changed.
