@@ -94,7 +94,7 @@ def fit_mixture(log_odds: np.ndarray, *, start: float = 0.0, iterations: int = 2
 
 def _em(x: np.ndarray, high: np.ndarray, iterations: int) -> MixtureFit:
     resp = high.astype(np.float64)
-    floor = max(float(np.std(x)) * 0.05, 1e-3)  # no component narrower than 5% of the spread (no spikes)
+    floor = max(float(np.std(x)) * 0.05, 1e-12)  # no component narrower than 5% of the spread (no spikes)
     done = 0
     while done < iterations:
         done += 1
@@ -192,7 +192,7 @@ def adapt_model(model: nn.Module, images: ImageDataset, *, point: ModelOperating
             model.load_state_dict(saved)
     after = _scores(model, images, settings)
     fit = fit_mixture(positive_log_odds(after), start=start.log_odds)
-    new_point, reason = _point_from_mixture(fit, start)
+    new_point, reason = _point_from_mixture(fit, start, positive_log_odds(after))
     report = AdaptReport(
         method="tent+shot-im" if settings.tent_steps else "mixture-threshold", num_images=len(after),
         tent_steps=settings.tent_steps, tent_kept=kept,
@@ -203,15 +203,34 @@ def adapt_model(model: nn.Module, images: ImageDataset, *, point: ModelOperating
     return new_point, report
 
 
-def _point_from_mixture(fit: MixtureFit, start: ModelOperatingPoint) -> tuple[ModelOperatingPoint, str]:
+def _point_from_mixture(fit: MixtureFit, start: ModelOperatingPoint, log_odds: np.ndarray) -> tuple[ModelOperatingPoint, str]:
     if not fit.separated:
-        return start, (f"scores not bimodal (prior {fit.prior:.2f}, means {fit.means[0]:.2f}/{fit.means[1]:.2f}): "
-                       "kept the stored threshold")
+        return _quantile_point(start, log_odds)
     target: Target = "youden" if start.target in ("youden", "p >= 0.5", "") else float(start.target)
     threshold = mixture_threshold(fit, target)
     sens, spec = _mixture_rates(fit, threshold)
     moved = ModelOperatingPoint(threshold, start.temperature, str(target), "adapt", (0, 0), sens, spec)
     return moved, f"mixture threshold; estimated prevalence {fit.prior:.2f}"
+
+
+def _quantile_point(start: ModelOperatingPoint, log_odds: np.ndarray) -> tuple[ModelOperatingPoint, str]:
+    """Fallback: keep the share of images called positive that the stored point gave where it was fitted.
+
+    Where the new site's scores are not bimodal the mixture says nothing
+    reliable, but a shifted camera typically moves every score the same
+    way; the threshold moves with them to the quantile that calls the same
+    share positive as the stored point did on its validation images
+    (prevalence there x sensitivity + (1 - prevalence) x (1 - specificity)).
+    """
+    positives, negatives = start.fitted_on
+    if positives + negatives == 0 or not (math.isfinite(start.sensitivity) and math.isfinite(start.specificity)):
+        return start, "scores not bimodal and the stored point has no validation rates: kept the stored threshold"
+    share = (positives * start.sensitivity + negatives * (1 - start.specificity)) / (positives + negatives)
+    share = min(max(share, MIN_COMPONENT_WEIGHT), 1 - MIN_COMPONENT_WEIGHT)
+    threshold = float(np.quantile(log_odds, 1 - share))
+    moved = ModelOperatingPoint(threshold, start.temperature, start.target, "adapt", (0, 0),
+                                start.sensitivity, start.specificity)
+    return moved, f"scores not bimodal: threshold at the quantile calling {share:.2f} positive, as where it was fitted"
 
 
 def _mixture_rates(fit: MixtureFit, threshold: float) -> tuple[float, float]:

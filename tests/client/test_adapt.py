@@ -81,3 +81,13 @@ def test_adapt_does_not_collapse_on_a_shifted_tiny_site(tiny_sites: Path) -> Non
     assert 0.0 < share < 1.0  # both classes predicted
     assert report.tent_steps == 20 and 0.0 < report.positive_share_after < 1.0
     assert report.tent_kept == (0.05 <= float((positive_log_odds(probs) >= 0.0).mean()) <= 0.95) or not report.tent_kept
+
+
+def test_without_two_modes_the_threshold_follows_the_scores_to_the_same_positive_share() -> None:
+    from fedeye.client.adapt import _quantile_point
+
+    start = ModelOperatingPoint(0.0, 1.0, "youden", "federation", (40, 60), 0.8, 0.9)  # called 0.38 positive
+    shifted = np.random.default_rng(0).normal(5.0, 1.0, 1000)  # every score moved up by a camera
+    point, reason = _quantile_point(start, shifted)
+    assert float((shifted >= point.log_odds).mean()) == pytest.approx(0.38, abs=0.01)
+    assert point.source == "adapt" and "not bimodal" in reason
