@@ -39,7 +39,9 @@ LOCAL_NORMS: Final = "local-norms"  #: FedBN: the site keeps its LayerNorm weigh
 EXPERT_INDEX: Final = "expert-index"  #: prompt-experts: the site's row of the expert bank (also a metric)
 EXPERT_MIXUP: Final = "expert-mixup"  #: prompt-experts: share of images trained with a random expert mix
 BACKBONE_SHA256: Final = "backbone-sha256"  #: prompt mode: fingerprint of the coordinator's frozen backbone
-SUMMARIZE_SCORES: Final = "summarize-scores"  #: evaluate: also reply a :data:`SCORE_SUMMARY` record
+SUMMARIZE_SCORES: Final = "summarize-scores"  #: evaluate: also reply a :data:`SCORE_SUMMARY` record (moments | counts)
+SCORE_CENTER: Final = "score-center"  #: summarize counts: where the grids sit (fedeye.fairness.operating_point.ScoreScale)
+SCORE_SCALE: Final = "score-scale"
 OPERATING_LOG_ODDS: Final = "operating-log-odds"  #: evaluate: the chosen threshold on the positive-class log-odds
 TEMPERATURE: Final = "temperature"  #: evaluate: the fitted temperature (also a metric)
 
@@ -93,6 +95,11 @@ SUMMARY_NEGATIVES: Final = "negatives"
 SUMMARY_POSITIVES_ABOVE: Final = "positives-above"  #: per grid threshold, positives scoring at or above it
 SUMMARY_NEGATIVES_ABOVE: Final = "negatives-above"
 SUMMARY_NLL: Final = "nll-per-temperature"  #: per grid temperature, the summed log-loss
+SUMMARY_IMAGES: Final = "images"  #: moments: images summarised (absent: fewer than min_group_size)
+SUMMARY_SUM: Final = "log-odds-sum"  #: moments: sum of the positive-class log-odds
+SUMMARY_SQUARES: Final = "log-odds-squares"  #: moments: sum of their squares
+MOMENTS: Final = "moments"  #: value of SUMMARIZE_SCORES: send SUMMARY_IMAGES/SUM/SQUARES
+COUNTS: Final = "counts"  #: value of SUMMARIZE_SCORES: send the counts and log-losses on the grids
 
 
 def expert_weight_metric(index: int) -> str:

@@ -26,7 +26,7 @@ from flwr.clientapp import ClientApp
 
 from fedeye import protocol as p
 from fedeye.client.audit import audit_mod
-from fedeye.client.operating_point import metrics_at_point, point_from_config, score_summary
+from fedeye.client.operating_point import metrics_at_point, point_from_config, summary_for
 from fedeye.client.site import SiteJob
 from fedeye.client.training import (
     LocalObjective,
@@ -195,7 +195,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     if point is not None and probs.shape[1] == 2:  # the federation's operating point, with bootstrap CIs
         metrics.update(metrics_at_point(probs, labels, point))
     reply = _reply(msg, job, metrics)
-    summary = score_summary(probs, labels, min_group_size=min_group) if msg.content[p.CONFIG].get(p.SUMMARIZE_SCORES) else None
-    if summary is not None:  # counts on fixed grids, classes under min_group_size left out
+    summary = summary_for(p.config_of(msg.content), probs, labels, min_group_size=min_group)
+    if summary is not None:  # moments, or counts on the coordinator's grids; groups under min_group_size left out
         reply.content[p.SCORE_SUMMARY] = summary
     return reply

@@ -1,12 +1,15 @@
 """The site's side of the operating point: its score summary, and metrics at a given point.
 
 A site asked to summarise (:data:`fedeye.protocol.SUMMARIZE_SCORES`) sends a
-:data:`fedeye.protocol.SCORE_SUMMARY` record: per class, the count of images
-scoring at or above each threshold of a fixed grid, and the summed log-loss
-at each temperature of a fixed grid (:mod:`fedeye.fairness.operating_point`).
-Nothing in it is per image; a class with fewer than the site's
-``min_group_size`` images is not sent, nor is the log-loss then. The audit
-mod logs the record with the rest of the reply.
+:data:`fedeye.protocol.SCORE_SUMMARY` record, in two steps: first the count,
+sum and sum of squares of its validation log-odds (``moments``), from which
+the coordinator places the grids; then (``counts``) per class, the count of
+images scoring at or above each threshold of the grid, and the summed
+log-loss at each temperature of the grid
+(:mod:`fedeye.fairness.operating_point`). Nothing in it is per image; a
+class with fewer than the site's ``min_group_size`` images is not sent, nor
+is the log-loss then, nor are the moments of fewer images. The audit mod
+logs the record with the rest of the reply.
 """
 
 from __future__ import annotations
@@ -18,21 +21,44 @@ from fedeye import protocol as p
 from fedeye.fairness.metrics import expected_calibration_error
 from fedeye.fairness.operating_point import (
     ModelOperatingPoint,
+    ScoreScale,
     bootstrap_rates,
     calibrated_positive,
     counts_above,
     nll_per_temperature,
     positive_log_odds,
     rates_at,
+    score_moments,
 )
 
 
-def score_summary(probs: np.ndarray, labels: np.ndarray, *, min_group_size: int) -> MetricRecord | None:
-    """The site's summary of its validation scores (None: a multiclass task or nothing to send)."""
+def summary_for(config: ConfigRecord, probs: np.ndarray, labels: np.ndarray, *, min_group_size: int) -> MetricRecord | None:
+    """The summary an evaluate message asks for (None: none asked, a multiclass task, or nothing to send)."""
+    asked = config.get(p.SUMMARIZE_SCORES)
+    if not asked or probs.ndim != 2 or probs.shape[1] != 2:
+        return None
+    if asked == p.MOMENTS:
+        return score_moments_record(probs, min_group_size=min_group_size)
+    scale = ScoreScale(float(config.get(p.SCORE_CENTER, 0.0)), float(config.get(p.SCORE_SCALE, 1.0)))  # type: ignore[arg-type]
+    return score_summary(probs, labels, min_group_size=min_group_size, scale=scale)
+
+
+def score_moments_record(probs: np.ndarray, *, min_group_size: int) -> MetricRecord | None:
+    """Count, sum and sum of squares of the site's log-odds (None: fewer than ``min_group_size`` images)."""
+    count, total, squares = score_moments(positive_log_odds(probs))
+    if count < min_group_size:
+        return None
+    return MetricRecord({p.SUMMARY_IMAGES: count, p.SUMMARY_SUM: total, p.SUMMARY_SQUARES: squares})
+
+
+def score_summary(probs: np.ndarray, labels: np.ndarray, *, min_group_size: int,
+                  scale: ScoreScale | None = None) -> MetricRecord | None:
+    """The site's counts and log-losses on ``scale``'s grids (None: a multiclass task or nothing to send)."""
     if probs.ndim != 2 or probs.shape[1] != 2:
         return None
+    scale = scale or ScoreScale()
     d = positive_log_odds(probs)
-    pos, neg = counts_above(labels, d)
+    pos, neg = counts_above(labels, d, scale.thresholds)
     num_pos, num_neg = int((labels == 1).sum()), int((labels != 1).sum())
     record: dict[str, int | float | list[int] | list[float]] = {}
     if num_pos >= min_group_size:
@@ -40,7 +66,7 @@ def score_summary(probs: np.ndarray, labels: np.ndarray, *, min_group_size: int)
     if num_neg >= min_group_size:
         record.update({p.SUMMARY_NEGATIVES: num_neg, p.SUMMARY_NEGATIVES_ABOVE: [int(v) for v in neg]})
     if num_pos >= min_group_size and num_neg >= min_group_size:
-        record[p.SUMMARY_NLL] = [float(v) for v in nll_per_temperature(labels, d)]
+        record[p.SUMMARY_NLL] = [float(v) for v in nll_per_temperature(labels, d, scale.temperatures)]
     return MetricRecord(record) if record else None
 
 

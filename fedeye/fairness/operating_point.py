@@ -19,6 +19,12 @@ difference, which temperature scaling divides by ``T``). The grid is on
 ``d``, so one summary serves any temperature: the threshold ``t`` on ``d`` is
 the threshold ``sigmoid(t / T)`` on the calibrated probability.
 
+Both grids are placed by a :class:`ScoreScale`: centre and spread of the
+pooled log-odds, which the coordinator first learns from each site's count,
+sum and sum of squares (:func:`score_moments`). A model whose log-odds all
+lie within +-0.001 of -0.3 (barely trained, or from another camera) is then
+resolved as finely as a confident one.
+
 >>> import numpy as np
 >>> labels = np.array([0, 0, 0, 1, 1, 1])
 >>> d = np.array([-2.0, -1.0, 0.5, 0.2, 1.5, 3.0])
@@ -44,6 +50,44 @@ TEMPERATURE_GRID: np.ndarray = np.geomspace(0.05, 20.0, 121)
 #: The target of an operating point: Youden's J, or a minimum sensitivity in (0, 1).
 Target = Literal["youden"] | float
 _EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class ScoreScale:
+    """Where the grids sit: thresholds ``center + scale * LOG_ODDS_GRID``, temperatures ``scale * TEMPERATURE_GRID``."""
+
+    center: float = 0.0
+    scale: float = 1.0
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """The threshold grid on the log-odds."""
+        return self.center + self.scale * LOG_ODDS_GRID
+
+    @property
+    def temperatures(self) -> np.ndarray:
+        """The temperature grid."""
+        return self.scale * TEMPERATURE_GRID
+
+    @classmethod
+    def from_moments(cls, count: float, total: float, squares: float) -> ScoreScale:
+        """Centre and standard deviation of pooled scores from their count, sum and sum of squares."""
+        if count <= 0:
+            return cls()
+        mean = total / count
+        spread = float(np.sqrt(max(squares / count - mean**2, 0.0)))
+        return cls(float(mean), spread if spread > 1e-9 else 1.0)
+
+    @classmethod
+    def of(cls, log_odds: np.ndarray) -> ScoreScale:
+        """The scale of one set of scores (``fedeye calibrate``)."""
+        return cls.from_moments(*score_moments(log_odds))
+
+
+def score_moments(log_odds: np.ndarray) -> tuple[int, float, float]:
+    """Count, sum and sum of squares of the log-odds (what a site sends first)."""
+    d = np.asarray(log_odds, dtype=np.float64)
+    return len(d), float(d.sum()), float((d**2).sum())
 
 
 @dataclass(frozen=True)
@@ -237,19 +281,22 @@ DEFAULT_POINT = ModelOperatingPoint(0.0, 1.0, "p >= 0.5", "default", (0, 0), flo
 
 def fit_operating_point(
     *, positives_above: np.ndarray, negatives_above: np.ndarray, num_positive: int, num_negative: int,
-    nll: np.ndarray | None, target: Target, source: str,
+    nll: np.ndarray | None, target: Target, source: str, scale: ScoreScale | None = None,
 ) -> ModelOperatingPoint:
-    """Threshold (for ``target``) and temperature (``nll`` None: 1.0) from summed summaries."""
+    """Threshold (for ``target``) and temperature (``nll`` None: 1.0) from summed summaries on ``scale``'s grids."""
+    scale = scale or ScoreScale()
     point = choose_threshold(positives_above, negatives_above, num_positive=num_positive,
-                             num_negative=num_negative, target=target)
-    temperature = 1.0 if nll is None else fit_temperature(nll)
+                             num_negative=num_negative, target=target, grid=scale.thresholds)
+    temperature = 1.0 if nll is None else fit_temperature(nll, scale.temperatures)
     return ModelOperatingPoint(point.log_odds, temperature, str(target), source, (num_positive, num_negative),
                                point.sensitivity, point.specificity)
 
 
 def fit_local_operating_point(labels: np.ndarray, log_odds: np.ndarray, *, target: Target, source: str) -> ModelOperatingPoint:
-    """:func:`fit_operating_point` on one labelled set (``fedeye calibrate``)."""
-    pos, neg = counts_above(labels, log_odds)
+    """:func:`fit_operating_point` on one labelled set (``fedeye calibrate``), on grids placed by its own scores."""
+    scale = ScoreScale.of(log_odds)
+    pos, neg = counts_above(labels, log_odds, scale.thresholds)
     return fit_operating_point(positives_above=pos, negatives_above=neg, num_positive=int((labels == 1).sum()),
-                               num_negative=int((labels != 1).sum()), nll=nll_per_temperature(labels, log_odds),
-                               target=target, source=source)
+                               num_negative=int((labels != 1).sum()),
+                               nll=nll_per_temperature(labels, log_odds, scale.temperatures),
+                               target=target, source=source, scale=scale)

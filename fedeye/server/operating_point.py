@@ -1,11 +1,12 @@
 """The coordinator's side of the operating point: ask the sites for score summaries, sum them, choose.
 
-After the last round the final global model goes to every site once more
-with :data:`fedeye.protocol.SUMMARIZE_SCORES` on its validation split. The
-sites' :data:`fedeye.protocol.SCORE_SUMMARY` records (counts on fixed
-grids, see :mod:`fedeye.client.operating_point`) are summed and the run's
-``[evaluation] operating_point`` and temperature are chosen on the sums
-(:mod:`fedeye.fairness.operating_point`). The result goes into the final
+After the last round the final global model goes to every site twice more
+with :data:`fedeye.protocol.SUMMARIZE_SCORES` on its validation split: first
+for the moments of its log-odds (count, sum, sum of squares), which place the
+grids (:class:`~fedeye.fairness.operating_point.ScoreScale`), then for its
+counts and log-losses on those grids (see :mod:`fedeye.client.operating_point`).
+The counts are summed and the run's ``[evaluation] operating_point`` and
+temperature are chosen on the sums (:mod:`fedeye.fairness.operating_point`). The result goes into the final
 model file and, through the final evaluation's config, to every site.
 """
 
@@ -25,7 +26,13 @@ from flwr.serverapp.strategy import Strategy
 
 from fedeye import protocol as p
 from fedeye.config import RunConfig
-from fedeye.fairness.operating_point import LOG_ODDS_GRID, TEMPERATURE_GRID, ModelOperatingPoint, fit_operating_point
+from fedeye.fairness.operating_point import (
+    LOG_ODDS_GRID,
+    TEMPERATURE_GRID,
+    ModelOperatingPoint,
+    ScoreScale,
+    fit_operating_point,
+)
 
 
 @dataclass
@@ -66,7 +73,20 @@ def sum_summaries(replies: Iterable[Message]) -> SummedScores:
     return total
 
 
-def choose_from_summaries(total: SummedScores, cfg: RunConfig) -> ModelOperatingPoint | None:
+def pooled_scale(replies: Iterable[Message]) -> ScoreScale:
+    """Where the grids go: centre and spread of the log-odds pooled from the sites' moments."""
+    count = total = squares = 0.0
+    for reply in replies:
+        if not reply.has_error() and p.SCORE_SUMMARY in reply.content.metric_records:
+            record = reply.content.metric_records[p.SCORE_SUMMARY]
+            if all(isinstance(record.get(k), int | float) for k in (p.SUMMARY_IMAGES, p.SUMMARY_SUM, p.SUMMARY_SQUARES)):
+                count += float(record[p.SUMMARY_IMAGES])  # type: ignore[arg-type]
+                total += float(record[p.SUMMARY_SUM])  # type: ignore[arg-type]
+                squares += float(record[p.SUMMARY_SQUARES])  # type: ignore[arg-type]
+    return ScoreScale.from_moments(count, total, squares)
+
+
+def choose_from_summaries(total: SummedScores, cfg: RunConfig, scale: ScoreScale | None = None) -> ModelOperatingPoint | None:
     """The run's operating point on the summed summaries (None: no positives or no negatives were sent)."""
     if total.positives == 0 or total.negatives == 0:
         log(WARNING, "operating point: the sites sent %d positives and %d negatives (classes under their "
@@ -75,21 +95,27 @@ def choose_from_summaries(total: SummedScores, cfg: RunConfig) -> ModelOperating
     nll = total.nll if cfg.evaluation.calibrate and total.sites_with_nll else None
     return fit_operating_point(
         positives_above=total.positives_above, negatives_above=total.negatives_above, num_positive=total.positives,
-        num_negative=total.negatives, nll=nll, target=cfg.evaluation.operating_point, source="federation",
+        num_negative=total.negatives, nll=nll, target=cfg.evaluation.operating_point, source="federation", scale=scale,
     )
 
 
 def federated_operating_point(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig) -> ModelOperatingPoint | None:
-    """Ask every site for its validation-score summary of ``arrays`` and choose the operating point."""
-    config = ConfigRecord({p.RUN_CONFIG: cfg.to_json(), p.SPLIT: cfg.data.eval_split, p.SUMMARIZE_SCORES: True,
-                           p.SERVER_ROUND: cfg.training.rounds})
-    messages = list(strategy.configure_evaluate(cfg.training.rounds, arrays, config, grid))
-    replies = list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))
-    point = choose_from_summaries(sum_summaries(replies), cfg)
+    """Ask every site for its validation-score summaries of ``arrays`` and choose the operating point."""
+    scale = pooled_scale(_ask(grid, strategy, arrays, cfg, {p.SUMMARIZE_SCORES: p.MOMENTS}))
+    counts = _ask(grid, strategy, arrays, cfg, {p.SUMMARIZE_SCORES: p.COUNTS, p.SCORE_CENTER: scale.center,
+                                                 p.SCORE_SCALE: scale.scale})
+    point = choose_from_summaries(sum_summaries(counts), cfg, scale)
     if point is not None:
         log(INFO, "operating point (%s): p >= %.3f after temperature %.2f (pooled val sensitivity %.3f, "
             "specificity %.3f)", point.target, point.threshold, point.temperature, point.sensitivity, point.specificity)
     return point
+
+
+def _ask(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, keys: dict[str, str | float]) -> list[Message]:
+    """One summary request to every site (the strategy samples them as for evaluation), and the replies."""
+    config = ConfigRecord({p.RUN_CONFIG: cfg.to_json(), p.SPLIT: cfg.data.eval_split, p.SERVER_ROUND: cfg.training.rounds, **keys})
+    messages = list(strategy.configure_evaluate(cfg.training.rounds, arrays, config, grid))
+    return list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))
 
 
 def point_config(point: ModelOperatingPoint | None) -> dict[str, float]:

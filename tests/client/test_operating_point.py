@@ -88,3 +88,15 @@ def test_the_clientapp_replies_a_summary_only_when_asked(tiny_sites: Path) -> No
     assert p.SCORE_SUMMARY not in asked.content.metric_records or all(
         len(v) in (len(LOG_ODDS_GRID), len(TEMPERATURE_GRID)) for v in asked.content[p.SCORE_SUMMARY].values() if isinstance(v, list)
     )
+
+
+def test_moments_are_three_numbers_and_respect_min_group_size() -> None:
+    from fedeye.client.operating_point import summary_for
+
+    labels = np.array([0] * 30 + [1] * 25)
+    asked = ConfigRecord({p.SUMMARIZE_SCORES: p.MOMENTS})
+    record = summary_for(asked, _probs(labels), labels, min_group_size=10)
+    assert record is not None and set(record) == {p.SUMMARY_IMAGES, p.SUMMARY_SUM, p.SUMMARY_SQUARES}
+    assert record[p.SUMMARY_IMAGES] == 55
+    assert summary_for(asked, _probs(labels[:8]), labels[:8], min_group_size=10) is None
+    assert summary_for(ConfigRecord({}), _probs(labels), labels, min_group_size=10) is None  # not asked

@@ -113,3 +113,20 @@ def test_a_barely_trained_model_is_still_resolved() -> None:
     pos, neg = counts_above(labels, d)
     point = choose_threshold(pos, neg, num_positive=3, num_negative=3)
     assert (point.sensitivity, point.specificity) == (1.0, 1.0)
+
+
+def test_grids_placed_by_the_pooled_moments_resolve_a_narrow_offset_cluster() -> None:
+    from fedeye.fairness.operating_point import ScoreScale, score_moments
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 300)
+    d = -0.3 + 0.001 * rng.normal(2.0 * labels - 1.0, 0.5)  # a barely trained model: every score near -0.3
+    parts = [score_moments(d[i::3]) for i in range(3)]  # three sites' moments, summed
+    scale = ScoreScale.from_moments(*(sum(x) for x in zip(*parts, strict=True)))
+    pos, neg = counts_above(labels, d, scale.thresholds)
+    fitted = choose_threshold(pos, neg, num_positive=int(labels.sum()), num_negative=int((1 - labels).sum()),
+                              grid=scale.thresholds)
+    fixed = choose_threshold(*counts_above(labels, d), num_positive=int(labels.sum()), num_negative=int((1 - labels).sum()))
+    assert fitted.sensitivity + fitted.specificity > 1.9
+    assert fixed.sensitivity + fixed.specificity < 1.5  # the fixed grid has one threshold near -0.3
+    assert scale.center == pytest.approx(d.mean()) and scale.scale == pytest.approx(d.std())
