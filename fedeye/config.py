@@ -23,13 +23,12 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictBool,
     StrictInt,
     ValidationError,
     field_validator,
@@ -115,7 +114,11 @@ class TrainingConfig(_Section):
     batch_size: StrictInt = Field(default=32, ge=1, le=65_536, description="Local mini-batch size.")
     lr: float = Field(default=1e-3, gt=0, le=10, description="AdamW learning rate.")
     weight_decay: float = Field(default=0.05, ge=0, description="AdamW weight decay.")
-    augment: StrictBool = Field(default=True, description="Light flips/crops during local training.")
+    augment: Literal["none", "light", "strong"] = Field(
+        default="light",
+        description='Training augmentation (fedeye/sites/augment.py): "none"; "light" = flips and small shifts '
+        '(true in older run files); "strong" = light + colour, gamma, blur, JPEG, noise and occlusion bands.',
+    )
     class_weighting: Literal["none", "balanced"] = Field(
         default="balanced", description="balanced: weight the loss by inverse local class frequency (prevalence differs by site)."
     )
@@ -127,7 +130,24 @@ class TrainingConfig(_Section):
         description="cosine: the learning rate of round r is lr * (1 + cos(pi * (r - 1) / rounds)) / 2, floored at lr / 20.",
     )
     seed: StrictInt = Field(default=0, ge=0, le=2**32 - 1, description="Seed of model initialisation and local shuffling.")
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_from_bool(cls, value: object) -> object:
+        """Run files from before the levels said ``augment = true/false``."""
+        return {True: "light", False: "none"}.get(value, value) if isinstance(value, bool) else value
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where sites train.")
+
+
+class EvaluationConfig(_Section):
+    """How the final model is used at a site: its operating point (see :mod:`fedeye.fairness.operating_point`)."""
+
+    operating_point: Literal["youden"] | Annotated[float, Field(gt=0.0, lt=1.0)] = Field(
+        default="youden",
+        description='Threshold the federation chooses on the sites\' pooled validation scores: "youden" '
+        "(max sensitivity + specificity) or a target sensitivity in (0, 1), e.g. 0.85 for screening.",
+    )
+    calibrate: bool = Field(default=True, description="Fit a temperature across sites (temperature scaling).")
 
 
 class SimulationConfig(_Section):
@@ -157,6 +177,7 @@ class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

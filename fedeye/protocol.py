@@ -29,6 +29,7 @@ ARRAYS: Final = "arrays"  #: ArrayRecord: model arrays (to a site: global; from 
 CONFIG: Final = "config"  #: ConfigRecord: what the coordinator asks for
 METRICS: Final = "metrics"  #: MetricRecord: a site's aggregate metrics
 SITE: Final = "site"  #: ConfigRecord: the replying site's name, status and (not ok) reason and category
+SCORE_SUMMARY: Final = "score-summary"  #: MetricRecord: a site's validation-score counts (keys below)
 
 # --- keys of the coordinator's config record -----------------------------------------
 RUN_CONFIG: Final = "run-config"  #: the validated run config as JSON (fedeye.config.RunConfig)
@@ -41,6 +42,11 @@ LOCAL_NORMS: Final = "local-norms"  #: FedBN: the site keeps its LayerNorm weigh
 EXPERT_INDEX: Final = "expert-index"  #: prompt-experts: the site's row of the expert bank (also a metric)
 EXPERT_MIXUP: Final = "expert-mixup"  #: prompt-experts: share of images trained with a random expert mix
 BACKBONE_SHA256: Final = "backbone-sha256"  #: prompt mode: fingerprint of the coordinator's frozen backbone
+SUMMARIZE_SCORES: Final = "summarize-scores"  #: evaluate: also reply a :data:`SCORE_SUMMARY` record (moments | counts)
+SCORE_CENTER: Final = "score-center"  #: summarize counts: where the grids sit (fedeye.fairness.operating_point.ScoreScale)
+SCORE_SCALE: Final = "score-scale"
+OPERATING_LOG_ODDS: Final = "operating-log-odds"  #: evaluate: the chosen threshold on the positive-class log-odds
+TEMPERATURE: Final = "temperature"  #: evaluate: the fitted temperature (also a metric)
 
 # --- keys of the site record ---------------------------------------------------------
 SITE_NAME: Final = "name"
@@ -95,6 +101,19 @@ DP_SAMPLE_RATE: Final = "dp-sample-rate"
 DP_STEPS: Final = "dp-steps"
 DP_LIFETIME_EPSILON: Final = "dp-lifetime-epsilon"  #: epsilon spent on this data over every run
 DP_LIFETIME_BUDGET: Final = "dp-lifetime-budget"
+
+
+# --- keys of the score-summary record (aggregate counts on fixed grids; nothing per image) ------------
+SUMMARY_POSITIVES: Final = "positives"  #: positives summarised (absent: fewer than min_group_size)
+SUMMARY_NEGATIVES: Final = "negatives"
+SUMMARY_POSITIVES_ABOVE: Final = "positives-above"  #: per grid threshold, positives scoring at or above it
+SUMMARY_NEGATIVES_ABOVE: Final = "negatives-above"
+SUMMARY_NLL: Final = "nll-per-temperature"  #: per grid temperature, the summed log-loss
+SUMMARY_IMAGES: Final = "images"  #: moments: images summarised (absent: fewer than min_group_size)
+SUMMARY_SUM: Final = "log-odds-sum"  #: moments: sum of the positive-class log-odds
+SUMMARY_SQUARES: Final = "log-odds-squares"  #: moments: sum of their squares
+MOMENTS: Final = "moments"  #: value of SUMMARIZE_SCORES: send SUMMARY_IMAGES/SUM/SQUARES
+COUNTS: Final = "counts"  #: value of SUMMARIZE_SCORES: send the counts and log-losses on the grids
 
 
 def expert_weight_metric(index: int) -> str:

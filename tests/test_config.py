@@ -91,3 +91,14 @@ def test_relative_output_and_backbone_paths_resolve_against_the_file(tmp_path: P
     cfg = load_run_config(run_file)
     assert cfg.output.dir == (tmp_path / "out").resolve()
     assert cfg.model.backbone_weights == (tmp_path / "w" / "vit.pth").resolve()
+
+
+@pytest.mark.parametrize(("value", "ok"), [("youden", True), (0.85, True), (1.0, False), (0.0, False), ("f1", False)])
+def test_operating_point_is_youden_or_a_sensitivity_in_the_open_unit_interval(value: object, ok: bool) -> None:
+    from fedeye.config import parse_run_config
+
+    if ok:
+        assert parse_run_config({"evaluation": {"operating_point": value}}).evaluation.operating_point == value
+    else:
+        with pytest.raises(ConfigError, match="evaluation.operating_point"):
+            parse_run_config({"evaluation": {"operating_point": value}})

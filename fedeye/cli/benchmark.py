@@ -23,8 +23,12 @@ def dg_command(
     sites: Annotated[Path | None, typer.Option("--sites", help="Folder of site folders (>= 3); default: synthesize them in OUT/sites.")] = None,
     num_sites: Annotated[int, typer.Option("--num-sites", help="Synthetic hospitals to make when --sites is not given.")] = 5,
     images_per_site: Annotated[int, typer.Option("--images-per-site", help="Images per synthetic hospital.")] = 160,
-    seeds: Annotated[list[int] | None, typer.Option("--seed", help="Seed of a repetition (repeat; default 0 and 1).")] = None,
-    methods: Annotated[str, typer.Option("--methods", help="Comma-separated subset of the methods.")] = "fedavg,fedprox,fedbn,fedadam,prompt-experts,local,centralized",
+    seeds: Annotated[list[int] | None, typer.Option("--seed", help="Seed of a repetition (repeat; default 0, 1 and 2).")] = None,
+    methods: Annotated[str, typer.Option("--methods", help="Comma-separated subset of the methods.")] = "fedavg,fedprox,fedbn,fedadam,prompt-experts,local,centralized,oracle",
+    adapt: Annotated[bool, typer.Option("--adapt/--no-adapt", help="Also score each federated model after `fedeye adapt`.")] = True,
+    calibrate: Annotated[bool, typer.Option("--calibrate/--no-calibrate", help="Also after `fedeye calibrate` with 10/20/40 labels.")] = True,
+    traffic: Annotated[bool, typer.Option("--traffic/--no-traffic", help="Measure frozen-backbone traffic (two one-round runs).")] = True,
+    augment: Annotated[str, typer.Option("--augment", help="Training augmentation of every method: none, light or strong.")] = "light",
     held_out: Annotated[str | None, typer.Option("--held-out", help="Comma-separated site folder names to hold out (default: each).")] = None,
     rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 5,
     local_epochs: Annotated[int, typer.Option("--local-epochs", help="Local epochs per round.")] = 2,
@@ -45,14 +49,30 @@ def dg_command(
             synthesize_sites(sites, sites=num_sites, images_per_site=images_per_site, modality="fundus", seed=7, size=img_size)
     os.environ.setdefault("FEDEYE_HOME", str(out / "home"))  # the sites' audit logs stay with the results
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    base = dg_run_config(sites.resolve(), out, rounds=rounds, local_epochs=local_epochs, img_size=img_size, device=device)
+    if augment not in ("none", "light", "strong"):
+        raise ConfigError(f"--augment: {augment!r} is not none, light or strong")
+    base = dg_run_config(sites.resolve(), out, rounds=rounds, local_epochs=local_epochs, img_size=img_size, device=device,
+                         augment=augment)
     settings = BenchmarkSettings(
         sites_root=sites.resolve(), out_dir=out, base=base,
         methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-        seeds=tuple(seeds or (0, 1)),
+        seeds=tuple(seeds or (0, 1, 2)), adapt=adapt, calibrate=calibrate, traffic=traffic,
         held_out=None if held_out is None else tuple(h.strip() for h in held_out.split(",") if h.strip()),
     )
     start = time.perf_counter()
     run_benchmark(settings, log=console.print)
     console.print(f"done in {time.perf_counter() - start:.0f} s; results in [bold]{out / 'results.md'}[/]")
     console.print((out / "results.md").read_text(), markup=False)
+
+
+@benchmark_app.command("dg-merge")
+@exits_cleanly
+def dg_merge_command(
+    parts: Annotated[list[Path], typer.Argument(help="Result folders of `benchmark dg` runs (e.g. one per --held-out or --seed).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the joined results.md, CSVs and plots.")] = Path("dg-results"),
+) -> None:
+    """Join benchmark runs split across processes or machines into one set of tables."""
+    from fedeye.compose.dg_benchmark import merge_results
+
+    rows = merge_results(parts, out)
+    console.print(f"{len(rows)} rows from {len(parts)} runs; results in [bold]{out / 'results.md'}[/]")

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from fedeye.cli._common import Cell, Column, JsonOption, console, err_console, exits_cleanly, print_json, print_table
 from fedeye.client.state import fedeye_home
+from fedeye.cli.adapt import adapt_command, calibrate_command
 from fedeye.cli.benchmark import benchmark_app
 from fedeye.cli.dashboard import dashboard_command
 from fedeye.cli.operate import coordinator_start, run_app, site_start
@@ -52,6 +53,8 @@ app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(run_app, name="run")
 app.add_typer(sites_app, name="sites")
 app.add_typer(benchmark_app, name="benchmark")
+app.command("calibrate")(calibrate_command)
+app.command("adapt")(adapt_command)
 
 Modality = Literal["fundus", "oct"]
 SITE_METRICS = ("auc", "accuracy", "sensitivity", "specificity")
@@ -219,14 +222,30 @@ def evaluate(
     if as_json:
         print_json(report)
         return
+    if report["note"]:
+        console.print(f"[yellow]note[/]: {report['note']}")
+    console.print(_operating_point_line(report["operating_point"]))
     m = report["metrics"]
-    row = [*(_f(m[k]) for k in SITE_METRICS), str(report["num_examples"]), str(report["num_positive"])]
-    columns = [Column(h, justify="right") for h in ("AUC", "accuracy", "sensitivity", "specificity", "images", "positives")]
-    print_table(columns, [row], title=f"{report['model']} on {report['site']} ({report['split']})")
+    rows: list[list[Cell]] = []
+    for key in ("auc", "sensitivity", "specificity", "balanced-accuracy", "ppv", "npv", "accuracy", "ece", "ece-calibrated"):
+        if key in m:
+            ci = f"{_f(m[key + '-ci-low'])} - {_f(m[key + '-ci-high'])}" if key + "-ci-low" in m else ""
+            rows.append([key, _f(m[key]), ci])
+    title = (f"{report['model']} on {report['site']} ({report['split']}: {report['num_examples']} images, "
+             f"{report['num_positive']} positive)")
+    print_table([Column("metric"), Column("value", justify="right"), Column("95% CI", justify="right")], rows, title=title)
     if report["experts"]:
         mix = [[name, f"{weight:.3f}"] for name, weight in sorted(report["experts"].items(), key=lambda kv: -kv[1])]
         print_table([Column("expert (site)"), Column("mean weight", justify="right")], mix,
                     title="Which experts the router mixes for these images (mean weight)")
+
+
+def _operating_point_line(point: dict[str, object]) -> str:
+    if not point.get("stored"):
+        return "operating point: p >= 0.5 (this model file carries none; `fedeye calibrate` sets one)"
+    fitted = point.get("fitted_on") or [0, 0]
+    return (f"operating point: p >= {float(point['threshold']):.3f} after temperature {float(point['temperature']):.2f} "  # type: ignore[arg-type]
+            f"({point['target']}, set by {point['source']} on {fitted[0]} positive and {fitted[1]} negative images)")  # type: ignore[index]
 
 
 def main() -> None:

@@ -243,6 +243,9 @@ def _detail_tables(detail: RunDetail) -> list[TableSpec]:
     tested = [m for m in detail.site_metrics if m.phase == "test"]
     if tested:
         tables.append(_sites_table(tested, "sites, final model on each site's held-out test split"))
+        at_point = [m for m in tested if m.metrics.get("threshold") is not None]
+        if at_point:
+            tables.append(_operating_point_table(at_point))
     tables.extend(_event_tables(detail))
     return tables
 
@@ -336,6 +339,24 @@ def _sites_table(records: list[SiteMetricRecord], title: str) -> TableSpec:
         [r.site, _site_status(r.status, r.reason), str(r.num_examples), *(_format_value(r.metrics.get(n)) for n in names)]
         for r in records
     ]
+    return title, columns, rows
+
+
+OPERATING_RATES = ("sensitivity", "specificity", "balanced-accuracy", "ppv", "npv")
+
+
+def _operating_point_table(records: list[SiteMetricRecord]) -> TableSpec:
+    """Rates at the federation's operating point, with the sites' bootstrap 95% CIs, and calibration."""
+    first = records[0].metrics
+    title = (f"final model at the federation's operating point (p >= {_format_value(first.get('threshold'))} "
+             f"after temperature {_format_value(first.get('temperature'))}); [95% CI]")
+    columns = [Column("site"), *_right(*OPERATING_RATES, "ECE before -> after")]
+    rows: Rows = []
+    for r in records:
+        m = r.metrics
+        cells = [f"{_format_value(m.get(k))} [{_format_value(m.get(k + '-ci-low'))}, {_format_value(m.get(k + '-ci-high'))}]"
+                 for k in OPERATING_RATES]
+        rows.append([r.site, *cells, f"{_format_value(m.get('ece'))} -> {_format_value(m.get('ece-calibrated'))}"])
     return title, columns, rows
 
 

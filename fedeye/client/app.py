@@ -37,6 +37,7 @@ from fedeye.client.approval import admission, refusal
 from fedeye.client.audit import audit_mod
 from fedeye.client.incidents import SiteIdentity, contains_failures, failure_guard_mod
 from fedeye.client.ledger import SiteLedger, data_fingerprint, ledger_path
+from fedeye.client.operating_point import metrics_at_point, point_from_config, summary_for
 from fedeye.client.site import SiteJob
 from fedeye.client.training import (
     LocalObjective,
@@ -261,4 +262,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     expert_index = p.optional_int(msg.content[p.CONFIG], p.EXPERT_INDEX)
     if expert_index is not None:
         metrics[p.EXPERT_INDEX] = expert_index
-    return _reply(msg, job, metrics)
+    point = point_from_config(p.config_of(msg.content))
+    if point is not None and probs.shape[1] == 2:  # the federation's operating point, with bootstrap CIs
+        metrics.update(metrics_at_point(probs, labels, point))
+    reply = _reply(msg, job, metrics)
+    summary = summary_for(p.config_of(msg.content), probs, labels, min_group_size=min_group)
+    if summary is not None:  # moments, or counts on the coordinator's grids; groups under min_group_size left out
+        reply.content[p.SCORE_SUMMARY] = summary
+    return reply

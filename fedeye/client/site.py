@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord
 from fedeye.client.audit import audit_path
 from fedeye.client.state import fedeye_home, site_state_for
 from fedeye.client.site_config import SiteConfig, site_config_for
-from fedeye.client.state import SiteState, site_state_for
+from fedeye.client.state import SiteState
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError, ModelError
 from fedeye.models import ModelConfig, PromptViT, build_model
@@ -83,7 +83,7 @@ def _fingerprint(model: PromptViT) -> str:
 
 
 @lru_cache(maxsize=32)
-def _dataset(path: str, split: str, image_size: int, augment: bool, cache_dir: str) -> SiteDataset:
+def _dataset(path: str, split: str, image_size: int, augment: str, cache_dir: str) -> SiteDataset:
     return SiteDataset(_open(path), split, image_size=image_size, augment=augment, cache_dir=Path(cache_dir))
 
 
@@ -105,7 +105,7 @@ class SiteJob:
         return _open(str(self.site_dir)).info.name
 
     def dataset(self, split: str) -> SiteDataset:
-        augment = self.cfg.training.augment and split == "train"
+        augment = self.cfg.training.augment if split == "train" else "none"
         return _dataset(str(self.site_dir), split, self.image_size, augment, str(self.state.cache_dir))
 
     @property

@@ -37,11 +37,22 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset
 
+from fedeye.client.adapt import AdaptSettings, adapt_model
 from fedeye.client.app import app as client_app
+from fedeye.client.calibrate import fit_labelled
 from fedeye.client.training import evaluate_local, mean_expert_weights, predict, train_local
 from fedeye.compose.inline import InlineGrid, serverapp_task
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError
+from fedeye.fairness.metrics import expected_calibration_error
+from fedeye.fairness.operating_point import (
+    DEFAULT_POINT,
+    ModelOperatingPoint,
+    Target,
+    calibrated_positive,
+    positive_log_odds,
+    rates_at,
+)
 from fedeye.metrics import classification_metrics
 from fedeye.models import build_model, load_model
 from fedeye.protocol import EXPERT_INDEX
@@ -52,8 +63,12 @@ from fedeye.sites.dataset import SiteDataset
 from fedeye.sites.layout import simulated_site_dirs
 
 FEDERATED = ("fedavg", "fedprox", "fedbn", "fedadam", "prompt-experts")
-REFERENCES = ("local", "centralized")
+REFERENCES = ("local", "centralized", "oracle")
 DEFAULT_METHODS = (*FEDERATED, *REFERENCES)
+#: Labelled images of the held-out site given to ``fedeye calibrate`` (drawn from its train split).
+CALIBRATION_LABELS = (10, 20, 40)
+#: The held-out site's images every method is scored on at its operating point (the oracle trains on the rest).
+SCORED_SPLITS = ("val", "test")
 SPLITS = ("train", "val", "test")
 #: A run whose seen-site AUC stays under this did not learn (its model barely beats chance at home).
 NOT_LEARNED = 0.7
@@ -72,6 +87,14 @@ class FoldResult:
     bytes_up: float = 0.0  # per site per round, site -> coordinator
     seconds_per_round: float = 0.0
     expert_mix: dict[str, float] = field(default_factory=dict)  # unseen site: mean router weight per expert's site
+    # on the held-out site's val + test images, at the operating point the model carries (NaN: not measured)
+    auc: float = float("nan")
+    balanced_accuracy: float = float("nan")
+    sensitivity: float = float("nan")
+    specificity: float = float("nan")
+    ece: float = float("nan")  # before the stored temperature
+    ece_calibrated: float = float("nan")
+    threshold: float = float("nan")  # on the calibrated probability
 
 
 @dataclass(frozen=True)
@@ -82,12 +105,16 @@ class BenchmarkSettings:
     out_dir: Path
     base: RunConfig
     methods: tuple[str, ...] = DEFAULT_METHODS
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2)
     held_out: tuple[str, ...] | None = None  # site folder names; None = every site
+    adapt: bool = True  # also score every federated model after `fedeye adapt` (no label of the held-out site)
+    calibrate: bool = True  # also after `fedeye calibrate` with CALIBRATION_LABELS labelled held-out images
+    traffic: bool = True  # measure the frozen-backbone traffic (two one-round runs)
 
 
 def dg_run_config(sites_root: Path, out_dir: Path, *, rounds: int = 5, local_epochs: int = 2,
-                  img_size: int = 64, device: str = "auto", lr: float = 2e-3, max_grad_norm: float | None = 1.0) -> RunConfig:
+                  img_size: int = 64, device: str = "auto", lr: float = 2e-3, max_grad_norm: float | None = 1.0,
+                  augment: str = "light") -> RunConfig:
     """The benchmark's base run config (every method trains with these settings).
 
     ``lr`` 2e-3 with a cosine decay over the rounds, not FedEye's default
@@ -105,7 +132,8 @@ def dg_run_config(sites_root: Path, out_dir: Path, *, rounds: int = 5, local_epo
         "strategy": {"min_train_nodes": 1, "min_evaluate_nodes": 1, "min_available_nodes": 1,
                      "fraction_evaluate": 1.0},
         "training": {"rounds": rounds, "local_epochs": local_epochs, "batch_size": 32, "lr": lr,
-                     "lr_schedule": "cosine", "max_grad_norm": max_grad_norm, "device": device},
+                     "lr_schedule": "cosine", "max_grad_norm": max_grad_norm, "device": device,
+                     "augment": augment},
         "output": {"dir": str(out_dir)},
     })
 
@@ -127,22 +155,27 @@ def run_benchmark(settings: BenchmarkSettings, *, log: Callable[[str], None] = p
     rows: list[FoldResult] = []
     for seed in settings.seeds:
         local_models = _train_local_models(settings, sites, seed, log) if "local" in settings.methods else {}
+        oracle = _oracle_model(settings, sites, seed, store, log) if "oracle" in settings.methods else None
         for name in held:
             target = next(s for s in sites if s.name == name)
             train_sites = [s for s in sites if s != target]
             for method in settings.methods:
                 start = time.perf_counter()
                 if method == "local":
-                    row = _local_row(settings, local_models, target, seed)
+                    fold = [_local_row(settings, local_models, target, seed)]
                 elif method == "centralized":
-                    row = _centralized_row(settings, train_sites, target, seed)
+                    fold = [_centralized_row(settings, train_sites, target, seed)]
+                elif method == "oracle":
+                    fold = [_oracle_row(settings, oracle, target, seed)]
                 else:
-                    row = _federated_row(settings, method, train_sites, target, seed, store)
-                rows.append(row)
-                log(f"seed {seed} held-out {name:>8} {method:>14}: unseen AUC {row.unseen_auc:.3f}, "
-                    f"seen AUC {row.seen_auc:.3f} ({time.perf_counter() - start:.0f} s)")
+                    fold = _federated_rows(settings, method, train_sites, target, seed, store)
+                rows.extend(fold)
+                for row in fold:
+                    log(f"seed {seed} held-out {name:>8} {row.method:>24}: unseen AUC {row.unseen_auc:.3f}, seen AUC "
+                        f"{row.seen_auc:.3f}, bal. acc. {row.balanced_accuracy:.3f} (sens {row.sensitivity:.3f}, "
+                        f"spec {row.specificity:.3f}) ({time.perf_counter() - start:.0f} s)")
                 write_results(rows, settings.out_dir)
-    traffic = measure_prompt_traffic(settings, sites[:-1], store)
+    traffic = measure_prompt_traffic(settings, sites[:-1], store) if settings.traffic else None
     write_results(rows, settings.out_dir, traffic=traffic)
     return rows
 
@@ -170,20 +203,75 @@ def federate(cfg: RunConfig, store: RunStore, num_sites: int) -> tuple[str, Inli
     return run_id, grid, path
 
 
-def _federated_row(settings: BenchmarkSettings, method: str, train_sites: Sequence[Path], target: Path, seed: int,
-                   store: RunStore) -> FoldResult:
+def _federated_rows(settings: BenchmarkSettings, method: str, train_sites: Sequence[Path], target: Path, seed: int,
+                    store: RunStore) -> list[FoldResult]:
+    """The method's row, and the same model after `fedeye adapt` and after `fedeye calibrate` with few labels."""
     cfg = _method_config(settings.base, method, _fold_root(settings, train_sites, target), seed, len(train_sites))
     run_id, grid, path = federate(cfg, store, len(train_sites))
-    model, _, _ = load_model(path)
+    model, _, meta = load_model(path)
     unseen = _all_images(target, cfg)
     probs, labels = predict(model, unseen, batch_size=64)
     down, up = grid.traffic.per_site_round("train")
-    mix = _expert_mix(model, unseen, store, run_id)
-    return FoldResult(
+    point = ModelOperatingPoint.from_metadata(meta) or DEFAULT_POINT
+    scored = _Pooled([SiteDataset(open_site(target), s, image_size=int(cfg.model.img_size or 64)) for s in SCORED_SPLITS])
+    row = FoldResult(
         method=method, held_out=target.name, seed=seed, unseen_auc=_auc(labels, probs),
         seen_auc=_seen_auc(store, run_id), bytes_down=down, bytes_up=up,
-        seconds_per_round=sum(grid.seconds.values()) / cfg.training.rounds, expert_mix=mix,
+        seconds_per_round=sum(grid.seconds.values()) / cfg.training.rounds, expert_mix=_expert_mix(model, unseen, store, run_id),
     )
+    rows = [_scored(row, model, scored, point)]
+    if settings.calibrate:
+        rows += _calibrated_rows(row, model, target, cfg, scored, point)
+    if settings.adapt:
+        adapted, _ = adapt_model(model, unseen, point=point, settings=AdaptSettings())
+        rows.append(_scored(_variant(row, f"{method} + adapt"), model, scored, adapted))
+    return rows
+
+
+def _variant(row: FoldResult, method: str) -> FoldResult:
+    return FoldResult(method=method, held_out=row.held_out, seed=row.seed, unseen_auc=row.unseen_auc,
+                      seen_auc=row.seen_auc, bytes_down=row.bytes_down, bytes_up=row.bytes_up,
+                      seconds_per_round=row.seconds_per_round)
+
+
+def _scored(row: FoldResult, model: torch.nn.Module, scored: _Pooled, point: ModelOperatingPoint) -> FoldResult:
+    """``row`` with the rates at ``point`` and ECE on the held-out site's scored images."""
+    probs, labels = predict(model, scored, batch_size=64)
+    return _with_rates(row, probs, labels, point)
+
+
+def _with_rates(row: FoldResult, probs: np.ndarray, labels: np.ndarray, point: ModelOperatingPoint) -> FoldResult:
+    d = positive_log_odds(probs)
+    rates = rates_at(labels, d, point.log_odds)
+    row.auc = _auc(labels, probs)
+    row.balanced_accuracy, row.sensitivity, row.specificity = (rates["balanced-accuracy"], rates["sensitivity"],
+                                                               rates["specificity"])
+    row.ece = expected_calibration_error(labels, probs[:, 1])
+    row.ece_calibrated = expected_calibration_error(labels, calibrated_positive(d, point.temperature))
+    row.threshold = point.threshold
+    return row
+
+
+def _calibrated_rows(row: FoldResult, model: torch.nn.Module, target: Path, cfg: RunConfig, scored: _Pooled,
+                     point: ModelOperatingPoint) -> list[FoldResult]:
+    """`fedeye calibrate` on n labelled images of the held-out site's train split, scored on its val + test."""
+    train = SiteDataset(open_site(target), "train", image_size=int(cfg.model.img_size or 64))
+    train_probs, train_labels = predict(model, train, batch_size=64)
+    probs, labels = predict(model, scored, batch_size=64)
+    out = []
+    for count in CALIBRATION_LABELS:
+        pick = np.random.default_rng(row.seed).permutation(len(train_labels))[:count]
+        try:
+            fitted = fit_labelled(train_probs[pick], train_labels[pick], target=_target_of(point))
+        except ConfigError:  # too few of a class among the drawn labels: calibrate refuses
+            out.append(_variant(row, f"{row.method} + calibrate({count})"))
+            continue
+        out.append(_with_rates(_variant(row, f"{row.method} + calibrate({count})"), probs, labels, fitted))
+    return out
+
+
+def _target_of(point: ModelOperatingPoint) -> Target:
+    return "youden" if point.target in ("youden", "p >= 0.5", "") else float(point.target)
 
 
 def _method_config(base: RunConfig, method: str, root: Path, seed: int, num_sites: int, **model: object) -> RunConfig:
@@ -261,6 +349,27 @@ def _centralized_row(settings: BenchmarkSettings, train_sites: Sequence[Path], t
     )
 
 
+def _oracle_model(settings: BenchmarkSettings, sites: Sequence[Path], seed: int, store: RunStore,
+                  log: Callable[[str], None]) -> tuple[torch.nn.Module, ModelOperatingPoint]:
+    """The oracle: FedAvg over every site, the held-out one's train split and labels included (one run per seed)."""
+    cfg = _method_config(settings.base, "fedavg", _fold_root(settings, sites, Path("oracle")), seed, len(sites))
+    _, _, path = federate(cfg, store, len(sites))
+    model, _, meta = load_model(path)
+    log(f"seed {seed}: oracle federation over all {len(sites)} sites trained")
+    return model, ModelOperatingPoint.from_metadata(meta) or DEFAULT_POINT
+
+
+def _oracle_row(settings: BenchmarkSettings, oracle: tuple[torch.nn.Module, ModelOperatingPoint] | None,
+                target: Path, seed: int) -> FoldResult:
+    """The oracle on the held-out site's val + test images (it trained on that site's train split)."""
+    assert oracle is not None
+    model, point = oracle
+    scored = _Pooled([SiteDataset(open_site(target), s, image_size=int(settings.base.model.img_size or 64))
+                      for s in SCORED_SPLITS])
+    row = FoldResult(method="oracle", held_out=target.name, seed=seed, unseen_auc=float("nan"), seen_auc=float("nan"))
+    return _scored(row, model, scored, point)
+
+
 class _Pooled(ConcatDataset[tuple[torch.Tensor, int]]):
     """Pooled sites with the ``labels``/``num_classes`` that class weighting reads."""
 
@@ -287,7 +396,7 @@ def _fresh_model(cfg: RunConfig, seed: int) -> torch.nn.Module:
 
 def _split(site: Path, cfg: RunConfig, split: str) -> SiteDataset:
     return SiteDataset(open_site(site), split, image_size=int(cfg.model.img_size or 64),
-                       augment=split == "train" and cfg.training.augment)
+                       augment=cfg.training.augment if split == "train" else "none")
 
 
 def _all_images(site: Path, cfg: RunConfig) -> _Pooled:
@@ -350,8 +459,23 @@ def summarize(rows: Sequence[FoldResult]) -> list[dict[str, float | str | int]]:
             "kib_down": _mean([r.bytes_down for r in mine]) / 1024, "kib_up": _mean([r.bytes_up for r in mine]) / 1024,
             "seconds_per_round": _mean([r.seconds_per_round for r in mine]),
             "not_learned": sum(r.seen_auc < NOT_LEARNED for r in mine),
+            **_rate_summary(mine),
         })
     return out
+
+
+def _rate_summary(rows: Sequence[FoldResult]) -> dict[str, float | int]:
+    """Means over runs of the rates at the operating point, and the runs where it was degenerate."""
+    scored = [r for r in rows if math.isfinite(r.balanced_accuracy)]
+    return {
+        "scored_runs": len(scored),
+        "auc_scored": _mean([r.auc for r in scored]),
+        "balanced_accuracy": _mean([r.balanced_accuracy for r in scored]), "ba_sd": _sd([r.balanced_accuracy for r in scored]),
+        "sensitivity": _mean([r.sensitivity for r in scored]), "specificity": _mean([r.specificity for r in scored]),
+        "worst_rate": min((min(r.sensitivity, r.specificity) for r in scored), default=float("nan")),
+        "degenerate": sum(min(r.sensitivity, r.specificity) < 0.5 for r in scored),
+        "ece": _mean([r.ece for r in scored]), "ece_calibrated": _mean([r.ece_calibrated for r in scored]),
+    }
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -364,15 +488,32 @@ def _sd(values: Sequence[float]) -> float:
     return statistics.stdev(finite) if len(finite) > 1 else 0.0
 
 
+def merge_results(parts: Sequence[Path], out_dir: Path) -> list[FoldResult]:
+    """Join the ``rows.json`` of benchmark runs split by held-out site or seed, and write the tables in ``out_dir``."""
+    rows: list[FoldResult] = []
+    for part in parts:
+        source = part / "rows.json"
+        if not source.is_file():
+            raise ConfigError(f"{part}: no rows.json; pass folders that `fedeye benchmark dg --out` wrote")
+        rows += [FoldResult(**raw) for raw in json.loads(source.read_text())]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_results(rows, out_dir)
+    return rows
+
+
+RATE_COLUMNS = ("auc", "balanced_accuracy", "sensitivity", "specificity", "ece", "ece_calibrated", "threshold")
+
+
 def write_results(rows: Sequence[FoldResult], out_dir: Path, *, traffic: Traffic | None = None) -> None:
     """results.csv (every run), summary.csv, results.md and unseen-auc.png in ``out_dir``."""
     with (out_dir / "results.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["method", "held_out", "seed", "unseen_auc", "seen_auc", "bytes_down", "bytes_up",
-                         "seconds_per_round", "expert_mix"])
+                         "seconds_per_round", "expert_mix", *RATE_COLUMNS])
         for r in rows:
             writer.writerow([r.method, r.held_out, r.seed, f"{r.unseen_auc:.4f}", f"{r.seen_auc:.4f}",
-                             round(r.bytes_down), round(r.bytes_up), f"{r.seconds_per_round:.2f}", json.dumps(r.expert_mix)])
+                             round(r.bytes_down), round(r.bytes_up), f"{r.seconds_per_round:.2f}", json.dumps(r.expert_mix),
+                             *(f"{getattr(r, c):.4f}" for c in RATE_COLUMNS)])
     summary = summarize(rows)
     with (out_dir / "summary.csv").open("w", newline="") as fh:
         summary_writer = csv.DictWriter(fh, fieldnames=list(summary[0]) if summary else ["method"])
@@ -381,6 +522,8 @@ def write_results(rows: Sequence[FoldResult], out_dir: Path, *, traffic: Traffic
     (out_dir / "results.md").write_text(markdown_report(rows, summary, traffic))
     if rows:
         plot_unseen(rows, out_dir / "unseen-auc.png")
+    if any(math.isfinite(r.balanced_accuracy) for r in rows):
+        plot_operating_points(rows, out_dir / "operating-points.png")
     (out_dir / "rows.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
 
 
@@ -404,6 +547,7 @@ def markdown_report(rows: Sequence[FoldResult], summary: Sequence[dict[str, floa
     for m in methods:
         cells = [_mean([r.unseen_auc for r in rows if r.method == m and r.held_out == h]) for h in held]
         lines.append(f"| {m} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    lines += _rates_section(rows, summary)
     lines += ["", "## Targets", ""] + _targets(summary, traffic)
     mixes = [r for r in rows if r.expert_mix]
     if mixes:
@@ -414,9 +558,36 @@ def markdown_report(rows: Sequence[FoldResult], summary: Sequence[dict[str, floa
     return "\n".join(lines) + "\n"
 
 
+def _rates_section(rows: Sequence[FoldResult], summary: Sequence[dict[str, float | str | int]]) -> list[str]:
+    """The table at the stored operating point, and balanced accuracy per held-out site."""
+    scored = [s for s in summary if int(s["scored_runs"])]
+    if not scored:
+        return []
+    lines = ["", "## At the operating point the model carries (held-out site's val + test images)", "",
+             "Threshold and temperature as stored in the model file: chosen by the federation on the training "
+             "sites' pooled validation summaries; `+ adapt`: moved by `fedeye adapt` on the held-out site's "
+             "unlabelled images; `+ calibrate(n)`: re-fitted by `fedeye calibrate` on n labelled images of its "
+             "train split (blank where a draw held under 5 of a class); oracle: FedAvg over all five sites, "
+             "the held-out one's train split and labels included. Degenerate: runs with sensitivity or "
+             "specificity under 0.5. Mean over held-out sites × seeds.", "",
+             "| method | runs | AUC | balanced acc. | sensitivity | specificity | worst of sens/spec | degenerate | ECE before → after |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in scored:
+        lines.append(f"| {s['method']} | {s['scored_runs']} | {s['auc_scored']:.3f} | {s['balanced_accuracy']:.3f} ± "
+                     f"{s['ba_sd']:.3f} | {s['sensitivity']:.3f} | {s['specificity']:.3f} | {s['worst_rate']:.3f} | "
+                     f"{s['degenerate']} | {s['ece']:.3f} → {s['ece_calibrated']:.3f} |")
+    held = list(dict.fromkeys(r.held_out for r in rows))
+    lines += ["", "### Balanced accuracy per held-out site (mean over seeds)", "",
+              "| method | " + " | ".join(held) + " |", "|---|" + "---|" * len(held)]
+    for m in [str(s["method"]) for s in scored]:
+        cells = [_mean([r.balanced_accuracy for r in rows if r.method == m and r.held_out == h]) for h in held]
+        lines.append(f"| {m} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return lines
+
+
 def _targets(summary: Sequence[dict[str, float | str | int]], traffic: Traffic | None) -> list[str]:
     by = {str(s["method"]): s for s in summary}
-    out = []
+    out = _rate_targets(by)
     if "prompt-experts" in by and "fedavg" in by:
         gain = 100 * (float(by["prompt-experts"]["unseen_auc"]) - float(by["fedavg"]["unseen_auc"]))
         out.append(f"- unseen AUC, prompt-experts − FedAvg: {gain:+.1f} points (target ≥ +3): {'MET' if gain >= 3 else 'MISSED'}")
@@ -430,6 +601,52 @@ def _targets(summary: Sequence[dict[str, float | str | int]], traffic: Traffic |
             f"{100 * traffic.ratio:.2f}% (target ≤ 1%): {'MET' if traffic.ratio <= 0.01 else 'MISSED'}"
         )
     return out
+
+
+def _rate_targets(by: dict[str, dict[str, float | str | int]]) -> list[str]:
+    out = []
+    for name, s in by.items():
+        if int(s.get("scored_runs", 0)) and name != "oracle":
+            worst, degenerate = float(s["worst_rate"]), int(s["degenerate"])
+            out.append(f"- no degenerate operating point, {name}: {degenerate} of {s['scored_runs']} runs with sensitivity or "
+                       f"specificity < 0.5 (worst {worst:.3f}): {'MET' if degenerate == 0 else 'MISSED'}")
+    for name in ("fedavg + adapt", "prompt-experts + adapt", "fedavg", "prompt-experts"):
+        if name in by and int(by[name].get("scored_runs", 0)):
+            ba = float(by[name]["balanced_accuracy"])
+            out.append(f"- unseen balanced accuracy ≥ 0.80 without unseen labels, {name}: {ba:.3f}: {'MET' if ba >= 0.8 else 'MISSED'}")
+    if "oracle" in by and "fedavg" in by:
+        base, oracle = float(by["fedavg"]["balanced_accuracy"]), float(by["oracle"]["balanced_accuracy"])
+        for name in ("prompt-experts", "prompt-experts + adapt", "fedavg + adapt"):
+            if name in by and oracle > base:
+                closed = (float(by[name]["balanced_accuracy"]) - base) / (oracle - base)
+                out.append(f"- gap to the oracle in balanced accuracy (FedAvg {base:.3f} → oracle {oracle:.3f}) closed by "
+                           f"{name}: {100 * closed:.0f}% (target ≥ 50%): {'MET' if closed >= 0.5 else 'MISSED'}")
+    return out
+
+
+def plot_operating_points(rows: Sequence[FoldResult], path: Path) -> None:
+    """Sensitivity against specificity of every run at its stored operating point, one colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 5.2))
+    for method in dict.fromkeys(r.method for r in rows if math.isfinite(r.balanced_accuracy)):
+        mine = [r for r in rows if r.method == method and math.isfinite(r.balanced_accuracy)]
+        ax.scatter([r.specificity for r in mine], [r.sensitivity for r in mine], s=18, label=method, alpha=0.8)
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("specificity (held-out site)")
+    ax.set_ylabel("sensitivity (held-out site)")
+    ax.set_title("Each run at the operating point its model carries")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_unseen(rows: Sequence[FoldResult], path: Path) -> None:

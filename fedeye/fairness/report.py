@@ -247,7 +247,32 @@ def _sites_section(final: list[SiteResult], source: str) -> Section:
     blocks: list[Block] = [Table(header, rows, caption, emphasis=worst)]
     if any("ece" not in m.metrics for m in final if m.status == "ok"):
         blocks.append(Note(f"ECE {NOT_RECORDED} for some sites (they did not send fairness metrics)."))
+    blocks += _operating_point_blocks(final)
     return Section("Per-site results", tuple(blocks))
+
+
+OPERATING_RATES = (("sensitivity", "sensitivity"), ("specificity", "specificity"),
+                   ("balanced-accuracy", "balanced accuracy"), ("ppv", "PPV"), ("npv", "NPV"))
+
+
+def _operating_point_blocks(final: list[SiteResult]) -> list[Block]:
+    """Rates at the federation's operating point with the sites' bootstrap 95% CIs, ECE before and after."""
+    at_point = [m for m in final if m.metrics.get("threshold") is not None]
+    if not at_point:
+        return []
+    rows = tuple(
+        (m.site, *(_with_ci(m.metrics, key) for key, _ in OPERATING_RATES), m.metrics.get("ece"), m.metrics.get("ece-calibrated"))
+        for m in at_point
+    )
+    first = at_point[0].metrics
+    caption = (f"At the operating point the federation chose (p ≥ {_fmt(first.get('threshold'))} after temperature "
+               f"{_fmt(first.get('temperature'))}), with per-image bootstrap 95% intervals computed at each site.")
+    header = ("site", *(name for _, name in OPERATING_RATES), "ECE", "ECE calibrated")
+    return [Table(header, rows, caption)]
+
+
+def _with_ci(metrics: Mapping[str, float | None], key: str) -> str:
+    return f"{_fmt(metrics.get(key))} [{_fmt(metrics.get(key + '-ci-low'))}, {_fmt(metrics.get(key + '-ci-high'))}]"
 
 
 def _cross_site_section(final: list[SiteResult]) -> Section:

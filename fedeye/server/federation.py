@@ -23,9 +23,12 @@ from flwr.serverapp.strategy import Strategy
 
 from fedeye.config import RunConfig
 from fedeye.errors import FedEyeError, FederationError
+from fedeye.fairness.operating_point import METADATA_KEY as OP_METADATA_KEY
+from fedeye.fairness.operating_point import ModelOperatingPoint
 from fedeye.models import build_model, save_model
 from fedeye.models.io import load_model, load_state
 from fedeye.protocol import RUN_CONFIG, RUN_ID, SERVER_ROUND, SPLIT
+from fedeye.server.operating_point import federated_operating_point, point_config, write_point
 from fedeye.server.recorder import ProgressSink, RunRecorder
 from fedeye.server.store import RunStore, resolve_db_url
 from fedeye.strategies import build_strategy
@@ -143,9 +146,10 @@ def _run(
         inner = getattr(strategy, "strategy", strategy)  # a client-DP wrapper holds the FedEye strategy
         final, note = getattr(inner, "global_arrays", None) or initial, f"ended early: {stop}"
     load_state(model, final.to_torch_state_dict())
-    _final_evaluation(grid, strategy, final, cfg, recorder, run_id=run_id)
+    point = federated_operating_point(grid, strategy, final, cfg, run_id=run_id)
+    _final_evaluation(grid, strategy, final, cfg, recorder, run_id=run_id, point=point)
     experts = _expert_sites(strategy, recorder)
-    return _save_final(model, cfg, store=store, run_id=run_id, out=out, experts=experts), note
+    return _save_final(model, cfg, store=store, run_id=run_id, out=out, experts=experts, point=point), note
 
 
 def _expert_sites(strategy: Strategy, recorder: RunRecorder) -> list[str] | None:
@@ -237,23 +241,27 @@ def _checkpointer(cfg: RunConfig, *, store: RunStore, run_id: str, out: Path, of
     return checkpoint
 
 
-def _final_evaluation(
-    grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, recorder: RunRecorder, *, run_id: str
-) -> None:
-    """Evaluate the final global model on every site's ``data.final_split``."""
+def _final_evaluation(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, recorder: RunRecorder, *,
+                      run_id: str, point: ModelOperatingPoint | None = None) -> None:
+    """Evaluate the final global model on every site's ``data.final_split`` (at ``point`` when chosen)."""
     config = _message_config(cfg, run_id=run_id, split=cfg.data.final_split)
     config[SERVER_ROUND] = cfg.training.rounds
+    config.update(point_config(point))
     messages = list(strategy.configure_evaluate(cfg.training.rounds, arrays, config, grid))
     replies = list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))
     recorder.on_replies(cfg.training.rounds, "test", replies)  # every non-error reply is ok
 
 
 def _save_final(model: torch.nn.Module, cfg: RunConfig, *, store: RunStore, run_id: str, out: Path,
-                experts: list[str] | None = None) -> Path:
+                experts: list[str] | None = None, point: ModelOperatingPoint | None = None) -> Path:
     path = out / "global-model.pt"
     metadata: dict[str, object] = {"run_id": run_id, "round": cfg.training.rounds, "run_name": cfg.name}
     if experts:
         metadata["experts"] = experts  # the site that trained each domain expert
+    if point is not None:  # threshold and temperature chosen on the sites' pooled validation summaries
+        metadata[OP_METADATA_KEY] = point.to_metadata()
+        saved = write_point(point, out / "operating-point.json")
+        store.record_artifact(run_id, server_round=cfg.training.rounds, kind="operating-point", path=saved)
     save_model(path, model, cfg.model, metadata=metadata)
     store.record_artifact(run_id, server_round=cfg.training.rounds, kind="final-model", path=path)
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,8 @@ class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
     instead read, memory-mapped, from the site's data cache
     (:mod:`fedeye.sites.cache`), which is built on first use and holds the
     same pixels. Items are float32 ``3xSxS`` tensors normalised
-    with ImageNet mean and std; ``augment`` adds a random horizontal flip and
-    a small random shift (pad-and-crop). ``preprocess`` (default: the site's
+    with ImageNet mean and std; ``augment`` (``True`` = ``"light"``,
+    ``"strong"``; see :mod:`fedeye.sites.augment`) perturbs training images. ``preprocess`` (default: the site's
     ``preprocess`` in ``site.toml``) crops fundus images to their field of view
     (see :mod:`fedeye.sites.preprocess`) before caching, so training and
     evaluation see the same pixels.
@@ -39,8 +40,8 @@ class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
     """
 
     def __init__(
-        self, site: SiteFormat, split: str, *, image_size: int, augment: bool = False, preprocess: PreprocessMode | None = None,
-        cache_dir: Path | None = None,
+        self, site: SiteFormat, split: str, *, image_size: int, augment: bool | str = False,
+        preprocess: PreprocessMode | None = None, cache_dir: Path | None = None,
     ) -> None:
         self.preprocess: PreprocessMode = preprocess or site.info.preprocess
         if self.preprocess != "none" and site.info.modality != "fundus":
@@ -55,6 +56,7 @@ class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
         self.attrs: list[dict[str, str]] = [dict(s.attrs) for s in self.samples]
         self.patient_ids = [s.patient_id for s in self.samples]
         self.num_classes = len(site.info.label_names)
+        self._augmentation: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -73,17 +75,17 @@ class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = torch.from_numpy(np.array(self._images[index])).permute(2, 0, 1)  # a copy: the cache is read-only
-        if self.augment:
+        if self.augment and self.augment != "none":
             image = self._augment(image)
         scaled = image.to(torch.float32) / 255.0
         return (scaled - self._mean) / self._std, int(self.labels[index])
 
     def _augment(self, image: torch.Tensor) -> torch.Tensor:
-        """Random horizontal flip and a shift of up to 1/16 of the side."""
-        if torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        pad = max(1, self.image_size // 16)
-        padded = torch.nn.functional.pad(image, (pad, pad, pad, pad))
-        top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
-        return padded[:, top : top + self.image_size, left : left + self.image_size]
+        """The training augmentation (``training.augment``; see :mod:`fedeye.sites.augment`)."""
+        from fedeye.sites.augment import build_augmentation
+
+        if self._augmentation is None:
+            level = "light" if self.augment is True else self.augment
+            self._augmentation = build_augmentation(level, image_size=self.image_size) or (lambda x: x)  # type: ignore[arg-type]
+        return self._augmentation(image)
 

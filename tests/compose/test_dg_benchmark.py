@@ -19,7 +19,7 @@ runner = CliRunner()
 def benchmark_out(tiny_sites: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dg")
     base = dg_run_config(tiny_sites, out, rounds=2, local_epochs=1, img_size=32)
-    settings = BenchmarkSettings(tiny_sites, out, base, methods=("fedavg", "prompt-experts", "local", "centralized"),
+    settings = BenchmarkSettings(tiny_sites, out, base, methods=("fedavg", "prompt-experts", "local", "centralized", "oracle"),
                                  seeds=(0,), held_out=("site-2",))
     run_benchmark(settings, log=lambda _: None)
     return out
@@ -29,16 +29,23 @@ def benchmark_out(tiny_sites: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_every_method_is_scored_on_the_unseen_and_the_seen_sites(benchmark_out: Path) -> None:
     with (benchmark_out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["method"] for r in rows] == ["fedavg", "prompt-experts", "local", "centralized"]
+    variants = [f"{m} + {v}" for m in ("fedavg", "prompt-experts") for v in ("calibrate(10)", "calibrate(20)", "calibrate(40)", "adapt")]
+    assert [r["method"] for r in rows] == ["fedavg", *variants[:4], "prompt-experts", *variants[4:], "local", "centralized", "oracle"]
     assert all(r["held_out"] == "site-2" for r in rows)
-    for r in rows:
+    plain = [r for r in rows if r["method"] in ("fedavg", "prompt-experts", "local", "centralized")]
+    for r in plain:
         assert 0.0 <= float(r["unseen_auc"]) <= 1.0 and 0.0 <= float(r["seen_auc"]) <= 1.0
-    fedavg, experts = rows[0], rows[1]
+    for r in rows:  # every federated model and the oracle are scored at the operating point they carry
+        if r["method"] not in ("local", "centralized") and "calibrate" not in r["method"]:
+            assert 0.0 <= float(r["sensitivity"]) <= 1.0 and 0.0 <= float(r["specificity"]) <= 1.0
+            assert 0.0 < float(r["threshold"]) < 1.0 and 0.0 <= float(r["ece_calibrated"]) <= 1.0
+    fedavg, experts = plain[0], plain[1]
     assert int(fedavg["bytes_down"]) > 1_000_000 and fedavg["bytes_down"] == fedavg["bytes_up"]
     mix = json.loads(experts["expert_mix"])
     assert len(mix) == 2 and sum(mix.values()) == pytest.approx(1.0, abs=1e-4)  # keyed by the two seen sites' names
     assert all(not k.startswith("expert ") for k in mix)
     assert (benchmark_out / "unseen-auc.png").stat().st_size > 5_000
+    assert (benchmark_out / "operating-points.png").stat().st_size > 5_000
 
 
 @pytest.mark.slow
@@ -46,7 +53,9 @@ def test_report_states_targets_and_frozen_backbone_traffic(benchmark_out: Path) 
     report = (benchmark_out / "results.md").read_text()
     assert "| prompt-experts | 1 |" in report
     assert "prompt-experts − FedAvg" in report and "centralized − prompt-experts" in report
-    line = next(l for l in report.splitlines() if l.startswith("- frozen-backbone prompt-experts"))
+    assert "## At the operating point the model carries" in report and "| fedavg + adapt | 1 |" in report
+    assert "no degenerate operating point, fedavg:" in report
+    line = next(x for x in report.splitlines() if x.startswith("- frozen-backbone prompt-experts"))
     ratio = float(line.split("KiB: ")[1].split("%")[0])
     assert 0.0 < ratio < 1.0  # prompts, router and head only: under 1% of the full model's traffic
 
@@ -83,3 +92,20 @@ def test_bad_benchmark_options_are_named_and_exit_1(tiny_sites: Path, tmp_path: 
     result = runner.invoke(app, ["benchmark", "dg", "--sites", str(tiny_sites), "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 1
     assert message in result.output
+
+
+def test_merge_joins_runs_split_by_held_out_site(tmp_path: Path) -> None:
+    from fedeye.compose.dg_benchmark import FoldResult, write_results
+
+    for site in ("site-1", "site-2"):
+        row = FoldResult(method="fedavg", held_out=site, seed=0, unseen_auc=0.8, seen_auc=0.9, balanced_accuracy=0.75,
+                         sensitivity=0.7, specificity=0.8, auc=0.8, ece=0.1, ece_calibrated=0.05, threshold=0.4)
+        (tmp_path / site).mkdir()
+        write_results([row], tmp_path / site)
+
+    result = runner.invoke(app, ["benchmark", "dg-merge", str(tmp_path / "site-1"), str(tmp_path / "site-2"),
+                                 "--out", str(tmp_path / "all")])
+
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "all" / "results.md").read_text()
+    assert "| fedavg | 2 |" in report and "| site-1 | site-2 |" in report

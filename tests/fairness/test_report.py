@@ -105,3 +105,22 @@ def test_report_from_plain_data_escapes_a_hostile_site_name(tmp_path: Path) -> N
     assert [h for _, h in headings][1:] == ["Run", "Per-site results", "Across sites", "Groups within each site",
                                             "Privacy spent", "Plots"]
     assert hostile in paths.markdown.read_text()  # Markdown is plain text, not a page
+
+
+def test_site_table_at_the_operating_point_shows_intervals_and_calibration(tmp_path: Path) -> None:
+    from fedeye.fairness.report import build_sections
+    from fedeye.server.report_data import build_report_data
+
+    store = RunStore(f"sqlite:///{tmp_path / 'op.db'}")
+    run_id = store.create_run(name="op", strategy="fedavg", config={}, num_rounds=1, num_sites=1)
+    metrics = {"auc": 0.9, "threshold": 0.42, "temperature": 1.7, "ece": 0.2, "ece-calibrated": 0.05}
+    for rate in ("sensitivity", "specificity", "balanced-accuracy", "ppv", "npv"):
+        metrics.update({rate: 0.8, f"{rate}-ci-low": 0.7, f"{rate}-ci-high": 0.9})
+    store.record_site_metrics(run_id, server_round=1, phase="test", site="Riverside", node_id=3, num_examples=50,
+                              metrics=metrics)
+
+    sites = next(s for s in build_sections(build_report_data(store.get_run(run_id))) if s.title == "Per-site results")
+
+    table = sites.blocks[-1]
+    assert "balanced accuracy" in table.header and "ECE calibrated" in table.header  # type: ignore[union-attr]
+    assert table.rows[0][1] == "0.800 [0.700, 0.900]" and "p ≥ 0.420" in table.caption  # type: ignore[union-attr]

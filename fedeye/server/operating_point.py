@@ -1,0 +1,132 @@
+"""The coordinator's side of the operating point: ask the sites for score summaries, sum them, choose.
+
+After the last round the final global model goes to every site twice more
+with :data:`fedeye.protocol.SUMMARIZE_SCORES` on its validation split: first
+for the moments of its log-odds (count, sum, sum of squares), which place the
+grids (:class:`~fedeye.fairness.operating_point.ScoreScale`), then for its
+counts and log-losses on those grids (see :mod:`fedeye.client.operating_point`).
+The counts are summed and the run's ``[evaluation] operating_point`` and
+temperature are chosen on the sums (:mod:`fedeye.fairness.operating_point`). The result goes into the final
+model file and, through the final evaluation's config, to every site.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedeye import protocol as p
+from fedeye.config import RunConfig
+from fedeye.fairness.operating_point import (
+    LOG_ODDS_GRID,
+    TEMPERATURE_GRID,
+    ModelOperatingPoint,
+    ScoreScale,
+    fit_operating_point,
+)
+
+
+@dataclass
+class SummedScores:
+    """Score summaries summed over the sites that sent them."""
+
+    positives: int = 0
+    negatives: int = 0
+    positives_above: np.ndarray = field(default_factory=lambda: np.zeros(len(LOG_ODDS_GRID), dtype=np.int64))
+    negatives_above: np.ndarray = field(default_factory=lambda: np.zeros(len(LOG_ODDS_GRID), dtype=np.int64))
+    nll: np.ndarray = field(default_factory=lambda: np.zeros(len(TEMPERATURE_GRID)))
+    sites_with_nll: int = 0
+
+    def add(self, record: MetricRecord) -> None:
+        """Add one site's record; vectors of the wrong length are ignored (a site on another FedEye)."""
+        if _fits(record, p.SUMMARY_POSITIVES_ABOVE, LOG_ODDS_GRID):
+            self.positives += int(record[p.SUMMARY_POSITIVES])  # type: ignore[arg-type]
+            self.positives_above += np.asarray(record[p.SUMMARY_POSITIVES_ABOVE], dtype=np.int64)
+        if _fits(record, p.SUMMARY_NEGATIVES_ABOVE, LOG_ODDS_GRID):
+            self.negatives += int(record[p.SUMMARY_NEGATIVES])  # type: ignore[arg-type]
+            self.negatives_above += np.asarray(record[p.SUMMARY_NEGATIVES_ABOVE], dtype=np.int64)
+        if _fits(record, p.SUMMARY_NLL, TEMPERATURE_GRID):
+            self.nll += np.asarray(record[p.SUMMARY_NLL], dtype=np.float64)
+            self.sites_with_nll += 1
+
+
+def _fits(record: MetricRecord, key: str, grid: np.ndarray) -> bool:
+    value = record.get(key)
+    return isinstance(value, list) and len(value) == len(grid)
+
+
+def sum_summaries(replies: Iterable[Message]) -> SummedScores:
+    """Sum the score summaries of the replies that carry one."""
+    total = SummedScores()
+    for reply in replies:
+        if not reply.has_error() and p.SCORE_SUMMARY in reply.content.metric_records:
+            total.add(reply.content.metric_records[p.SCORE_SUMMARY])
+    return total
+
+
+def pooled_scale(replies: Iterable[Message]) -> ScoreScale:
+    """Where the grids go: centre and spread of the log-odds pooled from the sites' moments."""
+    count = total = squares = 0.0
+    for reply in replies:
+        if not reply.has_error() and p.SCORE_SUMMARY in reply.content.metric_records:
+            record = reply.content.metric_records[p.SCORE_SUMMARY]
+            if all(isinstance(record.get(k), int | float) for k in (p.SUMMARY_IMAGES, p.SUMMARY_SUM, p.SUMMARY_SQUARES)):
+                count += float(record[p.SUMMARY_IMAGES])  # type: ignore[arg-type]
+                total += float(record[p.SUMMARY_SUM])  # type: ignore[arg-type]
+                squares += float(record[p.SUMMARY_SQUARES])  # type: ignore[arg-type]
+    return ScoreScale.from_moments(count, total, squares)
+
+
+def choose_from_summaries(total: SummedScores, cfg: RunConfig, scale: ScoreScale | None = None) -> ModelOperatingPoint | None:
+    """The run's operating point on the summed summaries (None: no positives or no negatives were sent)."""
+    if total.positives == 0 or total.negatives == 0:
+        log(WARNING, "operating point: the sites sent %d positives and %d negatives (classes under their "
+            "min_group_size are withheld); the final model keeps the 0.5 threshold", total.positives, total.negatives)
+        return None
+    nll = total.nll if cfg.evaluation.calibrate and total.sites_with_nll else None
+    return fit_operating_point(
+        positives_above=total.positives_above, negatives_above=total.negatives_above, num_positive=total.positives,
+        num_negative=total.negatives, nll=nll, target=cfg.evaluation.operating_point, source="federation", scale=scale,
+    )
+
+
+def federated_operating_point(
+    grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, *, run_id: str
+) -> ModelOperatingPoint | None:
+    """Ask every site for its validation-score summaries of ``arrays`` and choose the operating point."""
+    scale = pooled_scale(_ask(grid, strategy, arrays, cfg, {p.RUN_ID: run_id, p.SUMMARIZE_SCORES: p.MOMENTS}))
+    counts = _ask(grid, strategy, arrays, cfg, {p.RUN_ID: run_id, p.SUMMARIZE_SCORES: p.COUNTS,
+                                                 p.SCORE_CENTER: scale.center, p.SCORE_SCALE: scale.scale})
+    point = choose_from_summaries(sum_summaries(counts), cfg, scale)
+    if point is not None:
+        log(INFO, "operating point (%s): p >= %.3f after temperature %.2f (pooled val sensitivity %.3f, "
+            "specificity %.3f)", point.target, point.threshold, point.temperature, point.sensitivity, point.specificity)
+    return point
+
+
+def _ask(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, keys: dict[str, str | float]) -> list[Message]:
+    """One summary request to every site (the strategy samples them as for evaluation), and the replies."""
+    config = ConfigRecord({p.RUN_CONFIG: cfg.to_json(), p.SPLIT: cfg.data.eval_split, p.SERVER_ROUND: cfg.training.rounds, **keys})
+    messages = list(strategy.configure_evaluate(cfg.training.rounds, arrays, config, grid))
+    return list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))
+
+
+def point_config(point: ModelOperatingPoint | None) -> dict[str, float]:
+    """The evaluate-config keys that make sites report metrics at ``point``."""
+    return {} if point is None else {p.OPERATING_LOG_ODDS: point.log_odds, p.TEMPERATURE: point.temperature}
+
+
+def write_point(point: ModelOperatingPoint, path: Path) -> Path:
+    """The point as JSON beside the final model (recorded in the run store as an artifact)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(point.to_metadata(), indent=1))
+    return path

@@ -1,0 +1,93 @@
+"""Unlabelled adaptation: the mixture threshold, and no collapse onto one class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from fedeye.client.adapt import AdaptSettings, adapt_model, fit_mixture, mixture_threshold
+from fedeye.client.training import predict, train_local
+from fedeye.config import TrainingConfig
+from fedeye.fairness.operating_point import ModelOperatingPoint, positive_log_odds
+from fedeye.models import build_model
+from fedeye.models.config import ModelConfig
+from fedeye.sites.base import open_site
+from fedeye.sites.dataset import SiteDataset
+
+
+def _two_classes(prior: float, n: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < prior).astype(int)
+    return labels, np.where(labels == 1, rng.normal(3.0, 1.0, n), rng.normal(-1.0, 1.5, n))
+
+
+@pytest.mark.parametrize("prior", [0.2, 0.5, 0.7])
+def test_mixture_recovers_the_prevalence_without_labels(prior: float) -> None:
+    labels, scores = _two_classes(prior)
+    fit = fit_mixture(scores, start=5.0)  # a start far off, as after a camera shift
+    assert fit.prior == pytest.approx(labels.mean(), abs=0.03)
+    assert fit.means == pytest.approx((-1.0, 3.0), abs=0.15) and fit.separated
+
+
+def test_youden_under_the_mixture_is_where_the_densities_cross() -> None:
+    from scipy.stats import norm
+
+    _, scores = _two_classes(0.3)
+    fit = fit_mixture(scores)
+    t = mixture_threshold(fit, "youden")
+    grid = np.linspace(fit.means[0], fit.means[1], 5001)
+    youden = norm.sf(grid, fit.means[1], fit.sds[1]) + norm.cdf(grid, fit.means[0], fit.sds[0])
+    assert t == pytest.approx(grid[np.argmax(youden)], abs=0.01)
+    assert norm.sf(mixture_threshold(fit, 0.9), fit.means[1], fit.sds[1]) == pytest.approx(0.9)
+
+
+def test_one_blob_is_not_separated() -> None:
+    assert not fit_mixture(np.random.default_rng(0).normal(0, 1, 2000)).separated
+
+
+class _Shifted(Dataset[tuple[torch.Tensor, int]]):
+    """A site seen through another camera: darker, colour cast, lower contrast."""
+
+    def __init__(self, base: SiteDataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.base[index]
+        return image * 0.6 + torch.tensor([0.8, -0.3, -0.5]).view(3, 1, 1), label
+
+
+@pytest.mark.slow
+def test_adapt_does_not_collapse_on_a_shifted_tiny_site(tiny_sites: Path) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(img_size=32)
+    model = build_model(cfg)
+    train = SiteDataset(open_site(tiny_sites / "site-1"), "train", image_size=32)
+    for r in range(1, 4):
+        train_local(model, train, cfg=TrainingConfig(local_epochs=3, lr=2e-3, batch_size=16), server_round=r)
+    shifted = _Shifted(SiteDataset(open_site(tiny_sites / "site-3"), "train", image_size=32))
+    start = ModelOperatingPoint(0.0, 1.0, "youden", "federation", (10, 10), 0.8, 0.8)
+
+    point, report = adapt_model(model, shifted, point=start, settings=AdaptSettings(tent_steps=20, batch_size=16))
+
+    probs, _ = predict(model, shifted)
+    share = float((positive_log_odds(probs) >= point.log_odds).mean())
+    assert 0.0 < share < 1.0  # both classes predicted
+    assert report.tent_steps == 20 and 0.0 < report.positive_share_after < 1.0
+    assert report.tent_kept == (0.05 <= float((positive_log_odds(probs) >= 0.0).mean()) <= 0.95) or not report.tent_kept
+
+
+def test_without_two_modes_the_threshold_follows_the_scores_to_the_same_positive_share() -> None:
+    from fedeye.client.adapt import _quantile_point
+
+    start = ModelOperatingPoint(0.0, 1.0, "youden", "federation", (40, 60), 0.8, 0.9)  # called 0.38 positive
+    shifted = np.random.default_rng(0).normal(5.0, 1.0, 1000)  # every score moved up by a camera
+    point, reason = _quantile_point(start, shifted)
+    assert float((shifted >= point.log_odds).mean()) == pytest.approx(0.38, abs=0.01)
+    assert point.source == "adapt" and "not bimodal" in reason
