@@ -8,7 +8,7 @@ import pytest
 
 from fedeye.errors import ConfigError
 from fedeye.privacy.accounting import MechanismStep
-from fedeye.privacy.planning import plan_round
+from fedeye.privacy.planning import RoundPlan, plan_round
 from fedeye.privacy.policy import DPSettings
 
 
