@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import tomli_w
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,7 +18,7 @@ from fedeye.errors import ConfigError
 
 FIELDS = [
     ("training", "rounds"), ("training", "local_epochs"), ("training", "batch_size"), ("training", "lr"),
-    ("training", "seed"), ("training", "augment"), ("strategy", "round_timeout"), ("strategy", "name"),
+    ("training", "seed"), ("strategy", "round_timeout"), ("strategy", "name"),
     ("strategy", "min_train_nodes"), ("strategy", "fraction_train"), ("privacy", "epsilon"), ("privacy", "enabled"),
     ("simulation", "num_sites"), ("simulation", "client_cpus"), ("model", "img_size"), ("model", "num_classes"),
 ]
@@ -68,3 +69,15 @@ def test_generated_site_policy_values_are_refused_or_kept(key: str, value: Any) 
     loaded = getattr(cfg.privacy, key)
     assert loaded == value
     assert not isinstance(loaded, float) or math.isfinite(loaded)
+
+
+@pytest.mark.parametrize(("value", "level"), [(True, "light"), (False, "none"), ("strong", "strong")])
+def test_augment_levels_and_the_older_booleans(value: Any, level: str) -> None:
+    cfg = _load(tomli_w.dumps({"training": {"augment": value}}), load_run_config)
+    assert cfg.training.augment == level
+
+
+@pytest.mark.parametrize("value", [1, "heavy", 0.5])
+def test_augment_refuses_anything_else(value: Any) -> None:
+    with pytest.raises(ConfigError, match="training.augment"):
+        _load(tomli_w.dumps({"training": {"augment": value}}), load_run_config)
