@@ -36,7 +36,6 @@ from fedeye.client.training import (
     train_local,
 )
 from fedeye.config import RunConfig
-from fedeye.errors import ConfigError
 from fedeye.fairness.metrics import site_fairness_metrics
 from fedeye.models.io import load_state, model_state
 from fedeye.models.prompt_arrays import site_update
@@ -76,27 +75,27 @@ def train(msg: Message, context: Context) -> Message:
     dataset = job.dataset("train")
     settings = job.dp_settings(num_patients=len(set(dataset.patient_ids)))
     objective = LocalObjective.from_config(config)
-    if settings is None:
-        result = train_local(model, dataset, cfg=job.cfg.training, server_round=server_round, objective=objective)
-        metrics: dict[str, float | int] = {p.LOSS: result.loss, p.NUM_EXAMPLES: result.num_examples,
-                                           p.TRAIN_SECONDS: result.seconds}
-        if objective.expert_index is not None:
-            set_site_prototype(model, dataset, objective.expert_index, batch_size=job.cfg.training.batch_size * 2)
-        state = model_state(model)
-        if config.get(p.LOCAL_NORMS):
-            context.state[NORMS_STATE_KEY] = ArrayRecord({k: v for k, v in state.items() if k in norm_keys(model)})
-        if objective.expert_index is None:
-            return _reply(msg, job, metrics, arrays=ArrayRecord(state))
-        metrics[p.EXPERT_INDEX] = objective.expert_index
-        update = site_update(state, objective.expert_index, prompt_only=job.cfg.model.mode == "prompt")
-        return _reply(msg, job, metrics, arrays=ArrayRecord(_tensors(update)))
-    if objective != LocalObjective():
-        raise ConfigError(
-            f"site {job.site_name}: its privacy policy requires DP-SGD, which this run's strategy "
-            f"({job.cfg.strategy.name}: a local objective of its own) does not support yet; run fedavg, "
-            "fairfedavg, fedadam or fedyogi with this site, or lift require_dp in its fedeye-site.toml"
-        )
-    return _train_private(msg, context, job, model, dataset, settings, server_round)
+    if settings is not None:
+        return _train_private(msg, context, job, model, dataset, settings, server_round, objective)
+    result = train_local(model, dataset, cfg=job.cfg.training, server_round=server_round, objective=objective)
+    metrics: dict[str, float | int] = {p.LOSS: result.loss, p.NUM_EXAMPLES: result.num_examples,
+                                       p.TRAIN_SECONDS: result.seconds}
+    if objective.expert_index is not None:
+        set_site_prototype(model, dataset, objective.expert_index, batch_size=job.cfg.training.batch_size * 2)
+    return _update_reply(msg, context, job, model, objective, metrics)
+
+
+def _update_reply(msg: Message, context: Context, job: SiteJob, model: torch.nn.Module, objective: LocalObjective,
+                  metrics: dict[str, float | int], *, status: dict[str, str] | None = None) -> Message:
+    """The trained arrays as the strategy expects them (fedbn: keep the norms; prompt-experts: own rows only)."""
+    state = model_state(model)
+    if msg.content[p.CONFIG].get(p.LOCAL_NORMS):
+        context.state[NORMS_STATE_KEY] = ArrayRecord({k: v for k, v in state.items() if k in norm_keys(model)})
+    if objective.expert_index is None:
+        return _reply(msg, job, metrics, arrays=ArrayRecord(state), status=status)
+    metrics[p.EXPERT_INDEX] = objective.expert_index
+    update = site_update(state, objective.expert_index, prompt_only=job.cfg.model.mode == "prompt")
+    return _reply(msg, job, metrics, arrays=ArrayRecord(_tensors(update)), status=status)
 
 
 def _global_model(msg: Message, context: Context, job: SiteJob):  # type: ignore[no-untyped-def]
@@ -123,27 +122,33 @@ def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(v, order="C")) for k, v in arrays.items()}  # 0-d arrays stay 0-d
 
 
-def _train_private(msg, context, job, model, dataset, settings: DPSettings, server_round: int) -> Message:  # type: ignore[no-untyped-def]
+def _train_private(msg, context, job, model, dataset, settings: DPSettings, server_round: int,  # type: ignore[no-untyped-def]
+                   objective: LocalObjective) -> Message:
     """DP-SGD per patient, or a ``left-budget`` reply when the round would overspend."""
     from fedeye.client.dp_training import train_local_dp  # Opacus loads only where DP is used
+    from fedeye.client.private_experts import PrivatePrototype
     from fedeye.privacy.planning import plan_round
 
     history = _dp_history(context)
+    prototype = PrivatePrototype.for_round(context, model, objective, settings)
+    training = job.cfg.dp_training()
     plan = plan_round(
-        settings, num_patients=len(set(dataset.patient_ids)), batch_size=job.cfg.training.batch_size,
-        local_epochs=job.cfg.training.local_epochs, history=history, total_rounds=job.cfg.training.rounds,
+        settings, num_patients=len(set(dataset.patient_ids)), batch_size=training.batch_size,
+        local_epochs=training.local_epochs, history=history, total_rounds=training.rounds, one_off=prototype.one_off,
     )
     if not plan.fits:
         reason = f"next round would spend epsilon {plan.epsilon_after:.3f} > budget {plan.epsilon_budget:g}"
         metrics = {p.NUM_EXAMPLES: 0, **_dp_metrics(plan, history, spent=plan.epsilon_before)}
         return _reply(msg, job, metrics, status={p.SITE_STATUS: p.SiteStatus.LEFT_BUDGET.value, p.SITE_REASON: reason, p.DP_ACCOUNTANT: plan.accountant})
-    result = train_local_dp(model, dataset, cfg=job.cfg.training, plan=plan, max_grad_norm=settings.max_grad_norm,
-                            server_round=server_round)
-    history = [*history, plan.mechanism]
+    result = train_local_dp(model, dataset, cfg=training, plan=plan, max_grad_norm=settings.max_grad_norm,
+                            server_round=server_round, objective=objective,
+                            max_physical_batch=job.cfg.privacy.max_physical_batch)
+    history = [*history, *plan.mechanisms]
     _save_dp_history(context, history)
+    prototype.apply(context, model, dataset)
     metrics = {p.LOSS: result.loss, p.NUM_EXAMPLES: result.num_examples, p.TRAIN_SECONDS: result.seconds,
                **_dp_metrics(plan, history, spent=plan.epsilon_after)}
-    return _reply(msg, job, metrics, arrays=ArrayRecord(model_state(model)), status={p.DP_ACCOUNTANT: plan.accountant})
+    return _update_reply(msg, context, job, model, objective, metrics, status={p.DP_ACCOUNTANT: plan.accountant})
 
 
 def _dp_metrics(plan: RoundPlan, history: list[MechanismStep], *, spent: float) -> dict[str, float | int]:
