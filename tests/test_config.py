@@ -76,3 +76,23 @@ def test_relative_output_and_backbone_paths_resolve_against_the_file(tmp_path: P
     cfg = load_run_config(run_file)
     assert cfg.output.dir == (tmp_path / "out").resolve()
     assert cfg.model.backbone_weights == (tmp_path / "w" / "vit.pth").resolve()
+
+
+def test_dp_preset_fills_what_the_run_file_leaves_out_and_explicit_values_win() -> None:
+    cfg = RunConfig.model_validate({"privacy": {"enabled": True, "preset": "pretrained-prompt", "lr": 0.003}})
+    assert cfg.model.mode == "prompt" and cfg.privacy.batch_size == 128 and cfg.privacy.lr == 0.003
+    training = cfg.dp_training()
+    assert (training.batch_size, training.local_epochs, training.lr) == (128, 2, 0.003)
+    assert cfg.training.batch_size == 32  # training without DP keeps its own settings
+
+    explicit = RunConfig.model_validate({"model": {"mode": "full"}, "privacy": {"preset": "pretrained-prompt"}})
+    assert explicit.model.mode == "full" and explicit.privacy.max_physical_batch == 64
+
+
+def test_every_strategy_validates_with_dp_and_client_level_dp() -> None:
+    from fedeye.strategies import list_strategies
+
+    for name in list_strategies():
+        cfg = RunConfig.model_validate({"strategy": {"name": name}, "model": {"num_domains": 3},
+                                        "privacy": {"enabled": True, "client_level": "fixed"}})
+        assert cfg.strategy.name == name
