@@ -58,12 +58,13 @@ State = dict[str, torch.Tensor]
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "dp-utility"
 LR = {"prompt": 1e-2, "full": 1e-3}  # AdamW learning rate per mode (prompts and head take larger steps)
 #: The informative subset (--subset): every epsilon for the best configuration, both strategies at each epsilon.
-SUBSET = [
-    *[("fedavg", "prompt", "pretrained", e) for e in ("none", "1", "3", "8")],
-    *[("prompt-experts", "prompt", "pretrained", e) for e in ("none", "1", "3", "8")],
-    *[("fedavg", "full", "scratch", e) for e in ("none", "8")],
-    *[("fedavg", "prompt", "scratch", e) for e in ("none", "8")],
-    *[("fedavg", "full", "pretrained", e) for e in ("none", "8")],
+SUBSET = [  # in order of priority: the best configuration first, then what it is compared with
+    ("fedavg", "prompt", "pretrained", "none"), ("fedavg", "prompt", "pretrained", "8"),
+    ("prompt-experts", "prompt", "pretrained", "8"), ("fedavg", "prompt", "pretrained", "3"),
+    ("prompt-experts", "prompt", "pretrained", "none"), ("fedavg", "full", "scratch", "none"),
+    ("fedavg", "full", "scratch", "8"), ("fedavg", "prompt", "scratch", "8"), ("fedavg", "prompt", "scratch", "none"),
+    ("fedavg", "prompt", "pretrained", "1"), ("prompt-experts", "prompt", "pretrained", "3"),
+    ("fedavg", "full", "pretrained", "8"), ("fedavg", "full", "pretrained", "none"),
 ]
 
 
@@ -83,6 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--subset", action="store_true", help="only the configurations in SUBSET")
     parser.add_argument("--unseen", action="store_true", help="leave site seed %% sites out and score on it")
     parser.add_argument("--backbone", type=Path, default=None, help="checkpoint of `fedeye pretrain` (pretrained rows)")
+    parser.add_argument("--sites-dir", type=Path, default=None, help="keep the synthetic sites here and reuse them (parallel runs)")
     parser.add_argument("--runs-csv", type=Path, default=DOCS / "runs.csv")
     parser.add_argument("--summary-csv", type=Path, default=DOCS / "summary.csv")
     return parser.parse_args(argv)
@@ -116,7 +118,10 @@ def load_sites(args: argparse.Namespace, root: Path) -> list[Site]:
     from fedeye.sites.dataset import SiteDataset
     from fedeye.sites.synth import synthesize_sites
 
-    dirs = synthesize_sites(root, sites=args.sites, images_per_site=args.images_per_site, size=args.image_size, seed=0)
+    dirs = [root / f"site-{i}" for i in range(1, args.sites + 1)]
+    if not all((d / "manifest.csv").is_file() for d in dirs):
+        dirs = synthesize_sites(root, sites=args.sites, images_per_site=args.images_per_site, size=args.image_size, seed=0,
+                                overwrite=True)
     sites = []
     for folder in dirs:
         site = open_site(folder)
@@ -285,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("opacus").setLevel(logging.ERROR)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     with tempfile.TemporaryDirectory(prefix="fedeye-bench-dp-utility-") as workdir:
-        sites = load_sites(args, Path(workdir) / "sites")
+        sites = load_sites(args, args.sites_dir or Path(workdir) / "sites")
         print("train patients per site:", [s.num_patients for s in sites], flush=True)
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         for seed, key in itertools.product(seeds, configurations(args)):

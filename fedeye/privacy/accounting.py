@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from fedeye.privacy.policy import Accountant
 
@@ -34,6 +35,7 @@ def epsilon_spent(history: Sequence[MechanismStep], *, delta: float, accountant:
     return float(acct.get_epsilon(delta=delta))
 
 
+@lru_cache(maxsize=256)  # pure and slow (fractional RDP orders): a site asks the same question every run
 def calibrate_noise(
     *, target_epsilon: float, delta: float, sample_rate: float, total_steps: int, accountant: Accountant
 ) -> float:
@@ -63,7 +65,16 @@ def calibrate_noise_after(
     ValueError
         ``fixed`` alone already spends ``target_epsilon``.
     """
-    if not [f for f in fixed if f.steps > 0]:
+    return _calibrate_after(tuple(f for f in fixed if f.steps > 0), target_epsilon=target_epsilon, delta=delta,
+                            sample_rate=sample_rate, total_steps=total_steps, accountant=accountant)
+
+
+@lru_cache(maxsize=256)
+def _calibrate_after(
+    fixed: tuple[MechanismStep, ...], *, target_epsilon: float, delta: float, sample_rate: float, total_steps: int,
+    accountant: Accountant,
+) -> float:
+    if not fixed:
         return calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
                                total_steps=total_steps, accountant=accountant)
 
@@ -73,9 +84,11 @@ def calibrate_noise_after(
 
     if epsilon_spent(fixed, delta=delta, accountant=accountant) >= target_epsilon:
         raise ValueError(f"the one-off releases alone spend more than epsilon {target_epsilon:g}")
-    low, high = 0.1, 1.0
+    low = calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
+                          total_steps=total_steps, accountant=accountant)  # without the one-offs: a lower bound
+    high = low * 1.25
     while spent(high) > target_epsilon:
-        low, high = high, high * 2.0
+        low, high = high, high * 1.25
     while high - low > 0.005 * high:
         middle = (low + high) / 2.0
         low, high = (middle, high) if spent(middle) > target_epsilon else (low, middle)
