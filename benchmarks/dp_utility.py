@@ -82,10 +82,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epsilons", default="none,1,3,8", help="comma list; none = without DP")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--subset", action="store_true", help="only the configurations in SUBSET")
+    parser.add_argument("--configs", default="", help="explicit list strategy:mode:backbone:epsilon,... (overrides the grid)")
     parser.add_argument("--unseen", action="store_true", help="leave site seed %% sites out and score on it")
     parser.add_argument("--backbone", type=Path, default=None, help="checkpoint of `fedeye pretrain` (pretrained rows)")
     parser.add_argument("--sites-dir", type=Path, default=None, help="keep the synthetic sites here and reuse them (parallel runs)")
     parser.add_argument("--runs-csv", type=Path, default=DOCS / "runs.csv")
+    parser.add_argument("--summarize-only", action="store_true", help="only summarise --runs-csv into --summary-csv")
     parser.add_argument("--summary-csv", type=Path, default=DOCS / "summary.csv")
     return parser.parse_args(argv)
 
@@ -247,6 +249,8 @@ def evaluate(model: torch.nn.Module, sites: list[Site]) -> tuple[float, float]:
 
 
 def configurations(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    if args.configs:
+        return [tuple(c.split(":")) for c in args.configs.split(",") if c.strip()]  # type: ignore[misc]
     if args.subset:
         return list(SUBSET)
     split = [[v.strip() for v in getattr(args, name).split(",") if v.strip()] for name in ("strategies", "modes", "backbones", "epsilons")]
@@ -289,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     logging.getLogger("opacus").setLevel(logging.ERROR)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    if args.summarize_only:
+        for row in summarize(args.runs_csv, args.summary_csv):
+            print(row)
+        return 0
     with tempfile.TemporaryDirectory(prefix="fedeye-bench-dp-utility-") as workdir:
         sites = load_sites(args, args.sites_dir or Path(workdir) / "sites")
         print("train patients per site:", [s.num_patients for s in sites], flush=True)

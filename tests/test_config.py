@@ -80,9 +80,9 @@ def test_relative_output_and_backbone_paths_resolve_against_the_file(tmp_path: P
 
 def test_dp_preset_fills_what_the_run_file_leaves_out_and_explicit_values_win() -> None:
     cfg = RunConfig.model_validate({"privacy": {"enabled": True, "preset": "pretrained-prompt", "lr": 0.003}})
-    assert cfg.model.mode == "prompt" and cfg.privacy.batch_size == 128 and cfg.privacy.lr == 0.003
+    assert cfg.model.mode == "prompt" and cfg.privacy.batch_size == 64 and cfg.privacy.lr == 0.003
     training = cfg.dp_training()
-    assert (training.batch_size, training.local_epochs, training.lr) == (128, 2, 0.003)
+    assert (training.batch_size, training.local_epochs, training.lr) == (64, 1, 0.003)
     assert cfg.training.batch_size == 32  # training without DP keeps its own settings
 
     explicit = RunConfig.model_validate({"model": {"mode": "full"}, "privacy": {"preset": "pretrained-prompt"}})

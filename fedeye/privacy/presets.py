@@ -8,7 +8,9 @@ slowly with ``B`` at a fixed epsilon), fewer steps and a larger learning
 rate. A preset fills the settings a run file leaves out; every value it sets
 can still be written explicitly, and the site's policy still caps epsilon,
 delta, ``C`` and ``sigma`` (:func:`fedeye.privacy.policy.effective_dp`).
-The values are those chosen by ``benchmarks/dp_utility.py`` (docs/dp-utility.md).
+The values are the configuration ``benchmarks/dp_utility.py`` ran
+(docs/dp-utility.md); on the shared 2-core machine no sweep over them was
+possible, so they are a documented starting point, not a tuned optimum.
 
 References
 ----------
@@ -29,10 +31,10 @@ DPPreset = Literal["none", "pretrained-prompt", "pretrained-full"]
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     # frozen pretrained backbone (fedeye pretrain or RETFound); prompts, router and head train
-    "pretrained-prompt": {"mode": "prompt", "batch_size": 128, "local_epochs": 2, "lr": 1e-2,
+    "pretrained-prompt": {"mode": "prompt", "batch_size": 64, "local_epochs": 1, "lr": 1e-2,
                           "max_grad_norm": 1.0, "max_physical_batch": 64},
     # the whole pretrained network trains: smaller learning rate, same large batches
-    "pretrained-full": {"mode": "full", "batch_size": 128, "local_epochs": 2, "lr": 1e-3,
+    "pretrained-full": {"mode": "full", "batch_size": 64, "local_epochs": 1, "lr": 1e-3,
                         "max_grad_norm": 1.0, "max_physical_batch": 64},
 }
 

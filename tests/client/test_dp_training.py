@@ -209,7 +209,7 @@ def test_fedprox_gradient_is_added_after_the_noise(train_split: SiteDataset) -> 
         start = [p.detach().clone() for p in model.parameters() if p.requires_grad]
         train_local_dp(model, train_split, cfg=CFG, plan=plan, max_grad_norm=1.0, server_round=1, rng_seed=0,
                        objective=LocalObjective(proximal_mu=mu))
-        results.append(sum(float((p.detach() - s).norm()) for p, s in zip([p for p in model.parameters() if p.requires_grad], start)))
+        results.append(sum(float((p.detach() - s).norm()) for p, s in zip([p for p in model.parameters() if p.requires_grad], start, strict=True)))
     assert results[0] != results[1]  # same batches and noise: only the proximal gradient differs
 
 

@@ -14,7 +14,7 @@ from flwr.app.message.message import make_message
 from fedeye.client.app import app, norm_keys
 from fedeye.client.training import LocalObjective, mean_expert_weights, set_site_prototype, train_local
 from fedeye.config import RunConfig, TrainingConfig
-from fedeye.errors import ConfigError, ModelError
+from fedeye.errors import ModelError
 from fedeye.models import ModelConfig, build_model
 from fedeye.sites.base import open_site
 from fedeye.sites.dataset import SiteDataset
