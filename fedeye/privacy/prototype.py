@@ -13,9 +13,13 @@ them once per run through the Gaussian mechanism (Dwork and Roth 2014, 3.5.3):
   ``C = sqrt(d)`` without any clipping (it is applied anyway, as a guard);
 - ``key = (sum + N(0, (sigma C)^2 I)) / n``, with ``n`` the number of
   patients (public: it already sets delta and ``num-examples``);
-- ``spread = E||s - key||^2 = d - ||mean||^2`` for unit-LayerNorm styles, so
-  it follows from the noisy key by post-processing, with the expected noise
-  energy ``d (sigma C / n)^2`` taken off ``||key||^2`` (floored at 1e-6).
+- ``spread`` is what the router divides distances by: the expected squared
+  distance of a style to the *released* key, ``E||s - mean||^2 + e`` with
+  ``e = d (sigma C / n)^2`` the expected energy of the key's noise. For
+  unit-LayerNorm styles ``E||s - mean||^2 = d - ||mean||^2`` and
+  ``||mean||^2 ~ ||key||^2 - e``, so ``spread = d - ||key||^2 + 2 e``, floored
+  at ``e``: post-processing of the key, no further privacy cost. A noisy key
+  makes the router's mix softer instead of confidently wrong.
 
 The release is one full-batch Gaussian step; its privacy cost enters the
 site's history as ``MechanismStep(sigma, 1.0, 1)``
@@ -71,5 +75,5 @@ def private_prototype(
     noise_std = noise_multiplier * bound
     key = (total + noise_std * torch.randn(d, generator=generator)) / max(n, 1)
     noise_energy = d * (noise_std / max(n, 1)) ** 2
-    spread = max(d - (float(key.pow(2).sum()) - noise_energy), 1e-6)
+    spread = max(d - float(key.pow(2).sum()) + 2 * noise_energy, noise_energy, 1e-6)
     return key, spread
