@@ -19,6 +19,9 @@ Configurations:
 
 - ``vit-tiny-cpu`` at 64 px, batch 32, in ``prompt`` mode (frozen backbone,
   prompts + head train) and ``full`` mode. **Target: prompt <= 1.3.**
+- ``vit-tiny-cpu`` at 64 px, batch 32, prompt mode with 3 domain experts
+  (``prompt+experts``: prompt-experts' site step, its own expert one-hot,
+  the bank's per-sample gradients masked to its row before clipping).
 - ``vit-small`` at 224 px, batch 4 (``--no-small`` skips it), both modes.
 
 Run ``python benchmarks/dp_overhead.py --help``; it exits 0 whether or not
@@ -57,7 +60,18 @@ def _model(arch: str, img_size: int, mode: str) -> torch.nn.Module:
     from fedeye.models import ModelConfig, build_model
 
     torch.manual_seed(0)
-    return build_model(ModelConfig(arch=arch, img_size=img_size, mode=mode), load_backbone=False)  # type: ignore[arg-type]
+    experts = 3 if mode == "prompt+experts" else 0
+    return build_model(ModelConfig(arch=arch, img_size=img_size, mode=mode.split("+")[0], num_domains=experts),  # type: ignore[arg-type]
+                       load_backbone=False)
+
+
+def _forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The site's forward: with experts, each image through the site's own expert (row 1)."""
+    if getattr(getattr(model, "_module", model), "domain_prompts", None) is None:
+        return model(images)  # type: ignore[no-any-return]
+    own = torch.zeros(len(images), 3)
+    own[:, 1] = 1.0
+    return model(images, expert_weights=own)  # type: ignore[no-any-return]
 
 
 def _interleaved_medians(first: Callable[[], None], second: Callable[[], None], *, steps: int, warmup: int) -> tuple[float, float]:
@@ -80,7 +94,7 @@ def ordinary_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Te
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        cross_entropy(model(images), labels).backward()
+        cross_entropy(_forward(model, images), labels).backward()
         optimizer.step()
 
     return step
@@ -98,10 +112,17 @@ def dp_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) 
         noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False, loss_reduction="mean",
     )
     assert not [m for m in module.modules() if hasattr(m, "ft_compute_sample_grad")], "functorch fallback"
+    from fedeye.client.dp_training import DPObjective
+    from fedeye.client.training import LocalObjective
+
+    experts = getattr(model, "domain_prompts", None) is not None
+    extra = DPObjective.start(model, LocalObjective(expert_index=1 if experts else None), seed=0)
+    extra.attach(optimizer)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        cross_entropy(module(images), labels).backward()
+        cross_entropy(_forward(module, images), labels).backward()
+        extra.mask_per_sample()
         optimizer.step()
 
     return step
@@ -126,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[list[object]] = []
     with TreeMonitor(interval=1.0, pss_every=0) as monitor:
         for arch, size, batch, steps, warmup in configs:
-            for mode in ("prompt", "full"):
+            for mode in ("prompt", "full", "prompt+experts") if arch == "vit-tiny-cpu" else ("prompt", "full"):
                 start = time.perf_counter()
                 plain, private = measure(arch, size, batch, mode, steps=steps, warmup=warmup)
                 rows.append([arch, size, batch, mode, plain, private, private / plain, (start, time.perf_counter())])

@@ -1,38 +1,53 @@
-"""DP utility: test AUC of federated training at epsilon 1, 3, 8 vs without DP, on synthetic sites.
+"""DP utility: pooled test AUC and balanced accuracy of federated training with and without DP, on synthetic sites.
 
 What is run
 -----------
-``--sites`` synthetic fundus sites (default 4 x 200 images at 64 px, seed
-0), the demo's model and training settings (vit-tiny-cpu, FedAvg, 5 rounds
-x 3 local epochs, batch 32, AdamW lr 1e-3) in each ``--modes`` (``prompt``:
-frozen random backbone, prompts + head train; ``full``). For every epsilon
-each site plans its rounds with :func:`fedeye.privacy.planning.plan_round`
-(RDP accountant, delta = 1/(10 x its train patients), clipping C = 1, sigma
-calibrated once so the planned rounds spend exactly epsilon) and trains with
-:func:`fedeye.client.dp_training.train_local_dp`; the non-private row uses
-``train_local`` (with its balanced class weights, which DP drops).
+``--sites`` synthetic fundus sites (seed 0) with ``--images-per-site`` images
+(default 500 images, about 330 patients per site) at ``--image-size`` px, a
+vit-tiny-cpu model and the grid of ``--strategies`` (fedavg, prompt-experts)
+x ``--modes`` (prompt: frozen backbone, prompts/router/head train; full) x
+``--backbones`` (scratch: random weights; pretrained: ``fedeye pretrain``
+MAE on a *disjoint* public synthetic set, generator seed 1234, whose
+checkpoint is ``--backbone``) x ``--epsilons`` (``none`` = no DP) x ``--seeds``.
+``--subset`` runs only the rows named in :data:`SUBSET` when the grid cannot
+finish on the machine.
 
-FedAvg runs in this process, not in the Simulation Engine: every round each
-site trains from the global weights and the coordinator takes the
-example-weighted mean, the same arithmetic as the ClientApp and Flower's
-FedAvg, without Ray. The final global model is scored on every site's test
-split: pooled AUC over all test images and the mean of per-site AUCs.
+Each site trains as the ClientApp does: with DP, patient-level DP-SGD
+(:func:`fedeye.client.dp_training.train_local_dp`, Poisson sampling over
+patients, clipping C, RDP accountant, delta = 1/(10 x train patients),
+sigma calibrated so the planned rounds spend the budget) with the strategy's
+local objective; prompt-experts sites release their router prototype once
+through the Gaussian mechanism (10% of the budget,
+:mod:`fedeye.privacy.prototype`). The same training settings (logical batch
+of ``--dp-batch`` expected patients, split into physical batches of 64,
+``--local-epochs``, learning rate per mode) are used without DP, so each
+``none`` row is the same configuration without clipping and noise. The
+coordinator's arithmetic (FedAvg's weighted mean; prompt-experts: shared
+parts averaged, bank and router row k from site k) runs in this process.
 
-Results are printed and written as a Markdown table to ``--out``
-(default ``docs/dp-utility.md``). Synthetic data: the figures show the
-cost of DP here, not what a real fundus task loses.
+The final global model is scored on the union of the sites' test splits
+(pooled AUC, balanced accuracy at the 0.5 threshold). With ``--unseen``,
+each run leaves site ``seed % sites`` out of training and scores on it
+(leave-one-site-out over the seeds).
+
+Writes ``--runs-csv`` (one line per run, appended as runs finish) and, at
+the end, ``--summary-csv`` (strategy, mode, backbone, epsilon, auc_mean,
+auc_sd, bacc_mean, runs). Synthetic data: the figures show the relative
+cost of DP here, not clinical accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import itertools
+import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +55,40 @@ import numpy as np
 import torch
 
 State = dict[str, torch.Tensor]
-EPSILONS = (1.0, 3.0, 8.0)
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "dp-utility"
+LR = {"prompt": 1e-2, "full": 1e-3}  # AdamW learning rate per mode (prompts and head take larger steps)
+#: The informative subset (--subset): every epsilon for the best configuration, both strategies at each epsilon.
+SUBSET = [  # in order of priority: the best configuration first, then what it is compared with
+    ("fedavg", "prompt", "pretrained", "none"), ("fedavg", "prompt", "pretrained", "8"),
+    ("prompt-experts", "prompt", "pretrained", "8"), ("fedavg", "prompt", "pretrained", "3"),
+    ("prompt-experts", "prompt", "pretrained", "none"), ("fedavg", "full", "scratch", "none"),
+    ("fedavg", "full", "scratch", "8"), ("fedavg", "prompt", "scratch", "8"), ("fedavg", "prompt", "scratch", "none"),
+    ("fedavg", "prompt", "pretrained", "1"), ("prompt-experts", "prompt", "pretrained", "3"),
+    ("fedavg", "full", "pretrained", "8"), ("fedavg", "full", "pretrained", "none"),
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sites", type=int, default=4)
-    parser.add_argument("--images-per-site", type=int, default=200)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--sites", type=int, default=3)
+    parser.add_argument("--images-per-site", type=int, default=500)
+    parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--local-epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32, help="expected patients per DP batch / images per ordinary batch")
-    parser.add_argument("--modes", default="prompt,full", help="comma list of prompt, full")
-    parser.add_argument("--epsilons", default=",".join(str(e) for e in EPSILONS), help="comma list of epsilon budgets")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "dp-utility.md")
+    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--dp-batch", type=int, default=128, help="expected patients per step (the logical batch)")
+    parser.add_argument("--strategies", default="fedavg,prompt-experts")
+    parser.add_argument("--modes", default="prompt,full")
+    parser.add_argument("--backbones", default="scratch,pretrained")
+    parser.add_argument("--epsilons", default="none,1,3,8", help="comma list; none = without DP")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--subset", action="store_true", help="only the configurations in SUBSET")
+    parser.add_argument("--configs", default="", help="explicit list strategy:mode:backbone:epsilon,... (overrides the grid)")
+    parser.add_argument("--unseen", action="store_true", help="leave site seed %% sites out and score on it")
+    parser.add_argument("--backbone", type=Path, default=None, help="checkpoint of `fedeye pretrain` (pretrained rows)")
+    parser.add_argument("--sites-dir", type=Path, default=None, help="keep the synthetic sites here and reuse them (parallel runs)")
+    parser.add_argument("--runs-csv", type=Path, default=DOCS / "runs.csv")
+    parser.add_argument("--summarize-only", action="store_true", help="only summarise --runs-csv into --summary-csv")
+    parser.add_argument("--summary-csv", type=Path, default=DOCS / "summary.csv")
     return parser.parse_args(argv)
 
 
@@ -67,12 +102,16 @@ class Site:
 
 @dataclass(frozen=True)
 class Outcome:
+    strategy: str
     mode: str
-    epsilon: float | None
-    pooled_auc: float
-    mean_site_auc: float
-    spent: float  # largest epsilon any site spent
-    sigmas: tuple[float, float]  # smallest and largest noise multiplier over the sites
+    backbone: str
+    epsilon: str
+    seed: int
+    unseen: str  # held-out site, or "" (pooled test of all sites)
+    auc: float
+    bacc: float
+    spent: float
+    sigma: float
     seconds: float
 
 
@@ -81,7 +120,10 @@ def load_sites(args: argparse.Namespace, root: Path) -> list[Site]:
     from fedeye.sites.dataset import SiteDataset
     from fedeye.sites.synth import synthesize_sites
 
-    dirs = synthesize_sites(root, sites=args.sites, images_per_site=args.images_per_site, size=args.image_size, seed=0)
+    dirs = [root / f"site-{i}" for i in range(1, args.sites + 1)]
+    if not all((d / "manifest.csv").is_file() for d in dirs):
+        dirs = synthesize_sites(root, sites=args.sites, images_per_site=args.images_per_site, size=args.image_size, seed=0,
+                                overwrite=True)
     sites = []
     for folder in dirs:
         site = open_site(folder)
@@ -90,122 +132,183 @@ def load_sites(args: argparse.Namespace, root: Path) -> list[Site]:
     return sites
 
 
-def run(sites: list[Site], args: argparse.Namespace, mode: str, epsilon: float | None) -> Outcome:
-    """FedAvg over ``sites``; DP-SGD at every site when ``epsilon`` is set."""
+def run(sites: list[Site], args: argparse.Namespace, key: tuple[str, str, str, str], seed: int) -> Outcome:
+    """One federation: ``key`` = (strategy, mode, backbone, epsilon)."""
     from fedeye.config import TrainingConfig
     from fedeye.models import ModelConfig, build_model, load_state, model_state
 
-    cfg = TrainingConfig(rounds=args.rounds, local_epochs=args.local_epochs, batch_size=args.batch_size, lr=1e-3, device="cpu")
-    torch.manual_seed(cfg.seed)
-    model = build_model(ModelConfig(arch="vit-tiny-cpu", img_size=args.image_size, mode=mode))  # type: ignore[arg-type]
-    state, histories = model_state(model), {s.name: [] for s in sites}
-    start, sigmas = time.perf_counter(), set()
+    strategy, mode, backbone, eps = key
+    epsilon = None if eps == "none" else float(eps)
+    held_out = sites[seed % len(sites)] if args.unseen else None
+    train_sites = [s for s in sites if s is not held_out]
+    cfg = TrainingConfig(rounds=args.rounds, local_epochs=args.local_epochs, batch_size=args.dp_batch, lr=LR[mode],
+                         device="cpu", seed=seed, class_weighting="none", augment=True)
+    torch.manual_seed(seed)
+    experts = len(train_sites) if strategy == "prompt-experts" else 0
+    model = build_model(ModelConfig(arch="vit-tiny-cpu", img_size=args.image_size, mode=mode, num_domains=experts,  # type: ignore[arg-type]
+                                    backbone_weights=args.backbone if backbone == "pretrained" else None))
+    state = model_state(model)
+    trainers = [SiteTrainer(site, k if experts else None, epsilon) for k, site in enumerate(train_sites)]
+    start = time.perf_counter()
     for server_round in range(1, args.rounds + 1):
         results = []
-        for site in sites:
+        for trainer in trainers:
             load_state(model, state)
-            sigmas.add(train_site(model, site, cfg, server_round, epsilon, histories[site.name]))
-            results.append((model_state(model), len(site.train)))
-        state = fedavg(results)
+            trainer.train(model, cfg, server_round)
+            results.append((model_state(model), len(trainer.site.train), trainer.expert))
+        state = aggregate(results)
     load_state(model, state)
-    pooled, per_site = evaluate(model, sites)
-    spent = max((epsilon_of(h, site) for site in sites for h in [histories[site.name]] if h), default=0.0)
-    return Outcome(mode, epsilon, pooled, float(np.mean(per_site)), spent, (min(sigmas), max(sigmas)), time.perf_counter() - start)
+    auc, bacc = evaluate(model, [held_out] if held_out else train_sites)
+    spent = max((t.spent() for t in trainers), default=0.0)
+    sigma = max((t.sigma for t in trainers), default=0.0)
+    return Outcome(strategy, mode, backbone, eps, seed, held_out.name if held_out else "", auc, bacc, spent, sigma,
+                   time.perf_counter() - start)
 
 
-def train_site(model: torch.nn.Module, site: Site, cfg: Any, server_round: int, epsilon: float | None, history: list[Any]) -> float:
-    """One local round; returns the noise multiplier used (0 without DP)."""
-    from fedeye.client.training import train_local
-    from fedeye.client.dp_training import train_local_dp
-    from fedeye.privacy.planning import plan_round
-    from fedeye.privacy.policy import DPSettings, default_delta
+class SiteTrainer:
+    """One site across rounds: its DP history and released prototype, as the ClientApp keeps them."""
 
-    if epsilon is None:
-        train_local(model, site.train, cfg=cfg, server_round=server_round)
-        return 0.0
-    settings = DPSettings(epsilon_budget=epsilon, delta=default_delta(site.num_patients), max_grad_norm=1.0,
-                          noise_multiplier=None, min_noise_multiplier=None, accountant="rdp")
-    plan = plan_round(settings, num_patients=site.num_patients, batch_size=cfg.batch_size, local_epochs=cfg.local_epochs,
-                      history=history, total_rounds=cfg.rounds)
-    train_local_dp(model, site.train, cfg=cfg, plan=plan, max_grad_norm=settings.max_grad_norm, server_round=server_round)
-    history.append(plan.mechanism)
-    return plan.noise_multiplier
+    def __init__(self, site: Site, expert: int | None, epsilon: float | None) -> None:
+        from fedeye.privacy.policy import DPSettings, default_delta
+
+        self.site, self.expert, self.epsilon = site, expert, epsilon
+        self.history: list[Any] = []
+        self.prototype: tuple[torch.Tensor, float] | None = None
+        self.sigma = 0.0
+        self.settings = None if epsilon is None else DPSettings(
+            epsilon_budget=epsilon, delta=default_delta(site.num_patients), max_grad_norm=1.0,
+            noise_multiplier=None, min_noise_multiplier=None, accountant="rdp")
+
+    def train(self, model: torch.nn.Module, cfg: Any, server_round: int) -> None:
+        from fedeye.client.training import LocalObjective, set_site_prototype, train_local
+
+        objective = LocalObjective(expert_index=self.expert)
+        if self.settings is None:
+            train_local(model, self.site.train, cfg=cfg, server_round=server_round, objective=objective)
+            if self.expert is not None:
+                set_site_prototype(model, self.site.train, self.expert, batch_size=128)
+            return
+        self._train_private(model, cfg, server_round, objective)
+
+    def _train_private(self, model: torch.nn.Module, cfg: Any, server_round: int, objective: Any) -> None:
+        from fedeye.client.dp_training import release_prototype, set_private_prototype, train_local_dp
+        from fedeye.privacy.planning import plan_round, prototype_release
+
+        assert self.settings is not None
+        one_off = [prototype_release(self.settings)] if self.expert is not None and self.prototype is None else []
+        plan = plan_round(self.settings, num_patients=self.site.num_patients, batch_size=cfg.batch_size,
+                          local_epochs=cfg.local_epochs, history=self.history, total_rounds=cfg.rounds, one_off=one_off)
+        train_local_dp(model, self.site.train, cfg=cfg, plan=plan, max_grad_norm=self.settings.max_grad_norm,
+                       server_round=server_round, objective=objective, max_physical_batch=64)
+        self.history.extend(plan.mechanisms)
+        self.sigma = plan.noise_multiplier
+        if self.expert is None:
+            return
+        if self.prototype is None:
+            self.prototype = release_prototype(model, self.site.train, noise_multiplier=one_off[0].noise_multiplier)
+        set_private_prototype(model, self.expert, key=self.prototype[0], spread=self.prototype[1])
+
+    def spent(self) -> float:
+        from fedeye.privacy.accounting import epsilon_spent
+
+        if self.settings is None or not self.history:
+            return 0.0
+        return epsilon_spent(self.history, delta=self.settings.delta, accountant="rdp")
 
 
-def epsilon_of(history: list[Any], site: Site) -> float:
-    from fedeye.privacy.accounting import epsilon_spent
-    from fedeye.privacy.policy import default_delta
+def aggregate(results: list[tuple[State, int, int | None]]) -> State:
+    """FedAvg's example-weighted mean; with experts, row k of every per-site tensor from site k (prompt-experts)."""
+    from fedeye.models.prompt_arrays import PER_SITE
 
-    return epsilon_spent(history, delta=default_delta(site.num_patients), accountant="rdp")
+    total = sum(n for _, n, _ in results)
+    first = results[0][0]
+    out = {k: sum(s[k].double() * (n / total) for s, n, _ in results).to(first[k].dtype) for k in first}  # type: ignore[misc]
+    for name in PER_SITE:
+        if name in first and results[0][2] is not None:
+            merged = first[name].clone()
+            for state, _, row in results:
+                merged[row] = state[name][row]
+            out[name] = merged
+    return out
 
 
-def fedavg(results: list[tuple[State, int]]) -> State:
-    """Example-weighted mean of the sites' weights (Flower FedAvg's arithmetic)."""
-    total = sum(n for _, n in results)
-    return {k: sum(s[k].double() * (n / total) for s, n in results).to(results[0][0][k].dtype) for k in results[0][0]}
-
-
-def evaluate(model: torch.nn.Module, sites: list[Site]) -> tuple[float, list[float]]:
-    """Pooled test AUC over every site's test images and the per-site AUCs."""
+def evaluate(model: torch.nn.Module, sites: list[Site]) -> tuple[float, float]:
+    """Pooled AUC and balanced accuracy (threshold 0.5) over the sites' test images."""
     from fedeye.client.training import predict
     from fedeye.metrics import classification_metrics
 
-    probs, labels, per_site = [], [], []
+    probs, labels = [], []
     for site in sites:
-        p, y = predict(model, site.test, batch_size=64, device=torch.device("cpu"))
+        p, y = predict(model, site.test, batch_size=128, device=torch.device("cpu"))
         probs.append(p)
         labels.append(y)
-        per_site.append(classification_metrics(y, p)["auc"])
-    return classification_metrics(np.concatenate(labels), np.concatenate(probs))["auc"], per_site
+    y, p = np.concatenate(labels), np.concatenate(probs)
+    pred = (p[:, 1] >= 0.5).astype(int)
+    bacc = float(np.mean([np.mean(pred[y == c] == c) for c in (0, 1) if np.any(y == c)]))
+    return float(classification_metrics(y, p)["auc"]), bacc
 
 
-def markdown(outcomes: list[Outcome], args: argparse.Namespace, sites: list[Site]) -> str:
-    patients = ", ".join(str(s.num_patients) for s in sites)
-    lines = [
-        "# DP utility on synthetic sites",
-        "",
-        (f"Written by `python benchmarks/dp_utility.py` on {time.strftime('%Y-%m-%d')}: {len(sites)} synthetic fundus sites x "
-        f"{args.images_per_site} images at {args.image_size} px (train patients per site: {patients}), vit-tiny-cpu from random "
-        f"weights, FedAvg replayed in one process, {args.rounds} rounds x {args.local_epochs} local epochs, batch {args.batch_size}. "
-        "DP rows: patient-level DP-SGD at every site (Poisson sampling over patients, C = 1, RDP accountant, "
-        "delta = 1/(10 x train patients), sigma calibrated to spend the budget over the rounds). AUC of the final "
-        "global model on the sites' test splits. Synthetic data: these show the relative cost of DP, not clinical accuracy."),
-        "",
-        "| mode | epsilon (budget) | epsilon spent (max site) | sigma (over sites) | pooled test AUC | mean site AUC | seconds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for o in outcomes:
-        budget = "no DP" if o.epsilon is None else f"{o.epsilon:g}"
-        spent = "-" if o.epsilon is None else f"{o.spent:.2f}"
-        sigma = "-" if o.epsilon is None else "-".join(sorted({f"{v:.2f}" for v in o.sigmas}))
-        lines.append(f"| {o.mode} | {budget} | {spent} | {sigma} | {o.pooled_auc:.3f} | {o.mean_site_auc:.3f} | {o.seconds:.0f} |")
-    return "\n".join(lines) + "\n"
+def configurations(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
+    if args.configs:
+        return [tuple(c.split(":")) for c in args.configs.split(",") if c.strip()]  # type: ignore[misc]
+    if args.subset:
+        return list(SUBSET)
+    split = [[v.strip() for v in getattr(args, name).split(",") if v.strip()] for name in ("strategies", "modes", "backbones", "epsilons")]
+    return list(itertools.product(*split))  # type: ignore[arg-type]
+
+
+def append_run(path: Path, outcome: Outcome) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(asdict(outcome)))
+        if new:
+            writer.writeheader()
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in asdict(outcome).items()})
+
+
+def summarize(runs_csv: Path, summary_csv: Path) -> list[dict[str, str]]:
+    """Mean and SD over seeds per (strategy, mode, backbone, epsilon, unseen) from the runs file."""
+    with runs_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for row in rows:
+        groups.setdefault((row["strategy"], row["mode"], row["backbone"], row["epsilon"], "loso" if row["unseen"] else "pooled"), []).append(row)
+    out = []
+    for (strategy, mode, backbone, eps, test), group in sorted(groups.items()):
+        auc = np.array([float(r["auc"]) for r in group])
+        bacc = np.array([float(r["bacc"]) for r in group])
+        out.append({"strategy": strategy, "mode": mode, "backbone": backbone, "epsilon": eps, "test": test,
+                    "auc_mean": f"{auc.mean():.3f}", "auc_sd": f"{auc.std(ddof=1) if len(auc) > 1 else 0.0:.3f}",
+                    "bacc_mean": f"{bacc.mean():.3f}", "runs": str(len(group))})
+    with summary_csv.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(out[0]))
+        writer.writeheader()
+        writer.writerows(out)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
-    import logging
-
     logging.getLogger("opacus").setLevel(logging.ERROR)
-    torch.set_num_threads(os.cpu_count() or 1)
-    workdir = Path(tempfile.mkdtemp(prefix="fedeye-bench-dp-utility-"))
-    try:
-        sites = load_sites(args, workdir / "sites")
-        epsilons: list[float | None] = [None, *(float(e) for e in args.epsilons.split(",") if e.strip())]
-        outcomes = []
-        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-            for epsilon in epsilons:
-                outcomes.append(run(sites, args, mode, epsilon))
-                o = outcomes[-1]
-                print(f"{mode:<6} eps={'none' if epsilon is None else epsilon:<5} spent={o.spent:.2f} sigma={o.sigmas[0]:.2f}-{o.sigmas[1]:.2f} "
-                      f"pooled AUC={o.pooled_auc:.3f} mean site AUC={o.mean_site_auc:.3f} ({o.seconds:.0f} s)", flush=True)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    table = markdown(outcomes, args, sites)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table)
-    print(f"\n{table}\nwritten to {args.out}")
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    if args.summarize_only:
+        for row in summarize(args.runs_csv, args.summary_csv):
+            print(row)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="fedeye-bench-dp-utility-") as workdir:
+        sites = load_sites(args, args.sites_dir or Path(workdir) / "sites")
+        print("train patients per site:", [s.num_patients for s in sites], flush=True)
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        for seed, key in itertools.product(seeds, configurations(args)):
+            if key[2] == "pretrained" and args.backbone is None:
+                continue
+            outcome = run(sites, args, key, seed)
+            append_run(args.runs_csv, outcome)
+            print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in asdict(outcome).items()), flush=True)
+    for row in summarize(args.runs_csv, args.summary_csv):
+        print(row)
     return 0
 
 

@@ -38,6 +38,7 @@ from pydantic import (
 from fedeye.errors import ConfigError
 from fedeye.models.config import ModelConfig
 from fedeye.privacy.policy import PrivacyConfig
+from fedeye.privacy.presets import PRESETS, preset_mode
 
 
 class _Section(BaseModel):
@@ -165,10 +166,6 @@ class OutputConfig(_Section):
     db: str | None = Field(default=None, description="SQLAlchemy URL of the run store; default: FEDEYE_DB or <dir>/fedeye.db.")
 
 
-#: Strategies whose sites train with their own objective (not plain local SGD).
-LOCAL_OBJECTIVE_STRATEGIES = ("fedprox", "fedbn", "prompt-experts")
-
-
 class RunConfig(_Section):
     """Everything that describes one federated run."""
 
@@ -189,19 +186,23 @@ class RunConfig(_Section):
             raise ValueError("the run name must be one line without control characters (newline, tab, ...)")
         return name
 
-    @model_validator(mode="after")
-    def _strategy_supports_dp(self) -> RunConfig:
-        if self.privacy.enabled and self.strategy.name in LOCAL_OBJECTIVE_STRATEGIES:
-            raise ValueError(
-                f"strategy.name = {self.strategy.name!r} changes the sites' local training, which DP-SGD "
-                "(privacy.enabled) does not support yet; use fedavg, fairfedavg, fedadam or fedyogi with DP"
-            )
-        if self.privacy.client_level != "off" and self.strategy.name == "prompt-experts":
-            raise ValueError(
-                "privacy.client_level clips whole-model updates; prompt-experts sites send their own expert rows, "
-                "which it does not support yet: set privacy.client_level = \"off\" or use another strategy"
-            )
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_mode(cls, data: Any) -> Any:
+        """A DP preset names the model mode it was chosen for; an explicit ``model.mode`` wins."""
+        privacy = data.get("privacy") if isinstance(data, dict) else None
+        preset = privacy.get("preset") if isinstance(privacy, dict) else None
+        if not isinstance(preset, str) or preset not in PRESETS:
+            return data
+        mode, model = preset_mode(preset), data.get("model") or {}
+        if mode is None or not isinstance(model, dict) or "mode" in model:
+            return data
+        return {**data, "model": {**model, "mode": mode}}
+
+    def dp_training(self) -> TrainingConfig:
+        """The training settings of a DP-SGD round: ``[training]`` with ``[privacy]``'s batch, epochs and lr."""
+        overrides = {"batch_size": self.privacy.batch_size, "local_epochs": self.privacy.local_epochs, "lr": self.privacy.lr}
+        return self.training.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
     def to_json(self) -> str:
         """Serialise for a Flower ConfigRecord or the run store."""

@@ -102,3 +102,23 @@ def test_operating_point_is_youden_or_a_sensitivity_in_the_open_unit_interval(va
     else:
         with pytest.raises(ConfigError, match="evaluation.operating_point"):
             parse_run_config({"evaluation": {"operating_point": value}})
+
+
+def test_dp_preset_fills_what_the_run_file_leaves_out_and_explicit_values_win() -> None:
+    cfg = RunConfig.model_validate({"privacy": {"enabled": True, "preset": "pretrained-prompt", "lr": 0.003}})
+    assert cfg.model.mode == "prompt" and cfg.privacy.batch_size == 64 and cfg.privacy.lr == 0.003
+    training = cfg.dp_training()
+    assert (training.batch_size, training.local_epochs, training.lr) == (64, 1, 0.003)
+    assert cfg.training.batch_size == 32  # training without DP keeps its own settings
+
+    explicit = RunConfig.model_validate({"model": {"mode": "full"}, "privacy": {"preset": "pretrained-prompt"}})
+    assert explicit.model.mode == "full" and explicit.privacy.max_physical_batch == 64
+
+
+def test_every_strategy_validates_with_dp_and_client_level_dp() -> None:
+    from fedeye.strategies import list_strategies
+
+    for name in list_strategies():
+        cfg = RunConfig.model_validate({"strategy": {"name": name}, "model": {"num_domains": 3},
+                                        "privacy": {"enabled": True, "client_level": "fixed"}})
+        assert cfg.strategy.name == name

@@ -16,6 +16,7 @@ from fedeye.cli.adapt import adapt_command, calibrate_command
 from fedeye.cli.benchmark import benchmark_app
 from fedeye.cli.dashboard import dashboard_command
 from fedeye.cli.operate import coordinator_start, run_app, site_start
+from fedeye.cli.pretrain import pretrain_command
 from fedeye.cli.provision import coordinator_app, site_init
 from fedeye.cli.report import report_command
 from fedeye.cli.runs import runs_app
@@ -37,6 +38,7 @@ app = typer.Typer(
 app.add_typer(runs_app, name="runs")
 app.command("report")(report_command)
 app.command("dashboard")(dashboard_command)
+app.command("pretrain")(pretrain_command)
 site_app = typer.Typer(help="Work with one site's data.", no_args_is_help=True)
 sites_app = typer.Typer(help="Work with several sites (synthetic hospitals).", no_args_is_help=True)
 app.add_typer(site_app, name="site")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -47,11 +47,11 @@ from fedeye.client.training import (
     set_site_prototype,
     train_local,
 )
-from fedeye.config import RunConfig
-from fedeye.errors import ConfigError
+from fedeye.config import RunConfig, TrainingConfig
 from fedeye.fairness.metrics import site_fairness_metrics
 from fedeye.models.io import load_state, model_state
 from fedeye.models.prompt_arrays import site_update
+from fedeye.privacy.accounting import MechanismStep
 from fedeye.privacy.ledger import LedgerDecision, LedgerEntry, plan_with_ledger
 from fedeye.privacy.policy import DPSettings
 
@@ -126,27 +126,27 @@ def train(msg: Message, context: Context) -> Message:
     dataset = job.dataset("train")
     settings = job.dp_settings(num_patients=len(set(dataset.patient_ids)))
     objective = LocalObjective.from_config(config)
-    if settings is None:
-        result = train_local(model, dataset, cfg=job.cfg.training, server_round=server_round, objective=objective)
-        metrics: dict[str, float | int] = {p.LOSS: result.loss, p.NUM_EXAMPLES: result.num_examples,
-                                           p.TRAIN_SECONDS: result.seconds}
-        if objective.expert_index is not None:
-            set_site_prototype(model, dataset, objective.expert_index, batch_size=job.cfg.training.batch_size * 2)
-        state = model_state(model)
-        if config.get(p.LOCAL_NORMS):
-            context.state[NORMS_STATE_KEY] = ArrayRecord({k: v for k, v in state.items() if k in norm_keys(model)})
-        if objective.expert_index is None:
-            return _reply(msg, job, metrics, arrays=ArrayRecord(state))
-        metrics[p.EXPERT_INDEX] = objective.expert_index
-        update = site_update(state, objective.expert_index, prompt_only=job.cfg.model.mode == "prompt")
-        return _reply(msg, job, metrics, arrays=ArrayRecord(_tensors(update)))
-    if objective != LocalObjective():
-        raise ConfigError(
-            f"site {job.site_name}: its privacy policy requires DP-SGD, which this run's strategy "
-            f"({job.cfg.strategy.name}: a local objective of its own) does not support yet; run fedavg, "
-            "fairfedavg, fedadam or fedyogi with this site, or lift require_dp in its fedeye-site.toml"
-        )
-    return _train_private(msg, context, job, model, dataset, settings, server_round)
+    if settings is not None:
+        return _train_private(msg, context, job, model, dataset, settings, server_round, objective)
+    result = train_local(model, dataset, cfg=job.cfg.training, server_round=server_round, objective=objective)
+    metrics: dict[str, float | int] = {p.LOSS: result.loss, p.NUM_EXAMPLES: result.num_examples,
+                                       p.TRAIN_SECONDS: result.seconds}
+    if objective.expert_index is not None:
+        set_site_prototype(model, dataset, objective.expert_index, batch_size=job.cfg.training.batch_size * 2)
+    return _update_reply(msg, context, job, model, objective, metrics)
+
+
+def _update_reply(msg: Message, context: Context, job: SiteJob, model: torch.nn.Module, objective: LocalObjective,
+                  metrics: dict[str, float | int], *, status: dict[str, str] | None = None) -> Message:
+    """The trained arrays as the strategy expects them (fedbn: keep the norms; prompt-experts: own rows only)."""
+    state = model_state(model)
+    if msg.content[p.CONFIG].get(p.LOCAL_NORMS):
+        context.state[NORMS_STATE_KEY] = ArrayRecord({k: v for k, v in state.items() if k in norm_keys(model)})
+    if objective.expert_index is None:
+        return _reply(msg, job, metrics, arrays=ArrayRecord(state), status=status)
+    metrics[p.EXPERT_INDEX] = objective.expert_index
+    update = site_update(state, objective.expert_index, prompt_only=job.cfg.model.mode == "prompt")
+    return _reply(msg, job, metrics, arrays=ArrayRecord(_tensors(update)), status=status)
 
 
 def _global_model(msg: Message, context: Context, job: SiteJob):  # type: ignore[no-untyped-def]
@@ -173,32 +173,42 @@ def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(v, order="C")) for k, v in arrays.items()}  # 0-d arrays stay 0-d
 
 
-def _train_private(msg, context, job, model, dataset, settings: DPSettings, server_round: int) -> Message:  # type: ignore[no-untyped-def]
-    """DP-SGD per patient, booked in the site's lifetime ledger; ``left-budget`` when the round would overspend.
+def _train_private(msg, context, job, model, dataset, settings: DPSettings, server_round: int,  # type: ignore[no-untyped-def]
+                   objective: LocalObjective) -> Message:
+    """DP-SGD per patient (with prompt-experts, also the private prototype), booked in the site's lifetime ledger.
 
-    The round is checked against the run's and the lifetime budget and booked
-    in one ledger transaction, and confirmed on disk before the reply leaves.
+    The round's releases are checked against the run's and the lifetime
+    budget and booked in one ledger transaction, and confirmed on disk before
+    the reply leaves; ``left-budget`` when the round would overspend.
     """
     from fedeye.client.dp_training import train_local_dp  # Opacus loads only where DP is used
+    from fedeye.client.private_experts import PrivatePrototype
 
     ledger = SiteLedger(ledger_path(job.node_config, job.site_dir))
     run = p.ledger_run(msg.content[p.CONFIG], flower_run_id=msg.metadata.run_id)
-    decision, booked = ledger.book(_ledger_decider(job, dataset, settings, run=run, server_round=server_round))
+    prototype = PrivatePrototype.for_round(context, model, objective, settings)
+    training = job.cfg.dp_training()
+    decider = _ledger_decider(job, dataset, settings, training, run=run, server_round=server_round,
+                              one_off=prototype.one_off)
+    decision, booked = ledger.book(decider)
     plan = decision.plan
     if booked is None:
         metrics = {p.NUM_EXAMPLES: 0, **_dp_metrics(decision, spent=plan.epsilon_before, lifetime=decision.lifetime_before)}
-        status = {p.SITE_STATUS: p.SiteStatus.LEFT_BUDGET.value, p.SITE_REASON: decision.refusal or "", p.DP_ACCOUNTANT: plan.accountant}
+        status = {p.SITE_STATUS: p.SiteStatus.LEFT_BUDGET.value, p.SITE_REASON: decision.refusal or "",
+                  p.DP_ACCOUNTANT: plan.accountant}
         return _reply(msg, job, metrics, status=status)
     try:
-        result = train_local_dp(model, dataset, cfg=job.cfg.training, plan=plan, max_grad_norm=settings.max_grad_norm,
-                                server_round=server_round)
+        result = train_local_dp(model, dataset, cfg=training, plan=plan, max_grad_norm=settings.max_grad_norm,
+                                server_round=server_round, objective=objective,
+                                max_physical_batch=job.cfg.privacy.max_physical_batch)
+        prototype.apply(context, model, dataset)
     except BaseException:
         ledger.cancel(booked)  # nothing of this round left the site
         raise
     ledger.confirm(booked)  # spent, on disk, before the reply leaves the site
     metrics = {p.LOSS: result.loss, p.NUM_EXAMPLES: result.num_examples, p.TRAIN_SECONDS: result.seconds,
                **_dp_metrics(decision, spent=plan.epsilon_after, lifetime=decision.lifetime_after, trained=True)}
-    return _reply(msg, job, metrics, arrays=ArrayRecord(model_state(model)), status={p.DP_ACCOUNTANT: plan.accountant})
+    return _update_reply(msg, context, job, model, objective, metrics, status={p.DP_ACCOUNTANT: plan.accountant})
 
 
 def _dp_metrics(decision: LedgerDecision, *, spent: float, lifetime: float, trained: bool = False) -> dict[str, float | int]:
@@ -207,7 +217,7 @@ def _dp_metrics(decision: LedgerDecision, *, spent: float, lifetime: float, trai
     metrics: dict[str, float | int] = {
         p.DP_EPSILON: spent, p.DP_DELTA: plan.delta, p.DP_BUDGET: plan.epsilon_budget,
         p.DP_NOISE_MULTIPLIER: plan.noise_multiplier, p.DP_SAMPLE_RATE: plan.sample_rate,
-        p.DP_STEPS: sum(h.steps for h in decision.history) + (plan.steps if trained else 0),
+        p.DP_STEPS: sum(h.steps for h in decision.history) + (sum(m.steps for m in plan.mechanisms) if trained else 0),
         p.DP_LIFETIME_EPSILON: lifetime,
     }
     if decision.lifetime_budget is not None:
@@ -216,26 +226,27 @@ def _dp_metrics(decision: LedgerDecision, *, spent: float, lifetime: float, trai
 
 
 def _ledger_decider(
-    job: SiteJob, dataset: SiteDataset, settings: DPSettings, *, run: str, server_round: int
-) -> Callable[[list[LedgerEntry]], tuple[LedgerDecision, LedgerEntry | None]]:
-    """How the ledger decides the round: plan it over the ledger, and the entry to book if it fits."""
+    job: SiteJob, dataset: SiteDataset, settings: DPSettings, training: TrainingConfig, *, run: str, server_round: int,
+    one_off: Sequence[MechanismStep] = (),
+) -> Callable[[list[LedgerEntry]], tuple[LedgerDecision, list[LedgerEntry] | None]]:
+    """How the ledger decides the round: plan it over the ledger, and the entries to book (every release) if it fits."""
     fingerprint = data_fingerprint([(s.image, s.patient_id, s.label) for s in dataset.samples])
-    training = job.cfg.training
 
-    def decide(entries: list[LedgerEntry]) -> tuple[LedgerDecision, LedgerEntry | None]:
+    def decide(entries: list[LedgerEntry]) -> tuple[LedgerDecision, list[LedgerEntry] | None]:
         decision = plan_with_ledger(
             settings, entries, run=run, lifetime_budget=job.site_config.privacy.lifetime_epsilon,
             num_patients=len(set(dataset.patient_ids)), batch_size=training.batch_size,
-            local_epochs=training.local_epochs, total_rounds=training.rounds,
+            local_epochs=training.local_epochs, total_rounds=training.rounds, one_off=one_off,
         )
         if not decision.fits:
             return decision, None
-        plan = decision.plan
-        return decision, LedgerEntry(
-            run=run, server_round=server_round, noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-            steps=plan.steps, delta=plan.delta, accountant=plan.accountant, data_fingerprint=fingerprint,
-            recorded_at=datetime.now(UTC),
-        )
+        plan, now = decision.plan, datetime.now(UTC)
+        return decision, [
+            LedgerEntry(run=run, server_round=server_round, noise_multiplier=m.noise_multiplier,
+                        sample_rate=m.sample_rate, steps=m.steps, delta=plan.delta, accountant=plan.accountant,
+                        data_fingerprint=fingerprint, recorded_at=now)
+            for m in plan.mechanisms
+        ]
 
     return decide
 

@@ -31,17 +31,19 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from opacus import GradSampleModule, PrivacyEngine
 from opacus.data_loader import DPDataLoader
 from opacus.optimizers import DPOptimizer
+from opacus.utils.batch_memory_manager import wrap_data_loader
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 import fedeye.models.grad_samplers  # noqa: F401  (registers the token modules' grad samplers)
-from fedeye.client.training import TrainResult
+from fedeye.client.training import LocalObjective, TrainResult, _ExpertTraining
 from fedeye.config import TrainingConfig
 from fedeye.models import select_device
 from fedeye.privacy.planning import RoundPlan
@@ -119,7 +121,7 @@ class PrivateTraining:
 
     module: GradSampleModule
     optimizer: DPOptimizer
-    loader: DPDataLoader
+    loader: DataLoader[Any]
     engine: PrivacyEngine
 
     def close(self) -> None:
@@ -142,6 +144,7 @@ def prepare_private(
     max_grad_norm: float,
     server_round: int,
     rng_seed: int | None = None,
+    max_physical_batch: int | None = None,
 ) -> PrivateTraining:
     """Wrap ``model`` with Opacus for one round of ``plan``.
 
@@ -167,6 +170,12 @@ def prepare_private(
     rng_seed : int, optional
         Seed of Poisson sampling and noise. None (default) seeds them from
         ``os.urandom``: DP needs both to be unpredictable. Set it only in tests.
+    max_physical_batch : int, optional
+        Largest batch put through the model at once. A larger logical
+        (Poisson) batch is split with Opacus' ``BatchSplittingSampler`` (what
+        ``BatchMemoryManager`` uses): per-sample gradients of the pieces are
+        clipped and summed, and the noise and the optimizer step come once per
+        logical batch, so the privacy accounting is unchanged. None: no split.
 
     Returns
     -------
@@ -188,6 +197,8 @@ def prepare_private(
     module.forbid_grad_accumulation()
     optimizer.expected_batch_size = plan.sample_rate * patients.num_patients
     optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
+    if max_physical_batch is not None:
+        loader = wrap_data_loader(data_loader=loader, max_batch_size=max_physical_batch, optimizer=optimizer)
     return PrivateTraining(module=module, optimizer=optimizer, loader=loader, engine=engine)
 
 
@@ -209,6 +220,8 @@ def train_local_dp(
     max_grad_norm: float,
     server_round: int,
     rng_seed: int | None = None,
+    objective: LocalObjective | None = None,
+    max_physical_batch: int | None = None,
 ) -> DPTrainResult:
     """Train ``model`` in place for exactly ``plan.steps`` DP-SGD steps.
 
@@ -221,55 +234,199 @@ def train_local_dp(
     every patient that DP-SGD's accounting does not cover (and a weighted
     mean would couple the per-sample gradients), so DP drops them.
 
+    ``objective`` is the strategy's local objective, under the same clipping
+    and noise (see :class:`DPObjective`): prompt-experts trains the site's own
+    expert row, fedprox adds its proximal gradient after the noise.
+
     Afterwards Opacus' hooks are removed and ``model`` is a plain module
     holding the trained weights.
 
     Parameters
     ----------
-    model, dataset, cfg, plan, max_grad_norm, server_round, rng_seed
+    model, dataset, cfg, plan, max_grad_norm, server_round, rng_seed, max_physical_batch
         As in :func:`prepare_private`.
+    objective : LocalObjective, optional
+        The strategy's local objective (default: plain cross-entropy).
 
     Returns
     -------
     DPTrainResult
     """
+    extra = DPObjective.start(model, objective or LocalObjective(), seed=cfg.seed * 100_003 + server_round)
     private = prepare_private(
-        model, dataset, cfg=cfg, plan=plan, max_grad_norm=max_grad_norm, server_round=server_round, rng_seed=rng_seed
+        model, dataset, cfg=cfg, plan=plan, max_grad_norm=max_grad_norm, server_round=server_round, rng_seed=rng_seed,
+        max_physical_batch=max_physical_batch,
     )
+    extra.attach(private.optimizer)
     device = select_device(cfg.device)
     start = time.perf_counter()
     total_loss, seen = 0.0, 0
     try:
-        for images, labels in _batches(private.loader, plan.steps):
-            total_loss += _dp_step(private, images.to(device), labels.to(device)) * len(labels)
+        for images, labels in _batches(private, plan.steps):
+            total_loss += _dp_step(private, images.to(device), labels.to(device), extra) * len(labels)
             seen += len(labels)
     finally:
         private.close()
+        extra.finish()
     return DPTrainResult(
         loss=total_loss / max(seen, 1), num_examples=len(dataset), seconds=time.perf_counter() - start,
         steps=plan.steps, mean_batch_size=seen / plan.steps,
     )
 
 
-def _batches(loader: DPDataLoader, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Exactly ``steps`` Poisson batches, going over the loader as often as needed."""
+class DPObjective:
+    """A strategy's local objective inside DP-SGD: what changes before clipping and after noise.
+
+    prompt-experts (``objective.expert_index``)
+        The site trains its own row ``k`` of the expert bank, the shared
+        prompt, the head and, in full mode, the backbone. The bank's
+        per-sample gradients are masked to row ``k`` *before* clipping: the
+        clipping norm then measures exactly the vector the site releases, so
+        every patient's contribution to everything trained is at most ``C``
+        (masking after the noise would also leak nothing, since the other rows
+        are restored, but with expert mixup their discarded gradient would
+        count against ``C`` and shrink the useful one). After the noise the
+        bank's gradient is masked again, so the other rows' noise never
+        reaches the optimizer; they are restored afterwards anyway (AdamW's
+        weight decay), as in non-private training.
+    fedprox (``objective.proximal_mu``)
+        ``mu/2 ||w - w_global||^2`` depends on parameters only, not on any
+        patient: its gradient ``mu (w - w_global)`` is added after clipping
+        and noise, to the noisy mean gradient (post-processing, no privacy
+        cost). Inside the loss it would be clipped with each patient's
+        gradient and eat the clipping budget.
+    fedbn
+        Nothing changes here: its LayerNorm weights train under DP like every
+        other weight; the ClientApp keeps them at the site.
+    """
+
+    def __init__(self, model: nn.Module, objective: LocalObjective, expert: _ExpertTraining | None) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.mu = objective.proximal_mu
+        self.anchor = [(p, p.detach().clone()) for p in params] if self.mu > 0 else []
+        self.expert = expert
+        self.masks: list[tuple[nn.Parameter, torch.Tensor]] = []
+        if expert is not None:
+            bank = model.get_parameter("domain_prompts.tokens")
+            if bank.requires_grad:
+                self.masks.append((bank, _row_mask(bank, expert.k)))
+        self._accountant_hook: Any = None
+
+    @classmethod
+    def start(cls, model: nn.Module, objective: LocalObjective, *, seed: int) -> DPObjective:
+        """Before wrapping: remember the global weights (fedprox) and the bank (prompt-experts)."""
+        return cls(model, objective, _ExpertTraining.start(model, objective, seed=seed))
+
+    def attach(self, optimizer: DPOptimizer) -> None:
+        """Run :meth:`after_noise` after the optimizer's noise, before the AdamW step (after the accountant)."""
+        self._accountant_hook = optimizer.step_hook
+
+        def hook(opt: DPOptimizer) -> None:
+            if self._accountant_hook is not None:
+                self._accountant_hook(opt)
+            self.after_noise()
+
+        optimizer.step_hook = hook
+
+    def expert_weights(self, batch: int, device: torch.device) -> torch.Tensor | None:
+        """Per-image expert weights of prompt-experts (None otherwise)."""
+        return None if self.expert is None else self.expert.mix(batch, device)
+
+    def mask_per_sample(self) -> None:
+        """Zero every per-sample gradient of the bank outside the site's row (before clipping)."""
+        for param, mask in self.masks:
+            grad_sample = param.grad_sample  # type: ignore[attr-defined]
+            if isinstance(grad_sample, list):
+                param.grad_sample = [g * mask for g in grad_sample]  # type: ignore[attr-defined]
+            elif grad_sample is not None:
+                param.grad_sample = grad_sample * mask  # type: ignore[attr-defined]
+
+    def after_noise(self) -> None:
+        """Mask the noisy bank gradient; add the proximal gradient (both data-independent)."""
+        with torch.no_grad():
+            for param, mask in self.masks:
+                if param.grad is not None:
+                    param.grad.mul_(mask[0])
+            for param, anchor in self.anchor:
+                if param.grad is not None:
+                    param.grad.add_(param.detach() - anchor, alpha=self.mu)
+
+    def finish(self) -> None:
+        """Put back the other sites' experts."""
+        if self.expert is not None:
+            self.expert.finish()
+
+
+def _row_mask(bank: torch.Tensor, row: int) -> torch.Tensor:
+    """``[1, K, 1, 1]``: 1 on the site's row, broadcast over a per-sample gradient ``[B, K, n, d]``."""
+    mask = torch.zeros(1, bank.shape[0], *([1] * (bank.dim() - 1)), dtype=bank.dtype, device=bank.device)
+    mask[0, row] = 1.0
+    return mask
+
+
+def _batches(private: PrivateTraining, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Physical batches until ``steps`` noisy steps are done, going over the loader as often as needed.
+
+    A logical batch split into pieces ends with the piece after which the
+    optimizer stepped (``_is_last_step_skipped`` is False).
+    """
     done = 0
     while done < steps:
-        for batch in loader:
+        for batch in private.loader:
             yield batch[0], batch[1]
-            done += 1
+            if not private.optimizer._is_last_step_skipped:
+                done += 1
             if done == steps:
                 return
 
 
-def _dp_step(private: PrivateTraining, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """One noisy step; an empty Poisson batch still adds noise (the mechanism's output)."""
-    private.optimizer.zero_grad(set_to_none=True)
-    logits = private.module(images)
+def _dp_step(private: PrivateTraining, images: torch.Tensor, labels: torch.Tensor, extra: DPObjective) -> float:
+    """One physical batch; an empty Poisson batch still adds noise (the mechanism's output)."""
+    private.optimizer.zero_grad(set_to_none=True)  # keeps the clipped sum of a split logical batch
+    weights = extra.expert_weights(len(labels), images.device)
+    logits = private.module(images) if weights is None else private.module(images, expert_weights=weights)
     if len(labels) == 0:
         loss = logits.sum() * 0.0  # per-sample gradients of shape [0, ...]: the step is pure noise
     else:
         loss = nn.functional.cross_entropy(logits, labels, reduction="mean")
     loss.backward()
+    extra.mask_per_sample()
     private.optimizer.step()
     return float(loss.item()) if math.isfinite(loss.item()) else 0.0
+
+
+@torch.no_grad()
+def patient_styles(model: nn.Module, dataset: SiteDataset, *, batch_size: int = 64) -> torch.Tensor:
+    """The router's style of every image, averaged per patient: ``[num_patients, 2*dim]``."""
+    device = select_device("auto")
+    model.to(device).eval()
+    styles = torch.cat([model.styles(images.to(device)).cpu()  # type: ignore[operator]
+                        for images, _ in DataLoader(dataset, batch_size=batch_size)])
+    _, images_of = group_by_patient(dataset.patient_ids)
+    return torch.stack([styles[images].mean(dim=0) for images in images_of])
+
+
+def set_private_prototype(
+    model: nn.Module, expert_index: int, *, key: torch.Tensor, spread: float
+) -> None:
+    """Write a released prototype into the router's row ``expert_index`` (see :mod:`fedeye.privacy.prototype`)."""
+    from fedeye.models.router import ExpertRouter
+
+    router = model.get_submodule("router")
+    if not isinstance(router, ExpertRouter):
+        raise TypeError(f"model.router is {type(router).__name__}, not an ExpertRouter")
+    with torch.no_grad():
+        router.keys[expert_index] = key.to(router.keys.dtype)
+        router.spread[expert_index] = spread
+        router.known[expert_index] = 1.0
+
+
+def release_prototype(
+    model: nn.Module, dataset: SiteDataset, *, noise_multiplier: float, batch_size: int = 64, rng_seed: int | None = None,
+) -> tuple[torch.Tensor, float]:
+    """The site's style prototype through the Gaussian mechanism (once per run; the noise from ``os.urandom``)."""
+    from fedeye.privacy.prototype import private_prototype
+
+    generator = torch.Generator().manual_seed(_fresh_seed() if rng_seed is None else rng_seed)
+    styles = patient_styles(model, dataset, batch_size=batch_size)
+    return private_prototype(styles, noise_multiplier=noise_multiplier, generator=generator)

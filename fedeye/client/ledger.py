@@ -39,6 +39,7 @@ LEDGER_FILE: Final = "ledger.sqlite"
 BUSY_TIMEOUT_S: Final = 30.0
 EntryState = Literal["booked", "spent"]
 T = TypeVar("T")
+Booking = tuple[int, ...]  # the ledger rows one round booked
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dp_phase (
@@ -105,30 +106,37 @@ class SiteLedger:
         with self._transaction() as conn:
             return _insert(conn, entry, state="spent")
 
-    def book(self, decide: Callable[[list[LedgerEntry]], tuple[T, LedgerEntry | None]]) -> tuple[T, int | None]:
+    def book(
+        self, decide: Callable[[list[LedgerEntry]], tuple[T, LedgerEntry | Sequence[LedgerEntry] | None]]
+    ) -> tuple[T, Booking | None]:
         """Check and reserve a round in one write transaction.
 
-        ``decide`` gets every entry and returns its decision and the entry to
-        book (None: nothing is booked, e.g. the round would overspend). No
-        other process can book between the read and the insert.
+        ``decide`` gets every entry and returns its decision and the entry (or
+        entries: DP-SGD and a one-off release) to book (None: nothing is
+        booked, e.g. the round would overspend). No other process can book
+        between the read and the insert.
 
         Returns
         -------
-        (decision, row id or None)
+        (decision, the booked row ids or None)
         """
         with self._transaction() as conn:
-            decision, entry = decide(_read_entries(conn))
-            return decision, None if entry is None else _insert(conn, entry, state="booked")
+            decision, booked = decide(_read_entries(conn))
+            if booked is None:
+                return decision, None
+            entries = [booked] if isinstance(booked, LedgerEntry) else list(booked)
+            return decision, tuple(_insert(conn, entry, state="booked") for entry in entries)
 
-    def confirm(self, entry_id: int) -> None:
+    def confirm(self, booking: Booking | int) -> None:
         """Mark a booked round spent (call before its reply leaves the site)."""
         with self._transaction() as conn:
-            conn.execute("UPDATE dp_phase SET state = 'spent', recorded_at = ? WHERE id = ?", (_now(), entry_id))
+            conn.executemany("UPDATE dp_phase SET state = 'spent', recorded_at = ? WHERE id = ?",
+                             [(_now(), row) for row in _rows(booking)])
 
-    def cancel(self, entry_id: int) -> None:
+    def cancel(self, booking: Booking | int) -> None:
         """Remove a booked round whose training failed (nothing of it left the site)."""
         with self._transaction() as conn:
-            conn.execute("DELETE FROM dp_phase WHERE id = ? AND state = 'booked'", (entry_id,))
+            conn.executemany("DELETE FROM dp_phase WHERE id = ? AND state = 'booked'", [(row,) for row in _rows(booking)])
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -165,6 +173,10 @@ def _prepare(conn: sqlite3.Connection, path: Path, *, owner: bool) -> None:
         raise LedgerError(f"{path} is not a FedEye privacy ledger ({err}); restore it from a backup") from err
     if owner:  # the writer owns the file: only the site's own account may read it
         path.chmod(0o600)
+
+
+def _rows(booking: Booking | int) -> tuple[int, ...]:
+    return (booking,) if isinstance(booking, int) else booking
 
 
 def _insert(conn: sqlite3.Connection, entry: LedgerEntry, *, state: EntryState) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
+from functools import lru_cache
 
 from fedeye.privacy.policy import Accountant
 
@@ -50,6 +50,7 @@ def _merged(history: Sequence[MechanismStep]) -> list[tuple[float, float, int]]:
     return [(sigma, q, n) for (sigma, q), n in steps.items()]
 
 
+@lru_cache(maxsize=256)  # pure and slow (fractional RDP orders): a site asks the same question every run
 def calibrate_noise(
     *, target_epsilon: float, delta: float, sample_rate: float, total_steps: int, accountant: Accountant
 ) -> float:
@@ -61,4 +62,56 @@ def calibrate_noise(
             target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
             steps=total_steps, accountant=accountant, epsilon_tolerance=0.005,
         )
+    )
+
+
+def calibrate_noise_after(
+    fixed: Sequence[MechanismStep], *, target_epsilon: float, delta: float, sample_rate: float, total_steps: int,
+    accountant: Accountant,
+) -> float:
+    """The noise multiplier at which ``fixed`` then ``total_steps`` steps spend ``target_epsilon``.
+
+    ``fixed`` are mechanisms whose noise is already chosen (a one-off release
+    such as a private prototype). Without them this is :func:`calibrate_noise`;
+    with them, a bisection on ``sigma`` over :func:`epsilon_spent` (to 0.5%).
+
+    Raises
+    ------
+    ValueError
+        ``fixed`` alone already spends ``target_epsilon``.
+    """
+    return _calibrate_after(tuple(f for f in fixed if f.steps > 0), target_epsilon=target_epsilon, delta=delta,
+                            sample_rate=sample_rate, total_steps=total_steps, accountant=accountant)
+
+
+@lru_cache(maxsize=256)
+def _calibrate_after(
+    fixed: tuple[MechanismStep, ...], *, target_epsilon: float, delta: float, sample_rate: float, total_steps: int,
+    accountant: Accountant,
+) -> float:
+    if not fixed:
+        return calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
+                               total_steps=total_steps, accountant=accountant)
+
+    def spent(sigma: float) -> float:
+        steps = [*fixed, MechanismStep(sigma, sample_rate, total_steps)]
+        return epsilon_spent(steps, delta=delta, accountant=accountant)
+
+    if epsilon_spent(fixed, delta=delta, accountant=accountant) >= target_epsilon:
+        raise ValueError(f"the one-off releases alone spend more than epsilon {target_epsilon:g}")
+    low = calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
+                          total_steps=total_steps, accountant=accountant)  # without the one-offs: a lower bound
+    high = low * 1.25
+    while spent(high) > target_epsilon:
+        low, high = high, high * 1.25
+    while high - low > 0.005 * high:
+        middle = (low + high) / 2.0
+        low, high = (middle, high) if spent(middle) > target_epsilon else (low, middle)
+    return high
+
+
+def calibrate_single_release(*, target_epsilon: float, delta: float, accountant: Accountant) -> float:
+    """The noise multiplier of one full-batch Gaussian release spending ``target_epsilon``."""
+    return calibrate_noise(
+        target_epsilon=target_epsilon, delta=delta, sample_rate=1.0, total_steps=1, accountant=accountant
     )

@@ -162,6 +162,7 @@ def plan_with_ledger(
     batch_size: int,
     local_epochs: int,
     total_rounds: int,
+    one_off: Sequence[MechanismStep] = (),
 ) -> LedgerDecision:
     """Plan the next round of ``run`` from the ledger and check it against both budgets.
 
@@ -183,8 +184,10 @@ def plan_with_ledger(
         The run asking for the round.
     lifetime_budget : float or None
         The site's ``lifetime_epsilon``.
-    num_patients, batch_size, local_epochs, total_rounds
-        As in :func:`~fedeye.privacy.planning.plan_round`.
+    num_patients, batch_size, local_epochs, total_rounds, one_off
+        As in :func:`~fedeye.privacy.planning.plan_round` (``one_off``: other
+        releases of this round, such as a private expert prototype; they are
+        booked and composed with the round).
 
     Returns
     -------
@@ -198,9 +201,9 @@ def plan_with_ledger(
         target = lifetime_budget - before
     plan = plan_round(
         settings, num_patients=num_patients, batch_size=batch_size, local_epochs=local_epochs,
-        history=history, total_rounds=total_rounds, target_epsilon=target,
+        history=history, total_rounds=total_rounds, target_epsilon=target, one_off=one_off,
     )
-    after = lifetime_epsilon(entries, accountant=settings.accountant, delta=delta, extra=[plan.mechanism])
+    after = lifetime_epsilon(entries, accountant=settings.accountant, delta=delta, extra=list(plan.mechanisms))
     return LedgerDecision(
         run=run, plan=plan, history=tuple(history), lifetime_before=before, lifetime_after=after, lifetime_budget=lifetime_budget,
         lifetime_delta=delta, num_runs=len(set(runs_of(entries)) | {run}),

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedeye.errors import ConfigError
-from fedeye.privacy.accounting import MechanismStep, calibrate_noise, epsilon_spent
+from fedeye.privacy.accounting import MechanismStep, calibrate_noise_after, calibrate_single_release, epsilon_spent
 from fedeye.privacy.policy import Accountant, DPSettings
 
 
@@ -59,6 +59,7 @@ class RoundPlan:
     epsilon_after: float
     accountant: Accountant
     epsilon_budget: float
+    one_off: tuple[MechanismStep, ...] = ()
 
     @property
     def fits(self) -> bool:
@@ -70,6 +71,11 @@ class RoundPlan:
         """This round as an entry of the site's accounting history."""
         return MechanismStep(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate, steps=self.steps)
 
+    @property
+    def mechanisms(self) -> list[MechanismStep]:
+        """Everything this round releases, for the site's history: DP-SGD first, then one-off releases."""
+        return [self.mechanism, *self.one_off]
+
 
 def plan_round(
     settings: DPSettings,
@@ -80,6 +86,7 @@ def plan_round(
     history: Sequence[MechanismStep],
     total_rounds: int,
     target_epsilon: float | None = None,
+    one_off: Sequence[MechanismStep] = (),
 ) -> RoundPlan:
     """Plan one round of DP-SGD at a site.
 
@@ -110,6 +117,11 @@ def plan_round(
         (default: the budget; lower when less of the site's lifetime budget
         is left, see :func:`~fedeye.privacy.ledger.plan_with_ledger`). The
         budget the plan is checked against stays ``settings.epsilon_budget``.
+    one_off : sequence of MechanismStep
+        Other releases of this round (the private expert prototype of
+        :func:`prototype_release`); composed into ``epsilon_after`` and, in
+        the first round, into the calibration of ``sigma``. Append
+        :attr:`RoundPlan.mechanisms` (DP-SGD first) to the history.
 
     Returns
     -------
@@ -125,16 +137,34 @@ def plan_round(
     steps = max(1, round(local_epochs / sample_rate))
     sigma = _noise_multiplier(
         settings, history, sample_rate=sample_rate, total_steps=total_rounds * steps,
-        target_epsilon=settings.epsilon_budget if target_epsilon is None else target_epsilon,
+        target_epsilon=settings.epsilon_budget if target_epsilon is None else target_epsilon, one_off=one_off,
     )
     this_round = MechanismStep(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
     delta, accountant = settings.delta, settings.accountant
     return RoundPlan(
         sample_rate=sample_rate, steps=steps, noise_multiplier=sigma, delta=delta,
         epsilon_before=epsilon_spent(history, delta=delta, accountant=accountant),
-        epsilon_after=epsilon_spent([*history, this_round], delta=delta, accountant=accountant),
-        accountant=accountant, epsilon_budget=settings.epsilon_budget,
+        epsilon_after=epsilon_spent([*history, this_round, *one_off], delta=delta, accountant=accountant),
+        accountant=accountant, epsilon_budget=settings.epsilon_budget, one_off=tuple(one_off),
     )
+
+
+#: Share of a site's epsilon budget its one private expert prototype may spend (prompt-experts with DP).
+PROTOTYPE_SHARE = 0.1
+
+
+def prototype_release(settings: DPSettings) -> MechanismStep:
+    """The Gaussian release of a site's style prototype: one full-batch step spending ``PROTOTYPE_SHARE`` of epsilon.
+
+    With DP, a prompt-experts site releases its router prototype (the mean
+    style of its patients) once per run through the Gaussian mechanism
+    (:func:`fedeye.privacy.prototype.private_prototype`); this is its entry
+    in the site's history. The site's ``min_noise_multiplier`` is a floor.
+    """
+    sigma = calibrate_single_release(
+        target_epsilon=PROTOTYPE_SHARE * settings.epsilon_budget, delta=settings.delta, accountant=settings.accountant,
+    )
+    return MechanismStep(noise_multiplier=max(sigma, settings.min_noise_multiplier or 0.0), sample_rate=1.0, steps=1)
 
 
 def _check_counts(**counts: int) -> None:
@@ -147,7 +177,8 @@ def _check_counts(**counts: int) -> None:
 
 
 def _noise_multiplier(
-    settings: DPSettings, history: Sequence[MechanismStep], *, sample_rate: float, total_steps: int, target_epsilon: float
+    settings: DPSettings, history: Sequence[MechanismStep], *, sample_rate: float, total_steps: int, target_epsilon: float,
+    one_off: Sequence[MechanismStep] = (),
 ) -> float:
     """The fixed, reused or freshly calibrated ``sigma``, floored by the site's minimum."""
     if settings.noise_multiplier is not None:
@@ -155,8 +186,8 @@ def _noise_multiplier(
     elif history:
         sigma = history[0].noise_multiplier
     else:
-        sigma = calibrate_noise(
-            target_epsilon=target_epsilon, delta=settings.delta, sample_rate=sample_rate,
+        sigma = calibrate_noise_after(
+            one_off, target_epsilon=target_epsilon, delta=settings.delta, sample_rate=sample_rate,
             total_steps=total_steps, accountant=settings.accountant,
         )
     return max(sigma, settings.min_noise_multiplier or 0.0)

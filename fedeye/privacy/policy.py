@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
+
+from fedeye.privacy.presets import DPPreset, preset_defaults
 
 Accountant = Literal["rdp", "prv"]
 MAX_EPSILON = 1000.0  # far above any meaningful budget; infinity would quietly calibrate a tiny noise
@@ -55,6 +57,28 @@ class PrivacyConfig(BaseModel):
     )
     client_noise_multiplier: float = Field(default=1.0, gt=0, description="Noise multiplier of client-level DP.")
     client_clipping_norm: float = Field(default=1.0, gt=0, description="Initial/fixed clipping norm of site updates.")
+    preset: DPPreset = Field(
+        default="none", description="Named DP-SGD settings (fedeye.privacy.presets) filling the values this table leaves out.",
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Expected patients per DP-SGD step (the logical batch); None = training.batch_size.",
+    )
+    local_epochs: int | None = Field(default=None, ge=1, description="Local epochs of a DP round; None = training.local_epochs.")
+    lr: float | None = Field(default=None, gt=0, description="Learning rate of DP-SGD; None = training.lr.")
+    max_physical_batch: int | None = Field(
+        default=None, ge=1, description="Largest batch in memory at once; a larger logical batch is split (Opacus BatchMemoryManager).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: object) -> object:
+        """Fill the values the run file leaves out from ``preset``."""
+        if isinstance(data, dict) and data.get("preset", "none") != "none":
+            from fedeye.privacy.presets import PRESETS
+
+            if data["preset"] in PRESETS:
+                return {**preset_defaults(str(data["preset"])), **data}
+        return data
 
 
 @dataclass(frozen=True)

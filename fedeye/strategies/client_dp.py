@@ -30,6 +30,25 @@ over the *accepted* sites only, with the noise calibrated to their number
 ``m`` that round. Sites are weighted equally (the noise is calibrated to an
 unweighted mean). After each round the federation's epsilon (RDP, composed
 over rounds) is reported to the observer for the privacy ledger.
+
+**prompt-experts** (:class:`ExpertFixedClipping`, :class:`ExpertAdaptiveClipping`).
+A site's contribution is its update of the shared parts (shared prompt,
+head and, in full mode, the backbone) *and* of its own expert row: the two
+are clipped **jointly**, as one vector, to ``C``. The shared parts are
+averaged over the ``m`` sites and get noise ``sigma C / m``, as in DP-FedAvg.
+Expert row ``k`` is written by site ``k`` alone, not averaged, so it gets its
+own noise ``sigma C``, and so does every *assigned* row each round whether
+its site reported or not (the assignment follows the connected nodes, not
+the replies). Then removing one site changes the released
+``(m * shared mean, row_1, ..., row_K)`` by its clipped contribution, norm
+at most ``C``, against noise ``sigma C`` on every coordinate: the same
+Gaussian mechanism, and the same epsilon, as DP-FedAvg with ``sigma``. The
+router's prototypes (``router.keys``, ``router.spread``) are absolute site
+statistics, not updates, that clipping an update would destroy: under
+client-level DP they are not sent on (the router stays untrained and
+unseen images get the uniform mix of experts). Caveat: one row per site
+makes the set of experts visible; with a fixed consortium the sites'
+participation is public anyway.
 """
 
 from __future__ import annotations
@@ -37,15 +56,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
 
+from fedeye.models.prompt_arrays import BANK_KEY, EXPERT_KEY, EXPERT_PREFIX
 from fedeye.privacy.accounting import MechanismStep, epsilon_spent
 from fedeye.privacy.policy import PrivacyConfig
+from fedeye.strategies.prompt_experts import PromptExperts
 
 
 class _JudgedClientDP:
@@ -90,6 +112,106 @@ class JudgedAdaptiveClipping(_JudgedClientDP, DifferentialPrivacyServerSideAdapt
     """Flower's server-side adaptive clipping, over judged replies only."""
 
 
+class _ExpertClientDP(_JudgedClientDP):
+    """Client-level DP for prompt-experts: shared parts and own row clipped jointly, each row noised alone."""
+
+    clipping_norm: float
+    rng: np.random.Generator
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        accepted = self.strategy.judge_train_replies(server_round, replies)
+        self.strategy.prejudged_round = server_round
+        if not accepted:
+            return None, None
+        self.num_sampled_clients, norm = len(accepted), self.clipping_norm
+        reference = self.strategy.global_numpy
+        clipped = 0
+        for reply in accepted:
+            update = {k: v.numpy() for k, v in reply.content.array_records["arrays"].items()}
+            row = self.strategy.experts[reply.metadata.src_node_id]
+            arrays, was_clipped = clip_site_update(update, reference, row=row, clipping_norm=norm)
+            reply.content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+            clipped += int(was_clipped)
+        self._adapt(clipped, len(accepted))
+        aggregated, metrics = self.strategy.aggregate_train(server_round, accepted)
+        if aggregated is not None:
+            noisy = noise_expert_aggregate(
+                {k: v.numpy() for k, v in aggregated.items()}, set(accepted[0].content["arrays"]),
+                rows=sorted(self.strategy.experts.values()), noise_multiplier=self.noise_multiplier,
+                clipping_norm=norm, num_sites=len(accepted), rng=self.rng,
+            )
+            aggregated = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in noisy.items()})
+        self._account(server_round)
+        return aggregated, metrics
+
+    def _adapt(self, clipped: int, sites: int) -> None:
+        """Adaptive clipping: move ``C`` towards the target quantile with a noisy clipped count."""
+
+
+class ExpertFixedClipping(_ExpertClientDP, DifferentialPrivacyServerSideFixedClipping):
+    """Fixed clipping for prompt-experts (see the module docstring)."""
+
+
+class ExpertAdaptiveClipping(_ExpertClientDP, DifferentialPrivacyServerSideAdaptiveClipping):
+    """Adaptive clipping (Andrew et al. 2021) for prompt-experts: Flower's noisy count and geometric update."""
+
+    def _adapt(self, clipped: int, sites: int) -> None:
+        self._geometric_update(self._noisy_fraction(clipped, sites))
+
+
+def clip_site_update(
+    update: dict[str, np.ndarray], reference: dict[str, np.ndarray], *, row: int, clipping_norm: float
+) -> tuple[dict[str, np.ndarray], bool]:
+    """Clip a prompt-experts reply's change (shared arrays and own bank row, jointly) to L2 norm ``C``.
+
+    The router's prototype rows are dropped (see the module docstring).
+    Returns the clipped reply and whether it was clipped.
+
+    >>> ref = {"w": np.zeros(2), BANK_KEY: np.zeros((3, 1, 2))}
+    >>> reply = {"w": np.array([3.0, 0.0]), EXPERT_KEY: np.array([[0.0, 4.0]])}
+    >>> out, hit = clip_site_update(reply, ref, row=1, clipping_norm=1.0)
+    >>> hit, float(np.linalg.norm(np.concatenate([out["w"], out[EXPERT_KEY].ravel()])))
+    (True, 1.0)
+    """
+    kept = {k: v for k, v in update.items() if not k.startswith(EXPERT_PREFIX) or k == EXPERT_KEY}
+    deltas = {k: v.astype(np.float64) - _reference(reference, k, row) for k, v in kept.items()}
+    total = float(np.sqrt(sum(float(np.sum(d**2)) for d in deltas.values())))
+    scale = min(1.0, clipping_norm / max(total, 1e-12))
+    clipped = {k: (_reference(reference, k, row) + d * scale).astype(kept[k].dtype) for k, d in deltas.items()}
+    return clipped, scale < 1.0
+
+
+def _reference(reference: dict[str, np.ndarray], key: str, row: int) -> np.ndarray:
+    value = reference[BANK_KEY][row] if key == EXPERT_KEY else reference[key]
+    return np.asarray(value, dtype=np.float64)
+
+
+def noise_expert_aggregate(
+    aggregated: dict[str, np.ndarray], sent: set[str], *, rows: list[int], noise_multiplier: float,
+    clipping_norm: float, num_sites: int, rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Gaussian noise on a prompt-experts aggregate: ``sigma C / m`` on the shared mean, ``sigma C`` per assigned row.
+
+    ``sent`` are the array names of a site's reply: only those changed this
+    round (the rest is the frozen backbone).
+    """
+    out = dict(aggregated)
+    shared_std, row_std = noise_multiplier * clipping_norm / num_sites, noise_multiplier * clipping_norm
+    for key in sent:
+        if key.startswith(EXPERT_PREFIX):
+            continue
+        out[key] = (out[key] + rng.normal(0.0, shared_std, out[key].shape)).astype(out[key].dtype)
+    if EXPERT_KEY in sent:
+        bank = out[BANK_KEY].copy()
+        for row in rows:
+            bank[row] = bank[row] + rng.normal(0.0, row_std, bank[row].shape).astype(bank.dtype)
+        out[BANK_KEY] = bank
+    return out
+
+
 def clipped_count_stddev(*, noise_multiplier: float, num_sampled_sites: int) -> float:
     """Std of the noise on the adaptive-clipping count: Andrew et al.'s ``m / 20``, at least ``sigma``.
 
@@ -118,17 +240,20 @@ def wrap_client_dp(strategy: Strategy, privacy: PrivacyConfig, *, num_sampled_si
     if privacy.client_level == "off":
         return strategy
     sigma, norm = privacy.client_noise_multiplier, privacy.client_clipping_norm
+    experts = isinstance(strategy, PromptExperts)
     wrapper: _JudgedClientDP
     if privacy.client_level == "fixed":
-        wrapper = JudgedFixedClipping(strategy, sigma, norm, num_sampled_sites)
+        wrapper = (ExpertFixedClipping if experts else JudgedFixedClipping)(strategy, sigma, norm, num_sampled_sites)
     else:
-        wrapper = JudgedAdaptiveClipping(
+        wrapper = (ExpertAdaptiveClipping if experts else JudgedAdaptiveClipping)(
             strategy, sigma, num_sampled_sites, initial_clipping_norm=norm,
             clipped_count_stddev=clipped_count_stddev(noise_multiplier=sigma, num_sampled_sites=num_sampled_sites),
         )
     strategy.equal_weights = True  # type: ignore[attr-defined]
     wrapper.delta = privacy.delta or 1.0 / (10.0 * max(num_sites or num_sampled_sites, 1))
     wrapper.history = []
+    if isinstance(wrapper, _ExpertClientDP):
+        wrapper.rng = np.random.default_rng()  # OS entropy: the noise must be unpredictable
     return wrapper
 
 

@@ -158,3 +158,66 @@ def test_empty_poisson_batches_still_step(train_split: SiteDataset) -> None:
 
     assert result.steps == 3 and result.mean_batch_size == 0.0
     assert not torch.equal(model.head.weight, head)  # noise only, but the step happened
+
+
+# ------------------------------------------------------------------ local objectives under DP
+
+
+def _expert_model() -> PromptViT:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(img_size=32, num_domains=3, mode="prompt"))
+
+
+def test_dp_with_prompt_experts_changes_only_the_sites_row_and_clips_what_is_released(
+    train_split: SiteDataset, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opacus.optimizers import DPOptimizer
+
+    from fedeye.client.training import LocalObjective
+
+    model = _expert_model()
+    before = model.domain_prompts.tokens.detach().clone()  # type: ignore[union-attr]
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # (bank per-sample grads, per-sample norms) at clipping
+    original = DPOptimizer.clip_and_accumulate
+
+    def spy(self: DPOptimizer) -> None:
+        norms = torch.stack([g.reshape(len(g), -1).norm(dim=1) for g in self.grad_samples], dim=1).norm(dim=1)
+        bank = next(p for p in self.params if p.shape == before.shape)
+        seen.append((bank.grad_sample.detach().clone(), norms))
+        original(self)
+
+    monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", spy)
+    objective = LocalObjective(expert_index=1, expert_mixup=1.0)  # mixup: every image also uses the other experts
+    train_local_dp(model, train_split, cfg=CFG, plan=_plan(len(set(train_split.patient_ids)), sigma=0.5),
+                   max_grad_norm=0.1, server_round=1, rng_seed=0, objective=objective)
+
+    after = model.domain_prompts.tokens.detach()  # type: ignore[union-attr]
+    assert torch.equal(after[[0, 2]], before[[0, 2]]) and not torch.equal(after[1], before[1])
+    assert seen and all(float(g[:, [0, 2]].abs().max()) == 0.0 for g, _ in seen if len(g))  # masked before clipping
+    assert any(float(g[:, 1].abs().max()) > 0 for g, _ in seen if len(g))
+    # the clip factor min(1, C / norm) bounds every patient's whole trained vector (bank row included) by C
+    assert all(float((n * (0.1 / (n + 1e-6)).clamp(max=1.0)).max()) <= 0.1 + 1e-6 for _, n in seen if len(n))
+
+
+def test_fedprox_gradient_is_added_after_the_noise(train_split: SiteDataset) -> None:
+    from fedeye.client.training import LocalObjective
+
+    plan = _plan(len(set(train_split.patient_ids)), steps=2)
+    results = []
+    for mu in (0.0, 5.0):
+        model = _model("prompt")
+        start = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        train_local_dp(model, train_split, cfg=CFG, plan=plan, max_grad_norm=1.0, server_round=1, rng_seed=0,
+                       objective=LocalObjective(proximal_mu=mu))
+        results.append(sum(float((p.detach() - s).norm()) for p, s in zip([p for p in model.parameters() if p.requires_grad], start, strict=True)))
+    assert results[0] != results[1]  # same batches and noise: only the proximal gradient differs
+
+
+def test_large_logical_batches_are_split_but_step_once(train_split: SiteDataset) -> None:
+    model = _model("prompt")
+    n = len(set(train_split.patient_ids))
+    plan = RoundPlan(sample_rate=1.0, steps=3, noise_multiplier=1.0, delta=1e-3, epsilon_before=0.0,
+                     epsilon_after=1.0, accountant="rdp", epsilon_budget=8.0)
+    result = train_local_dp(model, train_split, cfg=CFG, plan=plan, max_grad_norm=1.0, server_round=1, rng_seed=0,
+                            max_physical_batch=4)
+    assert result.steps == 3 and result.mean_batch_size == pytest.approx(n)  # 3 logical batches of every patient

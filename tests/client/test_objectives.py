@@ -14,7 +14,6 @@ from flwr.app.message.message import make_message
 from fedeye.client.app import app, norm_keys
 from fedeye.client.training import LocalObjective, mean_expert_weights, set_site_prototype, train_local
 from fedeye.config import RunConfig, TrainingConfig
-from fedeye.client.incidents import _state_dir, read_incidents
 from fedeye.models import ModelConfig, build_model
 from fedeye.sites.base import open_site
 from fedeye.sites.dataset import SiteDataset
@@ -167,18 +166,49 @@ def test_router_view_stays_fixed_while_the_backbone_trains(tiny_sites: Path) -> 
     assert torch.equal(model.style_embed.weight, style)  # prototypes from earlier rounds stay comparable
 
 
-def test_a_site_requiring_dp_refuses_a_strategy_with_its_own_objective(tiny_sites: Path, tmp_path: Path) -> None:
+def _dp_context(tiny_sites: Path, tmp_path: Path, epsilon: float = 8.0) -> Context:
     policy = tmp_path / "site.toml"
-    policy.write_text("[privacy]\nrequire_dp = true\nepsilon = 8\n")
+    policy.write_text(f"[privacy]\nrequire_dp = true\nepsilon = {epsilon}\n")
+    return Context(run_id=1, node_id=7, node_config={"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)},
+                   state=RecordDict(), run_config={})
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_site_requiring_dp_trains_its_expert_and_releases_its_prototype_once(tiny_sites: Path, tmp_path: Path) -> None:
     cfg = _cfg(tiny_sites)
-    context = Context(run_id=1, node_id=7, node_config={"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)},
-                      state=RecordDict(), run_config={})
-    reply = app(_request(cfg, _initial(cfg), **{"expert-index": 0}), context)
-    assert reply.content["site"]["category"] == "config-error"
-    incidents = read_incidents(_state_dir(context.node_config, tiny_sites / "site-1", node_id=7))
-    assert "requires DP-SGD, which this run's strategy" in incidents[-1]["message"]
+    initial, context = _initial(cfg), _dp_context(tiny_sites, tmp_path)
+    first = app(_request(cfg, initial, **{"expert-index": 1, "expert-mixup": 0.5}), context)
+    second = app(_request(cfg, initial, **{"expert-index": 1}), context)
+
+    arrays = first.content["arrays"]
+    assert EXPERT_KEY in arrays and BANK_KEY not in arrays
+    assert not np.allclose(arrays[EXPERT_KEY].numpy(), initial[BANK_KEY][1].numpy())
+    key = arrays["expert/router.keys"].numpy()
+    assert np.all(np.isfinite(key)) and arrays["expert/router.known"].numpy() == 1.0
+    np.testing.assert_array_equal(second.content["arrays"]["expert/router.keys"].numpy(), key)  # released once, re-sent
+    m1, m2 = first.content["metrics"], second.content["metrics"]
+    assert m1["expert-index"] == 1 and 0 < m1["dp-epsilon"] < m2["dp-epsilon"] <= 8.0
+    assert m1["dp-steps"] == (m2["dp-steps"] - m1["dp-steps"]) + 1  # round 1: DP-SGD steps + the prototype release
 
 
-def test_client_level_dp_with_prompt_experts_is_refused_in_the_config() -> None:
-    with pytest.raises(ValueError, match="privacy.client_level"):
-        RunConfig.model_validate({"strategy": {"name": "prompt-experts"}, "privacy": {"client_level": "fixed"}})
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("extra", [{"proximal-mu": 0.1}, {"local-norms": True}])
+def test_fedprox_and_fedbn_train_a_dp_round(tiny_sites: Path, tmp_path: Path, extra: dict[str, object]) -> None:
+    cfg = RunConfig.model_validate({"data": {"root": str(tiny_sites)}, "model": {"img_size": 32},
+                                    "training": {"batch_size": 8, "seed": 3}})
+    torch.manual_seed(3)
+    initial = build_model(cfg.model).state_dict()
+    context = _dp_context(tiny_sites, tmp_path)
+    reply = app(_request(cfg, initial, **extra), context)
+
+    assert reply.content["site"]["status"] == "ok" and 0 < reply.content["metrics"]["dp-epsilon"] <= 8.0
+    trained = reply.content["arrays"]
+    assert not np.allclose(trained["head.weight"].numpy(), initial["head.weight"].numpy())
+    if "local-norms" in extra:  # the LayerNorms trained under DP stay at the site for the next round
+        kept = context.state["fedeye-local-norms"]
+        assert set(kept) == norm_keys(build_model(cfg.model)) and np.allclose(kept["norm.weight"].numpy(), trained["norm.weight"].numpy())
+
+
+def test_client_level_dp_with_prompt_experts_is_accepted_in_the_config() -> None:
+    cfg = RunConfig.model_validate({"strategy": {"name": "prompt-experts"}, "privacy": {"client_level": "fixed", "enabled": True}})
+    assert cfg.privacy.client_level == "fixed"

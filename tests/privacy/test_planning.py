@@ -68,3 +68,28 @@ def test_plan_round_reuses_the_first_rounds_sigma(make_settings: Callable[..., D
 def test_plan_round_rejects_a_site_without_patients(make_settings: Callable[..., DPSettings]) -> None:
     with pytest.raises(ConfigError, match="num_patients"):
         plan_round(make_settings(noise_multiplier=1.0), num_patients=0, batch_size=8, local_epochs=1, history=[], total_rounds=1)
+
+
+def test_private_prototype_is_near_the_mean_and_its_spread_covers_the_noise() -> None:
+    import torch
+
+    from fedeye.privacy.prototype import private_prototype
+
+    styles = torch.nn.functional.layer_norm(torch.randn(400, 16) + torch.linspace(-2, 2, 16), (16,))
+    key, spread = private_prototype(styles, noise_multiplier=2.0, generator=torch.Generator().manual_seed(0))
+    noise_energy = 16 * (2.0 * 4.0 / 400) ** 2
+    assert float((key - styles.mean(dim=0)).norm()) < 4 * noise_energy**0.5
+    true_spread = float((styles - styles.mean(dim=0)).pow(2).sum(dim=1).mean())
+    assert spread >= noise_energy and abs(spread - (true_spread + noise_energy)) < 0.25 * true_spread
+
+
+def test_prototype_release_spends_its_share_and_plan_round_composes_it(make_settings: Callable[..., DPSettings]) -> None:
+    from fedeye.privacy.accounting import epsilon_spent
+    from fedeye.privacy.planning import PROTOTYPE_SHARE, prototype_release
+
+    settings = make_settings(epsilon_budget=4.0)
+    release = prototype_release(settings)
+    alone = epsilon_spent([release], delta=settings.delta, accountant=settings.accountant)
+    assert alone == pytest.approx(PROTOTYPE_SHARE * 4.0, rel=0.05)
+    plan = plan_round(settings, num_patients=100, batch_size=10, local_epochs=1, history=[], total_rounds=1, one_off=[release])
+    assert plan.mechanisms == [plan.mechanism, release] and plan.epsilon_after == pytest.approx(4.0, abs=0.03)

@@ -135,3 +135,32 @@ def test_epsilon_falls_with_noise_and_grows_with_rounds() -> None:
     assert eps(1.0, 20) > eps(1.0, 10) > eps(1.0, 1) > 0
     assert eps(1.0, 10, q=0.5) < eps(1.0, 10)
     assert client_level_epsilon(noise_multiplier=1.0, sample_rate=1.0, rounds=0, delta=1e-3) == 0.0
+
+
+def test_prompt_experts_noise_is_per_row_for_the_bank_and_over_m_for_shared_parts() -> None:
+    from fedeye.models.prompt_arrays import BANK_KEY, EXPERT_KEY
+    from fedeye.strategies.client_dp import noise_expert_aggregate
+
+    aggregated = {"w": np.zeros((200, 100)), BANK_KEY: np.zeros((3, 100, 100)), "frozen": np.zeros(5)}
+    noisy = noise_expert_aggregate(aggregated, {"w", EXPERT_KEY}, rows=[0, 2], noise_multiplier=2.0, clipping_norm=0.5,
+                                   num_sites=4, rng=np.random.default_rng(0))
+
+    assert np.std(noisy["w"]) == pytest.approx(2.0 * 0.5 / 4, rel=0.03)  # sigma C / m on the mean
+    assert np.std(noisy[BANK_KEY][0]) == pytest.approx(2.0 * 0.5, rel=0.03)  # sigma C on a row one site writes
+    assert np.std(noisy[BANK_KEY][2]) == pytest.approx(1.0, rel=0.03)
+    assert not noisy[BANK_KEY][1].any() and not noisy["frozen"].any()  # unassigned rows and unsent arrays untouched
+
+
+def test_prompt_experts_update_is_clipped_jointly_and_prototypes_are_dropped() -> None:
+    from fedeye.models.prompt_arrays import BANK_KEY, EXPERT_KEY
+    from fedeye.strategies.client_dp import clip_site_update
+
+    reference = {"w": np.ones(3), BANK_KEY: np.zeros((2, 1, 3)), "router.keys": np.zeros((2, 4))}
+    update = {"w": np.ones(3) + 3.0, EXPERT_KEY: np.full((1, 3), 4.0), "expert/router.keys": np.ones(4)}
+    clipped, hit = clip_site_update(update, reference, row=1, clipping_norm=2.0)
+
+    assert hit and set(clipped) == {"w", EXPERT_KEY}
+    change = np.concatenate([clipped["w"] - 1.0, clipped[EXPERT_KEY].ravel()])
+    assert np.linalg.norm(change) == pytest.approx(2.0)
+    direction = np.r_[np.full(3, 3.0), np.full(3, 4.0)]
+    np.testing.assert_allclose(change / np.linalg.norm(change), direction / np.linalg.norm(direction))  # scaled, not cut
