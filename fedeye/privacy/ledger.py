@@ -6,7 +6,7 @@ the epsilon spent on the site's patients over their lifetime, across every
 run; composing one run's entries gives that run's epsilon. A site trains the
 next round only if both stay within budget (:func:`plan_with_ledger`).
 Reading and writing the ledger (SQLite in the site's state folder) is the
-site's job: :mod:`fedeye.client.ledger`. See ``docs/privacy.md``.
+site's job, not this library's. See ``docs/privacy.md``.
 
 >>> entry = LedgerEntry(run="r-1", server_round=1, noise_multiplier=1.0, sample_rate=0.1, steps=10,
 ...                     delta=1e-3, accountant="rdp", data_fingerprint="ab", recorded_at=EPOCH)
