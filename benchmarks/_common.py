@@ -28,7 +28,15 @@ GIB = 1024**3
 NOISY_CORES = 0.15  # CPU cores used by other programs above which a timing is flagged
 # Command-line fragments of the processes a local Ray cluster starts.
 SESSION = re.compile(r"session_\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_\d+_\d+")
-RAY_MARKERS = ("raylet", "gcs_server", "ray::", "default_worker.py", "log_monitor.py", "dashboard/agent.py", "runtime_env/agent")
+RAY_MARKERS = (
+    "raylet",
+    "gcs_server",
+    "ray::",
+    "default_worker.py",
+    "log_monitor.py",
+    "dashboard/agent.py",
+    "runtime_env/agent",
+)
 
 
 # ------------------------------------------------------------------ timing
@@ -72,8 +80,11 @@ class TimingSink:
 
     def last_report(self, phase: str, server_round: int | None = None) -> float:
         """Time the last reply of ``phase`` (in ``server_round``, if given) was recorded."""
-        times = [e.t for e in self.events if e.kind == "report" and e.phase == phase
-                 and (server_round is None or e.server_round == server_round)]
+        times = [
+            e.t
+            for e in self.events
+            if e.kind == "report" and e.phase == phase and (server_round is None or e.server_round == server_round)
+        ]
         if not times:
             raise RuntimeError(f"no {phase!r} report for round {server_round}: did the run fail?")
         return max(times)
@@ -244,6 +255,7 @@ class TreeMonitor:
 
     def foreign_load(self, start: float, end: float) -> float:
         """Mean CPU cores used by other programs between two ``perf_counter`` times."""
+
         def at(t: float) -> float:
             before = [c for s, c in self.foreign if s <= t]
             return before[-1] if before else 0.0
@@ -266,7 +278,10 @@ def wait_for_quiet(max_seconds: float, *, threshold: float = NOISY_CORES, quiet_
         time.sleep(1.0)
         load = _system_busy() - before
         calm = calm + 1 if load < threshold else 0
-    print(f"machine load before start: {load:.2f} cores ({'quiet' if calm >= quiet_for else 'gave up waiting'})", flush=True)
+    print(
+        f"machine load before start: {load:.2f} cores ({'quiet' if calm >= quiet_for else 'gave up waiting'})",
+        flush=True,
+    )
     return load
 
 
@@ -306,7 +321,9 @@ def print_table(title: str, header: Sequence[str], rows: Iterable[Sequence[objec
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     print(f"\n{title}")
     for n, row in enumerate(cells):
-        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        print(
+            "  " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
         if n == 0:
             print("  " + "  ".join("-" * w for w in widths))
 
@@ -330,4 +347,9 @@ def machine() -> dict[str, Any]:
 
     import torch
 
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform()}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }

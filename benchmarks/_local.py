@@ -40,7 +40,8 @@ class LocalSites:
         self.model = build_model(self.cfg.model, load_backbone=False)
         self.data = {
             (d, split): SiteDataset(open_site(Path(d)), split, image_size=size, augment=augment and split == "train")
-            for d in site_dirs for split in ("train", "val", "test")
+            for d in site_dirs
+            for split in ("train", "val", "test")
         }
 
     def train(self, site: str, state: State, server_round: int) -> tuple[State, int, float]:
@@ -101,7 +102,9 @@ class LocalTimes:
     test_auc: list[float] = field(default_factory=list)
 
 
-def run_rounds(cfg_json: str, site_dirs: Sequence[str], initial: State, *, rounds: int, workers: int, threads: int) -> LocalTimes:
+def run_rounds(
+    cfg_json: str, site_dirs: Sequence[str], initial: State, *, rounds: int, workers: int, threads: int
+) -> LocalTimes:
     """Replay ``rounds`` FedAvg rounds plus the final test; ``workers=0`` runs in this process."""
     times = LocalTimes()
     start = time.perf_counter()
@@ -110,7 +113,9 @@ def run_rounds(cfg_json: str, site_dirs: Sequence[str], initial: State, *, round
         times.setup = time.perf_counter() - start
         _replay(times, site_dirs, initial, rounds, lambda f, items: [f(*a) for a in items], sites.train, sites.evaluate)
         return times
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(cfg_json, list(site_dirs), threads)) as pool:
+    with mp.get_context("spawn").Pool(
+        workers, initializer=_init_worker, initargs=(cfg_json, list(site_dirs), threads)
+    ) as pool:
         pool.map(_ready, range(workers), chunksize=1)  # wait until every worker has its data
         times.setup = time.perf_counter() - start
         mapper = lambda f, items: pool.map(f, items, chunksize=1)
@@ -118,8 +123,15 @@ def run_rounds(cfg_json: str, site_dirs: Sequence[str], initial: State, *, round
     return times
 
 
-def _replay(times: LocalTimes, site_dirs: Sequence[str], state: State, rounds: int,
-            mapper: Callable[..., list[Any]], train: Callable[..., Any], evaluate: Callable[..., Any]) -> None:
+def _replay(
+    times: LocalTimes,
+    site_dirs: Sequence[str],
+    state: State,
+    rounds: int,
+    mapper: Callable[..., list[Any]],
+    train: Callable[..., Any],
+    evaluate: Callable[..., Any],
+) -> None:
     for server_round in range(1, rounds + 1):
         start = time.perf_counter()
         results = mapper(train, [(d, state, server_round) for d in site_dirs])

@@ -84,11 +84,26 @@ def message(site_dir: str, image_size: int, mode: str, batch_size: int) -> None:
     cache_dir = simulated_state(Path(site_dir)).ensure().cache_dir if mode != "nocache" else None
     data = SiteDataset(open_site(site_dir), "train", image_size=image_size, augment=True, cache_dir=cache_dir)
     built, cpu2 = time.perf_counter(), time.process_time()
-    images, _ = next(iter(DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))))
+    images, _ = next(
+        iter(DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0)))
+    )
     done, cpu3 = time.perf_counter(), time.process_time()
-    print(json.dumps({"imports": imported - start, "dataset": built - imported, "batch": done - built,
-                      "cpu": cpu3, "cpu_imports": cpu1 - cpu0, "cpu_data": cpu3 - cpu1, "cpu_dataset": cpu2 - cpu1,
-                      "images": len(data), "shape": list(images.shape)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "imports": imported - start,
+                "dataset": built - imported,
+                "batch": done - built,
+                "cpu": cpu3,
+                "cpu_imports": cpu1 - cpu0,
+                "cpu_data": cpu3 - cpu1,
+                "cpu_dataset": cpu2 - cpu1,
+                "images": len(data),
+                "shape": list(images.shape),
+            }
+        ),
+        flush=True,
+    )
 
 
 def run_message(site: Path, home: Path, *, image_size: int, mode: str, batch_size: int) -> dict[str, Any]:
@@ -170,24 +185,64 @@ def report(results: dict[int, dict[str, Any]]) -> None:
     for images, r in results.items():
         messages = ([("no cache", r["nocache"])] if "nocache" in r else []) + [("cold (builds)", r["cold"])]
         messages += [(f"warm {i + 1}", m) for i, m in enumerate(r["warm"])]
-        rows += [(images, kind, m["images"], m["wall"], m["imports"], m["dataset"], m["batch"], m["dataset"] + m["batch"],
-                  m["cpu"], m["cpu_imports"], m["cpu_data"]) for kind, m in messages]
-    print_table("message arrival -> first training batch, fresh process each (wall s, then CPU s of the message process)",
-                ["site images", "message", "train images", "wall", "imports", "dataset", "1st batch", "data path",
-                 "cpu", "cpu imports", "cpu data path"], rows)
-    print_table("fingerprint: per-message stat walk vs SHA-256 of every file's bytes (page cache warm)",
-                ["site images", "site MiB", "stat walk s", "sha256 s", "cache MiB"],
-                [(n, r["fingerprint"]["site_mib"], f"{r['fingerprint']['stat_s']:.3f}", r["fingerprint"]["content_s"], r["cache_mib"])
-                 for n, r in results.items()])
+        rows += [
+            (
+                images,
+                kind,
+                m["images"],
+                m["wall"],
+                m["imports"],
+                m["dataset"],
+                m["batch"],
+                m["dataset"] + m["batch"],
+                m["cpu"],
+                m["cpu_imports"],
+                m["cpu_data"],
+            )
+            for kind, m in messages
+        ]
+    print_table(
+        "message arrival -> first training batch, fresh process each (wall s, then CPU s of the message process)",
+        [
+            "site images",
+            "message",
+            "train images",
+            "wall",
+            "imports",
+            "dataset",
+            "1st batch",
+            "data path",
+            "cpu",
+            "cpu imports",
+            "cpu data path",
+        ],
+        rows,
+    )
+    print_table(
+        "fingerprint: per-message stat walk vs SHA-256 of every file's bytes (page cache warm)",
+        ["site images", "site MiB", "stat walk s", "sha256 s", "cache MiB"],
+        [
+            (
+                n,
+                r["fingerprint"]["site_mib"],
+                f"{r['fingerprint']['stat_s']:.3f}",
+                r["fingerprint"]["content_s"],
+                r["cache_mib"],
+            )
+            for n, r in results.items()
+        ],
+    )
     print()
     for images, r in results.items():
         data = min(m["dataset"] + m["batch"] for m in r["warm"])
         wall = min(m["wall"] for m in r["warm"])
         cpu = max(m["cpu_data"] for m in r["warm"])
-        print(f"{images} images: build {r['cold']['dataset']:.1f} s wall, {r['cold']['cpu_dataset']:.1f} s CPU (every split, "
-              f"in the first message). Warm message, best of {len(r['warm'])}: data path {data:.2f} s wall "
-              f"({verdict(data, TARGET_WARM_S)} <= {TARGET_WARM_S:.0f} s), worst data-path CPU {cpu:.2f} s "
-              f"({verdict(cpu, TARGET_WARM_S)}); whole process incl. interpreter and imports {wall:.2f} s ({verdict(wall, TARGET_WARM_S)})")
+        print(
+            f"{images} images: build {r['cold']['dataset']:.1f} s wall, {r['cold']['cpu_dataset']:.1f} s CPU (every split, "
+            f"in the first message). Warm message, best of {len(r['warm'])}: data path {data:.2f} s wall "
+            f"({verdict(data, TARGET_WARM_S)} <= {TARGET_WARM_S:.0f} s), worst data-path CPU {cpu:.2f} s "
+            f"({verdict(cpu, TARGET_WARM_S)}); whole process incl. interpreter and imports {wall:.2f} s ({verdict(wall, TARGET_WARM_S)})"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,15 +256,25 @@ def main(argv: list[str] | None = None) -> None:
     try:
         start = time.perf_counter()
         unique = synthesize_sites(tmp / "unique", sites=1, images_per_site=args.unique, size=args.image_px)[0]
-        print(f"synthesized {args.unique} fundus images at {args.image_px} px in {time.perf_counter() - start:.0f} s", flush=True)
+        print(
+            f"synthesized {args.unique} fundus images at {args.image_px} px in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
         results: dict[int, dict[str, Any]] = {}
         for images in args.images:
             site = make_site(unique, tmp / f"site-{images}", images=images)
             results[images] = measure_site(site, tmp / f"home-{images}", args)
             print(f"measured the {images}-image site", flush=True)
         report(results)
-        write_json(args.json, {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "json"},
-                               "results": results, "target_warm_s": TARGET_WARM_S})
+        write_json(
+            args.json,
+            {
+                "machine": machine(),
+                "args": {k: v for k, v in vars(args).items() if k != "json"},
+                "results": results,
+                "target_warm_s": TARGET_WARM_S,
+            },
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -92,7 +92,7 @@ def _proc_table() -> dict[int, tuple[int, int, bool]]:
         if entry.name.isdigit():
             with suppress(OSError, ValueError, IndexError):
                 stat = (entry / "stat").read_text()
-                fields = stat[stat.rindex(")") + 2:].split()
+                fields = stat[stat.rindex(")") + 2 :].split()
                 table[int(entry.name)] = (int(fields[1]), int(fields[3]), fields[0] == "Z")
     return table
 
@@ -120,12 +120,25 @@ class Federation:
 
     def start(self, name: str, *args: str) -> None:
         with (self.root / f"{name}.log").open("ab") as log:
-            self.procs[name] = subprocess.Popen([FEDEYE, *args], env=self.env, cwd=self.root, stdout=log,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
+            self.procs[name] = subprocess.Popen(
+                [FEDEYE, *args],
+                env=self.env,
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def fedeye(self, *args: str) -> str:
-        done = subprocess.run([FEDEYE, *args], env=self.env, cwd=self.root, capture_output=True, text=True,
-                              timeout=STEP_TIMEOUT_S, check=False)
+        done = subprocess.run(
+            [FEDEYE, *args],
+            env=self.env,
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT_S,
+            check=False,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"fedeye {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return done.stdout
@@ -161,11 +174,17 @@ def _free_port() -> int:
 
 
 def _env(root: Path) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "FLWR_HOME": str(root / "flwr-home"), "FEDEYE_HOME": str(root / "fedeye-home"),
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_HOME": str(root / "flwr-home"),
+        "FEDEYE_HOME": str(root / "fedeye-home"),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "COLUMNS": "200",
+    }
     env.pop("FEDEYE_DB", None)
     return env
 
@@ -194,10 +213,16 @@ def _run_file(fed: Federation, args: argparse.Namespace) -> Path:
 
 def _online(fed: Federation, count: int) -> bool:
     conn = "fedeye-127-0-0-1-" + fed.address.rsplit(":", 1)[1]
-    done = subprocess.run([FLWR, "supernode", "ls", conn, "--format", "json"], env=fed.env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [FLWR, "supernode", "ls", conn, "--format", "json"],
+        env=fed.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     with suppress(json.JSONDecodeError):
-        nodes = json.loads(done.stdout[done.stdout.find("{"):]).get("nodes", [])
+        nodes = json.loads(done.stdout[done.stdout.find("{") :]).get("nodes", [])
         return sum(n.get("status") == "online" for n in nodes) >= count
     return False
 
@@ -207,11 +232,15 @@ def _wait(what: str, check: Any, fed: Federation, *, timeout: float = STEP_TIMEO
     while not check():
         fed.note_sessions()
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}\n" + "\n".join(f"--- {n}\n{fed.log(n)}" for n in fed.procs))
+            raise RuntimeError(
+                f"timed out waiting for {what}\n" + "\n".join(f"--- {n}\n{fed.log(n)}" for n in fed.procs)
+            )
         time.sleep(1.0)
 
 
-def run_configuration(name: str, *, worker: bool, site_dirs: list[Path], args: argparse.Namespace, root: Path) -> dict[str, Any]:
+def run_configuration(
+    name: str, *, worker: bool, site_dirs: list[Path], args: argparse.Namespace, root: Path
+) -> dict[str, Any]:
     """Start the federation, run it to the end, and return its rounds and the sites' timing lines."""
     from fedeye.server.store import RunStore, resolve_db_url
 
@@ -223,11 +252,23 @@ def run_configuration(name: str, *, worker: bool, site_dirs: list[Path], args: a
         started = time.monotonic()
         fed.start("coordinator", "coordinator", "start", "--dir", "coord", "--address", fed.address)
         for i in range(1, args.sites + 1):
-            fed.start(f"site-{i}", "site", "start", "--dir", f"site-{i}", "--superlink", fed.address, "--ca", "coord/ca.crt",
-                      *([] if worker else ["--no-worker"]))
+            fed.start(
+                f"site-{i}",
+                "site",
+                "start",
+                "--dir",
+                f"site-{i}",
+                "--superlink",
+                fed.address,
+                "--ca",
+                "coord/ca.crt",
+                *([] if worker else ["--no-worker"]),
+            )
         _wait(f"{args.sites} sites online", lambda: _online(fed, args.sites), fed)
         online = time.monotonic()
-        out = fed.fedeye("run", "launch", "--config", str(_run_file(fed, args)), "--superlink", fed.address, "--ca", "coord/ca.crt")
+        out = fed.fedeye(
+            "run", "launch", "--config", str(_run_file(fed, args)), "--superlink", fed.address, "--ca", "coord/ca.crt"
+        )
         run_id = out.split("FedEye run ", 1)[1].split()[0]
         db = resolve_db_url(str(folder / "out" / "fedeye.db"), default_dir=folder / "out")
 
@@ -244,10 +285,17 @@ def run_configuration(name: str, *, worker: bool, site_dirs: list[Path], args: a
     finally:
         fed.stop_all()
     flower_ids = {fr.flower_run_id for fr in detail.flower_runs}
-    lines = {i: _timings(folder / f"site-{i}" / "state" / "logs" / "messages.jsonl", flower_ids) for i in range(1, args.sites + 1)}
-    rounds = {r.server_round: (r.started_at.timestamp(), (r.ended_at or r.started_at).timestamp()) for r in detail.rounds}
-    print(f"{name}: run {run_id} {detail.run.status}, {detail.run.rounds_done} rounds; start-up to online {online - started:.0f} s, "
-          f"launch to end {ended - online:.0f} s")
+    lines = {
+        i: _timings(folder / f"site-{i}" / "state" / "logs" / "messages.jsonl", flower_ids)
+        for i in range(1, args.sites + 1)
+    }
+    rounds = {
+        r.server_round: (r.started_at.timestamp(), (r.ended_at or r.started_at).timestamp()) for r in detail.rounds
+    }
+    print(
+        f"{name}: run {run_id} {detail.run.status}, {detail.run.rounds_done} rounds; start-up to online {online - started:.0f} s, "
+        f"launch to end {ended - online:.0f} s"
+    )
     return {"status": detail.run.status, "rounds": rounds, "sites": lines, "folder": folder}
 
 
@@ -270,7 +318,9 @@ def _timings(path: Path, flower_ids: set[int]) -> list[dict[str, Any]]:
 
 
 def _message(rows: list[dict[str, Any]], kind: str, server_round: int) -> dict[str, Any] | None:
-    found = [r for r in rows if r["type"] == kind and r["round"] == server_round and r.get("split") in (None, "", "val")]
+    found = [
+        r for r in rows if r["type"] == kind and r["round"] == server_round and r.get("split") in (None, "", "val")
+    ]
     return found[0] if found else None
 
 
@@ -306,8 +356,16 @@ def figures(result: dict[str, Any], rounds: range, *, compute: dict[tuple[int, s
             continue
         slowest = max(c for c, _ in per_site)
         busiest = max(s for _, s in per_site)
-        rows.append({"round": r, "wall-s": wall, "slowest-compute-s": slowest, "ratio": wall / slowest,
-                     "site-span-s": busiest, "flower-share": max(0.0, wall - busiest) / wall})
+        rows.append(
+            {
+                "round": r,
+                "wall-s": wall,
+                "slowest-compute-s": slowest,
+                "ratio": wall / slowest,
+                "site-span-s": busiest,
+                "flower-share": max(0.0, wall - busiest) / wall,
+            }
+        )
     return {
         "rounds": rows,
         "site-overhead-s": statistics.median(overheads) if overheads else float("nan"),
@@ -318,15 +376,31 @@ def figures(result: dict[str, Any], rounds: range, *, compute: dict[tuple[int, s
 
 
 def report(name: str, fig: dict[str, Any]) -> None:
-    print_table(f"{name}: rounds", ["round", "wall s", "slowest site compute s", "wall/compute", "longest site span s", "outside sites"],
-                [[r["round"], r["wall-s"], r["slowest-compute-s"], r["ratio"], r["site-span-s"], f"{100 * r['flower-share']:.0f}%"]
-                 for r in fig["rounds"]])
-    print(f"  (a) site overhead per message, median: {fig['site-overhead-s']:.2f} s from FedEye's ClientApp being loaded to its "
-          f"reply, minus compute; {fig['overhead-from-process-start-s']:.2f} s from the start of Flower's flwr-clientapp process "
-          "(Python, flwr imports, task pull, FAB unpacking: Flower's per-message cost, the same with or without the worker)")
+    print_table(
+        f"{name}: rounds",
+        ["round", "wall s", "slowest site compute s", "wall/compute", "longest site span s", "outside sites"],
+        [
+            [
+                r["round"],
+                r["wall-s"],
+                r["slowest-compute-s"],
+                r["ratio"],
+                r["site-span-s"],
+                f"{100 * r['flower-share']:.0f}%",
+            ]
+            for r in fig["rounds"]
+        ],
+    )
+    print(
+        f"  (a) site overhead per message, median: {fig['site-overhead-s']:.2f} s from FedEye's ClientApp being loaded to its "
+        f"reply, minus compute; {fig['overhead-from-process-start-s']:.2f} s from the start of Flower's flwr-clientapp process "
+        "(Python, flwr imports, task pull, FAB unpacking: Flower's per-message cost, the same with or without the worker)"
+    )
     print(f"  (b) round wall / slowest site's compute, median: {fig['ratio']:.2f}")
-    print(f"  (c) share of the round outside the sites' message processing (Flower polling, transport, launch, server): "
-          f"{100 * fig['flower-share']:.0f}%")
+    print(
+        f"  (c) share of the round outside the sites' message processing (Flower polling, transport, launch, server): "
+        f"{100 * fig['flower-share']:.0f}%"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -340,8 +414,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with TreeMonitor(interval=2.0, pss_every=0) as monitor:
             t0 = time.perf_counter()
-            sites = synthesize_sites(root / "data", sites=args.sites, images_per_site=args.images_per_site, size=args.image_size, seed=7)
-            raw = {c: run_configuration(c, worker=c == "worker", site_dirs=sites, args=args, root=root) for c in configs}
+            sites = synthesize_sites(
+                root / "data", sites=args.sites, images_per_site=args.images_per_site, size=args.image_size, seed=7
+            )
+            raw = {
+                c: run_configuration(c, worker=c == "worker", site_dirs=sites, args=args, root=root) for c in configs
+            }
             foreign = monitor.foreign_load(t0, time.perf_counter())
         ref = warm_compute(raw["worker"], rounds) if "worker" in raw else None
         figs = {c: figures(raw[c], rounds, compute=None if c == "worker" else ref) for c in configs}
@@ -351,8 +429,10 @@ def main(argv: list[str] | None = None) -> None:
         results.update({"figures": figs, "foreign-load": foreign})
         if "worker" in figs:
             w = figs["worker"]
-            print(f"targets (worker): site overhead {w['site-overhead-s']:.2f} s <= {OVERHEAD_TARGET_S} "
-                  f"{verdict(w['site-overhead-s'], OVERHEAD_TARGET_S)}; ratio {w['ratio']:.2f} <= {RATIO_TARGET} {verdict(w['ratio'], RATIO_TARGET)}")
+            print(
+                f"targets (worker): site overhead {w['site-overhead-s']:.2f} s <= {OVERHEAD_TARGET_S} "
+                f"{verdict(w['site-overhead-s'], OVERHEAD_TARGET_S)}; ratio {w['ratio']:.2f} <= {RATIO_TARGET} {verdict(w['ratio'], RATIO_TARGET)}"
+            )
         write_json(args.json, results)
         if "worker" in figs:
             print(f"site-overhead-s {figs['worker']['site-overhead-s']:.2f}")

@@ -19,7 +19,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fedeye.client.adapt import AdaptSettings, adapt_model
-from fedeye.compose.dg_benchmark import SCORED_SPLITS, FoldResult, _all_images, _Pooled, _scored, _variant, write_results
+from fedeye.compose.dg_benchmark import (
+    SCORED_SPLITS,
+    FoldResult,
+    _all_images,
+    _Pooled,
+    _scored,
+    _variant,
+    write_results,
+)
 from fedeye.config import RunConfig
 from fedeye.fairness.operating_point import DEFAULT_POINT, ModelOperatingPoint
 from fedeye.models import load_model
@@ -59,7 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     for run in args.runs:
         rows = rescore(run, args.sites, args.out)
-        print(run.name, json.dumps([asdict(r) | {"expert_mix": None} for r in rows if r.method.endswith("adapt")])[:300])
+        print(
+            run.name, json.dumps([asdict(r) | {"expert_mix": None} for r in rows if r.method.endswith("adapt")])[:300]
+        )
 
 
 if __name__ == "__main__":

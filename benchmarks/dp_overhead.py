@@ -47,11 +47,17 @@ NOISY = 0.15  # mean CPU cores used by other programs above which timings are fl
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per configuration (vit-small: a sixth, one warm-up)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=20, help="timed steps per configuration (vit-small: a sixth, one warm-up)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--no-small", action="store_true", help="skip vit-small at 224 px")
-    parser.add_argument("--wait-quiet", type=float, default=0.0, help="wait up to this many seconds for an idle machine first")
+    parser.add_argument(
+        "--wait-quiet", type=float, default=0.0, help="wait up to this many seconds for an idle machine first"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     return parser.parse_args(argv)
 
@@ -61,8 +67,10 @@ def _model(arch: str, img_size: int, mode: str) -> torch.nn.Module:
 
     torch.manual_seed(0)
     experts = 3 if mode == "prompt+experts" else 0
-    return build_model(ModelConfig(arch=arch, img_size=img_size, mode=mode.split("+")[0], num_domains=experts),  # type: ignore[arg-type]
-                       load_backbone=False)
+    return build_model(
+        ModelConfig(arch=arch, img_size=img_size, mode=mode.split("+")[0], num_domains=experts),  # type: ignore[arg-type]
+        load_backbone=False,
+    )
 
 
 def _forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -74,7 +82,9 @@ def _forward(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     return model(images, expert_weights=own)  # type: ignore[no-any-return]
 
 
-def _interleaved_medians(first: Callable[[], None], second: Callable[[], None], *, steps: int, warmup: int) -> tuple[float, float]:
+def _interleaved_medians(
+    first: Callable[[], None], second: Callable[[], None], *, steps: int, warmup: int
+) -> tuple[float, float]:
     """Median seconds of each step, timed alternately so both see the same machine load."""
     for _ in range(warmup):
         first()
@@ -108,8 +118,13 @@ def dp_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) 
     params = [p for p in model.parameters() if p.requires_grad]
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=len(labels))
     module, optimizer, _ = PrivacyEngine(accountant="rdp").make_private(
-        module=model, optimizer=torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05), data_loader=loader,
-        noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False, loss_reduction="mean",
+        module=model,
+        optimizer=torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05),
+        data_loader=loader,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        poisson_sampling=False,
+        loss_reduction="mean",
     )
     assert not [m for m in module.modules() if hasattr(m, "ft_compute_sample_grad")], "functorch fallback"
     from fedeye.client.dp_training import DPObjective
@@ -131,7 +146,10 @@ def dp_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) 
 def measure(arch: str, img_size: int, batch: int, mode: str, *, steps: int, warmup: int) -> tuple[float, float]:
     """Median seconds of an ordinary and a DP-SGD step."""
     images, labels = torch.randn(batch, 3, img_size, img_size), torch.randint(0, 2, (batch,))
-    plain, private = ordinary_step(_model(arch, img_size, mode), images, labels), dp_step(_model(arch, img_size, mode), images, labels)
+    plain, private = (
+        ordinary_step(_model(arch, img_size, mode), images, labels),
+        dp_step(_model(arch, img_size, mode), images, labels),
+    )
     return _interleaved_medians(plain, private, steps=steps, warmup=warmup)
 
 
@@ -155,11 +173,21 @@ def main(argv: list[str] | None = None) -> int:
         row[-1] = monitor.foreign_load(*row[-1])  # type: ignore[misc]
     print_table("one training step, same batch (median seconds)", header, rows)
     if max(float(r[-1]) for r in rows) > NOISY:  # type: ignore[arg-type]
-        print(f"WARNING: other programs used over {NOISY} CPU cores during some measurements; absolute times are inflated")
+        print(
+            f"WARNING: other programs used over {NOISY} CPU cores during some measurements; absolute times are inflated"
+        )
     value = float(rows[0][6])  # type: ignore[arg-type]
     print(f"DP-SGD overhead, vit-tiny-cpu prompt mode: {value:.2f}   target <= {TARGET}   {verdict(value, TARGET)}")
-    write_json(args.json, {"benchmark": "dp_overhead", "machine": machine(), "target": TARGET, "pass": value <= TARGET,
-                           "rows": [dict(zip(header, r, strict=True)) for r in rows]})
+    write_json(
+        args.json,
+        {
+            "benchmark": "dp_overhead",
+            "machine": machine(),
+            "target": TARGET,
+            "pass": value <= TARGET,
+            "rows": [dict(zip(header, r, strict=True)) for r in rows],
+        },
+    )
     return 0
 
 

@@ -59,17 +59,26 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "dp-utility"
 LR = {"prompt": 1e-2, "full": 1e-3}  # AdamW learning rate per mode (prompts and head take larger steps)
 #: The informative subset (--subset): every epsilon for the best configuration, both strategies at each epsilon.
 SUBSET = [  # in order of priority: the best configuration first, then what it is compared with
-    ("fedavg", "prompt", "pretrained", "none"), ("fedavg", "prompt", "pretrained", "8"),
-    ("prompt-experts", "prompt", "pretrained", "8"), ("fedavg", "prompt", "pretrained", "3"),
-    ("prompt-experts", "prompt", "pretrained", "none"), ("fedavg", "full", "scratch", "none"),
-    ("fedavg", "full", "scratch", "8"), ("fedavg", "prompt", "scratch", "8"), ("fedavg", "prompt", "scratch", "none"),
-    ("fedavg", "prompt", "pretrained", "1"), ("prompt-experts", "prompt", "pretrained", "3"),
-    ("fedavg", "full", "pretrained", "8"), ("fedavg", "full", "pretrained", "none"),
+    ("fedavg", "prompt", "pretrained", "none"),
+    ("fedavg", "prompt", "pretrained", "8"),
+    ("prompt-experts", "prompt", "pretrained", "8"),
+    ("fedavg", "prompt", "pretrained", "3"),
+    ("prompt-experts", "prompt", "pretrained", "none"),
+    ("fedavg", "full", "scratch", "none"),
+    ("fedavg", "full", "scratch", "8"),
+    ("fedavg", "prompt", "scratch", "8"),
+    ("fedavg", "prompt", "scratch", "none"),
+    ("fedavg", "prompt", "pretrained", "1"),
+    ("prompt-experts", "prompt", "pretrained", "3"),
+    ("fedavg", "full", "pretrained", "8"),
+    ("fedavg", "full", "pretrained", "none"),
 ]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sites", type=int, default=3)
     parser.add_argument("--images-per-site", type=int, default=500)
     parser.add_argument("--image-size", type=int, default=32)
@@ -82,10 +91,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epsilons", default="none,1,3,8", help="comma list; none = without DP")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--subset", action="store_true", help="only the configurations in SUBSET")
-    parser.add_argument("--configs", default="", help="explicit list strategy:mode:backbone:epsilon,... (overrides the grid)")
+    parser.add_argument(
+        "--configs", default="", help="explicit list strategy:mode:backbone:epsilon,... (overrides the grid)"
+    )
     parser.add_argument("--unseen", action="store_true", help="leave site seed %% sites out and score on it")
     parser.add_argument("--backbone", type=Path, default=None, help="checkpoint of `fedeye pretrain` (pretrained rows)")
-    parser.add_argument("--sites-dir", type=Path, default=None, help="keep the synthetic sites here and reuse them (parallel runs)")
+    parser.add_argument(
+        "--sites-dir", type=Path, default=None, help="keep the synthetic sites here and reuse them (parallel runs)"
+    )
     parser.add_argument("--runs-csv", type=Path, default=DOCS / "runs.csv")
     parser.add_argument("--summarize-only", action="store_true", help="only summarise --runs-csv into --summary-csv")
     parser.add_argument("--summary-csv", type=Path, default=DOCS / "summary.csv")
@@ -122,13 +135,16 @@ def load_sites(args: argparse.Namespace, root: Path) -> list[Site]:
 
     dirs = [root / f"site-{i}" for i in range(1, args.sites + 1)]
     if not all((d / "manifest.csv").is_file() for d in dirs):
-        dirs = synthesize_sites(root, sites=args.sites, images_per_site=args.images_per_site, size=args.image_size, seed=0,
-                                overwrite=True)
+        dirs = synthesize_sites(
+            root, sites=args.sites, images_per_site=args.images_per_site, size=args.image_size, seed=0, overwrite=True
+        )
     sites = []
     for folder in dirs:
         site = open_site(folder)
         train = SiteDataset(site, "train", image_size=args.image_size, augment=True)
-        sites.append(Site(folder.name, train, SiteDataset(site, "test", image_size=args.image_size), len(set(train.patient_ids))))
+        sites.append(
+            Site(folder.name, train, SiteDataset(site, "test", image_size=args.image_size), len(set(train.patient_ids)))
+        )
     return sites
 
 
@@ -141,12 +157,27 @@ def run(sites: list[Site], args: argparse.Namespace, key: tuple[str, str, str, s
     epsilon = None if eps == "none" else float(eps)
     held_out = sites[seed % len(sites)] if args.unseen else None
     train_sites = [s for s in sites if s is not held_out]
-    cfg = TrainingConfig(rounds=args.rounds, local_epochs=args.local_epochs, batch_size=args.dp_batch, lr=LR[mode],
-                         device="cpu", seed=seed, class_weighting="none", augment=True)
+    cfg = TrainingConfig(
+        rounds=args.rounds,
+        local_epochs=args.local_epochs,
+        batch_size=args.dp_batch,
+        lr=LR[mode],
+        device="cpu",
+        seed=seed,
+        class_weighting="none",
+        augment=True,
+    )
     torch.manual_seed(seed)
     experts = len(train_sites) if strategy == "prompt-experts" else 0
-    model = build_model(ModelConfig(arch="vit-tiny-cpu", img_size=args.image_size, mode=mode, num_domains=experts,  # type: ignore[arg-type]
-                                    backbone_weights=args.backbone if backbone == "pretrained" else None))
+    model = build_model(
+        ModelConfig(
+            arch="vit-tiny-cpu",
+            img_size=args.image_size,
+            mode=mode,
+            num_domains=experts,  # type: ignore[arg-type]
+            backbone_weights=args.backbone if backbone == "pretrained" else None,
+        )
+    )
     state = model_state(model)
     trainers = [SiteTrainer(site, k if experts else None, epsilon) for k, site in enumerate(train_sites)]
     start = time.perf_counter()
@@ -161,8 +192,19 @@ def run(sites: list[Site], args: argparse.Namespace, key: tuple[str, str, str, s
     auc, bacc = evaluate(model, [held_out] if held_out else train_sites)
     spent = max((t.spent() for t in trainers), default=0.0)
     sigma = max((t.sigma for t in trainers), default=0.0)
-    return Outcome(strategy, mode, backbone, eps, seed, held_out.name if held_out else "", auc, bacc, spent, sigma,
-                   time.perf_counter() - start)
+    return Outcome(
+        strategy,
+        mode,
+        backbone,
+        eps,
+        seed,
+        held_out.name if held_out else "",
+        auc,
+        bacc,
+        spent,
+        sigma,
+        time.perf_counter() - start,
+    )
 
 
 class SiteTrainer:
@@ -175,9 +217,18 @@ class SiteTrainer:
         self.history: list[Any] = []
         self.prototype: tuple[torch.Tensor, float] | None = None
         self.sigma = 0.0
-        self.settings = None if epsilon is None else DPSettings(
-            epsilon_budget=epsilon, delta=default_delta(site.num_patients), max_grad_norm=1.0,
-            noise_multiplier=None, min_noise_multiplier=None, accountant="rdp")
+        self.settings = (
+            None
+            if epsilon is None
+            else DPSettings(
+                epsilon_budget=epsilon,
+                delta=default_delta(site.num_patients),
+                max_grad_norm=1.0,
+                noise_multiplier=None,
+                min_noise_multiplier=None,
+                accountant="rdp",
+            )
+        )
 
     def train(self, model: torch.nn.Module, cfg: Any, server_round: int) -> None:
         from fedeye.client.training import LocalObjective, set_site_prototype, train_local
@@ -196,10 +247,25 @@ class SiteTrainer:
 
         assert self.settings is not None
         one_off = [prototype_release(self.settings)] if self.expert is not None and self.prototype is None else []
-        plan = plan_round(self.settings, num_patients=self.site.num_patients, batch_size=cfg.batch_size,
-                          local_epochs=cfg.local_epochs, history=self.history, total_rounds=cfg.rounds, one_off=one_off)
-        train_local_dp(model, self.site.train, cfg=cfg, plan=plan, max_grad_norm=self.settings.max_grad_norm,
-                       server_round=server_round, objective=objective, max_physical_batch=64)
+        plan = plan_round(
+            self.settings,
+            num_patients=self.site.num_patients,
+            batch_size=cfg.batch_size,
+            local_epochs=cfg.local_epochs,
+            history=self.history,
+            total_rounds=cfg.rounds,
+            one_off=one_off,
+        )
+        train_local_dp(
+            model,
+            self.site.train,
+            cfg=cfg,
+            plan=plan,
+            max_grad_norm=self.settings.max_grad_norm,
+            server_round=server_round,
+            objective=objective,
+            max_physical_batch=64,
+        )
         self.history.extend(plan.mechanisms)
         self.sigma = plan.noise_multiplier
         if self.expert is None:
@@ -253,7 +319,10 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
         return [tuple(c.split(":")) for c in args.configs.split(",") if c.strip()]  # type: ignore[misc]
     if args.subset:
         return list(SUBSET)
-    split = [[v.strip() for v in getattr(args, name).split(",") if v.strip()] for name in ("strategies", "modes", "backbones", "epsilons")]
+    split = [
+        [v.strip() for v in getattr(args, name).split(",") if v.strip()]
+        for name in ("strategies", "modes", "backbones", "epsilons")
+    ]
     return list(itertools.product(*split))  # type: ignore[arg-type]
 
 
@@ -273,14 +342,26 @@ def summarize(runs_csv: Path, summary_csv: Path) -> list[dict[str, str]]:
         rows = list(csv.DictReader(handle))
     groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
     for row in rows:
-        groups.setdefault((row["strategy"], row["mode"], row["backbone"], row["epsilon"], "loso" if row["unseen"] else "pooled"), []).append(row)
+        groups.setdefault(
+            (row["strategy"], row["mode"], row["backbone"], row["epsilon"], "loso" if row["unseen"] else "pooled"), []
+        ).append(row)
     out = []
     for (strategy, mode, backbone, eps, test), group in sorted(groups.items()):
         auc = np.array([float(r["auc"]) for r in group])
         bacc = np.array([float(r["bacc"]) for r in group])
-        out.append({"strategy": strategy, "mode": mode, "backbone": backbone, "epsilon": eps, "test": test,
-                    "auc_mean": f"{auc.mean():.3f}", "auc_sd": f"{auc.std(ddof=1) if len(auc) > 1 else 0.0:.3f}",
-                    "bacc_mean": f"{bacc.mean():.3f}", "runs": str(len(group))})
+        out.append(
+            {
+                "strategy": strategy,
+                "mode": mode,
+                "backbone": backbone,
+                "epsilon": eps,
+                "test": test,
+                "auc_mean": f"{auc.mean():.3f}",
+                "auc_sd": f"{auc.std(ddof=1) if len(auc) > 1 else 0.0:.3f}",
+                "bacc_mean": f"{bacc.mean():.3f}",
+                "runs": str(len(group)),
+            }
+        )
     with summary_csv.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(out[0]))
         writer.writeheader()
@@ -306,7 +387,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             outcome = run(sites, args, key, seed)
             append_run(args.runs_csv, outcome)
-            print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in asdict(outcome).items()), flush=True)
+            print(
+                " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in asdict(outcome).items()),
+                flush=True,
+            )
     for row in summarize(args.runs_csv, args.summary_csv):
         print(row)
     return 0

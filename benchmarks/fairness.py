@@ -44,11 +44,15 @@ def run_config(out: Path, site_root: Path, *, strategy: str, rounds: int, seed: 
     from fedeye.cli.demo import demo_config
 
     cfg = demo_config(out, site_root=site_root, rounds=rounds)
-    return cfg.model_copy(update={
-        "name": f"fairness-{strategy}",
-        "strategy": cfg.strategy.model_copy(update={"name": strategy, "min_train_nodes": 5, "min_evaluate_nodes": 5, "min_available_nodes": 5}),
-        "training": cfg.training.model_copy(update={"seed": seed}),
-    })
+    return cfg.model_copy(
+        update={
+            "name": f"fairness-{strategy}",
+            "strategy": cfg.strategy.model_copy(
+                update={"name": strategy, "min_train_nodes": 5, "min_evaluate_nodes": 5, "min_available_nodes": 5}
+            ),
+            "training": cfg.training.model_copy(update={"seed": seed}),
+        }
+    )
 
 
 def run_arm(args: argparse.Namespace) -> None:
@@ -65,12 +69,25 @@ def run_arm(args: argparse.Namespace) -> None:
 
 def spawn_arm(arm: str, args: argparse.Namespace) -> float:
     """Run one arm in a subprocess; return its wall seconds."""
-    command = [sys.executable, __file__, "--arm", arm, "--out", str(args.out), "--rounds", str(args.rounds), "--seed", str(args.seed)]
+    command = [
+        sys.executable,
+        __file__,
+        "--arm",
+        arm,
+        "--out",
+        str(args.out),
+        "--rounds",
+        str(args.rounds),
+        "--seed",
+        str(args.seed),
+    ]
     command += ["--q", str(args.q)] if args.q is not None else []
     start = time.perf_counter()
     log = args.out / f"{arm}.log"
     with log.open("w") as handle:
-        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False).returncode
+        code = subprocess.run(
+            command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
+        ).returncode
     if code != 0:
         raise SystemExit(f"{arm} run failed (exit {code}); see {log}:\n{log.read_text()[-3000:]}")
     return time.perf_counter() - start
@@ -82,8 +99,11 @@ def test_aucs(out: Path) -> dict[str, float]:
 
     with RunStore(resolve_db_url(str(out / "fedeye.db"), default_dir=out)) as store:
         detail = store.get_run(store.list_runs()[0].run_id)
-    return {m.site: float("nan") if m.metrics.get("auc") is None else float(m.metrics["auc"])  # type: ignore[arg-type]
-            for m in detail.site_metrics if m.phase == "test"}
+    return {
+        m.site: float("nan") if m.metrics.get("auc") is None else float(m.metrics["auc"])  # type: ignore[arg-type]
+        for m in detail.site_metrics
+        if m.phase == "test"
+    }
 
 
 def summarise(aucs: dict[str, float]) -> dict[str, float]:
@@ -108,7 +128,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     args.out.mkdir(parents=True, exist_ok=True)
     synthesize_sites(args.out / "sites", sites=5, images_per_site=200, size=64, seed=args.seed, overwrite=True)
-    results: dict[str, Any] = {"rounds": args.rounds, "seed": args.seed, "q": args.q if args.q is not None else DEFAULT_Q}
+    results: dict[str, Any] = {
+        "rounds": args.rounds,
+        "seed": args.seed,
+        "q": args.q if args.q is not None else DEFAULT_Q,
+    }
     for arm in ARMS:
         print(f"running {arm} ({args.rounds} rounds, 5 sites) ...", flush=True)
         seconds = spawn_arm(arm, args)
@@ -120,13 +144,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     base, fair = results["fedavg"], results["fairfedavg"]
     sites = sorted(base["site_auc"])
-    print(f"\ntest AUC per site (5 synthetic sites x 200 images, 64 px, {results['rounds']} rounds, seed {results['seed']}, q={results['q']:g})")
+    print(
+        f"\ntest AUC per site (5 synthetic sites x 200 images, 64 px, {results['rounds']} rounds, seed {results['seed']}, q={results['q']:g})"
+    )
     width = max(len(s) for s in [*sites, "worst site (ES-AUC: sites as groups)"]) + 2
     print("  " + "".ljust(width) + "    fedavg  fairfedavg    change")
     for site in sites:
         a, b = base["site_auc"][site], fair["site_auc"][site]
         print(f"  {site:<{width}}{a:10.3f}{b:12.3f}{b - a:+10.3f}")
-    for key, label in (("mean-auc", "mean over sites"), ("worst-auc", "worst site"), ("gap", "gap (max - min)"), ("es-auc", "ES-AUC (sites as groups)")):
+    for key, label in (
+        ("mean-auc", "mean over sites"),
+        ("worst-auc", "worst site"),
+        ("gap", "gap (max - min)"),
+        ("es-auc", "ES-AUC (sites as groups)"),
+    ):
         print(f"  {label:<{width}}{base[key]:10.3f}{fair[key]:12.3f}{fair[key] - base[key]:+10.3f}")
     print(f"  {'wall seconds':<{width}}{base['seconds']:10.0f}{fair['seconds']:12.0f}")
     worst_gain, mean_loss = fair["worst-auc"] - base["worst-auc"], base["mean-auc"] - fair["mean-auc"]

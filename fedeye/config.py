@@ -57,9 +57,7 @@ class DataConfig(_Section):
         description="Folder whose sub-folders are the sites (simulation). In a "
         "deployment each SuperNode names its own folder in its node config.",
     )
-    eval_split: Literal["val", "test"] = Field(
-        default="val", description="Split evaluated every round."
-    )
+    eval_split: Literal["val", "test"] = Field(default="val", description="Split evaluated every round.")
     final_split: Literal["val", "test"] = Field(
         default="test", description="Split evaluated once after the last round."
     )
@@ -69,19 +67,32 @@ class StrategyConfig(_Section):
     """Which aggregation algorithm runs on the coordinator."""
 
     name: str = Field(default="fedavg", description="A registered strategy name.")
-    fraction_train: float = Field(default=1.0, gt=0.0, le=1.0, description="Share of sites sampled to train each round.")
-    fraction_evaluate: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of sites sampled to evaluate each round.")
+    fraction_train: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="Share of sites sampled to train each round."
+    )
+    fraction_evaluate: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Share of sites sampled to evaluate each round."
+    )
     min_train_nodes: StrictInt = Field(default=2, ge=1, le=MAX_SITES, description="Fewest sites that train in a round.")
-    min_evaluate_nodes: StrictInt = Field(default=2, ge=0, le=MAX_SITES, description="Fewest sites that evaluate in a round.")
-    min_available_nodes: StrictInt = Field(default=2, ge=1, le=MAX_SITES, description="Sites that must be connected before a round starts.")
-    round_timeout: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600, description="Seconds to wait for site replies in a round.")
+    min_evaluate_nodes: StrictInt = Field(
+        default=2, ge=0, le=MAX_SITES, description="Fewest sites that evaluate in a round."
+    )
+    min_available_nodes: StrictInt = Field(
+        default=2, ge=1, le=MAX_SITES, description="Sites that must be connected before a round starts."
+    )
+    round_timeout: float = Field(
+        default=3600.0, gt=0, le=7 * 24 * 3600, description="Seconds to wait for site replies in a round."
+    )
     on_too_few_sites: Literal["fail", "continue"] = Field(
         default="fail",
         description="A round in which fewer sites than min_train_nodes trained: fail the run, or continue "
         "(Flower's own behaviour: aggregate whatever arrived, keep the model if nothing did).",
     )
     fairness_q: float = Field(
-        default=2.0, ge=0, le=100, description="fairfedavg only: q of q-FFL; site weights grow with loss**q (0 = FedAvg)."
+        default=2.0,
+        ge=0,
+        le=100,
+        description="fairfedavg only: q of q-FFL; site weights grow with loss**q (0 = FedAvg).",
     )
     max_update_norm: float | None = Field(
         default=None, gt=0, description="Reject a site update whose L2 distance to the global model exceeds this."
@@ -89,9 +100,13 @@ class StrategyConfig(_Section):
     proximal_mu: float = Field(
         default=0.01, ge=0, description="fedprox only: weight of the proximal term (mu/2)||w - w_global||^2."
     )
-    server_lr: float = Field(default=0.01, gt=0, description="fedadam/fedyogi only: the server optimiser's step size (eta).")
+    server_lr: float = Field(
+        default=0.01, gt=0, description="fedadam/fedyogi only: the server optimiser's step size (eta)."
+    )
     expert_mixup: float = Field(
-        default=0.0, ge=0, le=1,
+        default=0.0,
+        ge=0,
+        le=1,
         description="prompt-experts only: share of images trained with a random mix of experts (domain mixup).",
     )
 
@@ -111,7 +126,9 @@ class TrainingConfig(_Section):
     """Local training at each site."""
 
     rounds: StrictInt = Field(default=3, ge=1, le=100_000, description="Federated rounds.")
-    local_epochs: StrictInt = Field(default=1, ge=1, le=10_000, description="Epochs over the local train split per round.")
+    local_epochs: StrictInt = Field(
+        default=1, ge=1, le=10_000, description="Epochs over the local train split per round."
+    )
     batch_size: StrictInt = Field(default=32, ge=1, le=65_536, description="Local mini-batch size.")
     lr: float = Field(default=1e-3, gt=0, le=10, description="AdamW learning rate.")
     weight_decay: float = Field(default=0.05, ge=0, description="AdamW weight decay.")
@@ -121,22 +138,28 @@ class TrainingConfig(_Section):
         '(true in older run files); "strong" = light + colour, gamma, blur, JPEG, noise and occlusion bands.',
     )
     class_weighting: Literal["none", "balanced"] = Field(
-        default="balanced", description="balanced: weight the loss by inverse local class frequency (prevalence differs by site)."
+        default="balanced",
+        description="balanced: weight the loss by inverse local class frequency (prevalence differs by site).",
     )
     max_grad_norm: float | None = Field(
-        default=None, gt=0, description="Clip the gradient's L2 norm to this before each step (non-DP training; None = no clipping).",
+        default=None,
+        gt=0,
+        description="Clip the gradient's L2 norm to this before each step (non-DP training; None = no clipping).",
     )
     lr_schedule: Literal["constant", "cosine"] = Field(
         default="constant",
         description="cosine: the learning rate of round r is lr * (1 + cos(pi * (r - 1) / rounds)) / 2, floored at lr / 20.",
     )
-    seed: StrictInt = Field(default=0, ge=0, le=2**32 - 1, description="Seed of model initialisation and local shuffling.")
+    seed: StrictInt = Field(
+        default=0, ge=0, le=2**32 - 1, description="Seed of model initialisation and local shuffling."
+    )
 
     @field_validator("augment", mode="before")
     @classmethod
     def _augment_from_bool(cls, value: object) -> object:
         """Run files from before the levels said ``augment = true/false``."""
         return {True: "light", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where sites train.")
 
 
@@ -154,22 +177,32 @@ class EvaluationConfig(_Section):
 class SimulationConfig(_Section):
     """Flower Simulation Engine resources."""
 
-    num_sites: StrictInt | None = Field(default=None, ge=1, le=MAX_SITES, description="Simulated SuperNodes; default: number of site folders.")
-    client_cpus: float = Field(default=1.0, gt=0, le=1024, description="CPUs per simulated site (also its torch threads).")
+    num_sites: StrictInt | None = Field(
+        default=None, ge=1, le=MAX_SITES, description="Simulated SuperNodes; default: number of site folders."
+    )
+    client_cpus: float = Field(
+        default=1.0, gt=0, le=1024, description="CPUs per simulated site (also its torch threads)."
+    )
     client_gpus: float = Field(default=0.0, ge=0, le=64, description="GPUs per simulated site.")
 
 
 class OutputConfig(_Section):
     """Where the run store and model files go."""
 
-    dir: Path = Field(default=Path.home() / ".fedeye", description="Folder for run outputs and the default SQLite store.")
-    db: str | None = Field(default=None, description="SQLAlchemy URL of the run store; default: FEDEYE_DB or <dir>/fedeye.db.")
+    dir: Path = Field(
+        default=Path.home() / ".fedeye", description="Folder for run outputs and the default SQLite store."
+    )
+    db: str | None = Field(
+        default=None, description="SQLAlchemy URL of the run store; default: FEDEYE_DB or <dir>/fedeye.db."
+    )
 
 
 class RunConfig(_Section):
     """Everything that describes one federated run."""
 
-    name: str = Field(default="fedeye-run", min_length=1, max_length=200, description="Human-readable run name (one line).")
+    name: str = Field(
+        default="fedeye-run", min_length=1, max_length=200, description="Human-readable run name (one line)."
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
@@ -201,7 +234,11 @@ class RunConfig(_Section):
 
     def dp_training(self) -> TrainingConfig:
         """The training settings of a DP-SGD round: ``[training]`` with ``[privacy]``'s batch, epochs and lr."""
-        overrides = {"batch_size": self.privacy.batch_size, "local_epochs": self.privacy.local_epochs, "lr": self.privacy.lr}
+        overrides = {
+            "batch_size": self.privacy.batch_size,
+            "local_epochs": self.privacy.local_epochs,
+            "lr": self.privacy.lr,
+        }
         return self.training.model_copy(update={k: v for k, v in overrides.items() if v is not None})
 
     def to_json(self) -> str:
@@ -294,11 +331,15 @@ def _absolute_paths(cfg: RunConfig) -> RunConfig:
     db = cfg.output.db
     if db is not None and "://" not in db:
         db = str(_absolute("output.db", Path(db)))
-    return cfg.model_copy(update={
-        "data": cfg.data.model_copy(update={"root": _absolute("data.root", cfg.data.root)}),
-        "model": cfg.model.model_copy(update={"backbone_weights": _absolute("model.backbone_weights", cfg.model.backbone_weights)}),
-        "output": cfg.output.model_copy(update={"dir": _absolute("output.dir", cfg.output.dir), "db": db}),
-    })
+    return cfg.model_copy(
+        update={
+            "data": cfg.data.model_copy(update={"root": _absolute("data.root", cfg.data.root)}),
+            "model": cfg.model.model_copy(
+                update={"backbone_weights": _absolute("model.backbone_weights", cfg.model.backbone_weights)}
+            ),
+            "output": cfg.output.model_copy(update={"dir": _absolute("output.dir", cfg.output.dir), "db": db}),
+        }
+    )
 
 
 def _absolute(key: str, path: Path | None) -> Path | None:

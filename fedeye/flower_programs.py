@@ -70,7 +70,9 @@ def parse_address(text: str, *, option: str) -> Address:
     match = re.fullmatch(r"\[(?P<v6>[0-9A-Fa-f:.]+)\]:(?P<p6>\d+)|(?P<host>[^\s:\[\]]+):(?P<port>\d+)", text.strip())
     port = int(match["p6"] or match["port"]) if match else 0
     if match is None or not 0 < port < 65536:
-        raise DeploymentError(f"{option} {text!r} is not HOST:PORT; give e.g. {option} 127.0.0.1:9092 (IPv6: [::1]:9092)")
+        raise DeploymentError(
+            f"{option} {text!r} is not HOST:PORT; give e.g. {option} 127.0.0.1:9092 (IPv6: [::1]:9092)"
+        )
     return Address(host=match["v6"] or match["host"], port=port)
 
 
@@ -107,7 +109,9 @@ def flower_program(name: str) -> str:
         return str(beside)
     found = shutil.which(name)
     if found is None:
-        raise DeploymentError(f"{name} not found beside {sys.executable} or on PATH; install FedEye with `pip install -e .` (it brings flwr)")
+        raise DeploymentError(
+            f"{name} not found beside {sys.executable} or on PATH; install FedEye with `pip install -e .` (it brings flwr)"
+        )
     return found
 
 
@@ -134,7 +138,9 @@ class Finished:
     tail: str  # the last lines it printed (Flower's own exit code, e.g. "Exit Code: 305", is only printed)
 
 
-def run_foreground(command: Sequence[str], *, after_start: Callable[[subprocess.Popen[bytes]], None] | None = None) -> Finished:
+def run_foreground(
+    command: Sequence[str], *, after_start: Callable[[subprocess.Popen[bytes]], None] | None = None
+) -> Finished:
     """Run ``command`` until it exits, passing its output through and forwarding SIGTERM and SIGINT to it.
 
     ``after_start`` runs once the process has started (e.g. to register sites
@@ -234,9 +240,13 @@ def flwr_json(*args: str, cwd: Path | None = None, timeout_s: float = FLWR_TIMEO
     """
     command = [flower_program("flwr"), *args, "--format", "json"]
     try:
-        done = subprocess.run(command, env=flower_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run(
+            command, env=flower_env(), cwd=cwd, capture_output=True, text=True, timeout=timeout_s, check=False
+        )
     except subprocess.TimeoutExpired:
-        raise DeploymentError(f"`flwr {' '.join(args)}` did not answer within {timeout_s:.0f} s; {NOT_READY_HINT}") from None
+        raise DeploymentError(
+            f"`flwr {' '.join(args)}` did not answer within {timeout_s:.0f} s; {NOT_READY_HINT}"
+        ) from None
     answer = _json_answer(done.stdout)
     if answer is None or not answer.get("success", False):
         message = (answer or {}).get("error-message") or (done.stderr or done.stdout).strip()[-2000:]

@@ -14,9 +14,7 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 METRIC_NAMES = ("auc", "accuracy", "sensitivity", "specificity")
 
 
-def classification_metrics(
-    labels: np.ndarray, probs: np.ndarray, *, threshold: float = 0.5
-) -> dict[str, float]:
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, *, threshold: float = 0.5) -> dict[str, float]:
     """AUC, accuracy, sensitivity and specificity of a classifier.
 
     Parameters

@@ -43,7 +43,9 @@ EXPERT_INDEX: Final = "expert-index"  #: prompt-experts: the site's row of the e
 EXPERT_MIXUP: Final = "expert-mixup"  #: prompt-experts: share of images trained with a random expert mix
 BACKBONE_SHA256: Final = "backbone-sha256"  #: prompt mode: fingerprint of the coordinator's frozen backbone
 SUMMARIZE_SCORES: Final = "summarize-scores"  #: evaluate: also reply a :data:`SCORE_SUMMARY` record (moments | counts)
-SCORE_CENTER: Final = "score-center"  #: summarize counts: where the grids sit (fedeye.fairness.operating_point.ScoreScale)
+SCORE_CENTER: Final = (
+    "score-center"  #: summarize counts: where the grids sit (fedeye.fairness.operating_point.ScoreScale)
+)
 SCORE_SCALE: Final = "score-scale"
 OPERATING_LOG_ODDS: Final = "operating-log-odds"  #: evaluate: the chosen threshold on the positive-class log-odds
 TEMPERATURE: Final = "temperature"  #: evaluate: the fitted temperature (also a metric)

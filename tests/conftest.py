@@ -39,7 +39,7 @@ def tiny_run_toml(path: Path, *, sites: Path, out: Path, rounds: int = 2) -> Pat
     path.write_text(
         f'name = "tiny"\n[data]\nroot = "{sites}"\n'
         '[model]\narch = "vit-tiny-cpu"\nimg_size = 32\n'
-        f'[training]\nrounds = {rounds}\nlocal_epochs = 1\nbatch_size = 16\n'
+        f"[training]\nrounds = {rounds}\nlocal_epochs = 1\nbatch_size = 16\n"
         f'[output]\ndir = "{out}"\ndb = "{out / "fedeye.db"}"\n'
     )
     return path

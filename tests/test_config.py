@@ -31,7 +31,7 @@ def test_run_file_validates_and_resolves_relative_data_root(tmp_path: Path) -> N
     ("body", "field"),
     [
         ("[training]\nrounds = 0\n", "training.rounds"),
-        ("[model]\narch = \"vit-huge\"\n", "model.arch"),
+        ('[model]\narch = "vit-huge"\n', "model.arch"),
         ("[strategy]\nfraction_train = 1.5\n", "strategy.fraction_train"),
         ("[training]\nlearning_rate = 0.1\n", "training.learning_rate"),
         ("[training]\nrounds = true\n", "training.rounds"),
@@ -41,9 +41,9 @@ def test_run_file_validates_and_resolves_relative_data_root(tmp_path: Path) -> N
         ("[training]\nlr = nan\n", "training.lr"),
         ("[privacy]\nepsilon = inf\n", "privacy.epsilon"),
         ("[strategy]\nround_timeout = inf\n", "strategy.round_timeout"),
-        ("[strategy]\nname = \"fedavgg\"\n", "strategy.name"),
+        ('[strategy]\nname = "fedavgg"\n', "strategy.name"),
         ("[model]\nimg_size = 64.0\n", "model.img_size"),
-        ("name = \"a\\nb\"\n", "name"),
+        ('name = "a\\nb"\n', "name"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, body: str, field: str) -> None:
@@ -119,6 +119,11 @@ def test_every_strategy_validates_with_dp_and_client_level_dp() -> None:
     from fedeye.strategies import list_strategies
 
     for name in list_strategies():
-        cfg = RunConfig.model_validate({"strategy": {"name": name}, "model": {"num_domains": 3},
-                                        "privacy": {"enabled": True, "client_level": "fixed"}})
+        cfg = RunConfig.model_validate(
+            {
+                "strategy": {"name": name},
+                "model": {"num_domains": 3},
+                "privacy": {"enabled": True, "client_level": "fixed"},
+            }
+        )
         assert cfg.strategy.name == name

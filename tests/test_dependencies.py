@@ -10,7 +10,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # import name -> distribution name, where they differ
-DISTRIBUTION = {"google": "protobuf", "PIL": "pillow", "skimage": "scikit-image", "sklearn": "scikit-learn", "tomli_w": "tomli-w"}
+DISTRIBUTION = {
+    "google": "protobuf",
+    "PIL": "pillow",
+    "skimage": "scikit-image",
+    "sklearn": "scikit-learn",
+    "tomli_w": "tomli-w",
+}
 
 
 def _imported_packages() -> set[str]:

@@ -30,7 +30,9 @@ from fedeye.server.store import RunStore, resolve_db_url
 from fedeye.sites.base import open_site
 from tests.conftest import tiny_run_toml
 
-needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the SuperLink's processes through /proc")
+needs_proc = pytest.mark.skipif(
+    not Path("/proc/self/stat").is_file(), reason="finds the SuperLink's processes through /proc"
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # flwr and flower-superlink of this environment
@@ -46,7 +48,13 @@ class Flower:
 
     def run(self, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "flwr"), *args], env=self.env, cwd=cwd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
+            [str(BIN / "flwr"), *args],
+            env=self.env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
         )
 
     def superlink_log(self) -> str:
@@ -95,7 +103,9 @@ def test_flower_run_config_refuses_relative_paths() -> None:
 
 
 def test_flower_run_config_wants_one_supernode_per_site(tiny_sites: Path) -> None:
-    with pytest.raises(ConfigError, match=r"holds 3 site folders but the federation has 2 SuperNodes.*num-supernodes=3"):
+    with pytest.raises(
+        ConfigError, match=r"holds 3 site folders but the federation has 2 SuperNodes.*num-supernodes=3"
+    ):
         flower_run_config(_context(**{"data.root": str(tiny_sites)}), num_nodes=2)
 
 
@@ -110,8 +120,14 @@ def test_flwr_run_trains_every_site_and_records_the_run(flower: Flower, tmp_path
     # Execute
     started = time.monotonic()
     result = flower.run(
-        "run", str(ROOT), "local", "--stream", "--run-config", str(run_file),
-        "--federation-config", f"num-supernodes={len(site_names)} client-resources-num-cpus=1",
+        "run",
+        str(ROOT),
+        "local",
+        "--stream",
+        "--run-config",
+        str(run_file),
+        "--federation-config",
+        f"num-supernodes={len(site_names)} client-resources-num-cpus=1",
         cwd=tmp_path,
     )
     print(f"flwr run took {time.monotonic() - started:.1f} s")
@@ -145,7 +161,11 @@ def test_fab_packs_the_package_only() -> None:
     from flwr.cli.build import build_fab_from_files
     from flwr.cli.utils import collect_files
 
-    files: dict[str, bytes | Path] = {**collect_files(ROOT), "sites/site-1/site.toml": b'name = "x"\n', "sites/site-1/labels.json": b"{}"}
+    files: dict[str, bytes | Path] = {
+        **collect_files(ROOT),
+        "sites/site-1/site.toml": b'name = "x"\n',
+        "sites/site-1/labels.json": b"{}",
+    }
     fab, _ = build_fab_from_files(files)
     names = zipfile.ZipFile(BytesIO(fab)).namelist()
 
@@ -206,7 +226,8 @@ def _superlink_pids(home: Path) -> list[int]:
     """The local SuperLink(s) `flwr run` started for this FLWR_HOME (its log file is under it)."""
     log_file = str(home / "local-superlink" / "superlink.log")
     return [
-        pid for pid in _processes()
+        pid
+        for pid in _processes()
         if any(Path(a).name == "flower-superlink" for a in _cmdline(pid)[:2]) and log_file in _cmdline(pid)
     ]
 

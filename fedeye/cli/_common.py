@@ -124,8 +124,9 @@ def json_default(value: object) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
-def plain_lines(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, title: str | None = None,
-                show_header: bool = True) -> list[str]:
+def plain_lines(
+    columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, title: str | None = None, show_header: bool = True
+) -> list[str]:
     """The table as tab-separated lines: every cell whole, tabs and newlines in cells made spaces."""
     lines = [f"# {title}"] if title else []
     if show_header:
@@ -134,8 +135,9 @@ def plain_lines(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, ti
     return lines
 
 
-def _rich_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, title: str | None,
-                show_header: bool) -> Table:
+def _rich_table(
+    columns: Sequence[Column], rows: Sequence[Sequence[Cell]], *, title: str | None, show_header: bool
+) -> Table:
     """A rich table that folds long cells in a narrow terminal instead of cutting them."""
     table = Table(title=title, show_header=show_header, header_style="bold")
     for column in columns:
@@ -162,7 +164,9 @@ def _print_plain(out: Console, lines: list[str]) -> None:
 
 
 def _rows_as_dicts(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> list[dict[str, str]]:
-    return [{c.header: (cell.plain if isinstance(cell, Text) else cell) for c, cell in zip(columns, row)} for row in rows]
+    return [
+        {c.header: (cell.plain if isinstance(cell, Text) else cell) for c, cell in zip(columns, row)} for row in rows
+    ]
 
 
 def _plain(cell: Cell) -> str:

@@ -21,10 +21,19 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 @exits_cleanly
 def calibrate_command(
-    model: ModelOption, data: DataOption, out: OutOption, split: SplitOption = "all",
-    operating_point: Annotated[str | None, typer.Option(
-        "--operating-point", help='"youden" or a target sensitivity in (0, 1); default: the model\'s own target.')] = None,
-    max_labels: Annotated[int | None, typer.Option("--max-labels", min=2, help="Use at most this many labelled images.")] = None,
+    model: ModelOption,
+    data: DataOption,
+    out: OutOption,
+    split: SplitOption = "all",
+    operating_point: Annotated[
+        str | None,
+        typer.Option(
+            "--operating-point", help='"youden" or a target sensitivity in (0, 1); default: the model\'s own target.'
+        ),
+    ] = None,
+    max_labels: Annotated[
+        int | None, typer.Option("--max-labels", min=2, help="Use at most this many labelled images.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Re-fit threshold and temperature from a small labelled local set."""
@@ -36,8 +45,16 @@ def calibrate_command(
 
 @exits_cleanly
 def adapt_command(
-    model: ModelOption, data: DataOption, out: OutOption, split: SplitOption = "all",
-    tent_steps: Annotated[int, typer.Option("--tent-steps", min=0, help="Entropy-minimisation steps on LayerNorms and prompts (0: threshold only).")] = 0,
+    model: ModelOption,
+    data: DataOption,
+    out: OutOption,
+    split: SplitOption = "all",
+    tent_steps: Annotated[
+        int,
+        typer.Option(
+            "--tent-steps", min=0, help="Entropy-minimisation steps on LayerNorms and prompts (0: threshold only)."
+        ),
+    ] = 0,
     as_json: JsonOption = False,
 ) -> None:
     """Adapt a model to a new hospital from its unlabelled images (see fedeye/client/adapt.py)."""
@@ -68,7 +85,9 @@ def _show(result: dict[str, Any], as_json: bool, headline: str) -> None:
         return
     point = result["operating_point"]
     console.print(headline)
-    console.print(f"operating point: p >= {point['threshold']:.3f} after temperature {point['temperature']:.2f} "
-                  f"({point['target']}; sensitivity {point['sensitivity']:.3f}, specificity {point['specificity']:.3f} "
-                  f"{'on these images' if point['source'] == 'calibrate' else 'expected under the fitted mixture'})")
+    console.print(
+        f"operating point: p >= {point['threshold']:.3f} after temperature {point['temperature']:.2f} "
+        f"({point['target']}; sensitivity {point['sensitivity']:.3f}, specificity {point['specificity']:.3f} "
+        f"{'on these images' if point['source'] == 'calibrate' else 'expected under the fitted mixture'})"
+    )
     console.print(f"wrote [bold]{result['out']}[/]; check it with: fedeye evaluate --model {result['out']} --data DIR")

@@ -35,11 +35,17 @@ MIN_TOKEN_LENGTH = 16
 @exits_cleanly
 def dashboard_command(
     db: DbOption = None,
-    host: Annotated[str, typer.Option(help="Address to listen on; non-loopback needs an explicit --token.")] = DEFAULT_HOST,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; non-loopback needs an explicit --token.")
+    ] = DEFAULT_HOST,
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port to listen on.")] = DEFAULT_PORT,
     token: Annotated[
         str | None,
-        typer.Option(envvar=TOKEN_ENV_VAR, help="Access token (default: a fresh random one, printed at start).", show_default=False),
+        typer.Option(
+            envvar=TOKEN_ENV_VAR,
+            help="Access token (default: a fresh random one, printed at start).",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Serve a read-only web dashboard of recorded runs (token-protected)."""

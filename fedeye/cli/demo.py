@@ -19,8 +19,13 @@ def prepare_demo_sites(out: Path, *, sites: int) -> Path:
     wanted = [f"site-{i}" for i in range(1, sites + 1)]
     if existing != wanted:
         synthesize_sites(
-            root, sites=sites, images_per_site=DEMO_IMAGES_PER_SITE, modality="fundus",
-            seed=DEMO_SEED, size=DEMO_IMAGE_SIZE, overwrite=True,
+            root,
+            sites=sites,
+            images_per_site=DEMO_IMAGES_PER_SITE,
+            modality="fundus",
+            seed=DEMO_SEED,
+            size=DEMO_IMAGE_SIZE,
+            overwrite=True,
         )
     return root
 

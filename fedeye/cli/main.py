@@ -11,7 +11,6 @@ import typer
 from rich.text import Text
 
 from fedeye.cli._common import Cell, Column, JsonOption, console, err_console, exits_cleanly, print_json, print_table
-from fedeye.client.state import fedeye_home
 from fedeye.cli.adapt import adapt_command, calibrate_command
 from fedeye.cli.benchmark import benchmark_app
 from fedeye.cli.dashboard import dashboard_command
@@ -21,12 +20,13 @@ from fedeye.cli.provision import coordinator_app, site_init
 from fedeye.cli.report import report_command
 from fedeye.cli.runs import runs_app
 from fedeye.cli.site_admin import site_approve, site_dashboard, site_deny, site_runs
-from fedeye.cli.site_status import site_status_command
 from fedeye.cli.site_cache import cache_app
+from fedeye.cli.site_status import site_status_command
+from fedeye.client.state import fedeye_home
 
 if TYPE_CHECKING:
-    from fedeye.config import RunConfig
     from fedeye.compose.simulation import SimulationResult
+    from fedeye.config import RunConfig
     from fedeye.server.store import SiteMetricRecord
 
 app = typer.Typer(
@@ -69,7 +69,8 @@ BackboneOption = Annotated[
 @site_app.command("check")
 @exits_cleanly
 def site_check(
-    site_dir: Annotated[Path, typer.Argument(help="The site folder (with manifest.csv).")], as_json: JsonOption = False,
+    site_dir: Annotated[Path, typer.Argument(help="The site folder (with manifest.csv).")],
+    as_json: JsonOption = False,
 ) -> None:
     """Validate a site folder and print a summary; exit 1 listing every problem."""
     from fedeye.cli.site_check import print_check_report
@@ -98,8 +99,13 @@ def sites_synth(
     if modality not in ("fundus", "oct"):
         raise typer.BadParameter("must be 'fundus' or 'oct'", param_hint="--modality")
     paths = synthesize_sites(
-        out, sites=sites, images_per_site=images_per_site, modality=modality,  # type: ignore[arg-type]
-        seed=seed, size=size, overwrite=overwrite,
+        out,
+        sites=sites,
+        images_per_site=images_per_site,
+        modality=modality,  # type: ignore[arg-type]
+        seed=seed,
+        size=size,
+        overwrite=overwrite,
     )
     for path in paths:
         console.print(f"wrote {path}")
@@ -110,9 +116,13 @@ def sites_synth(
 @exits_cleanly
 def simulate(
     config: Annotated[Path, typer.Option("--config", "-c", help="Run file (TOML).")],
-    db: Annotated[str | None, typer.Option(help="Run store URL or SQLite path (default: FEDEYE_DB or output.dir).")] = None,
+    db: Annotated[
+        str | None, typer.Option(help="Run store URL or SQLite path (default: FEDEYE_DB or output.dir).")
+    ] = None,
     backbone_weights: BackboneOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run and its per-site results as JSON (progress on stderr).")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run and its per-site results as JSON (progress on stderr).")
+    ] = False,
 ) -> None:
     """Run any configured experiment in Flower's Simulation Engine."""
     from fedeye.config import load_run_config
@@ -141,7 +151,9 @@ def demo(
     sites: Annotated[int, typer.Option(min=2, max=100, help="Number of synthetic hospitals.")] = 4,
     rounds: Annotated[int, typer.Option(min=1, max=100_000, help="Federated rounds.")] = 5,
     backbone_weights: BackboneOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run and its per-site results as JSON (progress on stderr).")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the run and its per-site results as JSON (progress on stderr).")
+    ] = False,
 ) -> None:
     """Synthesize hospitals, federate a small ViT across them, report per site."""
     from fedeye.cli.demo import demo_config, prepare_demo_sites
@@ -154,7 +166,9 @@ def demo(
     result = _simulate_and_report(cfg, as_json=as_json)
     if as_json:
         return
-    console.print(f"\nglobal model: [bold]{result.model_path}[/]\nrun store:    [bold]{result.store_url}[/]  (run {result.run_id})")
+    console.print(
+        f"\nglobal model: [bold]{result.model_path}[/]\nrun store:    [bold]{result.store_url}[/]  (run {result.run_id})"
+    )
     console.print(f"audit logs:   [bold]{fedeye_home() / 'audit'}[/]  (what each site sent, one JSON line per message)")
     console.print("\nnext, try:")
     for line in (
@@ -169,9 +183,9 @@ def demo(
 
 def _simulate_and_report(cfg: RunConfig, *, as_json: bool = False) -> SimulationResult:
     from fedeye.cli.progress import RichProgress
+    from fedeye.compose.simulation import simulate as run_sim
     from fedeye.errors import FederationError
     from fedeye.server.federation import open_store
-    from fedeye.compose.simulation import simulate as run_sim
     from fedeye.server.preflight import simulation_sites
 
     sites = simulation_sites(cfg)  # every site checked before the display and Flower start
@@ -180,11 +194,19 @@ def _simulate_and_report(cfg: RunConfig, *, as_json: bool = False) -> Simulation
     with open_store(cfg) as store:
         detail = store.get_run(result.run_id)
     if detail.run.status != "finished":  # the ServerApp raises when a run fails; this is the store's word on it
-        raise FederationError(f"run {result.run_id} ended {detail.run.status}: {detail.run.error or 'no reason recorded'}")
+        raise FederationError(
+            f"run {result.run_id} ended {detail.run.status}: {detail.run.error or 'no reason recorded'}"
+        )
     tested = sorted((m for m in detail.site_metrics if m.phase == "test"), key=lambda m: m.site)
     if as_json:
-        print_json({"run_id": result.run_id, "store": result.store_url, "model": result.model_path,
-                    "sites": [{"site": m.site, "num-examples": m.num_examples, **m.metrics} for m in tested]})
+        print_json(
+            {
+                "run_id": result.run_id,
+                "store": result.store_url,
+                "model": result.model_path,
+                "sites": [{"site": m.site, "num-examples": m.num_examples, **m.metrics} for m in tested],
+            }
+        )
         return result
     console.print()
     _print_site_table(tested, split=cfg.data.final_split)
@@ -192,11 +214,16 @@ def _simulate_and_report(cfg: RunConfig, *, as_json: bool = False) -> Simulation
 
 
 def _print_site_table(tested: list[SiteMetricRecord], *, split: str) -> None:
-    rows: list[list[Cell]] = [[m.site, *(_f(m.metrics.get(k)) for k in SITE_METRICS), str(m.num_examples)] for m in tested]
+    rows: list[list[Cell]] = [
+        [m.site, *(_f(m.metrics.get(k)) for k in SITE_METRICS), str(m.num_examples)] for m in tested
+    ]
     if tested:
         mean = [_f(_mean([m.metrics.get(k) for m in tested])) for k in SITE_METRICS]
         rows.append([Text("federated mean", style="bold"), *mean, str(sum(m.num_examples for m in tested))])
-    columns = [Column("site"), *(Column(h, justify="right") for h in ("AUC", "accuracy", "sensitivity", "specificity", "images"))]
+    columns = [
+        Column("site"),
+        *(Column(h, justify="right") for h in ("AUC", "accuracy", "sensitivity", "specificity", "images")),
+    ]
     print_table(columns, rows, title=f"final global model on each site's {split} split")
 
 
@@ -214,7 +241,9 @@ def _f(value: float | None) -> str:
 def evaluate(
     model: Annotated[Path, typer.Option(help="A model file saved by FedEye (global-model.pt).")],
     data: Annotated[Path, typer.Option(help="A site folder.")],
-    split: Annotated[str, typer.Option(help="train, val, test, or all (every image: a site the federation never saw).")] = "test",
+    split: Annotated[
+        str, typer.Option(help="train, val, test, or all (every image: a site the federation never saw).")
+    ] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Evaluate a saved model on any site folder."""
@@ -229,25 +258,44 @@ def evaluate(
     console.print(_operating_point_line(report["operating_point"]))
     m = report["metrics"]
     rows: list[list[Cell]] = []
-    for key in ("auc", "sensitivity", "specificity", "balanced-accuracy", "ppv", "npv", "accuracy", "ece", "ece-calibrated"):
+    for key in (
+        "auc",
+        "sensitivity",
+        "specificity",
+        "balanced-accuracy",
+        "ppv",
+        "npv",
+        "accuracy",
+        "ece",
+        "ece-calibrated",
+    ):
         if key in m:
             ci = f"{_f(m[key + '-ci-low'])} - {_f(m[key + '-ci-high'])}" if key + "-ci-low" in m else ""
             rows.append([key, _f(m[key]), ci])
-    title = (f"{report['model']} on {report['site']} ({report['split']}: {report['num_examples']} images, "
-             f"{report['num_positive']} positive)")
-    print_table([Column("metric"), Column("value", justify="right"), Column("95% CI", justify="right")], rows, title=title)
+    title = (
+        f"{report['model']} on {report['site']} ({report['split']}: {report['num_examples']} images, "
+        f"{report['num_positive']} positive)"
+    )
+    print_table(
+        [Column("metric"), Column("value", justify="right"), Column("95% CI", justify="right")], rows, title=title
+    )
     if report["experts"]:
         mix = [[name, f"{weight:.3f}"] for name, weight in sorted(report["experts"].items(), key=lambda kv: -kv[1])]
-        print_table([Column("expert (site)"), Column("mean weight", justify="right")], mix,
-                    title="Which experts the router mixes for these images (mean weight)")
+        print_table(
+            [Column("expert (site)"), Column("mean weight", justify="right")],
+            mix,
+            title="Which experts the router mixes for these images (mean weight)",
+        )
 
 
 def _operating_point_line(point: dict[str, object]) -> str:
     if not point.get("stored"):
         return "operating point: p >= 0.5 (this model file carries none; `fedeye calibrate` sets one)"
     fitted = point.get("fitted_on") or [0, 0]
-    return (f"operating point: p >= {float(point['threshold']):.3f} after temperature {float(point['temperature']):.2f} "  # type: ignore[arg-type]
-            f"({point['target']}, set by {point['source']} on {fitted[0]} positive and {fitted[1]} negative images)")  # type: ignore[index]
+    return (
+        f"operating point: p >= {float(point['threshold']):.3f} after temperature {float(point['temperature']):.2f} "  # type: ignore[arg-type]
+        f"({point['target']}, set by {point['source']} on {fitted[0]} positive and {fitted[1]} negative images)"
+    )  # type: ignore[index]
 
 
 def main() -> None:

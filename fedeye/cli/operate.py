@@ -65,13 +65,19 @@ from fedeye.server.store import RunDetail, RunStore, resolve_db_url
 if TYPE_CHECKING:  # fedeye.config loads torch (model configs): only inside the run commands
     from fedeye.config import RunConfig
 
-run_app = typer.Typer(help="Start and follow runs on a running SuperLink (through Flower's `flwr`).", no_args_is_help=True)
+run_app = typer.Typer(
+    help="Start and follow runs on a running SuperLink (through Flower's `flwr`).", no_args_is_help=True
+)
 
 DEFAULT_ADDRESS = "127.0.0.1:9092"
 
 SuperlinkOption = Annotated[str, typer.Option("--superlink", help="The SuperLink's address, HOST:PORT.")]
-CaOption = Annotated[Path | None, typer.Option("--ca", help="The coordinator's ca.crt (from `fedeye coordinator init`).")]
-InsecureOption = Annotated[bool, typer.Option("--insecure", help="No TLS (only for a SuperLink started with --insecure, local tests).")]
+CaOption = Annotated[
+    Path | None, typer.Option("--ca", help="The coordinator's ca.crt (from `fedeye coordinator init`).")
+]
+InsecureOption = Annotated[
+    bool, typer.Option("--insecure", help="No TLS (only for a SuperLink started with --insecure, local tests).")
+]
 RunIdArg = Annotated[str, typer.Argument(help="FedEye run id, or an unambiguous prefix of one.")]
 
 
@@ -81,9 +87,16 @@ RunIdArg = Annotated[str, typer.Argument(help="FedEye run id, or an unambiguous 
 @exits_cleanly
 def coordinator_start(
     coord_dir: Annotated[Path, typer.Option("--dir", help="The coordinator folder (from `fedeye coordinator init`).")],
-    address: Annotated[str, typer.Option("--address", help="Where the SuperLink listens, HOST:PORT (0.0.0.0:PORT for every interface).")] = DEFAULT_ADDRESS,
-    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS and no SuperNode authentication: local tests only.")] = False,
-    database: Annotated[Path | None, typer.Option("--database", help="SuperLink state file (default: DIR/state/superlink.db).")] = None,
+    address: Annotated[
+        str,
+        typer.Option("--address", help="Where the SuperLink listens, HOST:PORT (0.0.0.0:PORT for every interface)."),
+    ] = DEFAULT_ADDRESS,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="No TLS and no SuperNode authentication: local tests only.")
+    ] = False,
+    database: Annotated[
+        Path | None, typer.Option("--database", help="SuperLink state file (default: DIR/state/superlink.db).")
+    ] = None,
 ) -> None:
     """Run Flower's SuperLink in the foreground (TLS, SuperNode authentication, state on disk); register the sites."""
     coord_dir = coord_dir.resolve()
@@ -92,7 +105,9 @@ def coordinator_start(
     db = (database or coord_dir / "state" / "superlink.db").resolve()
     keys.ensure_private_dir(db.parent)
     connect = local_address(bind, coord_dir, tls)
-    console.print(f"SuperLink on [bold]{bind}[/] ({'TLS + SuperNode authentication' if tls else '[red]INSECURE[/]: no TLS, no authentication'}), state in {db}")
+    console.print(
+        f"SuperLink on [bold]{bind}[/] ({'TLS + SuperNode authentication' if tls else '[red]INSECURE[/]: no TLS, no authentication'}), state in {db}"
+    )
 
     def register_sites(proc: subprocess.Popen[bytes]) -> None:
         if not wait_for_port(bind, proc=proc):
@@ -110,13 +125,17 @@ def register_authorized_sites(registry: Path, *, connection: str) -> None:
     """Register every site of ``authorized-sites.csv`` with the running SuperLink (known ones are left as they are)."""
     rows = read_authorized_sites(registry)
     if not rows:
-        console.print(f"[yellow]no sites registered yet[/] ({registry}); add one with `fedeye coordinator register-site`")
+        console.print(
+            f"[yellow]no sites registered yet[/] ({registry}); add one with `fedeye coordinator register-site`"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         for row in rows:
             pub = Path(tmp) / f"{row['name']}.pub"
             pub.write_text(row["public_key"] + "\n")
             node_id = register_node(pub, name=row["name"], connection=connection)
-            console.print(f"site [bold]{row['name']}[/]: " + (f"registered, node {node_id}" if node_id else "already registered"))
+            console.print(
+                f"site [bold]{row['name']}[/]: " + (f"registered, node {node_id}" if node_id else "already registered")
+            )
 
 
 # --- site start ------------------------------------------------------------------------------
@@ -124,14 +143,40 @@ def register_authorized_sites(registry: Path, *, connection: str) -> None:
 
 @exits_cleanly
 def site_start(
-    site_dir: Annotated[Path, typer.Option("--dir", help="The site folder from `fedeye site init` (site.toml, node.key).")],
+    site_dir: Annotated[
+        Path, typer.Option("--dir", help="The site folder from `fedeye site init` (site.toml, node.key).")
+    ],
     superlink: SuperlinkOption,
     insecure: InsecureOption = False,
     ca: Annotated[Path | None, typer.Option("--ca", help="The coordinator's ca.crt (default: DIR/ca.crt).")] = None,
-    runtime_port: Annotated[int, typer.Option("--runtime-port", min=0, max=65535, help="Local port of this SuperNode's ClientApp API (0: any free port).")] = 0,
-    rejoin_wait: Annotated[float, typer.Option("--rejoin-wait", min=0, help="Seconds to keep retrying while the SuperLink refuses this node (it still sees this site's previous SuperNode online).")] = REJOIN_WAIT_S,
-    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="The site's state folder, made 0700 (default: state_dir in site.toml, else DIR/state). Site admin commands read site.toml, so set it there.")] = None,
-    no_worker: Annotated[bool, typer.Option("--no-worker", help="Run the ClientApp in Flower's per-message process (no warm site worker): slower, every message imports torch and decodes the data again.")] = False,
+    runtime_port: Annotated[
+        int,
+        typer.Option(
+            "--runtime-port", min=0, max=65535, help="Local port of this SuperNode's ClientApp API (0: any free port)."
+        ),
+    ] = 0,
+    rejoin_wait: Annotated[
+        float,
+        typer.Option(
+            "--rejoin-wait",
+            min=0,
+            help="Seconds to keep retrying while the SuperLink refuses this node (it still sees this site's previous SuperNode online).",
+        ),
+    ] = REJOIN_WAIT_S,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="The site's state folder, made 0700 (default: state_dir in site.toml, else DIR/state). Site admin commands read site.toml, so set it there.",
+        ),
+    ] = None,
+    no_worker: Annotated[
+        bool,
+        typer.Option(
+            "--no-worker",
+            help="Run the ClientApp in Flower's per-message process (no warm site worker): slower, every message imports torch and decodes the data again.",
+        ),
+    ] = False,
 ) -> None:
     """Check the site's data, start the site worker, then run Flower's SuperNode for this site in the foreground."""
     from fedeye.client.site_config import load_site_config
@@ -141,19 +186,33 @@ def site_start(
     address = parse_address(superlink, option="--superlink")
     site_toml = site_dir / "site.toml"
     if not site_toml.is_file():
-        raise DeploymentError(f"{site_toml}: not found; make the site folder with `fedeye site init {site_dir} --name NAME --data SITE_DATA`")
+        raise DeploymentError(
+            f"{site_toml}: not found; make the site folder with `fedeye site init {site_dir} --name NAME --data SITE_DATA`"
+        )
     cfg = load_site_config(site_toml)
     credentials = site_credentials(site_dir, ca=ca, insecure=insecure)
     if cfg.data is None:
-        raise DeploymentError(f"{site_toml}: no 'data' folder set; add data = \"/path/to/site\" or run `fedeye site init` again")
+        raise DeploymentError(
+            f"{site_toml}: no 'data' folder set; add data = \"/path/to/site\" or run `fedeye site init` again"
+        )
     _check_data_or_exit(cfg.data)
     state = SiteState(state_dir.resolve()) if state_dir else deployment_state(site_toml, cfg.state_dir)
     state_dir = _prepare_state(state, site_toml=site_toml, data=cfg.data, image_sizes=cfg.cache_image_sizes)
-    node_config = site_node_config(data=cfg.data, site_toml=site_toml, audit_log=cfg.audit_log, state_dir=state_dir,
-                                   site_name=open_site(cfg.data).info.name, worker=not no_worker)
+    node_config = site_node_config(
+        data=cfg.data,
+        site_toml=site_toml,
+        audit_log=cfg.audit_log,
+        state_dir=state_dir,
+        site_name=open_site(cfg.data).info.name,
+        worker=not no_worker,
+    )
     port = runtime_port or free_port()
-    command = supernode_command(address, credentials=credentials, node_config=node_config_arg(node_config), runtime_port=port)
-    console.print(f"SuperNode of [bold]{site_dir.name}[/] -> {address} ({'TLS, node key' if credentials else '[red]INSECURE[/]'}), data {cfg.data}")
+    command = supernode_command(
+        address, credentials=credentials, node_config=node_config_arg(node_config), runtime_port=port
+    )
+    console.print(
+        f"SuperNode of [bold]{site_dir.name}[/] -> {address} ({'TLS, node key' if credentials else '[red]INSECURE[/]'}), data {cfg.data}"
+    )
     with _site_worker(state_dir, node_config, enabled=not no_worker):
         finished = run_supernode(command, rejoin_wait=rejoin_wait, on_refused=_note_refused)
     if finished.code and REFUSED in finished.tail:
@@ -178,7 +237,9 @@ def _check_data_or_exit(data: Path) -> None:
     report = check_site(data)
     if not report.ok:
         print_check_report(report, target=console)
-        err_console.print("[bold red]the SuperNode was not started[/]: fix the site data (`fedeye site check`) and start again.")
+        err_console.print(
+            "[bold red]the SuperNode was not started[/]: fix the site data (`fedeye site check`) and start again."
+        )
         raise typer.Exit(1)
 
 
@@ -189,8 +250,11 @@ def _prepare_state(state: SiteState, *, site_toml: Path, data: Path, image_sizes
 
     location = SiteLocation(data, state.ensure(), None)
     if not image_sizes:
-        console.print("data cache: prepared by the first message, at the run's image size "
-                      f"(to prepare it now, add cache_image_sizes = [224] to {site_toml})", soft_wrap=True)
+        console.print(
+            "data cache: prepared by the first message, at the run's image size "
+            f"(to prepare it now, add cache_image_sizes = [224] to {site_toml})",
+            soft_wrap=True,
+        )
     else:
         build_with_progress(location, image_sizes=image_sizes, out=console)
     return location.state.root
@@ -221,11 +285,15 @@ def _store(db: str | None) -> RunStore:
 @run_app.command("launch")
 @exits_cleanly
 def run_launch(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Run file (TOML), as for `fedeye simulate`, without data.root.")],
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Run file (TOML), as for `fedeye simulate`, without data.root.")
+    ],
     superlink: SuperlinkOption,
     ca: CaOption = None,
     insecure: InsecureOption = False,
-    db: Annotated[str | None, typer.Option("--db", help="Run store (default: the run file's output.db / output.dir).")] = None,
+    db: Annotated[
+        str | None, typer.Option("--db", help="Run store (default: the run file's output.db / output.dir).")
+    ] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for the ServerApp to record the run.")] = 180.0,
 ) -> None:
     """Start a run on the SuperLink through `flwr run`; print its FedEye and Flower run ids."""
@@ -240,30 +308,46 @@ def run_launch(
 def _print_launched(flower_id: int, run_id: str | None, *, cfg: RunConfig, superlink: str, connection: str) -> None:
     db = resolve_db_url(cfg.output.db, default_dir=cfg.output.dir)
     if run_id is None:
-        err_console.print(f"[bold red]Flower run {flower_id} started but recorded no FedEye run[/]; see its log: flwr log {flower_id} {connection} --show")
+        err_console.print(
+            f"[bold red]Flower run {flower_id} started but recorded no FedEye run[/]; see its log: flwr log {flower_id} {connection} --show"
+        )
         raise typer.Exit(1)
     console.print(f"FedEye run [bold]{run_id}[/] (Flower run {flower_id}), store {db}")
-    console.print(f"follow it with: fedeye run status {run_id} --superlink {superlink} --db {db}  (add --ca or --insecure as above)")
+    console.print(
+        f"follow it with: fedeye run status {run_id} --superlink {superlink} --db {db}  (add --ca or --insecure as above)"
+    )
 
 
 @run_app.command("resume")
 @exits_cleanly
 def run_resume(
-    run_id: RunIdArg, superlink: SuperlinkOption, ca: CaOption = None, insecure: InsecureOption = False,
-    db: DbOption = None, wait: Annotated[float, typer.Option(help="Seconds to wait for the ServerApp to take the run up.")] = 180.0,
+    run_id: RunIdArg,
+    superlink: SuperlinkOption,
+    ca: CaOption = None,
+    insecure: InsecureOption = False,
+    db: DbOption = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the ServerApp to take the run up.")] = 180.0,
 ) -> None:
     """Continue a run whose coordinator stopped, from its last completed round's checkpoint."""
     store = _store(db)
     detail = store.get_run(run_id)
     connection = connection_for(superlink, ca=ca, insecure=insecure)
-    cfg = resumable_config(detail, store=store, connection=connection, on_wait=lambda: console.print(
-        "Flower still counts the run's last Flower run as running; waiting for Flower to notice its ServerApp stopped"))
+    cfg = resumable_config(
+        detail,
+        store=store,
+        connection=connection,
+        on_wait=lambda: console.print(
+            "Flower still counts the run's last Flower run as running; waiting for Flower to notice its ServerApp stopped"
+        ),
+    )
     from fedeye.server.federation import resume_point
 
     done = resume_point(store, detail.run.run_id).completed_round
     flower_id, _ = launch(cfg, connection=connection, resume=detail.run.run_id, wait_s=0)
     if not await_resume(store, detail.run.run_id, flower_id, wait_s=wait):
-        err_console.print(f"[bold red]Flower run {flower_id} has not taken up run {detail.run.run_id}[/]; see: flwr log {flower_id} {connection} --show")
+        err_console.print(
+            f"[bold red]Flower run {flower_id} has not taken up run {detail.run.run_id}[/]; see: flwr log {flower_id} {connection} --show"
+        )
         raise typer.Exit(1)
     console.print(f"run [bold]{detail.run.run_id}[/] resumes after round {done} in Flower run {flower_id}")
 
@@ -271,9 +355,14 @@ def run_resume(
 @run_app.command("status")
 @exits_cleanly
 def run_status(
-    run_id: RunIdArg, db: DbOption = None,
-    superlink: Annotated[str | None, typer.Option("--superlink", help="Also ask the SuperLink (run state, traffic, nodes online).")] = None,
-    ca: CaOption = None, insecure: InsecureOption = False, as_json: JsonOption = False,
+    run_id: RunIdArg,
+    db: DbOption = None,
+    superlink: Annotated[
+        str | None, typer.Option("--superlink", help="Also ask the SuperLink (run state, traffic, nodes online).")
+    ] = None,
+    ca: CaOption = None,
+    insecure: InsecureOption = False,
+    as_json: JsonOption = False,
 ) -> None:
     """A run's progress and each site's state (online, training, finished, left-budget, failed, missing, ...)."""
     detail = _store(db).get_run(run_id)
@@ -286,8 +375,18 @@ def run_status(
     states = site_states(detail, online=online)
     if as_json:
         run = detail.run
-        print_json({"run_id": run.run_id, "name": run.name, "status": run.status, "error": run.error,
-                    "rounds_done": run.rounds_done, "num_rounds": run.num_rounds, "flower_runs": flower, "sites": states})
+        print_json(
+            {
+                "run_id": run.run_id,
+                "name": run.name,
+                "status": run.status,
+                "error": run.error,
+                "rounds_done": run.rounds_done,
+                "num_rounds": run.num_rounds,
+                "flower_runs": flower,
+                "sites": states,
+            }
+        )
         return
     print_table(("", ""), _status_rows(detail), show_header=False)
     if detail.flower_runs:
@@ -298,14 +397,25 @@ def run_status(
 
 FLOWER_COLUMNS = ("Flower run", "from round", "Flower status", "bytes in", "bytes out", "note")
 SITE_COLUMNS = ("site", "node", "state", "last round", "phase", "reason")
-STATE_STYLE = {"training": "yellow", "finished": "green", "online": "green", "missing": "red", "failed": "red",
-               "left-budget": "magenta", "awaiting-approval": "yellow", "denied": "magenta"}
+STATE_STYLE = {
+    "training": "yellow",
+    "finished": "green",
+    "online": "green",
+    "missing": "red",
+    "failed": "red",
+    "left-budget": "magenta",
+    "awaiting-approval": "yellow",
+    "denied": "magenta",
+}
 
 
 def _status_rows(detail: RunDetail) -> list[list[Cell]]:
     run = detail.run
-    return [["run", f"{run.run_id} ({run.name})"], ["status", run.status + (f": {run.error}" if run.error else "")],
-            ["rounds", f"{run.rounds_done}/{run.num_rounds}"]]
+    return [
+        ["run", f"{run.run_id} ({run.name})"],
+        ["status", run.status + (f": {run.error}" if run.error else "")],
+        ["rounds", f"{run.rounds_done}/{run.num_rounds}"],
+    ]
 
 
 def _flower_rows(detail: RunDetail, flower: dict[int, dict[str, Any]]) -> list[list[Cell]]:
@@ -313,20 +423,38 @@ def _flower_rows(detail: RunDetail, flower: dict[int, dict[str, Any]]) -> list[l
     for fr in detail.flower_runs:
         info = flower.get(fr.flower_run_id, {})
         traffic = info.get("network-traffic", {})
-        rows.append([str(fr.flower_run_id), str(fr.first_round), str(info.get("status", "-")),
-                     str(traffic.get("inbound-bytes", "-")), str(traffic.get("outbound-bytes", "-")), fr.note or ""])
+        rows.append(
+            [
+                str(fr.flower_run_id),
+                str(fr.first_round),
+                str(info.get("status", "-")),
+                str(traffic.get("inbound-bytes", "-")),
+                str(traffic.get("outbound-bytes", "-")),
+                fr.note or "",
+            ]
+        )
     return rows
 
 
 def _site_row(row: SiteStateRow) -> list[Cell]:
-    return [row.site, str(row.node_id), Text(row.state, style=STATE_STYLE.get(row.state, "")),
-            "-" if row.last_round is None else str(row.last_round), row.last_phase, row.reason]
+    return [
+        row.site,
+        str(row.node_id),
+        Text(row.state, style=STATE_STYLE.get(row.state, "")),
+        "-" if row.last_round is None else str(row.last_round),
+        row.last_phase,
+        row.reason,
+    ]
 
 
 @run_app.command("logs")
 @exits_cleanly
 def run_logs(
-    run_id: RunIdArg, superlink: SuperlinkOption, ca: CaOption = None, insecure: InsecureOption = False, db: DbOption = None,
+    run_id: RunIdArg,
+    superlink: SuperlinkOption,
+    ca: CaOption = None,
+    insecure: InsecureOption = False,
+    db: DbOption = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream the log of the current Flower run.")] = False,
 ) -> None:
     """Print the ServerApp's log (every Flower run that carried the run) through `flwr log`."""
@@ -341,14 +469,22 @@ def run_logs(
 
 @run_app.command("stop")
 @exits_cleanly
-def run_stop(run_id: RunIdArg, superlink: SuperlinkOption, ca: CaOption = None, insecure: InsecureOption = False, db: DbOption = None) -> None:
+def run_stop(
+    run_id: RunIdArg,
+    superlink: SuperlinkOption,
+    ca: CaOption = None,
+    insecure: InsecureOption = False,
+    db: DbOption = None,
+) -> None:
     """Stop a running run (`flwr stop`) and mark it stopped in the store."""
     store = _store(db)
     detail = store.get_run(run_id)
     connection = connection_for(superlink, ca=ca, insecure=insecure)
     flower_id = stop_run(store, detail, connection=connection)
-    console.print(f"run [bold]{detail.run.run_id}[/] stopped (Flower run {flower_id}) after round {detail.run.rounds_done}; "
-                  f"continue it with `fedeye run resume {detail.run.run_id}`")
+    console.print(
+        f"run [bold]{detail.run.run_id}[/] stopped (Flower run {flower_id}) after round {detail.run.rounds_done}; "
+        f"continue it with `fedeye run resume {detail.run.run_id}`"
+    )
 
 
 @run_app.command("list")
@@ -359,8 +495,20 @@ def run_list(db: DbOption = None, as_json: JsonOption = False) -> None:
     rows: list[list[Cell]] = []
     for run in store.list_runs():
         flower = store.get_run(run.run_id).flower_runs
-        rows.append([run.run_id, run.name, run.status, f"{run.rounds_done}/{run.num_rounds}",
-                     ", ".join(str(fr.flower_run_id) for fr in flower) or "-"])
+        rows.append(
+            [
+                run.run_id,
+                run.name,
+                run.status,
+                f"{run.rounds_done}/{run.num_rounds}",
+                ", ".join(str(fr.flower_run_id) for fr in flower) or "-",
+            ]
+        )
     json_rows = [dict(zip(("run", "name", "status", "rounds", "flower_runs"), r, strict=True)) for r in rows]
-    print_table(("run", "name", "status", "rounds", "Flower runs"), rows, title=f"FedEye runs in {store.display_url}",
-                as_json=as_json, json_rows=json_rows)
+    print_table(
+        ("run", "name", "status", "rounds", "Flower runs"),
+        rows,
+        title=f"FedEye runs in {store.display_url}",
+        as_json=as_json,
+        json_rows=json_rows,
+    )

@@ -14,12 +14,18 @@ from fedeye.models.device import DeviceChoice
 
 @exits_cleanly
 def pretrain_command(
-    data: Annotated[Path, typer.Option("--data", help="A site folder (any FedEye format; no labels used) or image folder.")],
-    more: Annotated[list[Path] | None, typer.Argument(help="More folders: `--data DIR [DIR ...]`.", show_default=False)] = None,
-    out: Annotated[Path, typer.Option("--out", help="Checkpoint to write (timm format: model.backbone_weights).")] = Path(
-        "backbone.pt"
-    ),
-    arch: Annotated[ArchName, typer.Option(help="Backbone size (model.arch of the runs that will use it).")] = "vit-tiny-cpu",
+    data: Annotated[
+        Path, typer.Option("--data", help="A site folder (any FedEye format; no labels used) or image folder.")
+    ],
+    more: Annotated[
+        list[Path] | None, typer.Argument(help="More folders: `--data DIR [DIR ...]`.", show_default=False)
+    ] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Checkpoint to write (timm format: model.backbone_weights).")
+    ] = Path("backbone.pt"),
+    arch: Annotated[
+        ArchName, typer.Option(help="Backbone size (model.arch of the runs that will use it).")
+    ] = "vit-tiny-cpu",
     img_size: Annotated[int | None, typer.Option(help="Image side in pixels; default: the arch's.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the images.")] = 20,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 64,
@@ -32,8 +38,16 @@ def pretrain_command(
     from fedeye.models.pretrain import PretrainSettings, pretrain_mae, save_pretrained
     from fedeye.sites.unlabelled import load_unlabelled
 
-    settings = PretrainSettings(arch=arch, img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr,
-                                mask_ratio=mask_ratio, seed=seed, device=device)
+    settings = PretrainSettings(
+        arch=arch,
+        img_size=img_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        mask_ratio=mask_ratio,
+        seed=seed,
+        device=device,
+    )
     size = int(settings.model_config().img_size or 0)
     images, records = load_unlabelled([data, *(more or [])], size=size)
     console.print(f"{len(images)} images from {len(records)} folder(s) at {size} px; {arch}, {epochs} epochs")

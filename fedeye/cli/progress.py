@@ -27,7 +27,10 @@ class RichProgress:
         self._rows: dict[str, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
             console=console,
         )
         self._task = self._bar.add_task("starting Flower simulation", total=rounds)
@@ -43,7 +46,8 @@ class RichProgress:
 
     def round_started(self, server_round: int, phase: str, num_sites: int) -> None:
         self._bar.update(
-            self._task, completed=server_round - 1,
+            self._task,
+            completed=server_round - 1,
             description=f"round {server_round}/{self.rounds} · {_PHASE_WORD.get(phase, phase)} {num_sites} sites",
         )
 
@@ -60,7 +64,8 @@ class RichProgress:
                 row["state"] = "tested" if report.phase == "test" else "evaluated"
             done = report.server_round if report.phase != "train" else report.server_round - 1
             self._bar.update(
-                self._task, completed=done,
+                self._task,
+                completed=done,
                 description=f"round {report.server_round}/{self.rounds} · {report.site}: {report.phase} done",
             )
             self._live.update(self._render())

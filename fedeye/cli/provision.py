@@ -19,10 +19,12 @@ import typer
 from fedeye.cli._common import console, exits_cleanly
 from fedeye.client.site_config import SiteConfig
 from fedeye.client.state import deployment_state
-from fedeye.privacy import keys
 from fedeye.errors import ProvisioningError
+from fedeye.privacy import keys
 
-coordinator_app = typer.Typer(help="Provision the coordinator: CA, SuperLink certificate, registered sites.", no_args_is_help=True)
+coordinator_app = typer.Typer(
+    help="Provision the coordinator: CA, SuperLink certificate, registered sites.", no_args_is_help=True
+)
 site_app = typer.Typer(help="Provision one site: site config and node key.", no_args_is_help=True)
 
 AUTHORIZED_SITES = "authorized-sites.csv"
@@ -38,8 +40,12 @@ ForceOption = Annotated[bool, typer.Option("--force", help="Replace existing key
 @coordinator_app.command("init")
 @exits_cleanly
 def coordinator_init(
-    out_dir: Annotated[Path, typer.Argument(help="Folder for the CA, the SuperLink key and coordinator.toml (made 0700).")],
-    host: Annotated[list[str] | None, typer.Option("--host", help="IP or DNS name sites use to reach the SuperLink (repeat).")] = None,
+    out_dir: Annotated[
+        Path, typer.Argument(help="Folder for the CA, the SuperLink key and coordinator.toml (made 0700).")
+    ],
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="IP or DNS name sites use to reach the SuperLink (repeat).")
+    ] = None,
     force: ForceOption = False,
 ) -> None:
     """Create the CA and the SuperLink's TLS key and certificate."""
@@ -56,7 +62,9 @@ def coordinator_init(
 def provision_coordinator(out_dir: Path, *, hosts: list[str], force: bool) -> list[Path]:
     """Make and write ca.key/ca.crt, superlink.key/superlink.crt and coordinator.toml."""
     out_dir = out_dir.resolve()
-    paths = {name: out_dir / name for name in ("ca.key", "ca.crt", "superlink.key", "superlink.crt", "coordinator.toml")}
+    paths = {
+        name: out_dir / name for name in ("ca.key", "ca.crt", "superlink.key", "superlink.crt", "coordinator.toml")
+    }
     keys.refuse_existing(list(paths.values()), force=force)
     ca_key, ca_cert = keys.create_ca(common_name="FedEye coordinator CA")
     server_key, server_cert = keys.issue_server_certificate(ca_key, ca_cert, hosts=hosts)
@@ -89,8 +97,12 @@ def _coordinator_toml(out_dir: Path, hosts: list[str]) -> str:
 def coordinator_register_site(
     pubkey_file: Annotated[Path, typer.Argument(help="The site's node.pub (OpenSSH ECDSA P-384 public key).")],
     name: Annotated[str, typer.Option("--name", help="The site's name (letters, digits, '.', '_', '-').")],
-    out_dir: Annotated[Path, typer.Option("--dir", help="The coordinator folder (from 'coordinator init').")] = Path("."),
-    superlink: Annotated[str | None, typer.Option("--superlink", help="Also register it now with this running SuperLink (HOST:PORT).")] = None,
+    out_dir: Annotated[Path, typer.Option("--dir", help="The coordinator folder (from 'coordinator init').")] = Path(
+        "."
+    ),
+    superlink: Annotated[
+        str | None, typer.Option("--superlink", help="Also register it now with this running SuperLink (HOST:PORT).")
+    ] = None,
 ) -> None:
     """Add a site's public key to authorized-sites.csv (refusing duplicate names or keys); with --superlink, register it with Flower too.
 
@@ -102,17 +114,23 @@ def coordinator_register_site(
     fingerprint = register_site(out_dir / AUTHORIZED_SITES, pubkey_file, name=name)
     console.print(f"registered site [bold]{name}[/] ({fingerprint}) in {out_dir / AUTHORIZED_SITES}")
     if address is None:
-        console.print("the SuperLink registers it when it starts (`fedeye coordinator start`); if it is running now, add --superlink HOST:PORT")
+        console.print(
+            "the SuperLink registers it when it starts (`fedeye coordinator start`); if it is running now, add --superlink HOST:PORT"
+        )
         return
     connection = save_connection(address, root_certificates=out_dir.resolve() / "ca.crt")
     node_id = register_node(pubkey_file, name=name, connection=connection)
-    console.print(f"Flower SuperLink {address}: " + (f"node {node_id}" if node_id else "the key was registered already"))
+    console.print(
+        f"Flower SuperLink {address}: " + (f"node {node_id}" if node_id else "the key was registered already")
+    )
 
 
 def register_site(registry: Path, pubkey_file: Path, *, name: str) -> str:
     """Validate the key and append ``name, fingerprint, key`` to ``registry``; return the fingerprint."""
     if not SITE_NAME.fullmatch(name):
-        raise ProvisioningError(f"site name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise ProvisioningError(
+            f"site name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     line = keys.load_public_key_line(pubkey_file)
     fingerprint = keys.public_key_fingerprint(line)
     rows = read_authorized_sites(registry)
@@ -120,7 +138,9 @@ def register_site(registry: Path, pubkey_file: Path, *, name: str) -> str:
         if row["name"] == name:
             raise ProvisioningError(f"{registry}: a site named {name!r} is already registered; pick another name")
         if row["fingerprint"] == fingerprint:
-            raise ProvisioningError(f"{registry}: this key is already registered as site {row['name']!r}; each site needs its own key")
+            raise ProvisioningError(
+                f"{registry}: this key is already registered as site {row['name']!r}; each site needs its own key"
+            )
     rows.append({"name": name, "fingerprint": fingerprint, "public_key": line})
     registry.parent.mkdir(parents=True, exist_ok=True)
     keys.write_atomic(registry, _csv_text(rows).encode(), mode=0o644)
@@ -157,7 +177,13 @@ def site_init(
     data: Annotated[Path, typer.Option("--data", help="The site's data folder (checked first).")],
     device: Annotated[Literal["auto", "cpu", "cuda"], typer.Option(help="Where this site trains.")] = "auto",
     force: ForceOption = False,
-    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="The site's state folder (data cache, ledger, approvals, worker socket); default: state/ beside site.toml. In a container: a writable volume.")] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="The site's state folder (data cache, ledger, approvals, worker socket); default: state/ beside site.toml. In a container: a writable volume.",
+        ),
+    ] = None,
 ) -> None:
     """Check the site's data, then write site.toml and the node key pair (node.key, node.pub)."""
     from fedeye.cli.site_check import print_check_report
@@ -175,16 +201,27 @@ def site_init(
     console.print(f"  fedeye coordinator register-site node.pub --name {name}", soft_wrap=True)
 
 
-def provision_site(out_dir: Path, *, name: str, data: Path, device: Literal["auto", "cpu", "cuda"], force: bool,
-                   state_dir: Path | None = None) -> str:
+def provision_site(
+    out_dir: Path,
+    *,
+    name: str,
+    data: Path,
+    device: Literal["auto", "cpu", "cuda"],
+    force: bool,
+    state_dir: Path | None = None,
+) -> str:
     """Write site.toml, node.key (0600) and node.pub; return the public key line."""
     if not SITE_NAME.fullmatch(name):
         raise ProvisioningError(f"site name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-'")
     out_dir = out_dir.resolve()
     paths = [out_dir / "site.toml", out_dir / "node.key", out_dir / "node.pub"]
     keys.refuse_existing(paths, force=force)
-    cfg = SiteConfig(data=data.resolve(), device=device, audit_log=out_dir / "audit.jsonl",
-                     state_dir=None if state_dir is None else state_dir.resolve())
+    cfg = SiteConfig(
+        data=data.resolve(),
+        device=device,
+        audit_log=out_dir / "audit.jsonl",
+        state_dir=None if state_dir is None else state_dir.resolve(),
+    )
     node_key, node_pub = keys.create_node_keypair()
     keys.ensure_private_dir(out_dir)
     keys.write_atomic(paths[0], _site_toml(cfg, name).encode(), mode=0o644)
@@ -202,6 +239,8 @@ def _site_toml(cfg: SiteConfig, name: str) -> str:
         **({"state_dir": str(cfg.state_dir)} if cfg.state_dir else {}),
         "privacy": {"require_dp": cfg.privacy.require_dp, "min_group_size": cfg.privacy.min_group_size},
     }
-    header = (f"# Site {name!s}, written by 'fedeye site init'. The coordinator cannot change this file.\n"
-              "# cache_image_sizes = [224]  # prepare the data cache at these image sizes when the site starts\n")
+    header = (
+        f"# Site {name!s}, written by 'fedeye site init'. The coordinator cannot change this file.\n"
+        "# cache_image_sizes = [224]  # prepare the data cache at these image sizes when the site starts\n"
+    )
     return header + tomli_w.dumps(settings)

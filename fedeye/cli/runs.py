@@ -38,8 +38,14 @@ from fedeye.server.store import (
 PREFERRED_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "loss", "site.worst-auc", "site.gap")
 NUM_EXAMPLES_KEY = "num-examples"
 MAX_CONFIG_LINES = 30
-STATUS_STYLE = {"running": "yellow", "finished": "green", "failed": "red", "stopped": "magenta", "interrupted": "magenta",
-                "stale": "dim"}
+STATUS_STYLE = {
+    "running": "yellow",
+    "finished": "green",
+    "failed": "red",
+    "stopped": "magenta",
+    "interrupted": "magenta",
+    "stale": "dim",
+}
 STALE_NOTE = "its process ({owner}) is gone or has sent no heartbeat since {since}; it will not finish by itself"
 
 DbOption = Annotated[
@@ -84,9 +90,7 @@ def build_runs_app(*, default_dir: Path | None = None) -> typer.Typer:
             _print_runs(runs)
 
     @app.command("show")
-    def show_command(
-        run_id: RunIdArgument, db: DbOption = None, as_json: JsonOption = False
-    ) -> None:
+    def show_command(run_id: RunIdArgument, db: DbOption = None, as_json: JsonOption = False) -> None:
         """Show a run: configuration, per-round metrics, per-site results, files."""
         try:
             detail = _open_store(db, default_dir).get_run(run_id)
@@ -111,9 +115,7 @@ def _open_store(db: str | None, default_dir: Path | None) -> RunStore:
 
 
 def _fail(exc: FedEyeError) -> NoReturn:
-    Console(stderr=True, highlight=False).print(
-        f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True
-    )
+    Console(stderr=True, highlight=False).print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -226,8 +228,16 @@ def _right(*headers: str) -> list[Column]:
 
 def _runs_rows(runs: list[RunSummary]) -> Rows:
     return [
-        [run.run_id, run.name, _status_text(run.status), run.strategy, str(run.num_sites),
-         f"{run.rounds_done}/{run.num_rounds}", _format_time(run.started_at), format_duration(run.duration())]
+        [
+            run.run_id,
+            run.name,
+            _status_text(run.status),
+            run.strategy,
+            str(run.num_sites),
+            f"{run.rounds_done}/{run.num_rounds}",
+            _format_time(run.started_at),
+            format_duration(run.duration()),
+        ]
         for run in runs
     ]
 
@@ -254,13 +264,23 @@ def _event_tables(detail: RunDetail) -> list[TableSpec]:
     tables: list[TableSpec] = []
     events = [m for m in detail.site_metrics if m.status != "ok"]
     if events:
-        tables.append(("site events (failed, missing, left for budget, rejected updates)",
-                       [Column(h) for h in ("round", "phase", "site", "status", "reason")], _events_rows(events)))
+        tables.append(
+            (
+                "site events (failed, missing, left for budget, rejected updates)",
+                [Column(h) for h in ("round", "phase", "site", "status", "reason")],
+                _events_rows(events),
+            )
+        )
     if detail.privacy:
         tables.append(_privacy_table(detail.privacy))
     if detail.artifacts:
-        tables.append(("artifacts", [Column(h) for h in ("kind", "round", "path", "size", "sha256")],
-                       _artifacts_rows(detail.artifacts)))
+        tables.append(
+            (
+                "artifacts",
+                [Column(h) for h in ("kind", "round", "path", "size", "sha256")],
+                _artifacts_rows(detail.artifacts),
+            )
+        )
     return tables
 
 
@@ -272,9 +292,19 @@ def _privacy_table(ledger: tuple[PrivacyRecord, ...]) -> TableSpec:
     text = ("scope", "site", "accountant", "status")
     headers = ("round", "scope", "site", "epsilon", "budget", "delta", "sigma", "q", "steps", "accountant", "status")
     rows: Rows = [
-        [str(e.server_round), e.scope, e.site, f"{e.epsilon:.3f}", "-" if e.budget is None else f"{e.budget:g}",
-         f"{e.delta:.2e}", f"{e.noise_multiplier:.3f}", f"{e.sample_rate:.3f}", str(e.steps), e.accountant,
-         _site_status(e.status)]
+        [
+            str(e.server_round),
+            e.scope,
+            e.site,
+            f"{e.epsilon:.3f}",
+            "-" if e.budget is None else f"{e.budget:g}",
+            f"{e.delta:.2e}",
+            f"{e.noise_multiplier:.3f}",
+            f"{e.sample_rate:.3f}",
+            str(e.steps),
+            e.accountant,
+            _site_status(e.status),
+        ]
         for e in ledger
     ]
     columns = [Column(h, justify="left" if h in text else RIGHT) for h in headers]
@@ -315,7 +345,13 @@ def _config_rows(config: Mapping[str, Any]) -> Rows:
 def _rounds_table(rounds: tuple[RoundRecord, ...]) -> TableSpec:
     train_names = metric_names(r.train_metrics for r in rounds)
     eval_names = metric_names(r.eval_metrics for r in rounds)
-    headers = ["round", "trained", "evaluated", *(f"train {n}" for n in train_names), *(f"eval {n}" for n in eval_names)]
+    headers = [
+        "round",
+        "trained",
+        "evaluated",
+        *(f"train {n}" for n in train_names),
+        *(f"eval {n}" for n in eval_names),
+    ]
     rows: Rows = [list(_round_cells(r, train_names, eval_names)) for r in rounds]
     return "rounds (aggregated)", _right(*headers), rows
 
@@ -336,7 +372,12 @@ def _sites_table(records: list[SiteMetricRecord], title: str) -> TableSpec:
     names = metric_names(r.metrics for r in records)
     columns = [Column("site"), Column("status"), *_right("n images", *names)]
     rows: Rows = [
-        [r.site, _site_status(r.status, r.reason), str(r.num_examples), *(_format_value(r.metrics.get(n)) for n in names)]
+        [
+            r.site,
+            _site_status(r.status, r.reason),
+            str(r.num_examples),
+            *(_format_value(r.metrics.get(n)) for n in names),
+        ]
         for r in records
     ]
     return title, columns, rows
@@ -348,14 +389,18 @@ OPERATING_RATES = ("sensitivity", "specificity", "balanced-accuracy", "ppv", "np
 def _operating_point_table(records: list[SiteMetricRecord]) -> TableSpec:
     """Rates at the federation's operating point, with the sites' bootstrap 95% CIs, and calibration."""
     first = records[0].metrics
-    title = (f"final model at the federation's operating point (p >= {_format_value(first.get('threshold'))} "
-             f"after temperature {_format_value(first.get('temperature'))}); [95% CI]")
+    title = (
+        f"final model at the federation's operating point (p >= {_format_value(first.get('threshold'))} "
+        f"after temperature {_format_value(first.get('temperature'))}); [95% CI]"
+    )
     columns = [Column("site"), *_right(*OPERATING_RATES, "ECE before -> after")]
     rows: Rows = []
     for r in records:
         m = r.metrics
-        cells = [f"{_format_value(m.get(k))} [{_format_value(m.get(k + '-ci-low'))}, {_format_value(m.get(k + '-ci-high'))}]"
-                 for k in OPERATING_RATES]
+        cells = [
+            f"{_format_value(m.get(k))} [{_format_value(m.get(k + '-ci-low'))}, {_format_value(m.get(k + '-ci-high'))}]"
+            for k in OPERATING_RATES
+        ]
         rows.append([r.site, *cells, f"{_format_value(m.get('ece'))} -> {_format_value(m.get('ece-calibrated'))}"])
     return title, columns, rows
 
@@ -368,6 +413,5 @@ def _site_status(status: str, reason: str | None = None) -> Text:
 
 def _artifacts_rows(artifacts: tuple[ArtifactRecord, ...]) -> Rows:
     return [
-        [a.kind, _format_value(a.server_round), a.path, _format_size(a.size_bytes), a.sha256[:12]]
-        for a in artifacts
+        [a.kind, _format_value(a.server_round), a.path, _format_size(a.size_bytes), a.sha256[:12]] for a in artifacts
     ]

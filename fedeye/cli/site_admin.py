@@ -16,7 +16,8 @@ from fedeye.client.audit import append_decision
 from fedeye.protocol import DenialCategory
 
 SiteDirOption = Annotated[
-    Path, typer.Option("--dir", help="The site: the folder `fedeye site init` wrote, or a simulated site's data folder.")
+    Path,
+    typer.Option("--dir", help="The site: the folder `fedeye site init` wrote, or a simulated site's data folder."),
 ]
 RunArg = Annotated[str, typer.Argument(help="The run id, as `fedeye site runs` lists it.")]
 
@@ -37,8 +38,17 @@ _COLUMNS = ("run", "name", "status", "by", "strategy", "rounds", "dp epsilon", "
 def _cells(row: RunRow) -> list[str]:
     req = row.request
     epsilon = req.get("epsilon")
-    return [row.run, row.name, row.status, row.decided_by, str(req.get("strategy", "")), str(req.get("rounds", "")),
-            "-" if not req.get("dp") else f"{epsilon}", str(row.rounds_joined), f"{row.bytes_sent / 1024:.1f}"]
+    return [
+        row.run,
+        row.name,
+        row.status,
+        row.decided_by,
+        str(req.get("strategy", "")),
+        str(req.get("rounds", "")),
+        "-" if not req.get("dp") else f"{epsilon}",
+        str(row.rounds_joined),
+        f"{row.bytes_sent / 1024:.1f}",
+    ]
 
 
 @exits_cleanly
@@ -67,10 +77,18 @@ def site_deny(
 @exits_cleanly
 def site_dashboard(
     site_dir: SiteDirOption,
-    host: Annotated[str, typer.Option(help="Address to listen on; non-loopback needs an explicit --token.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; non-loopback needs an explicit --token.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port to listen on.")] = 8766,
-    token: Annotated[str | None, typer.Option(envvar="FEDEYE_SITE_DASHBOARD_TOKEN", show_default=False,
-                                              help="Access token (default: a fresh random one, printed).")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FEDEYE_SITE_DASHBOARD_TOKEN",
+            show_default=False,
+            help="Access token (default: a fresh random one, printed).",
+        ),
+    ] = None,
 ) -> None:
     """Serve the site's own page: pending approvals, runs, privacy spent, what left the site."""
     import uvicorn

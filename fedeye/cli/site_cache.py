@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from fedeye.cli._common import console, exits_cleanly
@@ -28,10 +36,16 @@ MIB = 2**20
 
 cache_app = typer.Typer(help="Prepare a site's data once: decoded, preprocessed images on disk.", no_args_is_help=True)
 
-SiteArg = Annotated[Path, typer.Argument(help="A folder from `fedeye site init` (with its site.toml), or a site data folder.")]
-StateDirOption = Annotated[Path | None, typer.Option(
-    "--state-dir", help="The site's state folder (default: DIR/state for a `fedeye site init` folder, else $FEDEYE_HOME/sites/NAME-HASH).",
-)]
+SiteArg = Annotated[
+    Path, typer.Argument(help="A folder from `fedeye site init` (with its site.toml), or a site data folder.")
+]
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="The site's state folder (default: DIR/state for a `fedeye site init` folder, else $FEDEYE_HOME/sites/NAME-HASH).",
+    ),
+]
 
 
 class BuildProgress:
@@ -39,7 +53,13 @@ class BuildProgress:
 
     def __init__(self, out: Console) -> None:
         self.out, self.live = out, out.is_terminal
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
         self.bar = Progress(*columns, console=out, disable=not self.live)
         self.tasks: dict[str, TaskID] = {}
         self.finished: set[str] = set()
@@ -76,9 +96,14 @@ def build_with_progress(location: SiteLocation, *, image_sizes: list[int], out: 
 @exits_cleanly
 def cache_build(
     site: SiteArg,
-    image_size: Annotated[list[int] | None, typer.Option(
-        "--image-size", min=8, help=f"Image side to prepare (repeat for several; default: cache_image_sizes in site.toml, else {DEFAULT_IMAGE_SIZE}).",
-    )] = None,
+    image_size: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--image-size",
+            min=8,
+            help=f"Image side to prepare (repeat for several; default: cache_image_sizes in site.toml, else {DEFAULT_IMAGE_SIZE}).",
+        ),
+    ] = None,
     state_dir: StateDirOption = None,
 ) -> None:
     """Decode and preprocess every image of every split once; runs then read them memory-mapped."""
@@ -86,13 +111,17 @@ def cache_build(
     sizes = image_size or (location.config.cache_image_sizes if location.config else []) or [DEFAULT_IMAGE_SIZE]
     built = build_with_progress(location, image_sizes=sizes, out=console)
     total = sum(entry.images.nbytes for entry in built)
-    console.print(f"data cache of {location.data} ready: {len(built)} entries, {total / MIB:.1f} MiB in {location.state.cache_dir}", soft_wrap=True)
+    console.print(
+        f"data cache of {location.data} ready: {len(built)} entries, {total / MIB:.1f} MiB in {location.state.cache_dir}",
+        soft_wrap=True,
+    )
 
 
 @cache_app.command("status")
 @exits_cleanly
 def cache_status_command(
-    site: SiteArg, state_dir: StateDirOption = None,
+    site: SiteArg,
+    state_dir: StateDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List the cache's entries: split, image size, preprocessing, images, size, and whether they match the data now."""
@@ -102,19 +131,43 @@ def cache_status_command(
     location = locate_site(site, state_dir=state_dir)
     rows = cache_status(open_site(location.data), location.state.cache_dir)
     if as_json:
-        entries = [{"split": r.entry.split, "image_size": r.entry.image_size, "preprocess": r.entry.preprocess, "images": r.entry.count,
-                    "bytes": r.entry.bytes, "current": r.current, "path": str(r.entry.path)} for r in rows]
-        typer.echo(json.dumps({"site": str(location.data), "cache_dir": str(location.state.cache_dir), "entries": entries}, indent=2))
+        entries = [
+            {
+                "split": r.entry.split,
+                "image_size": r.entry.image_size,
+                "preprocess": r.entry.preprocess,
+                "images": r.entry.count,
+                "bytes": r.entry.bytes,
+                "current": r.current,
+                "path": str(r.entry.path),
+            }
+            for r in rows
+        ]
+        typer.echo(
+            json.dumps(
+                {"site": str(location.data), "cache_dir": str(location.state.cache_dir), "entries": entries}, indent=2
+            )
+        )
         return
     if not rows:
-        console.print(f"no data cache yet in {location.state.cache_dir}; build it with `fedeye site cache build {site}`", soft_wrap=True)
+        console.print(
+            f"no data cache yet in {location.state.cache_dir}; build it with `fedeye site cache build {site}`",
+            soft_wrap=True,
+        )
         return
     table = Table(title=f"data cache of {location.data}", header_style="bold")
     for name in ("split", "size", "preprocess", "images", "MiB", "state"):
         table.add_column(name, justify="right" if name in ("size", "images", "MiB") else "left")
     for r in rows:
         state = "current" if r.current else "[yellow]stale[/] (data changed since)"
-        table.add_row(r.entry.split, f"{r.entry.image_size}px", r.entry.preprocess, str(r.entry.count), f"{r.entry.bytes / MIB:.1f}", state)
+        table.add_row(
+            r.entry.split,
+            f"{r.entry.image_size}px",
+            r.entry.preprocess,
+            str(r.entry.count),
+            f"{r.entry.bytes / MIB:.1f}",
+            state,
+        )
     console.print(table)
     console.print(f"in {location.state.cache_dir}", soft_wrap=True)
 

@@ -57,7 +57,9 @@ def site_states(detail: RunDetail, *, online: Mapping[int, bool] | None = None) 
     running = detail.run.status == "running"
     rows = [_row(records, running=running, is_online=(online or {}).get(node)) for node, records in by_node.items()]
     if running and online:
-        rows += [SiteStateRow(f"node {n}", n, "online", None, "", "") for n, up in online.items() if up and n not in by_node]
+        rows += [
+            SiteStateRow(f"node {n}", n, "online", None, "", "") for n, up in online.items() if up and n not in by_node
+        ]
     return sorted(rows, key=lambda r: (r.site, r.node_id))
 
 
@@ -69,7 +71,9 @@ def _row(records: list[SiteMetricRecord], *, running: bool, is_online: bool | No
     return SiteStateRow(site, last.node_id, state, last.server_round, last.phase, last.reason or "")
 
 
-def _state(records: list[SiteMetricRecord], last: SiteMetricRecord, *, running: bool, is_online: bool | None) -> SiteState:
+def _state(
+    records: list[SiteMetricRecord], last: SiteMetricRecord, *, running: bool, is_online: bool | None
+) -> SiteState:
     if any(r.status == "left-budget" for r in records):
         return "left-budget"
     if any(r.status == "denied" for r in records):

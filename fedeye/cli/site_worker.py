@@ -54,8 +54,15 @@ class WorkerSupervisor:
 
     def command(self) -> list[str]:
         """``python -m fedeye.client.worker`` for this site."""
-        return [sys.executable, "-m", "fedeye.client.worker", "--state-dir", str(self.state_dir),
-                "--node-config-json", json.dumps(self.node_config)]
+        return [
+            sys.executable,
+            "-m",
+            "fedeye.client.worker",
+            "--state-dir",
+            str(self.state_dir),
+            "--node-config-json",
+            json.dumps(self.node_config),
+        ]
 
     def start(self, *, ready_timeout: float = READY_TIMEOUT_S) -> int:
         """Start the worker and wait until it answers on its socket; return its pid."""
@@ -66,7 +73,9 @@ class WorkerSupervisor:
         while (pid := ping(self.socket_path)) is None:
             if time.monotonic() > deadline:
                 self.stop()
-                raise DeploymentError(f"the site worker did not start within {ready_timeout:.0f} s; see {self.log_path}")
+                raise DeploymentError(
+                    f"the site worker did not start within {ready_timeout:.0f} s; see {self.log_path}"
+                )
             time.sleep(0.2)
         return pid
 
@@ -82,7 +91,9 @@ class WorkerSupervisor:
             if self._stopping.is_set():
                 return
             delay = RESTART_DELAY_S if time.monotonic() - started > 60 else min(delay * 2, MAX_RESTART_DELAY_S)
-            err_console.print(f"[yellow]the site worker exited (code {code})[/]; starting it again in {delay:.0f} s (log: {self.log_path})")
+            err_console.print(
+                f"[yellow]the site worker exited (code {code})[/]; starting it again in {delay:.0f} s (log: {self.log_path})"
+            )
             if self._stopping.wait(delay):
                 return
             with self._lock:

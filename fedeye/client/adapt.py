@@ -73,8 +73,10 @@ class MixtureFit:
     def separated(self) -> bool:
         """Both components hold weight and their means are at least one pooled SD apart."""
         pooled = math.sqrt((self.sds[0] ** 2 + self.sds[1] ** 2) / 2)
-        return (MIN_COMPONENT_WEIGHT <= self.prior <= 1 - MIN_COMPONENT_WEIGHT
-                and self.means[1] - self.means[0] >= MIN_SEPARATION_SD * pooled)
+        return (
+            MIN_COMPONENT_WEIGHT <= self.prior <= 1 - MIN_COMPONENT_WEIGHT
+            and self.means[1] - self.means[0] >= MIN_SEPARATION_SD * pooled
+        )
 
 
 def fit_mixture(log_odds: np.ndarray, *, start: float = 0.0, iterations: int = 200) -> MixtureFit:
@@ -177,8 +179,9 @@ class AdaptReport:
     reason: str
 
 
-def adapt_model(model: nn.Module, images: ImageDataset, *, point: ModelOperatingPoint | None,
-                settings: AdaptSettings) -> tuple[ModelOperatingPoint, AdaptReport]:
+def adapt_model(
+    model: nn.Module, images: ImageDataset, *, point: ModelOperatingPoint | None, settings: AdaptSettings
+) -> tuple[ModelOperatingPoint, AdaptReport]:
     """Adapt ``model`` in place to ``images`` (labels unused) and return its new point and a report."""
     start = point or DEFAULT_POINT
     before = _scores(model, images, settings)
@@ -194,16 +197,26 @@ def adapt_model(model: nn.Module, images: ImageDataset, *, point: ModelOperating
     fit = fit_mixture(positive_log_odds(after), start=start.log_odds)
     new_point, reason = _point_from_mixture(fit, start, positive_log_odds(after))
     report = AdaptReport(
-        method="tent+shot-im" if settings.tent_steps else "mixture-threshold", num_images=len(after),
-        tent_steps=settings.tent_steps, tent_kept=kept,
-        positive_share_before=_positive_share(before, start), positive_share_after=_positive_share(after, new_point),
-        mean_entropy_before=_mean_entropy(before), mean_entropy_after=_mean_entropy(after), prior_estimate=fit.prior,
-        mixture_means=fit.means, mixture_sds=fit.sds, threshold_moved=new_point is not start, reason=reason,
+        method="tent+shot-im" if settings.tent_steps else "mixture-threshold",
+        num_images=len(after),
+        tent_steps=settings.tent_steps,
+        tent_kept=kept,
+        positive_share_before=_positive_share(before, start),
+        positive_share_after=_positive_share(after, new_point),
+        mean_entropy_before=_mean_entropy(before),
+        mean_entropy_after=_mean_entropy(after),
+        prior_estimate=fit.prior,
+        mixture_means=fit.means,
+        mixture_sds=fit.sds,
+        threshold_moved=new_point is not start,
+        reason=reason,
     )
     return new_point, report
 
 
-def _point_from_mixture(fit: MixtureFit, start: ModelOperatingPoint, log_odds: np.ndarray) -> tuple[ModelOperatingPoint, str]:
+def _point_from_mixture(
+    fit: MixtureFit, start: ModelOperatingPoint, log_odds: np.ndarray
+) -> tuple[ModelOperatingPoint, str]:
     if not fit.separated:
         return _quantile_point(start, log_odds)
     target: Target = "youden" if start.target in ("youden", "p >= 0.5", "") else float(start.target)
@@ -228,8 +241,9 @@ def _quantile_point(start: ModelOperatingPoint, log_odds: np.ndarray) -> tuple[M
     share = (positives * start.sensitivity + negatives * (1 - start.specificity)) / (positives + negatives)
     share = min(max(share, MIN_COMPONENT_WEIGHT), 1 - MIN_COMPONENT_WEIGHT)
     threshold = float(np.quantile(log_odds, 1 - share))
-    moved = ModelOperatingPoint(threshold, start.temperature, start.target, "adapt", (0, 0),
-                                start.sensitivity, start.specificity)
+    moved = ModelOperatingPoint(
+        threshold, start.temperature, start.target, "adapt", (0, 0), start.sensitivity, start.specificity
+    )
     return moved, f"scores not bimodal: threshold at the quantile calling {share:.2f} positive, as where it was fitted"
 
 
@@ -248,8 +262,9 @@ def entropy_minimisation(model: nn.Module, images: ImageDataset, *, settings: Ad
     model.to(device).train()
     params = _adaptable(model)
     optimizer = torch.optim.Adam(params, lr=settings.lr)
-    loader = DataLoader(images, batch_size=settings.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(settings.seed))
+    loader = DataLoader(
+        images, batch_size=settings.batch_size, shuffle=True, generator=torch.Generator().manual_seed(settings.seed)
+    )
     step = 0
     while step < settings.tent_steps:
         for batch, _ in loader:

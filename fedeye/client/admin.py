@@ -86,8 +86,15 @@ def run_rows(home: SiteHome) -> list[RunRow]:
 
 
 def _request_row(record: RequestRecord) -> RunRow:
-    return RunRow(run=record.run_key, name=record.name, status=record.status, decided_by=record.decided_by,
-                  last_seen=record.decided_at or record.requested_at, request=record.request, reason=record.reason)
+    return RunRow(
+        run=record.run_key,
+        name=record.name,
+        status=record.status,
+        decided_by=record.decided_by,
+        last_seen=record.decided_at or record.requested_at,
+        request=record.request,
+        reason=record.reason,
+    )
 
 
 def _audit_by_run(path: Path) -> dict[str, list[AuditEntry]]:
@@ -125,5 +132,7 @@ def locate_site(folder: Path, *, state_dir: Path | None = None) -> SiteLocation:
     if not home.deployed:
         return SiteLocation(home.folder, state, None)
     if home.config.data is None:
-        raise ConfigError(f"{home.folder / 'site.toml'}: no 'data' folder set; add data = \"/path/to/site\" or run `fedeye site init` again")
+        raise ConfigError(
+            f"{home.folder / 'site.toml'}: no 'data' folder set; add data = \"/path/to/site\" or run `fedeye site init` again"
+        )
     return SiteLocation(home.config.data, state, home.config)

@@ -83,8 +83,14 @@ def _job(msg: Message, context: Context) -> SiteJob:
     return SiteJob.resolve(cfg, dict(context.node_config))
 
 
-def _reply(msg: Message, job: SiteJob, metrics: dict[str, float | int], *, arrays: ArrayRecord | None = None,
-           status: dict[str, str] | None = None) -> Message:
+def _reply(
+    msg: Message,
+    job: SiteJob,
+    metrics: dict[str, float | int],
+    *,
+    arrays: ArrayRecord | None = None,
+    status: dict[str, str] | None = None,
+) -> Message:
     site = ConfigRecord({p.SITE_NAME: job.site_name, p.SITE_STATUS: p.SiteStatus.OK.value, **(status or {})})
     content = RecordDict({p.METRICS: MetricRecord(metrics), p.SITE: site})
     if arrays is not None:
@@ -99,8 +105,11 @@ def _admitted(handler: Callable[[Message, Context], Message]) -> Callable[[Messa
     def gated(msg: Message, context: Context) -> Message:
         job = _job(msg, context)
         record = admission(
-            job.site_config.approval, state_dir=job.state_dir, audit_log=job.audit_log(context.node_id),
-            run_config_json=str(msg.content[p.CONFIG][p.RUN_CONFIG]), run_key=_run_key(msg),
+            job.site_config.approval,
+            state_dir=job.state_dir,
+            audit_log=job.audit_log(context.node_id),
+            run_config_json=str(msg.content[p.CONFIG][p.RUN_CONFIG]),
+            run_key=_run_key(msg),
         )
         refused = refusal(record)
         return handler(msg, context) if refused is None else _reply(msg, job, {p.NUM_EXAMPLES: 0}, status=refused)
@@ -129,15 +138,26 @@ def train(msg: Message, context: Context) -> Message:
     if settings is not None:
         return _train_private(msg, context, job, model, dataset, settings, server_round, objective)
     result = train_local(model, dataset, cfg=job.cfg.training, server_round=server_round, objective=objective)
-    metrics: dict[str, float | int] = {p.LOSS: result.loss, p.NUM_EXAMPLES: result.num_examples,
-                                       p.TRAIN_SECONDS: result.seconds}
+    metrics: dict[str, float | int] = {
+        p.LOSS: result.loss,
+        p.NUM_EXAMPLES: result.num_examples,
+        p.TRAIN_SECONDS: result.seconds,
+    }
     if objective.expert_index is not None:
         set_site_prototype(model, dataset, objective.expert_index, batch_size=job.cfg.training.batch_size * 2)
     return _update_reply(msg, context, job, model, objective, metrics)
 
 
-def _update_reply(msg: Message, context: Context, job: SiteJob, model: torch.nn.Module, objective: LocalObjective,
-                  metrics: dict[str, float | int], *, status: dict[str, str] | None = None) -> Message:
+def _update_reply(
+    msg: Message,
+    context: Context,
+    job: SiteJob,
+    model: torch.nn.Module,
+    objective: LocalObjective,
+    metrics: dict[str, float | int],
+    *,
+    status: dict[str, str] | None = None,
+) -> Message:
     """The trained arrays as the strategy expects them (fedbn: keep the norms; prompt-experts: own rows only)."""
     state = model_state(model)
     if msg.content[p.CONFIG].get(p.LOCAL_NORMS):
@@ -173,8 +193,16 @@ def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(v, order="C")) for k, v in arrays.items()}  # 0-d arrays stay 0-d
 
 
-def _train_private(msg, context, job, model, dataset, settings: DPSettings, server_round: int,  # type: ignore[no-untyped-def]
-                   objective: LocalObjective) -> Message:
+def _train_private(
+    msg,
+    context,
+    job,
+    model,
+    dataset,
+    settings: DPSettings,
+    server_round: int,  # type: ignore[no-untyped-def]
+    objective: LocalObjective,
+) -> Message:
     """DP-SGD per patient (with prompt-experts, also the private prototype), booked in the site's lifetime ledger.
 
     The round's releases are checked against the run's and the lifetime
@@ -188,35 +216,58 @@ def _train_private(msg, context, job, model, dataset, settings: DPSettings, serv
     run = p.ledger_run(msg.content[p.CONFIG], flower_run_id=msg.metadata.run_id)
     prototype = PrivatePrototype.for_round(context, model, objective, settings)
     training = job.cfg.dp_training()
-    decider = _ledger_decider(job, dataset, settings, training, run=run, server_round=server_round,
-                              one_off=prototype.one_off)
+    decider = _ledger_decider(
+        job, dataset, settings, training, run=run, server_round=server_round, one_off=prototype.one_off
+    )
     decision, booked = ledger.book(decider)
     plan = decision.plan
     if booked is None:
-        metrics = {p.NUM_EXAMPLES: 0, **_dp_metrics(decision, spent=plan.epsilon_before, lifetime=decision.lifetime_before)}
-        status = {p.SITE_STATUS: p.SiteStatus.LEFT_BUDGET.value, p.SITE_REASON: decision.refusal or "",
-                  p.DP_ACCOUNTANT: plan.accountant}
+        metrics = {
+            p.NUM_EXAMPLES: 0,
+            **_dp_metrics(decision, spent=plan.epsilon_before, lifetime=decision.lifetime_before),
+        }
+        status = {
+            p.SITE_STATUS: p.SiteStatus.LEFT_BUDGET.value,
+            p.SITE_REASON: decision.refusal or "",
+            p.DP_ACCOUNTANT: plan.accountant,
+        }
         return _reply(msg, job, metrics, status=status)
     try:
-        result = train_local_dp(model, dataset, cfg=training, plan=plan, max_grad_norm=settings.max_grad_norm,
-                                server_round=server_round, objective=objective,
-                                max_physical_batch=job.cfg.privacy.max_physical_batch)
+        result = train_local_dp(
+            model,
+            dataset,
+            cfg=training,
+            plan=plan,
+            max_grad_norm=settings.max_grad_norm,
+            server_round=server_round,
+            objective=objective,
+            max_physical_batch=job.cfg.privacy.max_physical_batch,
+        )
         prototype.apply(context, model, dataset)
     except BaseException:
         ledger.cancel(booked)  # nothing of this round left the site
         raise
     ledger.confirm(booked)  # spent, on disk, before the reply leaves the site
-    metrics = {p.LOSS: result.loss, p.NUM_EXAMPLES: result.num_examples, p.TRAIN_SECONDS: result.seconds,
-               **_dp_metrics(decision, spent=plan.epsilon_after, lifetime=decision.lifetime_after, trained=True)}
+    metrics = {
+        p.LOSS: result.loss,
+        p.NUM_EXAMPLES: result.num_examples,
+        p.TRAIN_SECONDS: result.seconds,
+        **_dp_metrics(decision, spent=plan.epsilon_after, lifetime=decision.lifetime_after, trained=True),
+    }
     return _update_reply(msg, context, job, model, objective, metrics, status={p.DP_ACCOUNTANT: plan.accountant})
 
 
-def _dp_metrics(decision: LedgerDecision, *, spent: float, lifetime: float, trained: bool = False) -> dict[str, float | int]:
+def _dp_metrics(
+    decision: LedgerDecision, *, spent: float, lifetime: float, trained: bool = False
+) -> dict[str, float | int]:
     """Aggregate DP bookkeeping for the coordinator: this run's epsilon and the site's lifetime epsilon."""
     plan = decision.plan
     metrics: dict[str, float | int] = {
-        p.DP_EPSILON: spent, p.DP_DELTA: plan.delta, p.DP_BUDGET: plan.epsilon_budget,
-        p.DP_NOISE_MULTIPLIER: plan.noise_multiplier, p.DP_SAMPLE_RATE: plan.sample_rate,
+        p.DP_EPSILON: spent,
+        p.DP_DELTA: plan.delta,
+        p.DP_BUDGET: plan.epsilon_budget,
+        p.DP_NOISE_MULTIPLIER: plan.noise_multiplier,
+        p.DP_SAMPLE_RATE: plan.sample_rate,
         p.DP_STEPS: sum(h.steps for h in decision.history) + (sum(m.steps for m in plan.mechanisms) if trained else 0),
         p.DP_LIFETIME_EPSILON: lifetime,
     }
@@ -226,7 +277,13 @@ def _dp_metrics(decision: LedgerDecision, *, spent: float, lifetime: float, trai
 
 
 def _ledger_decider(
-    job: SiteJob, dataset: SiteDataset, settings: DPSettings, training: TrainingConfig, *, run: str, server_round: int,
+    job: SiteJob,
+    dataset: SiteDataset,
+    settings: DPSettings,
+    training: TrainingConfig,
+    *,
+    run: str,
+    server_round: int,
     one_off: Sequence[MechanismStep] = (),
 ) -> Callable[[list[LedgerEntry]], tuple[LedgerDecision, list[LedgerEntry] | None]]:
     """How the ledger decides the round: plan it over the ledger, and the entries to book (every release) if it fits."""
@@ -234,17 +291,31 @@ def _ledger_decider(
 
     def decide(entries: list[LedgerEntry]) -> tuple[LedgerDecision, list[LedgerEntry] | None]:
         decision = plan_with_ledger(
-            settings, entries, run=run, lifetime_budget=job.site_config.privacy.lifetime_epsilon,
-            num_patients=len(set(dataset.patient_ids)), batch_size=training.batch_size,
-            local_epochs=training.local_epochs, total_rounds=training.rounds, one_off=one_off,
+            settings,
+            entries,
+            run=run,
+            lifetime_budget=job.site_config.privacy.lifetime_epsilon,
+            num_patients=len(set(dataset.patient_ids)),
+            batch_size=training.batch_size,
+            local_epochs=training.local_epochs,
+            total_rounds=training.rounds,
+            one_off=one_off,
         )
         if not decision.fits:
             return decision, None
         plan, now = decision.plan, datetime.now(UTC)
         return decision, [
-            LedgerEntry(run=run, server_round=server_round, noise_multiplier=m.noise_multiplier,
-                        sample_rate=m.sample_rate, steps=m.steps, delta=plan.delta, accountant=plan.accountant,
-                        data_fingerprint=fingerprint, recorded_at=now)
+            LedgerEntry(
+                run=run,
+                server_round=server_round,
+                noise_multiplier=m.noise_multiplier,
+                sample_rate=m.sample_rate,
+                steps=m.steps,
+                delta=plan.delta,
+                accountant=plan.accountant,
+                data_fingerprint=fingerprint,
+                recorded_at=now,
+            )
             for m in plan.mechanisms
         ]
 

@@ -65,18 +65,25 @@ class ApprovalPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    mode: ApprovalMode = Field(default="open", description="manual: every run waits for `fedeye site approve`; "
-                               "policy: runs inside the rules below are admitted, others refused; open: all admitted.")
+    mode: ApprovalMode = Field(
+        default="open",
+        description="manual: every run waits for `fedeye site approve`; "
+        "policy: runs inside the rules below are admitted, others refused; open: all admitted.",
+    )
     strategies: list[str] | None = Field(default=None, description="policy: allowed strategy names (None: any).")
     architectures: list[str] | None = Field(default=None, description="policy: allowed model.arch values.")
     model_modes: list[Literal["full", "prompt"]] | None = Field(default=None, description="policy: allowed model.mode.")
     require_dp: bool = Field(default=False, description="policy: only runs with DP-SGD (privacy.enabled).")
-    max_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False,
-                                      description="policy: the largest per-run epsilon a run may ask for.")
+    max_epsilon: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="policy: the largest per-run epsilon a run may ask for."
+    )
     max_rounds: int | None = Field(default=None, ge=1, description="policy: the most rounds a run may have.")
     fedeye_versions: list[str] | None = Field(default=None, description="policy: allowed FedEye versions.")
-    code_sha256: list[str] | None = Field(default=None, description="policy: allowed code fingerprints "
-                                          "(`fedeye site runs` shows a run's; a prefix of 12+ hex digits is enough).")
+    code_sha256: list[str] | None = Field(
+        default=None,
+        description="policy: allowed code fingerprints "
+        "(`fedeye site runs` shows a run's; a prefix of 12+ hex digits is enough).",
+    )
 
 
 @dataclass(frozen=True)
@@ -108,11 +115,16 @@ def run_request(run_config_json: str, *, run_key: str) -> RunRequest:
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"))
     dp = bool(privacy.get("enabled", False))
     return RunRequest(
-        run_key=run_key, name=str(raw.get("name", "")), strategy=str(section("strategy").get("name", "fedavg")),
-        architecture=str(section("model").get("arch", "")), model_mode=str(section("model").get("mode", "full")),
-        rounds=int(section("training").get("rounds", 0)), dp=dp,
+        run_key=run_key,
+        name=str(raw.get("name", "")),
+        strategy=str(section("strategy").get("name", "fedavg")),
+        architecture=str(section("model").get("arch", "")),
+        model_mode=str(section("model").get("mode", "full")),
+        rounds=int(section("training").get("rounds", 0)),
+        dp=dp,
         epsilon=float(privacy["epsilon"]) if dp and privacy.get("epsilon") is not None else None,
-        fedeye_version=fedeye_version(), code_sha256=code,
+        fedeye_version=fedeye_version(),
+        code_sha256=code,
         digest=hashlib.sha256(f"{canonical}\n{code}".encode()).hexdigest(),
     )
 
@@ -120,21 +132,35 @@ def run_request(run_config_json: str, *, run_key: str) -> RunRequest:
 def policy_violations(policy: ApprovalPolicy, request: RunRequest) -> list[str]:
     """Every rule of ``policy`` that ``request`` breaks (empty: admitted)."""
     checks: list[tuple[bool, str]] = [
-        (_outside(request.strategy, policy.strategies), f"strategy {request.strategy!r} is not in the allowed "
-                                                        f"strategies {policy.strategies}"),
-        (_outside(request.architecture, policy.architectures),
-         f"model.arch {request.architecture!r} is not in the allowed architectures {policy.architectures}"),
-        (_outside(request.model_mode, policy.model_modes),
-         f"model.mode {request.model_mode!r} is not in the allowed modes {policy.model_modes}"),
+        (
+            _outside(request.strategy, policy.strategies),
+            f"strategy {request.strategy!r} is not in the allowed strategies {policy.strategies}",
+        ),
+        (
+            _outside(request.architecture, policy.architectures),
+            f"model.arch {request.architecture!r} is not in the allowed architectures {policy.architectures}",
+        ),
+        (
+            _outside(request.model_mode, policy.model_modes),
+            f"model.mode {request.model_mode!r} is not in the allowed modes {policy.model_modes}",
+        ),
         (policy.require_dp and not request.dp, "the run does not use DP-SGD and the site requires it"),
-        (policy.max_epsilon is not None and (request.epsilon or float("inf")) > policy.max_epsilon,
-         f"the run asks for epsilon {request.epsilon} per run, above the site's {policy.max_epsilon}"),
-        (policy.max_rounds is not None and request.rounds > policy.max_rounds,
-         f"{request.rounds} rounds exceed the site's maximum of {policy.max_rounds}"),
-        (_outside(request.fedeye_version, policy.fedeye_versions),
-         f"FedEye {request.fedeye_version} is not in the allowed versions {policy.fedeye_versions}"),
-        (policy.code_sha256 is not None and not any(request.code_sha256.startswith(p) for p in policy.code_sha256),
-         f"code {request.code_sha256[:12]} is not among the allowed code fingerprints"),
+        (
+            policy.max_epsilon is not None and (request.epsilon or float("inf")) > policy.max_epsilon,
+            f"the run asks for epsilon {request.epsilon} per run, above the site's {policy.max_epsilon}",
+        ),
+        (
+            policy.max_rounds is not None and request.rounds > policy.max_rounds,
+            f"{request.rounds} rounds exceed the site's maximum of {policy.max_rounds}",
+        ),
+        (
+            _outside(request.fedeye_version, policy.fedeye_versions),
+            f"FedEye {request.fedeye_version} is not in the allowed versions {policy.fedeye_versions}",
+        ),
+        (
+            policy.code_sha256 is not None and not any(request.code_sha256.startswith(p) for p in policy.code_sha256),
+            f"code {request.code_sha256[:12]} is not among the allowed code fingerprints",
+        ),
     ]
     return [message for broken, message in checks if broken]
 
@@ -164,8 +190,9 @@ def fedeye_version() -> str:
 # ------------------------------------------------------------------ at a message's arrival
 
 
-def admission(policy: ApprovalPolicy, *, state_dir: Path, audit_log: Path, run_config_json: str,
-              run_key: str) -> RequestRecord:
+def admission(
+    policy: ApprovalPolicy, *, state_dir: Path, audit_log: Path, run_config_json: str, run_key: str
+) -> RequestRecord:
     """The site's decision on the run a message belongs to; a new request is recorded and audited."""
     if policy.mode == "open":  # nothing to decide or record
         request = run_request(run_config_json, run_key=run_key)
@@ -185,18 +212,30 @@ def refusal(record: RequestRecord) -> dict[str, str] | None:
     if record.status == "approved":
         return None
     if record.status == "pending":
-        return {SITE_STATUS: SiteStatus.AWAITING_APPROVAL.value,
-                SITE_REASON: "the site's admin has not approved this run yet"}
+        return {
+            SITE_STATUS: SiteStatus.AWAITING_APPROVAL.value,
+            SITE_REASON: "the site's admin has not approved this run yet",
+        }
     category = record.category or DenialCategory.OTHER.value
-    return {SITE_STATUS: SiteStatus.DENIED.value, SITE_CATEGORY: category,
-            SITE_REASON: f"the site refused this run ({category})"}
+    return {
+        SITE_STATUS: SiteStatus.DENIED.value,
+        SITE_CATEGORY: category,
+        SITE_REASON: f"the site refused this run ({category})",
+    }
 
 
 def decision_entry(record: RequestRecord) -> DecisionEntry:
     """The audit line of a decision (or of a request left pending)."""
-    return DecisionEntry(time=_now(), event="approval", run=record.run_key, digest=record.digest,
-                         decision=record.status, by=record.decided_by, category=record.category,
-                         reason=record.reason)
+    return DecisionEntry(
+        time=_now(),
+        event="approval",
+        run=record.run_key,
+        digest=record.digest,
+        decision=record.status,
+        by=record.decided_by,
+        category=record.category,
+        reason=record.reason,
+    )
 
 
 # ------------------------------------------------------------------ the site's book of requests
@@ -251,15 +290,19 @@ class ApprovalBook:
             db.execute("INSERT OR IGNORE INTO requests VALUES (?,?,?,?,?,?,?,?,?)", _row(record))
             return self._get(db, request.run_key, request.digest) or record, True
 
-    def decide(self, run_key: str, *, status: Literal["approved", "denied"], category: str = "",
-               reason: str = "") -> RequestRecord:
+    def decide(
+        self, run_key: str, *, status: Literal["approved", "denied"], category: str = "", reason: str = ""
+    ) -> RequestRecord:
         """Record the admin's decision on the newest request of ``run_key``."""
         with self._db() as db:
             latest = self._latest(db, run_key)
             if latest is None:
                 raise SiteStateError(f"no request from run {run_key!r} at this site; `fedeye site runs` lists them")
-            db.execute("UPDATE requests SET status=?, decided_by='admin', category=?, reason=?, decided_at=? "
-                       "WHERE run_key=? AND digest=?", (status, category, reason, _now(), run_key, latest.digest))
+            db.execute(
+                "UPDATE requests SET status=?, decided_by='admin', category=?, reason=?, decided_at=? "
+                "WHERE run_key=? AND digest=?",
+                (status, category, reason, _now(), run_key, latest.digest),
+            )
             return self._get(db, run_key, latest.digest) or latest
 
     def records(self) -> list[RequestRecord]:
@@ -275,8 +318,9 @@ class ApprovalBook:
         return None if row is None else _record(row)
 
     def _latest(self, db: sqlite3.Connection, run_key: str) -> RequestRecord | None:
-        row = db.execute("SELECT * FROM requests WHERE run_key=? ORDER BY requested_at DESC LIMIT 1",
-                         (run_key,)).fetchone()
+        row = db.execute(
+            "SELECT * FROM requests WHERE run_key=? ORDER BY requested_at DESC LIMIT 1", (run_key,)
+        ).fetchone()
         return None if row is None else _record(row)
 
 
@@ -288,20 +332,39 @@ def _first_decision(policy: ApprovalPolicy, request: RunRequest) -> RequestRecor
         return RequestRecord(request.run_key, request.digest, "pending", "", "", "", now, "", summary)
     broken = policy_violations(policy, request)
     if broken:
-        return RequestRecord(request.run_key, request.digest, "denied", "policy", DenialCategory.POLICY.value,
-                             "; ".join(broken), now, now, summary)
+        return RequestRecord(
+            request.run_key,
+            request.digest,
+            "denied",
+            "policy",
+            DenialCategory.POLICY.value,
+            "; ".join(broken),
+            now,
+            now,
+            summary,
+        )
     return RequestRecord(request.run_key, request.digest, "approved", "policy", "", "", now, now, summary)
 
 
 def _row(record: RequestRecord) -> tuple[str, ...]:
-    return (record.run_key, record.digest, record.status, record.decided_by, record.category, record.reason,
-            record.requested_at, record.decided_at, json.dumps(record.request, sort_keys=True))
+    return (
+        record.run_key,
+        record.digest,
+        record.status,
+        record.decided_by,
+        record.category,
+        record.reason,
+        record.requested_at,
+        record.decided_at,
+        json.dumps(record.request, sort_keys=True),
+    )
 
 
 def _record(row: tuple[Any, ...]) -> RequestRecord:
     run_key, digest, status, decided_by, category, reason, requested_at, decided_at, request = row
-    return RequestRecord(run_key, digest, status, decided_by, category, reason, requested_at, decided_at,
-                         json.loads(request))
+    return RequestRecord(
+        run_key, digest, status, decided_by, category, reason, requested_at, decided_at, json.loads(request)
+    )
 
 
 def _now() -> str:

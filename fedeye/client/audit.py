@@ -44,7 +44,6 @@ from flwr.common.serde_utils import error_to_proto
 
 from fedeye.client.state import STATE_DIR_KEY, SiteState, fedeye_home, simulated_state
 from fedeye.errors import AuditError, FedEyeError
-from fedeye.sites.layout import simulated_site_dirs
 from fedeye.protocol import (
     CONFIG,
     DP_EPSILON,
@@ -55,6 +54,7 @@ from fedeye.protocol import (
     RUN_ID,
     SERVER_ROUND,
 )
+from fedeye.sites.layout import simulated_site_dirs
 
 AUDIT_LOG_KEY = NODE_AUDIT_LOG  # node config key: explicit audit file path
 SITE_DIR_KEY = NODE_SITE_DIR  # node config key of the site folder
@@ -114,7 +114,9 @@ class DecisionEntry(TypedDict):
 # ------------------------------------------------------------------ paths
 
 
-def audit_path(node_config: Mapping[str, object], *, home: Path, node_id: int = 0, site_dir: Path | None = None) -> Path:
+def audit_path(
+    node_config: Mapping[str, object], *, home: Path, node_id: int = 0, site_dir: Path | None = None
+) -> Path:
     """The audit file of this node, from its node config (and, simulated, the site folder it serves).
 
     ``audit-log`` if set; else ``audit/audit.jsonl`` in the site's state
@@ -195,22 +197,28 @@ def run_key_of(request: Message) -> str | None:
     return None
 
 
-def describe_reply(reply: Message, *, server_round: int | None = None, now: datetime | None = None,
-                   run: str | None = None) -> AuditEntry:
+def describe_reply(
+    reply: Message, *, server_round: int | None = None, now: datetime | None = None, run: str | None = None
+) -> AuditEntry:
     """The audit entry of one outgoing reply (no I/O; ``now`` defaults to UTC now)."""
     payload = payload_bytes(reply)
     content = reply.content if reply.has_content() else None
     when = (now or datetime.now(UTC)).isoformat(timespec="milliseconds")
     return AuditEntry(
-        time=when, run_id=int(reply.metadata.run_id), run=run, node_id=int(reply.metadata.src_node_id),
-        server_round=server_round, message_type=reply.metadata.message_type,
+        time=when,
+        run_id=int(reply.metadata.run_id),
+        run=run,
+        node_id=int(reply.metadata.src_node_id),
+        server_round=server_round,
+        message_type=reply.metadata.message_type,
         status="ok" if content is not None else "error",
         error=None if content is not None else reply.error.reason,
         records={k: type(v).__name__ for k, v in content.items()} if content else {},
         arrays={k: _arrays(v) for k, v in content.array_records.items()} if content else {},
         metrics={k: _values(v) for k, v in content.metric_records.items()} if content else {},
         configs={k: _values(v) for k, v in content.config_records.items()} if content else {},
-        payload_bytes=len(payload), payload_sha256=sha256(payload).hexdigest(),
+        payload_bytes=len(payload),
+        payload_sha256=sha256(payload).hexdigest(),
         epsilon=_epsilon(dict(content.metric_records)) if content else None,
     )
 

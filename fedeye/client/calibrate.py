@@ -36,8 +36,16 @@ from fedeye.models import load_model, save_model
 MIN_LABELS_PER_CLASS = 5
 
 
-def calibrate_file(model_path: Path, site_dir: Path, out: Path, *, split: str = "all", target: Target | None = None,
-                   max_labels: int | None = None, seed: int = 0) -> dict[str, Any]:
+def calibrate_file(
+    model_path: Path,
+    site_dir: Path,
+    out: Path,
+    *,
+    split: str = "all",
+    target: Target | None = None,
+    max_labels: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Fit threshold and temperature on the labelled images of ``site_dir``; write the model to ``out``."""
     model, cfg, meta = load_model(model_path)
     dataset, used, _ = site_images(open_external_site(site_dir), split, image_size=int(cfg.img_size or 0))
@@ -46,8 +54,14 @@ def calibrate_file(model_path: Path, site_dir: Path, out: Path, *, split: str = 
     stored = ModelOperatingPoint.from_metadata(meta)
     goal: Target = target if target is not None else _stored_target(stored)
     point = fit_labelled(probs, labels, target=goal)
-    record = {"command": "calibrate", "site_dir": str(site_dir), "split": used, "images": int(len(labels)),
-              "positives": int((labels == 1).sum()), "previous": None if stored is None else stored.to_metadata()}
+    record = {
+        "command": "calibrate",
+        "site_dir": str(site_dir),
+        "split": used,
+        "images": int(len(labels)),
+        "positives": int((labels == 1).sum()),
+        "previous": None if stored is None else stored.to_metadata(),
+    }
     _write(out, model, cfg, meta, point, record)
     return {"out": str(out), "operating_point": point.to_metadata(), **record}
 
@@ -55,8 +69,9 @@ def calibrate_file(model_path: Path, site_dir: Path, out: Path, *, split: str = 
 def fit_labelled(probs: np.ndarray, labels: np.ndarray, *, target: Target) -> ModelOperatingPoint:
     """The operating point of a labelled local set; refuses one too small to fit."""
     if probs.ndim != 2 or probs.shape[1] != 2:
-        raise ConfigError("fedeye calibrate fits a threshold for binary tasks; this model has "
-                          f"{probs.shape[1]} classes")
+        raise ConfigError(
+            f"fedeye calibrate fits a threshold for binary tasks; this model has {probs.shape[1]} classes"
+        )
     positives, negatives = int((labels == 1).sum()), int((labels != 1).sum())
     if min(positives, negatives) < MIN_LABELS_PER_CLASS:
         raise ConfigError(
@@ -67,8 +82,9 @@ def fit_labelled(probs: np.ndarray, labels: np.ndarray, *, target: Target) -> Mo
     return fit_local_operating_point(labels, positive_log_odds(probs), target=target, source="calibrate")
 
 
-def adapt_file(model_path: Path, site_dir: Path, out: Path, *, split: str = "all",
-               settings: AdaptSettings | None = None) -> dict[str, Any]:
+def adapt_file(
+    model_path: Path, site_dir: Path, out: Path, *, split: str = "all", settings: AdaptSettings | None = None
+) -> dict[str, Any]:
     """Adapt to the unlabelled images of ``site_dir`` (labels, if any, are not read); write to ``out``."""
     model, cfg, meta = load_model(model_path)
     dataset, used, _ = site_images(open_external_site(site_dir), split, image_size=int(cfg.img_size or 0))
@@ -92,7 +108,9 @@ def _at_most(dataset: ImageDataset, count: int | None, seed: int) -> ImageDatase
     return Subset(dataset, chosen.tolist())
 
 
-def _write(out: Path, model: Any, cfg: Any, meta: dict[str, Any], point: ModelOperatingPoint, record: dict[str, Any]) -> None:
+def _write(
+    out: Path, model: Any, cfg: Any, meta: dict[str, Any], point: ModelOperatingPoint, record: dict[str, Any]
+) -> None:
     metadata = dict(meta)
     metadata[METADATA_KEY] = point.to_metadata()
     metadata["history"] = [*list(meta.get("history") or []), record]

@@ -189,10 +189,14 @@ def prepare_private(
     params = [p for p in model.parameters() if p.requires_grad]
     engine = PrivacyEngine(accountant=plan.accountant)
     module, optimizer, loader = engine.make_private(
-        module=model, optimizer=torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
-        data_loader=loader, noise_multiplier=plan.noise_multiplier, max_grad_norm=max_grad_norm,
+        module=model,
+        optimizer=torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        data_loader=loader,
+        noise_multiplier=plan.noise_multiplier,
+        max_grad_norm=max_grad_norm,
         poisson_sampling=False,  # the loader already samples patients at plan.sample_rate
-        loss_reduction="mean", noise_generator=_noise_generator(device, rng_seed),
+        loss_reduction="mean",
+        noise_generator=_noise_generator(device, rng_seed),
     )
     module.forbid_grad_accumulation()
     optimizer.expected_batch_size = plan.sample_rate * patients.num_patients
@@ -254,7 +258,13 @@ def train_local_dp(
     """
     extra = DPObjective.start(model, objective or LocalObjective(), seed=cfg.seed * 100_003 + server_round)
     private = prepare_private(
-        model, dataset, cfg=cfg, plan=plan, max_grad_norm=max_grad_norm, server_round=server_round, rng_seed=rng_seed,
+        model,
+        dataset,
+        cfg=cfg,
+        plan=plan,
+        max_grad_norm=max_grad_norm,
+        server_round=server_round,
+        rng_seed=rng_seed,
         max_physical_batch=max_physical_batch,
     )
     extra.attach(private.optimizer)
@@ -269,8 +279,11 @@ def train_local_dp(
         private.close()
         extra.finish()
     return DPTrainResult(
-        loss=total_loss / max(seen, 1), num_examples=len(dataset), seconds=time.perf_counter() - start,
-        steps=plan.steps, mean_batch_size=seen / plan.steps,
+        loss=total_loss / max(seen, 1),
+        num_examples=len(dataset),
+        seconds=time.perf_counter() - start,
+        steps=plan.steps,
+        mean_batch_size=seen / plan.steps,
     )
 
 
@@ -400,15 +413,17 @@ def patient_styles(model: nn.Module, dataset: SiteDataset, *, batch_size: int = 
     """The router's style of every image, averaged per patient: ``[num_patients, 2*dim]``."""
     device = select_device("auto")
     model.to(device).eval()
-    styles = torch.cat([model.styles(images.to(device)).cpu()  # type: ignore[operator]
-                        for images, _ in DataLoader(dataset, batch_size=batch_size)])
+    styles = torch.cat(
+        [
+            model.styles(images.to(device)).cpu()  # type: ignore[operator]
+            for images, _ in DataLoader(dataset, batch_size=batch_size)
+        ]
+    )
     _, images_of = group_by_patient(dataset.patient_ids)
     return torch.stack([styles[images].mean(dim=0) for images in images_of])
 
 
-def set_private_prototype(
-    model: nn.Module, expert_index: int, *, key: torch.Tensor, spread: float
-) -> None:
+def set_private_prototype(model: nn.Module, expert_index: int, *, key: torch.Tensor, spread: float) -> None:
     """Write a released prototype into the router's row ``expert_index`` (see :mod:`fedeye.privacy.prototype`)."""
     from fedeye.models.router import ExpertRouter
 
@@ -422,7 +437,12 @@ def set_private_prototype(
 
 
 def release_prototype(
-    model: nn.Module, dataset: SiteDataset, *, noise_multiplier: float, batch_size: int = 64, rng_seed: int | None = None,
+    model: nn.Module,
+    dataset: SiteDataset,
+    *,
+    noise_multiplier: float,
+    batch_size: int = 64,
+    rng_seed: int | None = None,
 ) -> tuple[torch.Tensor, float]:
     """The site's style prototype through the Gaussian mechanism (once per run; the noise from ``os.urandom``)."""
     from fedeye.privacy.prototype import private_prototype

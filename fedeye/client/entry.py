@@ -69,7 +69,10 @@ class SiteClientApp(ClientApp):
         if uses_worker and state_dir is not None:
             reply, handler_s = forward(message, context, socket_path=worker_socket_path(state_dir))
         elif uses_worker:
-            reply, handler_s = unavailable_reply(message, context, reason=f"node config 'worker' is set without '{NODE_STATE_DIR}'"), 0.0
+            reply, handler_s = (
+                unavailable_reply(message, context, reason=f"node config 'worker' is set without '{NODE_STATE_DIR}'"),
+                0.0,
+            )
         else:
             reply, handler_s = _in_process(message, context)
         if state_dir is not None:
@@ -90,8 +93,9 @@ def _state_dir(context: Context) -> Path | None:
     return None if value in (None, "") else Path(str(value))
 
 
-def forward(message: Message, context: Context, *, socket_path: Path,
-            max_frame_bytes: int = frames.DEFAULT_MAX_FRAME_BYTES) -> tuple[Message, float]:
+def forward(
+    message: Message, context: Context, *, socket_path: Path, max_frame_bytes: int = frames.DEFAULT_MAX_FRAME_BYTES
+) -> tuple[Message, float]:
     """Have the worker on ``socket_path`` handle ``message``; return its reply and handler seconds.
 
     ``context.state`` becomes the worker's updated state. Never raises for a
@@ -121,11 +125,18 @@ def unavailable_reply(message: Message, context: Context, *, reason: str) -> Mes
     return failed_reply(message, context, category=FailureCategory.WORKER_UNAVAILABLE, reason=reason)
 
 
-def failed_reply(message: Message, context: Context, *, category: FailureCategory, reason: str,
-                 incident: str | None = None) -> Message:
+def failed_reply(
+    message: Message, context: Context, *, category: FailureCategory, reason: str, incident: str | None = None
+) -> Message:
     """A reply that reports this site failed the message (``reason`` must be site-safe: no paths)."""
-    site = ConfigRecord({SITE_NAME: str(context.node_config.get(NODE_SITE_NAME, f"node-{context.node_id}")),
-                         SITE_STATUS: SiteStatus.FAILED.value, SITE_CATEGORY: category.value, SITE_REASON: reason})
+    site = ConfigRecord(
+        {
+            SITE_NAME: str(context.node_config.get(NODE_SITE_NAME, f"node-{context.node_id}")),
+            SITE_STATUS: SiteStatus.FAILED.value,
+            SITE_CATEGORY: category.value,
+            SITE_REASON: reason,
+        }
+    )
     if incident:
         site[SITE_INCIDENT] = incident
     content = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 0}), SITE: site})
@@ -138,8 +149,13 @@ def _refused_reply(message: Message, context: Context, header: dict[str, object]
     except ValueError:
         category = FailureCategory.INTERNAL
     incident = header.get("incident")
-    return failed_reply(message, context, category=category, reason="the site worker could not handle the message",
-                        incident=str(incident) if incident else None)
+    return failed_reply(
+        message,
+        context,
+        category=category,
+        reason="the site worker could not handle the message",
+        incident=str(incident) if incident else None,
+    )
 
 
 def process_started_at() -> float:
@@ -155,10 +171,15 @@ def process_started_at() -> float:
 def _log_timing(state_dir: Path, message: Message, *, worker: bool, handler_s: float) -> None:
     config = message.content.config_records.get("config") if message.has_content() else None
     entry = {
-        "run": message.metadata.run_id, "type": message.metadata.message_type, "worker": worker,
+        "run": message.metadata.run_id,
+        "type": message.metadata.message_type,
+        "worker": worker,
         "round": None if config is None else config.get("server-round"),
         "split": None if config is None else config.get("split"),
-        "started": process_started_at(), "imported": _IMPORTED_AT, "replied": time.time(), "handler-s": handler_s,
+        "started": process_started_at(),
+        "imported": _IMPORTED_AT,
+        "replied": time.time(),
+        "handler-s": handler_s,
     }
     path = state_dir / TIMINGS_FILE
     try:

@@ -81,7 +81,9 @@ def site_images(site: SiteFormat, split: str, *, image_size: int) -> tuple[Image
     return SiteDataset(site, split, image_size=image_size), split, note
 
 
-def evaluate_model_on_site(model_path: Path, site_dir: Path, *, split: str = "test", resamples: int = 1000) -> dict[str, Any]:
+def evaluate_model_on_site(
+    model_path: Path, site_dir: Path, *, split: str = "test", resamples: int = 1000
+) -> dict[str, Any]:
     """Aggregate metrics of a saved model on one split (or ``all`` images) of one site.
 
     The result holds ``metrics`` (AUC, and at the model's operating point
@@ -103,10 +105,16 @@ def evaluate_model_on_site(model_path: Path, site_dir: Path, *, split: str = "te
     if probs.shape[1] == 2:
         metrics.update(metrics_at_point(probs, labels, point, resamples=resamples))
     return {
-        "model": str(model_path), "site": site.info.name, "site_dir": str(site_dir), "split": used, "note": note,
-        "num_examples": int(len(labels)), "num_positive": int((labels > 0).sum()),
+        "model": str(model_path),
+        "site": site.info.name,
+        "site_dir": str(site_dir),
+        "split": used,
+        "note": note,
+        "num_examples": int(len(labels)),
+        "num_positive": int((labels > 0).sum()),
         "loss": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()),
-        "metrics": metrics, "operating_point": point.to_metadata() | {"stored": stored is not None},
+        "metrics": metrics,
+        "operating_point": point.to_metadata() | {"stored": stored is not None},
         "experts": _experts(model, dataset, meta),
     }
 
@@ -114,6 +122,8 @@ def evaluate_model_on_site(model_path: Path, site_dir: Path, *, split: str = "te
 def _experts(model: Any, dataset: ImageDataset, meta: dict[str, Any]) -> dict[str, float] | None:
     mix = mean_expert_weights(model, dataset)
     names = list(meta.get("experts") or [])
-    return None if mix is None else {
-        (names[k] if k < len(names) and names[k] else f"expert {k}"): float(w) for k, w in enumerate(mix)
-    }
+    return (
+        None
+        if mix is None
+        else {(names[k] if k < len(names) and names[k] else f"expert {k}"): float(w) for k, w in enumerate(mix)}
+    )

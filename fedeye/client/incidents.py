@@ -97,24 +97,34 @@ def new_incident_id() -> str:
 
 def failure_reply(msg: Message, *, category: p.FailureCategory, incident: str, site_name: str | None) -> Message:
     """The reply of a failed message: status, category, incident id, a fixed reason; no arrays."""
-    site = ConfigRecord({
-        p.SITE_STATUS: p.SiteStatus.FAILED.value, p.SITE_CATEGORY: category.value, p.SITE_INCIDENT: incident,
-        p.SITE_REASON: FAILURE_REASONS[category].format(incident=incident),
-    })
+    site = ConfigRecord(
+        {
+            p.SITE_STATUS: p.SiteStatus.FAILED.value,
+            p.SITE_CATEGORY: category.value,
+            p.SITE_INCIDENT: incident,
+            p.SITE_REASON: FAILURE_REASONS[category].format(incident=incident),
+        }
+    )
     if site_name:
         site[p.SITE_NAME] = site_name
     content = RecordDict({p.METRICS: MetricRecord({p.NUM_EXAMPLES: 0}), p.SITE: site})
     return Message(content=content, reply_to=msg)
 
 
-def incident_entry(msg: Message, err: BaseException, *, category: p.FailureCategory, incident: str,
-                   now: datetime | None = None) -> dict[str, Any]:
+def incident_entry(
+    msg: Message, err: BaseException, *, category: p.FailureCategory, incident: str, now: datetime | None = None
+) -> dict[str, Any]:
     """The incident log line of one failure: everything the coordinator is not told."""
     return {
-        "time": (now or datetime.now(UTC)).isoformat(timespec="milliseconds"), "incident": incident,
-        "category": category.value, "run_id": int(msg.metadata.run_id), "server_round": server_round_of(msg),
-        "message_type": msg.metadata.message_type, "error_type": f"{type(err).__module__}.{type(err).__qualname__}",
-        "message": str(err), "traceback": "".join(traceback.format_exception(err)),
+        "time": (now or datetime.now(UTC)).isoformat(timespec="milliseconds"),
+        "incident": incident,
+        "category": category.value,
+        "run_id": int(msg.metadata.run_id),
+        "server_round": server_round_of(msg),
+        "message_type": msg.metadata.message_type,
+        "error_type": f"{type(err).__module__}.{type(err).__qualname__}",
+        "message": str(err),
+        "traceback": "".join(traceback.format_exception(err)),
     }
 
 

@@ -130,13 +130,17 @@ class SiteLedger:
     def confirm(self, booking: Booking | int) -> None:
         """Mark a booked round spent (call before its reply leaves the site)."""
         with self._transaction() as conn:
-            conn.executemany("UPDATE dp_phase SET state = 'spent', recorded_at = ? WHERE id = ?",
-                             [(_now(), row) for row in _rows(booking)])
+            conn.executemany(
+                "UPDATE dp_phase SET state = 'spent', recorded_at = ? WHERE id = ?",
+                [(_now(), row) for row in _rows(booking)],
+            )
 
     def cancel(self, booking: Booking | int) -> None:
         """Remove a booked round whose training failed (nothing of it left the site)."""
         with self._transaction() as conn:
-            conn.executemany("DELETE FROM dp_phase WHERE id = ? AND state = 'booked'", [(row,) for row in _rows(booking)])
+            conn.executemany(
+                "DELETE FROM dp_phase WHERE id = ? AND state = 'booked'", [(row,) for row in _rows(booking)]
+            )
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -156,7 +160,9 @@ class SiteLedger:
                 self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except (OSError, sqlite3.Error) as err:
-            raise LedgerError(f"cannot open the site's privacy ledger {self.path}: {err}; make its folder writable") from err
+            raise LedgerError(
+                f"cannot open the site's privacy ledger {self.path}: {err}; make its folder writable"
+            ) from err
         try:
             _prepare(conn, self.path, owner=create)
             yield conn
@@ -182,8 +188,18 @@ def _rows(booking: Booking | int) -> tuple[int, ...]:
 def _insert(conn: sqlite3.Connection, entry: LedgerEntry, *, state: EntryState) -> int:
     cursor = conn.execute(
         f"INSERT INTO dp_phase ({_COLUMNS}, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (entry.run, entry.server_round, entry.noise_multiplier, entry.sample_rate, entry.steps, entry.delta,
-         entry.accountant, entry.data_fingerprint, entry.recorded_at.isoformat(), state),
+        (
+            entry.run,
+            entry.server_round,
+            entry.noise_multiplier,
+            entry.sample_rate,
+            entry.steps,
+            entry.delta,
+            entry.accountant,
+            entry.data_fingerprint,
+            entry.recorded_at.isoformat(),
+            state,
+        ),
     )
     return int(cursor.lastrowid or 0)
 
@@ -195,10 +211,20 @@ def _read_entries(conn: sqlite3.Connection) -> list[LedgerEntry]:
 def _read_rows(conn: sqlite3.Connection) -> list[tuple[LedgerEntry, EntryState]]:
     rows = conn.execute(f"SELECT {_COLUMNS}, state FROM dp_phase ORDER BY id").fetchall()
     return [
-        (LedgerEntry(run=str(run), server_round=int(rnd), noise_multiplier=float(sigma), sample_rate=float(q),
-                     steps=int(steps), delta=float(delta), accountant=cast(Accountant, str(acct)),
-                     data_fingerprint=str(fp), recorded_at=datetime.fromisoformat(str(at))),
-         cast(EntryState, str(state)))
+        (
+            LedgerEntry(
+                run=str(run),
+                server_round=int(rnd),
+                noise_multiplier=float(sigma),
+                sample_rate=float(q),
+                steps=int(steps),
+                delta=float(delta),
+                accountant=cast(Accountant, str(acct)),
+                data_fingerprint=str(fp),
+                recorded_at=datetime.fromisoformat(str(at)),
+            ),
+            cast(EntryState, str(state)),
+        )
         for run, rnd, sigma, q, steps, delta, acct, fp, at, state in rows
     ]
 

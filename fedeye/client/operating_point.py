@@ -32,7 +32,9 @@ from fedeye.fairness.operating_point import (
 )
 
 
-def summary_for(config: ConfigRecord, probs: np.ndarray, labels: np.ndarray, *, min_group_size: int) -> MetricRecord | None:
+def summary_for(
+    config: ConfigRecord, probs: np.ndarray, labels: np.ndarray, *, min_group_size: int
+) -> MetricRecord | None:
     """The summary an evaluate message asks for (None: none asked, a multiclass task, or nothing to send)."""
     asked = config.get(p.SUMMARIZE_SCORES)
     if not asked or probs.ndim != 2 or probs.shape[1] != 2:
@@ -51,8 +53,9 @@ def score_moments_record(probs: np.ndarray, *, min_group_size: int) -> MetricRec
     return MetricRecord({p.SUMMARY_IMAGES: count, p.SUMMARY_SUM: total, p.SUMMARY_SQUARES: squares})
 
 
-def score_summary(probs: np.ndarray, labels: np.ndarray, *, min_group_size: int,
-                  scale: ScoreScale | None = None) -> MetricRecord | None:
+def score_summary(
+    probs: np.ndarray, labels: np.ndarray, *, min_group_size: int, scale: ScoreScale | None = None
+) -> MetricRecord | None:
     """The site's counts and log-losses on ``scale``'s grids (None: a multiclass task or nothing to send)."""
     if probs.ndim != 2 or probs.shape[1] != 2:
         return None
@@ -79,7 +82,12 @@ def point_from_config(config: ConfigRecord) -> ModelOperatingPoint | None:
 
 
 def metrics_at_point(
-    probs: np.ndarray, labels: np.ndarray, point: ModelOperatingPoint, *, resamples: int = 1000, seed: int = 0,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    point: ModelOperatingPoint,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Accuracy and :data:`~fedeye.fairness.operating_point.RATE_NAMES` at ``point``, with bootstrap 95% CIs.
 

@@ -63,8 +63,9 @@ class PrivatePrototype:
         if self.expert_index is None:
             return
         if self.one_off:
-            key, spread = release_prototype(model, dataset, noise_multiplier=self.one_off[0].noise_multiplier,
-                                            rng_seed=rng_seed)
+            key, spread = release_prototype(
+                model, dataset, noise_multiplier=self.one_off[0].noise_multiplier, rng_seed=rng_seed
+            )
             context.state[PROTOTYPE_STATE_KEY] = ArrayRecord({"key": key, "spread": torch.tensor(spread)})
         record = context.state.array_records[PROTOTYPE_STATE_KEY].to_torch_state_dict()
         set_private_prototype(model, self.expert_index, key=record["key"], spread=float(record["spread"]))

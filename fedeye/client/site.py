@@ -18,9 +18,8 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedeye.client.audit import audit_path
-from fedeye.client.state import fedeye_home, site_state_for
 from fedeye.client.site_config import SiteConfig, site_config_for
-from fedeye.client.state import SiteState
+from fedeye.client.state import SiteState, fedeye_home, site_state_for
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError, ModelError
 from fedeye.models import ModelConfig, PromptViT, build_model
@@ -40,7 +39,9 @@ def site_dir_for(cfg: RunConfig, node_config: dict[str, Any]) -> Path:
     if SITE_DIR_KEY in node_config:
         return Path(str(node_config[SITE_DIR_KEY])).expanduser()
     if NODE_PARTITION_ID not in node_config:
-        raise ConfigError(f"this SuperNode has no '{SITE_DIR_KEY}' in its node config; start it with --node-config \"{SITE_DIR_KEY}='/path/to/site'\"")
+        raise ConfigError(
+            f"this SuperNode has no '{SITE_DIR_KEY}' in its node config; start it with --node-config \"{SITE_DIR_KEY}='/path/to/site'\""
+        )
     if cfg.data.root is None:
         raise ConfigError("data.root is not set: a simulation needs the folder that holds the site folders")
     dirs = simulated_site_dirs(cfg.data.root)
@@ -161,4 +162,3 @@ class SiteJob:
             )
         load_state(model, state, strict=False)
         return model
-

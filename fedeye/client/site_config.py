@@ -45,8 +45,11 @@ class SiteConfig(BaseModel):
     data: Path | None = Field(default=None, description="The site folder (manifest.csv and images).")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where this site trains.")
     audit_log: Path | None = Field(default=None, description="Where the site's audit log of outgoing messages goes.")
-    state_dir: Path | None = Field(default=None, description="The site's state folder (data cache, privacy ledger, "
-                                   "approvals, worker socket, logs); default: state/ beside this file.")
+    state_dir: Path | None = Field(
+        default=None,
+        description="The site's state folder (data cache, privacy ledger, "
+        "approvals, worker socket, logs); default: state/ beside this file.",
+    )
     cache_image_sizes: list[Annotated[int, Field(ge=8)]] = Field(
         default_factory=list,
         description="Image sizes to prepare the data cache at when the site starts (e.g. [224]); "
@@ -61,7 +64,9 @@ def load_site_config(path: Path) -> SiteConfig:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: site config not found; create it or fix the '{SITE_CONFIG_KEY}' node config") from None
+        raise ConfigError(
+            f"{path}: site config not found; create it or fix the '{SITE_CONFIG_KEY}' node config"
+        ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: not valid TOML ({err})") from None
     try:
@@ -69,8 +74,11 @@ def load_site_config(path: Path) -> SiteConfig:
     except ValidationError as err:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']} (got {e.get('input')!r})" for e in err.errors())
         raise ConfigError(f"{path}: invalid site config: {fields}") from None
-    relative = {k: (path.parent / v).resolve() for k in ("data", "audit_log", "state_dir")
-                if (v := getattr(cfg, k)) is not None and not v.is_absolute()}
+    relative = {
+        k: (path.parent / v).resolve()
+        for k in ("data", "audit_log", "state_dir")
+        if (v := getattr(cfg, k)) is not None and not v.is_absolute()
+    }
     if relative:
         cfg = cfg.model_copy(update=relative)
     return cfg

@@ -56,8 +56,12 @@ def site_json(home: SiteHome) -> dict[str, Any]:
     """Everything the site page shows, from the site's own records."""
     rows = run_rows(home)
     return {
-        "site": {"folder": str(home.folder), "deployed": home.deployed, "approval": home.config.approval.mode,
-                 "epsilon_per_run": home.config.privacy.epsilon},
+        "site": {
+            "folder": str(home.folder),
+            "deployed": home.deployed,
+            "approval": home.config.approval.mode,
+            "epsilon_per_run": home.config.privacy.epsilon,
+        },
         "pending": [asdict(r) for r in rows if r.status == "pending"],
         "runs": [asdict(r) for r in rows],
         "decisions": list(reversed(read_decisions(home.audit_log)))[:RECENT],
@@ -68,10 +72,18 @@ def site_json(home: SiteHome) -> dict[str, Any]:
 def _outgoing(entry: AuditEntry) -> dict[str, Any]:
     tensors = [name for record in entry["arrays"].values() for name in record]
     metrics = {k: v for record in entry["metrics"].values() for k, v in record.items()}
-    return {"time": entry["time"], "run": entry.get("run") or f"flower-{entry['run_id']}",
-            "round": entry["server_round"], "type": entry["message_type"], "status": _site_status(entry),
-            "bytes": entry["payload_bytes"], "tensors": len(tensors), "tensor_names": tensors[:8],
-            "metrics": metrics, "epsilon": entry["epsilon"]}
+    return {
+        "time": entry["time"],
+        "run": entry.get("run") or f"flower-{entry['run_id']}",
+        "round": entry["server_round"],
+        "type": entry["message_type"],
+        "status": _site_status(entry),
+        "bytes": entry["payload_bytes"],
+        "tensors": len(tensors),
+        "tensor_names": tensors[:8],
+        "metrics": metrics,
+        "epsilon": entry["epsilon"],
+    }
 
 
 def _site_status(entry: AuditEntry) -> str:
@@ -88,6 +100,11 @@ def _data_check(data: str) -> dict[str, Any]:
 
     report = check_site(Path(data))
     summary = report.summary
-    return {"ok": report.ok, "format": report.format_name,
-            "images": summary.num_samples if summary else 0, "patients": summary.num_patients if summary else 0,
-            "per_split": summary.per_split if summary else {}, "problems": [str(p) for p in report.problems][:20]}
+    return {
+        "ok": report.ok,
+        "format": report.format_name,
+        "images": summary.num_samples if summary else 0,
+        "patients": summary.num_patients if summary else 0,
+        "per_split": summary.per_split if summary else {},
+        "problems": [str(p) for p in report.problems][:20],
+    }

@@ -98,9 +98,14 @@ def site_status(site: Path, *, latest: int = LATEST_AUDIT) -> SiteStatusReport:
     accountant = _accountant(files.config, entries)
     audit = _audit(files.audit_log)
     return SiteStatusReport(
-        site=files.name, kind=files.kind, data=None if files.data is None else str(files.data),
-        state_dir=str(files.state_dir), runtime=runtime_state(files.state_dir), accountant=accountant,
-        run_budget=files.config.privacy.epsilon, lifetime_budget=files.config.privacy.lifetime_epsilon,
+        site=files.name,
+        kind=files.kind,
+        data=None if files.data is None else str(files.data),
+        state_dir=str(files.state_dir),
+        runtime=runtime_state(files.state_dir),
+        accountant=accountant,
+        run_budget=files.config.privacy.epsilon,
+        lifetime_budget=files.config.privacy.lifetime_epsilon,
         lifetime_epsilon=lifetime_epsilon(entries, accountant=accountant),
         lifetime_delta=min((e.delta for e in entries), default=None),
         runs=_runs(rows, accountant=accountant),
@@ -118,19 +123,32 @@ def runtime_state(state_dir: Path) -> dict[str, str]:
     state = SiteState(state_dir)
     pid = ping(state.worker_socket, timeout_s=1.0) if state.worker_socket.exists() else None
     entries = list_entries(state.cache_dir) if state.cache_dir.is_dir() else []
-    cache = ", ".join(f"{e.split} {e.image_size}px {e.preprocess} ({e.count} images, {e.bytes / 2**20:.0f} MiB)"
-                      for e in entries) or "not built (the first message builds it; or `fedeye site cache build`)"
-    return {"worker": f"running (pid {pid})" if pid else "not running", "cache": cache,
-            "state-dir": "present" if state_dir.is_dir() else "missing",
-            "incidents": str(len(read_incidents(state_dir))) + f" (details: {state_dir / INCIDENT_FILE})"}
+    cache = (
+        ", ".join(
+            f"{e.split} {e.image_size}px {e.preprocess} ({e.count} images, {e.bytes / 2**20:.0f} MiB)" for e in entries
+        )
+        or "not built (the first message builds it; or `fedeye site cache build`)"
+    )
+    return {
+        "worker": f"running (pid {pid})" if pid else "not running",
+        "cache": cache,
+        "state-dir": "present" if state_dir.is_dir() else "missing",
+        "incidents": str(len(read_incidents(state_dir))) + f" (details: {state_dir / INCIDENT_FILE})",
+    }
 
 
 def _locate(site: Path) -> _SiteFiles:
     home = site_home(site)
     kind: SiteKind = "deployment" if home.deployed else "simulation"
     data = home.config.data if home.deployed else home.folder
-    return _SiteFiles(name=_site_name(home), kind=kind, data=data, config=home.config, state_dir=home.state_dir,
-                      audit_log=home.audit_log)
+    return _SiteFiles(
+        name=_site_name(home),
+        kind=kind,
+        data=data,
+        config=home.config,
+        state_dir=home.state_dir,
+        audit_log=home.audit_log,
+    )
 
 
 def _site_name(home: SiteHome) -> str:
@@ -155,12 +173,18 @@ def _runs(rows: list[tuple[LedgerEntry, EntryState]], *, accountant: Accountant)
     spending = []
     for run in runs_of(entries):
         own = [(e, s) for e, s in rows if e.run == run]
-        spending.append(RunSpending(
-            run=run, rounds=[e.server_round for e, _ in own], epsilon=epsilons[run], delta=min(e.delta for e, _ in own),
-            first=own[0][0].recorded_at, last=own[-1][0].recorded_at,
-            data_fingerprints=list(dict.fromkeys(e.data_fingerprint for e, _ in own)),
-            booked=sum(s == "booked" for _, s in own),
-        ))
+        spending.append(
+            RunSpending(
+                run=run,
+                rounds=[e.server_round for e, _ in own],
+                epsilon=epsilons[run],
+                delta=min(e.delta for e, _ in own),
+                first=own[0][0].recorded_at,
+                last=own[-1][0].recorded_at,
+                data_fingerprints=list(dict.fromkeys(e.data_fingerprint for e, _ in own)),
+                booked=sum(s == "booked" for _, s in own),
+            )
+        )
     return spending
 
 
@@ -170,7 +194,11 @@ def _audit(path: Path | None) -> list[AuditEntry]:
 
 def _audit_line(entry: AuditEntry) -> AuditLine:
     return AuditLine(
-        time=entry["time"], flower_run_id=int(entry["run_id"]), server_round=entry["server_round"],
-        message_type=entry["message_type"], status=entry["status"], epsilon=entry["epsilon"],
+        time=entry["time"],
+        flower_run_id=int(entry["run_id"]),
+        server_round=entry["server_round"],
+        message_type=entry["message_type"],
+        status=entry["status"],
+        epsilon=entry["epsilon"],
         payload_bytes=int(entry["payload_bytes"]),
     )

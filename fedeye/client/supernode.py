@@ -49,7 +49,9 @@ def site_credentials(site_dir: Path, *, ca: Path | None, insecure: bool) -> tupl
         return None
     key, root = site_dir / "node.key", (ca or site_dir / "ca.crt")
     if not key.is_file():
-        raise DeploymentError(f"{key}: not found; make the node key with `fedeye site init {site_dir} --name NAME --data SITE_DATA`")
+        raise DeploymentError(
+            f"{key}: not found; make the node key with `fedeye site init {site_dir} --name NAME --data SITE_DATA`"
+        )
     if not root.is_file():
         raise DeploymentError(
             f"{root}: not found; copy ca.crt from the coordinator (written by `fedeye coordinator init`) "
@@ -58,8 +60,9 @@ def site_credentials(site_dir: Path, *, ca: Path | None, insecure: bool) -> tupl
     return root.resolve(), key.resolve()
 
 
-def site_node_config(*, data: Path, site_toml: Path, audit_log: Path | None, state_dir: Path, site_name: str,
-                     worker: bool) -> dict[str, str | bool]:
+def site_node_config(
+    *, data: Path, site_toml: Path, audit_log: Path | None, state_dir: Path, site_name: str, worker: bool
+) -> dict[str, str | bool]:
     """The SuperNode's node config: ``site-dir``, ``site-config``, ``audit-log``, ``state-dir``, ``site-name``, ``worker``."""
     paths = {NODE_SITE_DIR: data, NODE_SITE_CONFIG: site_toml, NODE_AUDIT_LOG: audit_log, NODE_STATE_DIR: state_dir}
     config: dict[str, str | bool] = {key: str(path) for key, path in paths.items() if path is not None}
@@ -70,11 +73,18 @@ def node_config_arg(node_config: dict[str, str | bool]) -> str:
     """Flower's ``--node-config`` text for ``node_config`` (strings single-quoted, booleans bare)."""
     for key, value in node_config.items():
         if isinstance(value, str) and "'" in value:
-            raise DeploymentError(f"{key}: {value} contains a quote (') that Flower's --node-config cannot carry; rename it")
-    return " ".join(f"{key}={str(value).lower()}" if isinstance(value, bool) else f"{key}='{value}'" for key, value in node_config.items())
+            raise DeploymentError(
+                f"{key}: {value} contains a quote (') that Flower's --node-config cannot carry; rename it"
+            )
+    return " ".join(
+        f"{key}={str(value).lower()}" if isinstance(value, bool) else f"{key}='{value}'"
+        for key, value in node_config.items()
+    )
 
 
-def supernode_command(address: Address, *, credentials: tuple[Path, Path] | None, node_config: str, runtime_port: int) -> list[str]:
+def supernode_command(
+    address: Address, *, credentials: tuple[Path, Path] | None, node_config: str, runtime_port: int
+) -> list[str]:
     """``flower-supernode`` for one site: TLS root, node key, node config, its own ClientApp port."""
     command = [flower_program("flower-supernode"), "--superlink", str(address), "--node-config", node_config]
     command += ["--host", "127.0.0.1", "--port", str(runtime_port)]

@@ -75,7 +75,11 @@ class EvalResult:
 
 
 def train_local(
-    model: nn.Module, dataset: ImageDataset, *, cfg: TrainingConfig, server_round: int = 1,
+    model: nn.Module,
+    dataset: ImageDataset,
+    *,
+    cfg: TrainingConfig,
+    server_round: int = 1,
     objective: LocalObjective | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``cfg.local_epochs`` epochs on ``dataset``.
@@ -91,7 +95,9 @@ def train_local(
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator, drop_last=False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=round_lr(cfg, server_round), weight_decay=cfg.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(dataset).to(device) if cfg.class_weighting == "balanced" else None)
+    loss_fn = nn.CrossEntropyLoss(
+        weight=_class_weights(dataset).to(device) if cfg.class_weighting == "balanced" else None
+    )
     # fp16 autocast (CUDA without bf16) needs loss scaling; a no-op elsewhere
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     anchor = [p.detach().clone() for p in params] if objective.proximal_mu > 0 else None
@@ -182,8 +188,14 @@ def _expert_bank(model: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def set_site_prototype(model: nn.Module, dataset: ImageDataset, expert_index: int, *, batch_size: int = 64,
-                       device: torch.device | None = None) -> None:
+def set_site_prototype(
+    model: nn.Module,
+    dataset: ImageDataset,
+    expert_index: int,
+    *,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+) -> None:
     """Set the router's key of ``expert_index`` to the style prototype of ``dataset`` (this site's images)."""
     device = device or select_device("auto")
     model.to(device).eval()
@@ -192,8 +204,9 @@ def set_site_prototype(model: nn.Module, dataset: ImageDataset, expert_index: in
 
 
 @torch.no_grad()
-def mean_expert_weights(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 64,
-                        device: torch.device | None = None) -> np.ndarray | None:
+def mean_expert_weights(
+    model: nn.Module, dataset: ImageDataset, *, batch_size: int = 64, device: torch.device | None = None
+) -> np.ndarray | None:
     """The router's mean mixing weight per expert over ``dataset`` (None without a router)."""
     if getattr(model, "router", None) is None:
         return None
@@ -235,7 +248,9 @@ def _class_weights(dataset: ImageDataset) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 64, device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: nn.Module, dataset: ImageDataset, *, batch_size: int = 64, device: torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and labels for every image of ``dataset``, in order."""
     device = device or select_device("auto")
     model.to(device).eval()
@@ -248,7 +263,9 @@ def predict(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 64, de
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def evaluate_local(model: nn.Module, dataset: ImageDataset, *, batch_size: int = 64, device: torch.device | None = None) -> EvalResult:
+def evaluate_local(
+    model: nn.Module, dataset: ImageDataset, *, batch_size: int = 64, device: torch.device | None = None
+) -> EvalResult:
     """Loss and classification metrics of ``model`` on ``dataset``."""
     probs, labels = predict(model, dataset, batch_size=batch_size, device=device)
     return evaluate_predictions(probs, labels)

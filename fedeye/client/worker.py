@@ -96,7 +96,9 @@ class WorkerSettings:
     """How one site's worker runs."""
 
     state_dir: Path  #: the site's state folder (0700); the socket goes in it
-    node_config: dict[str, UserConfigValue] = field(default_factory=dict)  #: the SuperNode's node config, from `site start`
+    node_config: dict[str, UserConfigValue] = field(
+        default_factory=dict
+    )  #: the SuperNode's node config, from `site start`
     max_frame_bytes: int = frames.DEFAULT_MAX_FRAME_BYTES  #: longest frame accepted
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S  #: timeout of every read from a peer
 
@@ -134,7 +136,9 @@ class SiteWorker(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return True
         pid, uid, _ = _PEERCRED.unpack(request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         if uid != os.getuid():
-            log.warning("refused a connection from pid %d of uid %d (this worker serves uid %d only)", pid, uid, os.getuid())
+            log.warning(
+                "refused a connection from pid %d of uid %d (this worker serves uid %d only)", pid, uid, os.getuid()
+            )
             return False
         return True
 
@@ -157,8 +161,10 @@ def _prepare_socket_folder(state_dir: Path, path: Path) -> None:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     info = state_dir.stat()
     if info.st_uid != os.getuid():
-        raise DeploymentError(f"{state_dir}: owned by uid {info.st_uid}, not by this user ({os.getuid()}); "
-                              "run the site as the state folder's owner or give the site its own state folder")
+        raise DeploymentError(
+            f"{state_dir}: owned by uid {info.st_uid}, not by this user ({os.getuid()}); "
+            "run the site as the state folder's owner or give the site its own state folder"
+        )
     if stat.S_IMODE(info.st_mode) != 0o700:
         state_dir.chmod(0o700)
     if not path.exists() and not path.is_symlink():
@@ -166,7 +172,9 @@ def _prepare_socket_folder(state_dir: Path, path: Path) -> None:
     if not stat.S_ISSOCK(path.lstat().st_mode):
         raise DeploymentError(f"{path}: exists and is not a socket; move it away and start the site again")
     if _answers(path):
-        raise DeploymentError(f"{path}: another site worker is serving on it; stop it first (or give this site its own state folder)")
+        raise DeploymentError(
+            f"{path}: another site worker is serving on it; stop it first (or give this site its own state folder)"
+        )
     path.unlink()
 
 
@@ -245,8 +253,13 @@ def serve(settings: WorkerSettings) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("site worker pid %d ready on %s (PYTHONPATH=%s, fedeye from %s)", os.getpid(), settings.socket_path,
-             os.environ.get("PYTHONPATH", ""), Path(__file__).resolve().parents[1])
+    log.info(
+        "site worker pid %d ready on %s (PYTHONPATH=%s, fedeye from %s)",
+        os.getpid(),
+        settings.socket_path,
+        os.environ.get("PYTHONPATH", ""),
+        Path(__file__).resolve().parents[1],
+    )
     try:
         worker.serve_forever(poll_interval=0.5)
     finally:
@@ -267,17 +280,32 @@ def ping(path: Path, *, timeout_s: float = 2.0) -> int | None:
 
 
 def _parse_args(argv: list[str] | None) -> WorkerSettings:
-    parser = argparse.ArgumentParser(prog="python -m fedeye.client.worker", description="FedEye's site worker (started by `fedeye site start`).")
-    parser.add_argument("--state-dir", type=Path, required=True, help="The site's state folder; the socket is STATE_DIR/worker.sock.")
+    parser = argparse.ArgumentParser(
+        prog="python -m fedeye.client.worker", description="FedEye's site worker (started by `fedeye site start`)."
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, required=True, help="The site's state folder; the socket is STATE_DIR/worker.sock."
+    )
     parser.add_argument("--node-config-json", default="{}", help="The SuperNode's node config as a JSON object.")
-    parser.add_argument("--max-frame-mb", type=float, default=frames.DEFAULT_MAX_FRAME_BYTES / 2**20, help="Largest frame accepted, MiB.")
-    parser.add_argument("--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT_S, help="Seconds any read from a peer may take.")
+    parser.add_argument(
+        "--max-frame-mb",
+        type=float,
+        default=frames.DEFAULT_MAX_FRAME_BYTES / 2**20,
+        help="Largest frame accepted, MiB.",
+    )
+    parser.add_argument(
+        "--read-timeout", type=float, default=DEFAULT_READ_TIMEOUT_S, help="Seconds any read from a peer may take."
+    )
     args = parser.parse_args(argv)
     node_config = json.loads(args.node_config_json)
     if not isinstance(node_config, dict):
         parser.error("--node-config-json must be a JSON object")
-    return WorkerSettings(state_dir=args.state_dir.resolve(), node_config=node_config,
-                          max_frame_bytes=int(args.max_frame_mb * 2**20), read_timeout_s=args.read_timeout)
+    return WorkerSettings(
+        state_dir=args.state_dir.resolve(),
+        node_config=node_config,
+        max_frame_bytes=int(args.max_frame_mb * 2**20),
+        read_timeout_s=args.read_timeout,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -112,9 +112,18 @@ class BenchmarkSettings:
     traffic: bool = True  # measure the frozen-backbone traffic (two one-round runs)
 
 
-def dg_run_config(sites_root: Path, out_dir: Path, *, rounds: int = 5, local_epochs: int = 2,
-                  img_size: int = 64, device: str = "auto", lr: float = 2e-3, max_grad_norm: float | None = 1.0,
-                  augment: str = "light") -> RunConfig:
+def dg_run_config(
+    sites_root: Path,
+    out_dir: Path,
+    *,
+    rounds: int = 5,
+    local_epochs: int = 2,
+    img_size: int = 64,
+    device: str = "auto",
+    lr: float = 2e-3,
+    max_grad_norm: float | None = 1.0,
+    augment: str = "light",
+) -> RunConfig:
     """The benchmark's base run config (every method trains with these settings).
 
     ``lr`` 2e-3 with a cosine decay over the rounds, not FedEye's default
@@ -125,17 +134,30 @@ def dg_run_config(sites_root: Path, out_dir: Path, *, rounds: int = 5, local_epo
     pooled training on one fold failed to take off in one of three seeds
     without it, in none with it.
     """
-    return RunConfig.model_validate({
-        "name": "dg-benchmark",
-        "data": {"root": str(sites_root)},
-        "model": {"arch": "vit-tiny-cpu", "img_size": img_size},
-        "strategy": {"min_train_nodes": 1, "min_evaluate_nodes": 1, "min_available_nodes": 1,
-                     "fraction_evaluate": 1.0},
-        "training": {"rounds": rounds, "local_epochs": local_epochs, "batch_size": 32, "lr": lr,
-                     "lr_schedule": "cosine", "max_grad_norm": max_grad_norm, "device": device,
-                     "augment": augment},
-        "output": {"dir": str(out_dir)},
-    })
+    return RunConfig.model_validate(
+        {
+            "name": "dg-benchmark",
+            "data": {"root": str(sites_root)},
+            "model": {"arch": "vit-tiny-cpu", "img_size": img_size},
+            "strategy": {
+                "min_train_nodes": 1,
+                "min_evaluate_nodes": 1,
+                "min_available_nodes": 1,
+                "fraction_evaluate": 1.0,
+            },
+            "training": {
+                "rounds": rounds,
+                "local_epochs": local_epochs,
+                "batch_size": 32,
+                "lr": lr,
+                "lr_schedule": "cosine",
+                "max_grad_norm": max_grad_norm,
+                "device": device,
+                "augment": augment,
+            },
+            "output": {"dir": str(out_dir)},
+        }
+    )
 
 
 def run_benchmark(settings: BenchmarkSettings, *, log: Callable[[str], None] = print) -> list[FoldResult]:
@@ -171,9 +193,11 @@ def run_benchmark(settings: BenchmarkSettings, *, log: Callable[[str], None] = p
                     fold = _federated_rows(settings, method, train_sites, target, seed, store)
                 rows.extend(fold)
                 for row in fold:
-                    log(f"seed {seed} held-out {name:>8} {row.method:>24}: unseen AUC {row.unseen_auc:.3f}, seen AUC "
+                    log(
+                        f"seed {seed} held-out {name:>8} {row.method:>24}: unseen AUC {row.unseen_auc:.3f}, seen AUC "
                         f"{row.seen_auc:.3f}, bal. acc. {row.balanced_accuracy:.3f} (sens {row.sensitivity:.3f}, "
-                        f"spec {row.specificity:.3f}) ({time.perf_counter() - start:.0f} s)")
+                        f"spec {row.specificity:.3f}) ({time.perf_counter() - start:.0f} s)"
+                    )
                 write_results(rows, settings.out_dir)
     traffic = measure_prompt_traffic(settings, sites[:-1], store) if settings.traffic else None
     write_results(rows, settings.out_dir, traffic=traffic)
@@ -203,8 +227,9 @@ def federate(cfg: RunConfig, store: RunStore, num_sites: int) -> tuple[str, Inli
     return run_id, grid, path
 
 
-def _federated_rows(settings: BenchmarkSettings, method: str, train_sites: Sequence[Path], target: Path, seed: int,
-                    store: RunStore) -> list[FoldResult]:
+def _federated_rows(
+    settings: BenchmarkSettings, method: str, train_sites: Sequence[Path], target: Path, seed: int, store: RunStore
+) -> list[FoldResult]:
     """The method's row, and the same model after `fedeye adapt` and after `fedeye calibrate` with few labels."""
     cfg = _method_config(settings.base, method, _fold_root(settings, train_sites, target), seed, len(train_sites))
     run_id, grid, path = federate(cfg, store, len(train_sites))
@@ -213,11 +238,19 @@ def _federated_rows(settings: BenchmarkSettings, method: str, train_sites: Seque
     probs, labels = predict(model, unseen, batch_size=64)
     down, up = grid.traffic.per_site_round("train")
     point = ModelOperatingPoint.from_metadata(meta) or DEFAULT_POINT
-    scored = _Pooled([SiteDataset(open_site(target), s, image_size=int(cfg.model.img_size or 64)) for s in SCORED_SPLITS])
+    scored = _Pooled(
+        [SiteDataset(open_site(target), s, image_size=int(cfg.model.img_size or 64)) for s in SCORED_SPLITS]
+    )
     row = FoldResult(
-        method=method, held_out=target.name, seed=seed, unseen_auc=_auc(labels, probs),
-        seen_auc=_seen_auc(store, run_id), bytes_down=down, bytes_up=up,
-        seconds_per_round=sum(grid.seconds.values()) / cfg.training.rounds, expert_mix=_expert_mix(model, unseen, store, run_id),
+        method=method,
+        held_out=target.name,
+        seed=seed,
+        unseen_auc=_auc(labels, probs),
+        seen_auc=_seen_auc(store, run_id),
+        bytes_down=down,
+        bytes_up=up,
+        seconds_per_round=sum(grid.seconds.values()) / cfg.training.rounds,
+        expert_mix=_expert_mix(model, unseen, store, run_id),
     )
     rows = [_scored(row, model, scored, point)]
     if settings.calibrate:
@@ -229,9 +262,16 @@ def _federated_rows(settings: BenchmarkSettings, method: str, train_sites: Seque
 
 
 def _variant(row: FoldResult, method: str) -> FoldResult:
-    return FoldResult(method=method, held_out=row.held_out, seed=row.seed, unseen_auc=row.unseen_auc,
-                      seen_auc=row.seen_auc, bytes_down=row.bytes_down, bytes_up=row.bytes_up,
-                      seconds_per_round=row.seconds_per_round)
+    return FoldResult(
+        method=method,
+        held_out=row.held_out,
+        seed=row.seed,
+        unseen_auc=row.unseen_auc,
+        seen_auc=row.seen_auc,
+        bytes_down=row.bytes_down,
+        bytes_up=row.bytes_up,
+        seconds_per_round=row.seconds_per_round,
+    )
 
 
 def _scored(row: FoldResult, model: torch.nn.Module, scored: _Pooled, point: ModelOperatingPoint) -> FoldResult:
@@ -244,16 +284,20 @@ def _with_rates(row: FoldResult, probs: np.ndarray, labels: np.ndarray, point: M
     d = positive_log_odds(probs)
     rates = rates_at(labels, d, point.log_odds)
     row.auc = _auc(labels, probs)
-    row.balanced_accuracy, row.sensitivity, row.specificity = (rates["balanced-accuracy"], rates["sensitivity"],
-                                                               rates["specificity"])
+    row.balanced_accuracy, row.sensitivity, row.specificity = (
+        rates["balanced-accuracy"],
+        rates["sensitivity"],
+        rates["specificity"],
+    )
     row.ece = expected_calibration_error(labels, probs[:, 1])
     row.ece_calibrated = expected_calibration_error(labels, calibrated_positive(d, point.temperature))
     row.threshold = point.threshold
     return row
 
 
-def _calibrated_rows(row: FoldResult, model: torch.nn.Module, target: Path, cfg: RunConfig, scored: _Pooled,
-                     point: ModelOperatingPoint) -> list[FoldResult]:
+def _calibrated_rows(
+    row: FoldResult, model: torch.nn.Module, target: Path, cfg: RunConfig, scored: _Pooled, point: ModelOperatingPoint
+) -> list[FoldResult]:
     """`fedeye calibrate` on n labelled images of the held-out site's train split, scored on its val + test."""
     train = SiteDataset(open_site(target), "train", image_size=int(cfg.model.img_size or 64))
     train_probs, train_labels = predict(model, train, batch_size=64)
@@ -294,7 +338,9 @@ def _seen_auc(store: RunStore, run_id: str) -> float:
     return statistics.fmean(values) if values else float("nan")
 
 
-def _expert_mix(model: torch.nn.Module, data: SiteDataset | ConcatDataset[tuple[torch.Tensor, int]], store: RunStore, run_id: str) -> dict[str, float]:
+def _expert_mix(
+    model: torch.nn.Module, data: SiteDataset | ConcatDataset[tuple[torch.Tensor, int]], store: RunStore, run_id: str
+) -> dict[str, float]:
     """Mean router weight per expert on the unseen site, keyed by the expert's site name."""
     mix = mean_expert_weights(model, data, batch_size=64)
     if mix is None:
@@ -310,8 +356,9 @@ def _expert_mix(model: torch.nn.Module, data: SiteDataset | ConcatDataset[tuple[
 # --- references -------------------------------------------------------------------------
 
 
-def _train_local_models(settings: BenchmarkSettings, sites: Sequence[Path], seed: int,
-                        log: Callable[[str], None]) -> dict[str, tuple[torch.nn.Module, float]]:
+def _train_local_models(
+    settings: BenchmarkSettings, sites: Sequence[Path], seed: int, log: Callable[[str], None]
+) -> dict[str, tuple[torch.nn.Module, float]]:
     """Each site trained alone: site name -> (model, its own test AUC)."""
     cfg = settings.base
     models = {}
@@ -323,12 +370,15 @@ def _train_local_models(settings: BenchmarkSettings, sites: Sequence[Path], seed
     return models
 
 
-def _local_row(settings: BenchmarkSettings, models: dict[str, tuple[torch.nn.Module, float]], target: Path,
-               seed: int) -> FoldResult:
+def _local_row(
+    settings: BenchmarkSettings, models: dict[str, tuple[torch.nn.Module, float]], target: Path, seed: int
+) -> FoldResult:
     unseen = _all_images(target, settings.base)
     others = [(m, auc) for name, (m, auc) in models.items() if name != target.name]
     return FoldResult(
-        method="local", held_out=target.name, seed=seed,
+        method="local",
+        held_out=target.name,
+        seed=seed,
         unseen_auc=statistics.fmean(_auc_of(m, unseen) for m, _ in others),
         seen_auc=statistics.fmean(auc for _, auc in others),
     )
@@ -342,15 +392,18 @@ def _centralized_row(settings: BenchmarkSettings, train_sites: Sequence[Path], t
     _train_like_rounds(model, pooled, cfg, seed)
     seconds = time.perf_counter() - start
     return FoldResult(
-        method="centralized", held_out=target.name, seed=seed,
+        method="centralized",
+        held_out=target.name,
+        seed=seed,
         unseen_auc=_auc_of(model, _all_images(target, cfg)),
         seen_auc=statistics.fmean(_auc_of(model, _split(s, cfg, "test")) for s in train_sites),
         seconds_per_round=seconds / cfg.training.rounds,
     )
 
 
-def _oracle_model(settings: BenchmarkSettings, sites: Sequence[Path], seed: int, store: RunStore,
-                  log: Callable[[str], None]) -> tuple[torch.nn.Module, ModelOperatingPoint]:
+def _oracle_model(
+    settings: BenchmarkSettings, sites: Sequence[Path], seed: int, store: RunStore, log: Callable[[str], None]
+) -> tuple[torch.nn.Module, ModelOperatingPoint]:
     """The oracle: FedAvg over every site, the held-out one's train split and labels included (one run per seed)."""
     cfg = _method_config(settings.base, "fedavg", _fold_root(settings, sites, Path("oracle")), seed, len(sites))
     _, _, path = federate(cfg, store, len(sites))
@@ -359,13 +412,15 @@ def _oracle_model(settings: BenchmarkSettings, sites: Sequence[Path], seed: int,
     return model, ModelOperatingPoint.from_metadata(meta) or DEFAULT_POINT
 
 
-def _oracle_row(settings: BenchmarkSettings, oracle: tuple[torch.nn.Module, ModelOperatingPoint] | None,
-                target: Path, seed: int) -> FoldResult:
+def _oracle_row(
+    settings: BenchmarkSettings, oracle: tuple[torch.nn.Module, ModelOperatingPoint] | None, target: Path, seed: int
+) -> FoldResult:
     """The oracle on the held-out site's val + test images (it trained on that site's train split)."""
     assert oracle is not None
     model, point = oracle
-    scored = _Pooled([SiteDataset(open_site(target), s, image_size=int(settings.base.model.img_size or 64))
-                      for s in SCORED_SPLITS])
+    scored = _Pooled(
+        [SiteDataset(open_site(target), s, image_size=int(settings.base.model.img_size or 64)) for s in SCORED_SPLITS]
+    )
     row = FoldResult(method="oracle", held_out=target.name, seed=seed, unseen_auc=float("nan"), seen_auc=float("nan"))
     return _scored(row, model, scored, point)
 
@@ -379,7 +434,9 @@ class _Pooled(ConcatDataset[tuple[torch.Tensor, int]]):
         self.num_classes = parts[0].num_classes
 
 
-def _train_like_rounds(model: torch.nn.Module, data: SiteDataset | ConcatDataset[tuple[torch.Tensor, int]], cfg: RunConfig, seed: int) -> None:
+def _train_like_rounds(
+    model: torch.nn.Module, data: SiteDataset | ConcatDataset[tuple[torch.Tensor, int]], cfg: RunConfig, seed: int
+) -> None:
     """The federated schedule without federation: the same epochs per round, optimiser and learning rates."""
     training = cfg.training.model_copy(update={"seed": seed})
     for server_round in range(1, training.rounds + 1):
@@ -395,8 +452,12 @@ def _fresh_model(cfg: RunConfig, seed: int) -> torch.nn.Module:
 
 
 def _split(site: Path, cfg: RunConfig, split: str) -> SiteDataset:
-    return SiteDataset(open_site(site), split, image_size=int(cfg.model.img_size or 64),
-                       augment=cfg.training.augment if split == "train" else "none")
+    return SiteDataset(
+        open_site(site),
+        split,
+        image_size=int(cfg.model.img_size or 64),
+        augment=cfg.training.augment if split == "train" else "none",
+    )
 
 
 def _all_images(site: Path, cfg: RunConfig) -> _Pooled:
@@ -434,7 +495,9 @@ class Traffic:
 
 def measure_prompt_traffic(settings: BenchmarkSettings, train_sites: Sequence[Path], store: RunStore) -> Traffic:
     """One-round runs of prompt-experts with a frozen backbone and of full-model FedAvg."""
-    base = settings.base.model_copy(update={"training": settings.base.training.model_copy(update={"rounds": 1, "local_epochs": 1})})
+    base = settings.base.model_copy(
+        update={"training": settings.base.training.model_copy(update={"rounds": 1, "local_epochs": 1})}
+    )
     root = _fold_root(settings, train_sites, Path("traffic-probe"))
     n = len(train_sites)
     _, prompt_grid, _ = federate(_method_config(base, "prompt-experts", root, 0, n, mode="prompt"), store, n)
@@ -451,16 +514,21 @@ def summarize(rows: Sequence[FoldResult]) -> list[dict[str, float | str | int]]:
     out: list[dict[str, float | str | int]] = []
     for method in dict.fromkeys(r.method for r in rows):
         mine = [r for r in rows if r.method == method]
-        out.append({
-            "method": method,
-            "runs": len(mine),
-            "unseen_auc": _mean([r.unseen_auc for r in mine]), "unseen_sd": _sd([r.unseen_auc for r in mine]),
-            "seen_auc": _mean([r.seen_auc for r in mine]), "seen_sd": _sd([r.seen_auc for r in mine]),
-            "kib_down": _mean([r.bytes_down for r in mine]) / 1024, "kib_up": _mean([r.bytes_up for r in mine]) / 1024,
-            "seconds_per_round": _mean([r.seconds_per_round for r in mine]),
-            "not_learned": sum(r.seen_auc < NOT_LEARNED for r in mine),
-            **_rate_summary(mine),
-        })
+        out.append(
+            {
+                "method": method,
+                "runs": len(mine),
+                "unseen_auc": _mean([r.unseen_auc for r in mine]),
+                "unseen_sd": _sd([r.unseen_auc for r in mine]),
+                "seen_auc": _mean([r.seen_auc for r in mine]),
+                "seen_sd": _sd([r.seen_auc for r in mine]),
+                "kib_down": _mean([r.bytes_down for r in mine]) / 1024,
+                "kib_up": _mean([r.bytes_up for r in mine]) / 1024,
+                "seconds_per_round": _mean([r.seconds_per_round for r in mine]),
+                "not_learned": sum(r.seen_auc < NOT_LEARNED for r in mine),
+                **_rate_summary(mine),
+            }
+        )
     return out
 
 
@@ -470,11 +538,14 @@ def _rate_summary(rows: Sequence[FoldResult]) -> dict[str, float | int]:
     return {
         "scored_runs": len(scored),
         "auc_scored": _mean([r.auc for r in scored]),
-        "balanced_accuracy": _mean([r.balanced_accuracy for r in scored]), "ba_sd": _sd([r.balanced_accuracy for r in scored]),
-        "sensitivity": _mean([r.sensitivity for r in scored]), "specificity": _mean([r.specificity for r in scored]),
+        "balanced_accuracy": _mean([r.balanced_accuracy for r in scored]),
+        "ba_sd": _sd([r.balanced_accuracy for r in scored]),
+        "sensitivity": _mean([r.sensitivity for r in scored]),
+        "specificity": _mean([r.specificity for r in scored]),
         "worst_rate": min((min(r.sensitivity, r.specificity) for r in scored), default=float("nan")),
         "degenerate": sum(min(r.sensitivity, r.specificity) < 0.5 for r in scored),
-        "ece": _mean([r.ece for r in scored]), "ece_calibrated": _mean([r.ece_calibrated for r in scored]),
+        "ece": _mean([r.ece for r in scored]),
+        "ece_calibrated": _mean([r.ece_calibrated for r in scored]),
     }
 
 
@@ -508,12 +579,35 @@ def write_results(rows: Sequence[FoldResult], out_dir: Path, *, traffic: Traffic
     """results.csv (every run), summary.csv, results.md and unseen-auc.png in ``out_dir``."""
     with (out_dir / "results.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["method", "held_out", "seed", "unseen_auc", "seen_auc", "bytes_down", "bytes_up",
-                         "seconds_per_round", "expert_mix", *RATE_COLUMNS])
+        writer.writerow(
+            [
+                "method",
+                "held_out",
+                "seed",
+                "unseen_auc",
+                "seen_auc",
+                "bytes_down",
+                "bytes_up",
+                "seconds_per_round",
+                "expert_mix",
+                *RATE_COLUMNS,
+            ]
+        )
         for r in rows:
-            writer.writerow([r.method, r.held_out, r.seed, f"{r.unseen_auc:.4f}", f"{r.seen_auc:.4f}",
-                             round(r.bytes_down), round(r.bytes_up), f"{r.seconds_per_round:.2f}", json.dumps(r.expert_mix),
-                             *(f"{getattr(r, c):.4f}" for c in RATE_COLUMNS)])
+            writer.writerow(
+                [
+                    r.method,
+                    r.held_out,
+                    r.seed,
+                    f"{r.unseen_auc:.4f}",
+                    f"{r.seen_auc:.4f}",
+                    round(r.bytes_down),
+                    round(r.bytes_up),
+                    f"{r.seconds_per_round:.2f}",
+                    json.dumps(r.expert_mix),
+                    *(f"{getattr(r, c):.4f}" for c in RATE_COLUMNS),
+                ]
+            )
     summary = summarize(rows)
     with (out_dir / "summary.csv").open("w", newline="") as fh:
         summary_writer = csv.DictWriter(fh, fieldnames=list(summary[0]) if summary else ["method"])
@@ -527,23 +621,35 @@ def write_results(rows: Sequence[FoldResult], out_dir: Path, *, traffic: Traffic
     (out_dir / "rows.json").write_text(json.dumps([asdict(r) for r in rows], indent=1))
 
 
-def markdown_report(rows: Sequence[FoldResult], summary: Sequence[dict[str, float | str | int]],
-                    traffic: Traffic | None) -> str:
+def markdown_report(
+    rows: Sequence[FoldResult], summary: Sequence[dict[str, float | str | int]], traffic: Traffic | None
+) -> str:
     """The results as Markdown: summary, per held-out site, targets, traffic, expert mixing."""
-    lines = ["# Leave-one-site-out benchmark", "",
-             "Mean ± SD over held-out sites × seeds. Unseen: every image of the held-out site. "
-             "Seen: mean test AUC of the training sites. KiB per site per round of model arrays. "
-             f"Not learned: runs whose seen AUC stayed under {NOT_LEARNED} (they are in the means).", "",
-             "| method | runs | unseen AUC | seen AUC | not learned | KiB down | KiB up | s / round |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Leave-one-site-out benchmark",
+        "",
+        "Mean ± SD over held-out sites × seeds. Unseen: every image of the held-out site. "
+        "Seen: mean test AUC of the training sites. KiB per site per round of model arrays. "
+        f"Not learned: runs whose seen AUC stayed under {NOT_LEARNED} (they are in the means).",
+        "",
+        "| method | runs | unseen AUC | seen AUC | not learned | KiB down | KiB up | s / round |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in summary:
-        lines.append(f"| {s['method']} | {s['runs']} | {s['unseen_auc']:.3f} ± {s['unseen_sd']:.3f} | "
-                     f"{s['seen_auc']:.3f} ± {s['seen_sd']:.3f} | {s['not_learned']} | {s['kib_down']:.1f} | {s['kib_up']:.1f} | "
-                     f"{s['seconds_per_round']:.1f} |")
+        lines.append(
+            f"| {s['method']} | {s['runs']} | {s['unseen_auc']:.3f} ± {s['unseen_sd']:.3f} | "
+            f"{s['seen_auc']:.3f} ± {s['seen_sd']:.3f} | {s['not_learned']} | {s['kib_down']:.1f} | {s['kib_up']:.1f} | "
+            f"{s['seconds_per_round']:.1f} |"
+        )
     held = list(dict.fromkeys(r.held_out for r in rows))
     methods = list(dict.fromkeys(r.method for r in rows))
-    lines += ["", "## Unseen-site AUC per held-out site (mean over seeds)", "",
-              "| method | " + " | ".join(held) + " |", "|---|" + "---|" * len(held)]
+    lines += [
+        "",
+        "## Unseen-site AUC per held-out site (mean over seeds)",
+        "",
+        "| method | " + " | ".join(held) + " |",
+        "|---|" + "---|" * len(held),
+    ]
     for m in methods:
         cells = [_mean([r.unseen_auc for r in rows if r.method == m and r.held_out == h]) for h in held]
         lines.append(f"| {m} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
@@ -563,22 +669,34 @@ def _rates_section(rows: Sequence[FoldResult], summary: Sequence[dict[str, float
     scored = [s for s in summary if int(s["scored_runs"])]
     if not scored:
         return []
-    lines = ["", "## At the operating point the model carries (held-out site's val + test images)", "",
-             "Threshold and temperature as stored in the model file: chosen by the federation on the training "
-             "sites' pooled validation summaries; `+ adapt`: moved by `fedeye adapt` on the held-out site's "
-             "unlabelled images; `+ calibrate(n)`: re-fitted by `fedeye calibrate` on n labelled images of its "
-             "train split (blank where a draw held under 5 of a class); oracle: FedAvg over all five sites, "
-             "the held-out one's train split and labels included. Degenerate: runs with sensitivity or "
-             "specificity under 0.5. Mean over held-out sites × seeds.", "",
-             "| method | runs | AUC | balanced acc. | sensitivity | specificity | worst of sens/spec | degenerate | ECE before → after |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## At the operating point the model carries (held-out site's val + test images)",
+        "",
+        "Threshold and temperature as stored in the model file: chosen by the federation on the training "
+        "sites' pooled validation summaries; `+ adapt`: moved by `fedeye adapt` on the held-out site's "
+        "unlabelled images; `+ calibrate(n)`: re-fitted by `fedeye calibrate` on n labelled images of its "
+        "train split (blank where a draw held under 5 of a class); oracle: FedAvg over all five sites, "
+        "the held-out one's train split and labels included. Degenerate: runs with sensitivity or "
+        "specificity under 0.5. Mean over held-out sites × seeds.",
+        "",
+        "| method | runs | AUC | balanced acc. | sensitivity | specificity | worst of sens/spec | degenerate | ECE before → after |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for s in scored:
-        lines.append(f"| {s['method']} | {s['scored_runs']} | {s['auc_scored']:.3f} | {s['balanced_accuracy']:.3f} ± "
-                     f"{s['ba_sd']:.3f} | {s['sensitivity']:.3f} | {s['specificity']:.3f} | {s['worst_rate']:.3f} | "
-                     f"{s['degenerate']} | {s['ece']:.3f} → {s['ece_calibrated']:.3f} |")
+        lines.append(
+            f"| {s['method']} | {s['scored_runs']} | {s['auc_scored']:.3f} | {s['balanced_accuracy']:.3f} ± "
+            f"{s['ba_sd']:.3f} | {s['sensitivity']:.3f} | {s['specificity']:.3f} | {s['worst_rate']:.3f} | "
+            f"{s['degenerate']} | {s['ece']:.3f} → {s['ece_calibrated']:.3f} |"
+        )
     held = list(dict.fromkeys(r.held_out for r in rows))
-    lines += ["", "### Balanced accuracy per held-out site (mean over seeds)", "",
-              "| method | " + " | ".join(held) + " |", "|---|" + "---|" * len(held)]
+    lines += [
+        "",
+        "### Balanced accuracy per held-out site (mean over seeds)",
+        "",
+        "| method | " + " | ".join(held) + " |",
+        "|---|" + "---|" * len(held),
+    ]
     for m in [str(s["method"]) for s in scored]:
         cells = [_mean([r.balanced_accuracy for r in rows if r.method == m and r.held_out == h]) for h in held]
         lines.append(f"| {m} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
@@ -590,10 +708,14 @@ def _targets(summary: Sequence[dict[str, float | str | int]], traffic: Traffic |
     out = _rate_targets(by)
     if "prompt-experts" in by and "fedavg" in by:
         gain = 100 * (float(by["prompt-experts"]["unseen_auc"]) - float(by["fedavg"]["unseen_auc"]))
-        out.append(f"- unseen AUC, prompt-experts − FedAvg: {gain:+.1f} points (target ≥ +3): {'MET' if gain >= 3 else 'MISSED'}")
+        out.append(
+            f"- unseen AUC, prompt-experts − FedAvg: {gain:+.1f} points (target ≥ +3): {'MET' if gain >= 3 else 'MISSED'}"
+        )
     if "prompt-experts" in by and "centralized" in by:
         gap = 100 * (float(by["centralized"]["seen_auc"]) - float(by["prompt-experts"]["seen_auc"]))
-        out.append(f"- seen AUC, centralized − prompt-experts: {gap:.1f} points (target ≤ 2): {'MET' if gap <= 2 else 'MISSED'}")
+        out.append(
+            f"- seen AUC, centralized − prompt-experts: {gap:.1f} points (target ≤ 2): {'MET' if gap <= 2 else 'MISSED'}"
+        )
     if traffic is not None:
         out.append(
             f"- frozen-backbone prompt-experts: {traffic.prompt_down / 1024:.1f} KiB down + {traffic.prompt_up / 1024:.1f} KiB up "
@@ -608,19 +730,25 @@ def _rate_targets(by: dict[str, dict[str, float | str | int]]) -> list[str]:
     for name, s in by.items():
         if int(s.get("scored_runs", 0)) and name != "oracle":
             worst, degenerate = float(s["worst_rate"]), int(s["degenerate"])
-            out.append(f"- no degenerate operating point, {name}: {degenerate} of {s['scored_runs']} runs with sensitivity or "
-                       f"specificity < 0.5 (worst {worst:.3f}): {'MET' if degenerate == 0 else 'MISSED'}")
+            out.append(
+                f"- no degenerate operating point, {name}: {degenerate} of {s['scored_runs']} runs with sensitivity or "
+                f"specificity < 0.5 (worst {worst:.3f}): {'MET' if degenerate == 0 else 'MISSED'}"
+            )
     for name in ("fedavg + adapt", "prompt-experts + adapt", "fedavg", "prompt-experts"):
         if name in by and int(by[name].get("scored_runs", 0)):
             ba = float(by[name]["balanced_accuracy"])
-            out.append(f"- unseen balanced accuracy ≥ 0.80 without unseen labels, {name}: {ba:.3f}: {'MET' if ba >= 0.8 else 'MISSED'}")
+            out.append(
+                f"- unseen balanced accuracy ≥ 0.80 without unseen labels, {name}: {ba:.3f}: {'MET' if ba >= 0.8 else 'MISSED'}"
+            )
     if "oracle" in by and "fedavg" in by:
         base, oracle = float(by["fedavg"]["balanced_accuracy"]), float(by["oracle"]["balanced_accuracy"])
         for name in ("prompt-experts", "prompt-experts + adapt", "fedavg + adapt"):
             if name in by and oracle > base:
                 closed = (float(by[name]["balanced_accuracy"]) - base) / (oracle - base)
-                out.append(f"- gap to the oracle in balanced accuracy (FedAvg {base:.3f} → oracle {oracle:.3f}) closed by "
-                           f"{name}: {100 * closed:.0f}% (target ≥ 50%): {'MET' if closed >= 0.5 else 'MISSED'}")
+                out.append(
+                    f"- gap to the oracle in balanced accuracy (FedAvg {base:.3f} → oracle {oracle:.3f}) closed by "
+                    f"{name}: {100 * closed:.0f}% (target ≥ 50%): {'MET' if closed >= 0.5 else 'MISSED'}"
+                )
     return out
 
 

@@ -32,7 +32,12 @@ if TYPE_CHECKING:
     from flwr.server.superlink.fleet.vce.backend.backend import BackendConfig
 
 # Keep Ray on loopback and Flower from installing app dependencies at run time.
-_SIM_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "RAY_DEDUP_LOGS": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+_SIM_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_DEDUP_LOGS": "0",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,9 @@ def simulate(
     try:
         with _flower_logging(quiet), stop_on_signals(stop):
             run_simulation(
-                server_app=server_app, client_app=client_app, num_supernodes=len(sites),
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=len(sites),
                 backend_config=_backend_config(cfg, quiet=quiet),
             )
     except RunInterrupted:

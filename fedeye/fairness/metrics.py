@@ -211,13 +211,20 @@ def site_fairness_metrics(
     for attribute in ATTRIBUTES:
         values = attribute_values(attrs, attribute)
         if any(v is not None for v in values):
-            out.update(_attribute_metrics(labels, probs, values, attribute, min_group_size=min_group_size, threshold=threshold))
+            out.update(
+                _attribute_metrics(labels, probs, values, attribute, min_group_size=min_group_size, threshold=threshold)
+            )
     return out
 
 
 def _attribute_metrics(
-    labels: np.ndarray, probs: np.ndarray, values: list[str | None], attribute: str,
-    *, min_group_size: int, threshold: float,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    values: list[str | None],
+    attribute: str,
+    *,
+    min_group_size: int,
+    threshold: float,
 ) -> dict[str, float]:
     slugs = np.asarray([slug(v) if v is not None else "" for v in values], dtype=object)
     groups = _kept_groups(slugs, min_group_size)
@@ -243,8 +250,13 @@ def _kept_groups(slugs: np.ndarray, min_group_size: int) -> dict[str, np.ndarray
 
 
 def _disparities(
-    labels: np.ndarray, probs: np.ndarray, sensitive: np.ndarray, group_auc: Mapping[str, float],
-    attribute: str, *, threshold: float,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    sensitive: np.ndarray,
+    group_auc: Mapping[str, float],
+    attribute: str,
+    *,
+    threshold: float,
 ) -> dict[str, float]:
     """ES-AUC, worst AUC, gap (and DPD/EOD if binary); the arrays hold the kept groups' images only."""
     reference = classification_metrics(labels, probs, threshold=threshold)["auc"]

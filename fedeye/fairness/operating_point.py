@@ -111,7 +111,9 @@ def positive_log_odds(probs: np.ndarray) -> np.ndarray:
     return np.asarray(np.log(probs[:, 1]) - np.log(probs[:, 0]))
 
 
-def counts_above(labels: np.ndarray, log_odds: np.ndarray, grid: np.ndarray = LOG_ODDS_GRID) -> tuple[np.ndarray, np.ndarray]:
+def counts_above(
+    labels: np.ndarray, log_odds: np.ndarray, grid: np.ndarray = LOG_ODDS_GRID
+) -> tuple[np.ndarray, np.ndarray]:
     """Per threshold of ``grid``: positives and negatives scoring at or above it.
 
     Returns
@@ -129,8 +131,13 @@ def _above(scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 
 def choose_threshold(
-    positives_above: np.ndarray, negatives_above: np.ndarray, *, num_positive: int, num_negative: int,
-    target: Target = "youden", grid: np.ndarray = LOG_ODDS_GRID,
+    positives_above: np.ndarray,
+    negatives_above: np.ndarray,
+    *,
+    num_positive: int,
+    num_negative: int,
+    target: Target = "youden",
+    grid: np.ndarray = LOG_ODDS_GRID,
 ) -> OperatingPoint:
     """The grid threshold meeting ``target`` on summed counts.
 
@@ -165,7 +172,9 @@ def _sensitivity_index(sens: np.ndarray, spec: np.ndarray, minimum: float) -> in
     return int(meeting[np.argmax(spec[meeting])]) if len(meeting) else 0
 
 
-def nll_per_temperature(labels: np.ndarray, log_odds: np.ndarray, temperatures: np.ndarray = TEMPERATURE_GRID) -> np.ndarray:
+def nll_per_temperature(
+    labels: np.ndarray, log_odds: np.ndarray, temperatures: np.ndarray = TEMPERATURE_GRID
+) -> np.ndarray:
     """Summed binary log-loss of the images at each temperature (``sum_i log(1 + exp(-s_i d_i / T))``)."""
     sign = np.where(np.asarray(labels) == 1, 1.0, -1.0)
     scaled = (sign * np.asarray(log_odds, dtype=np.float64))[None, :] / np.asarray(temperatures)[:, None]
@@ -199,12 +208,23 @@ def _rates(truth: np.ndarray, predicted: np.ndarray) -> dict[str, np.ndarray]:
     tn = (~truth & ~predicted).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         sens, spec = tp / (tp + fn), tn / (tn + fp)
-        return {"sensitivity": sens, "specificity": spec, "balanced-accuracy": (sens + spec) / 2,
-                "ppv": tp / (tp + fp), "npv": tn / (tn + fn)}
+        return {
+            "sensitivity": sens,
+            "specificity": spec,
+            "balanced-accuracy": (sens + spec) / 2,
+            "ppv": tp / (tp + fp),
+            "npv": tn / (tn + fn),
+        }
 
 
 def bootstrap_rates(
-    labels: np.ndarray, log_odds: np.ndarray, threshold: float, *, resamples: int = 1000, level: float = 0.95, seed: int = 0,
+    labels: np.ndarray,
+    log_odds: np.ndarray,
+    threshold: float,
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, tuple[float, float]]:
     """Percentile bootstrap confidence intervals of :data:`RATE_NAMES` (images resampled with replacement).
 
@@ -257,9 +277,16 @@ class ModelOperatingPoint:
 
     def to_metadata(self) -> dict[str, object]:
         """JSON-ready form for a model file's metadata."""
-        return {"log_odds": self.log_odds, "threshold": self.threshold, "temperature": self.temperature,
-                "target": self.target, "source": self.source, "fitted_on": list(self.fitted_on),
-                "sensitivity": self.sensitivity, "specificity": self.specificity}
+        return {
+            "log_odds": self.log_odds,
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "target": self.target,
+            "source": self.source,
+            "fitted_on": list(self.fitted_on),
+            "sensitivity": self.sensitivity,
+            "specificity": self.specificity,
+        }
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, object]) -> ModelOperatingPoint | None:
@@ -268,10 +295,15 @@ class ModelOperatingPoint:
         if not isinstance(raw, dict):
             return None
         positives, negatives = raw.get("fitted_on", (0, 0))
-        return cls(log_odds=float(raw["log_odds"]), temperature=float(raw.get("temperature", 1.0)),
-                   target=str(raw.get("target", "youden")), source=str(raw.get("source", "")),
-                   fitted_on=(int(positives), int(negatives)), sensitivity=float(raw.get("sensitivity", float("nan"))),
-                   specificity=float(raw.get("specificity", float("nan"))))
+        return cls(
+            log_odds=float(raw["log_odds"]),
+            temperature=float(raw.get("temperature", 1.0)),
+            target=str(raw.get("target", "youden")),
+            source=str(raw.get("source", "")),
+            fitted_on=(int(positives), int(negatives)),
+            sensitivity=float(raw.get("sensitivity", float("nan"))),
+            specificity=float(raw.get("specificity", float("nan"))),
+        )
 
 
 METADATA_KEY = "operating_point"
@@ -280,23 +312,51 @@ DEFAULT_POINT = ModelOperatingPoint(0.0, 1.0, "p >= 0.5", "default", (0, 0), flo
 
 
 def fit_operating_point(
-    *, positives_above: np.ndarray, negatives_above: np.ndarray, num_positive: int, num_negative: int,
-    nll: np.ndarray | None, target: Target, source: str, scale: ScoreScale | None = None,
+    *,
+    positives_above: np.ndarray,
+    negatives_above: np.ndarray,
+    num_positive: int,
+    num_negative: int,
+    nll: np.ndarray | None,
+    target: Target,
+    source: str,
+    scale: ScoreScale | None = None,
 ) -> ModelOperatingPoint:
     """Threshold (for ``target``) and temperature (``nll`` None: 1.0) from summed summaries on ``scale``'s grids."""
     scale = scale or ScoreScale()
-    point = choose_threshold(positives_above, negatives_above, num_positive=num_positive,
-                             num_negative=num_negative, target=target, grid=scale.thresholds)
+    point = choose_threshold(
+        positives_above,
+        negatives_above,
+        num_positive=num_positive,
+        num_negative=num_negative,
+        target=target,
+        grid=scale.thresholds,
+    )
     temperature = 1.0 if nll is None else fit_temperature(nll, scale.temperatures)
-    return ModelOperatingPoint(point.log_odds, temperature, str(target), source, (num_positive, num_negative),
-                               point.sensitivity, point.specificity)
+    return ModelOperatingPoint(
+        point.log_odds,
+        temperature,
+        str(target),
+        source,
+        (num_positive, num_negative),
+        point.sensitivity,
+        point.specificity,
+    )
 
 
-def fit_local_operating_point(labels: np.ndarray, log_odds: np.ndarray, *, target: Target, source: str) -> ModelOperatingPoint:
+def fit_local_operating_point(
+    labels: np.ndarray, log_odds: np.ndarray, *, target: Target, source: str
+) -> ModelOperatingPoint:
     """:func:`fit_operating_point` on one labelled set (``fedeye calibrate``), on grids placed by its own scores."""
     scale = ScoreScale.of(log_odds)
     pos, neg = counts_above(labels, log_odds, scale.thresholds)
-    return fit_operating_point(positives_above=pos, negatives_above=neg, num_positive=int((labels == 1).sum()),
-                               num_negative=int((labels != 1).sum()),
-                               nll=nll_per_temperature(labels, log_odds, scale.temperatures),
-                               target=target, source=source, scale=scale)
+    return fit_operating_point(
+        positives_above=pos,
+        negatives_above=neg,
+        num_positive=int((labels == 1).sum()),
+        num_negative=int((labels != 1).sum()),
+        nll=nll_per_temperature(labels, log_odds, scale.temperatures),
+        target=target,
+        source=source,
+        scale=scale,
+    )

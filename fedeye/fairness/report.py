@@ -239,7 +239,12 @@ def _sites_section(final: list[SiteResult], source: str) -> Section:
     aucs = [m.metrics.get("auc") for m in final]
     worst = _argmin(aucs)
     rows = tuple(
-        (m.site, m.status, m.num_examples, *(m.metrics.get(k) for k in ("auc", "accuracy", "sensitivity", "specificity", "ece")))
+        (
+            m.site,
+            m.status,
+            m.num_examples,
+            *(m.metrics.get(k) for k in ("auc", "accuracy", "sensitivity", "specificity", "ece")),
+        )
         for m in final
     )
     header = ("site", "status", "images", "AUC", "accuracy", "sensitivity", "specificity", "ECE")
@@ -251,8 +256,13 @@ def _sites_section(final: list[SiteResult], source: str) -> Section:
     return Section("Per-site results", tuple(blocks))
 
 
-OPERATING_RATES = (("sensitivity", "sensitivity"), ("specificity", "specificity"),
-                   ("balanced-accuracy", "balanced accuracy"), ("ppv", "PPV"), ("npv", "NPV"))
+OPERATING_RATES = (
+    ("sensitivity", "sensitivity"),
+    ("specificity", "specificity"),
+    ("balanced-accuracy", "balanced accuracy"),
+    ("ppv", "PPV"),
+    ("npv", "NPV"),
+)
 
 
 def _operating_point_blocks(final: list[SiteResult]) -> list[Block]:
@@ -261,12 +271,19 @@ def _operating_point_blocks(final: list[SiteResult]) -> list[Block]:
     if not at_point:
         return []
     rows = tuple(
-        (m.site, *(_with_ci(m.metrics, key) for key, _ in OPERATING_RATES), m.metrics.get("ece"), m.metrics.get("ece-calibrated"))
+        (
+            m.site,
+            *(_with_ci(m.metrics, key) for key, _ in OPERATING_RATES),
+            m.metrics.get("ece"),
+            m.metrics.get("ece-calibrated"),
+        )
         for m in at_point
     )
     first = at_point[0].metrics
-    caption = (f"At the operating point the federation chose (p ≥ {_fmt(first.get('threshold'))} after temperature "
-               f"{_fmt(first.get('temperature'))}), with per-image bootstrap 95% intervals computed at each site.")
+    caption = (
+        f"At the operating point the federation chose (p ≥ {_fmt(first.get('threshold'))} after temperature "
+        f"{_fmt(first.get('temperature'))}), with per-image bootstrap 95% intervals computed at each site."
+    )
     header = ("site", *(name for _, name in OPERATING_RATES), "ECE", "ECE calibrated")
     return [Table(header, rows, caption)]
 
@@ -298,10 +315,12 @@ def _groups_section(final: list[SiteResult]) -> Section:
     for m in final:
         blocks.extend(_site_group_blocks(m))
     if not blocks:
-        blocks.append(Note(
-            f"Per-group metrics {NOT_RECORDED}: no site sent group.* keys (they need manifest columns "
-            "sex, race, ethnicity or age, and a ClientApp that computes site_fairness_metrics)."
-        ))
+        blocks.append(
+            Note(
+                f"Per-group metrics {NOT_RECORDED}: no site sent group.* keys (they need manifest columns "
+                "sex, race, ethnicity or age, and a ClientApp that computes site_fairness_metrics)."
+            )
+        )
     intro = Note(
         "Each site computes these on its own images. A group with fewer images than the site's minimum group "
         f"size (default {DEFAULT_MIN_GROUP_SIZE}) is suppressed: it is not sent and does not enter ES-AUC, DPD, "
@@ -315,17 +334,33 @@ def _site_group_blocks(record: SiteResult) -> list[Block]:
     if not groups and not fair:
         return []
     rows = tuple(
-        (_attribute_title(a), group_label(a, g), _int(v.get("n")), v.get("auc"), v.get("sensitivity"), v.get("specificity"))
-        for a in _ordered(groups) for g, v in _group_items(a, groups[a])
+        (
+            _attribute_title(a),
+            group_label(a, g),
+            _int(v.get("n")),
+            v.get("auc"),
+            v.get("sensitivity"),
+            v.get("specificity"),
+        )
+        for a in _ordered(groups)
+        for g, v in _group_items(a, groups[a])
     )
     summary = tuple(
-        (_attribute_title(a), *(fair[a].get(k) for k in ("es-auc", "worst-auc", "gap", "dpd", "eod")), _suppressed(fair[a].get("suppressed")))
+        (
+            _attribute_title(a),
+            *(fair[a].get(k) for k in ("es-auc", "worst-auc", "gap", "dpd", "eod")),
+            _suppressed(fair[a].get("suppressed")),
+        )
         for a in _ordered(fair)
     )
     return [
         Note(f"**{record.site}** ({record.num_examples} images)"),
         Table(("attribute", "group", "images", "AUC", "sensitivity", "specificity"), rows, f"{record.site}: groups"),
-        Table(("attribute", "ES-AUC", "worst AUC", "gap", "DPD", "EOD", "suppressed"), summary, f"{record.site}: disparities"),
+        Table(
+            ("attribute", "ES-AUC", "worst AUC", "gap", "DPD", "EOD", "suppressed"),
+            summary,
+            f"{record.site}: disparities",
+        ),
     ]
 
 
@@ -335,7 +370,9 @@ def _privacy_section(ledger: Sequence[PrivacyEntry]) -> Section:
         for r in last_privacy(ledger)
     )
     if not rows:
-        return Section("Privacy spent", (Note(f"Privacy ledger {NOT_RECORDED} (the run did not use differential privacy)."),))
+        return Section(
+            "Privacy spent", (Note(f"Privacy ledger {NOT_RECORDED} (the run did not use differential privacy)."),)
+        )
     header = ("site", "scope", "last round", "epsilon spent", "epsilon budget", "share of budget", "delta", "status")
     return Section("Privacy spent", (Table(header, rows, "Latest ledger entry per site."),))
 
@@ -343,13 +380,24 @@ def _privacy_section(ledger: Sequence[PrivacyEntry]) -> Section:
 def _plots_section(data: ReportData, final: list[SiteResult]) -> Section:
     blocks: list[Block] = []
     auc = evaluate_series(data, "auc")
-    blocks.append(_line_figure("auc-over-rounds.png", auc, "AUC", "Each site's AUC over rounds (evaluate phase).")
-                  if auc else Note(f"AUC over rounds {NOT_RECORDED}."))
+    blocks.append(
+        _line_figure("auc-over-rounds.png", auc, "AUC", "Each site's AUC over rounds (evaluate phase).")
+        if auc
+        else Note(f"AUC over rounds {NOT_RECORDED}.")
+    )
     blocks.extend(_group_bar_figures(final))
     es = es_auc_series(data)
-    blocks.append(_line_figure("es-auc-over-rounds.png", es, "ES-AUC", "ES-AUC over rounds: across sites (sites as groups) "
-                               "and, per attribute, the mean over sites of the within-site ES-AUC.")
-                  if es else Note(f"ES-AUC over rounds {NOT_RECORDED}."))
+    blocks.append(
+        _line_figure(
+            "es-auc-over-rounds.png",
+            es,
+            "ES-AUC",
+            "ES-AUC over rounds: across sites (sites as groups) "
+            "and, per attribute, the mean over sites of the within-site ES-AUC.",
+        )
+        if es
+        else Note(f"ES-AUC over rounds {NOT_RECORDED}.")
+    )
     return Section("Plots", tuple(blocks))
 
 
@@ -393,8 +441,12 @@ def _line_figure(name: str, series: Mapping[str, list[tuple[int, float]]], ylabe
 def _group_bar_figures(final: list[SiteResult]) -> list[Block]:
     per_site = {m.site: parse_group_metrics(m.metrics) for m in final}
     attributes = _ordered({a: None for groups in per_site.values() for a in groups})
-    return [_group_bar_figure(a, {s: {g: v.get("auc") for g, v in groups.get(a, {}).items()} for s, groups in per_site.items()})
-            for a in attributes]
+    return [
+        _group_bar_figure(
+            a, {s: {g: v.get("auc") for g, v in groups.get(a, {}).items()} for s, groups in per_site.items()}
+        )
+        for a in attributes
+    ]
 
 
 def _group_bar_figure(attribute: str, aucs: Mapping[str, Mapping[str, float | None]]) -> Figure:
@@ -412,9 +464,11 @@ def _group_bar_figure(attribute: str, aucs: Mapping[str, Mapping[str, float | No
     ax.set(ylabel="AUC", ylim=(_axis_floor(aucs), 1.02), title=f"Group AUC by {_attribute_title(attribute)}")
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle="--")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    caption = (f"AUC of each {_attribute_title(attribute)} group at each site (final model). A missing bar: "
-               "group suppressed (too few images) or AUC undefined (one class only). Dashed line: chance (0.5); "
-               "the axis starts at 0.4 or below.")
+    caption = (
+        f"AUC of each {_attribute_title(attribute)} group at each site (final model). A missing bar: "
+        "group suppressed (too few images) or AUC undefined (one class only). Dashed line: chance (0.5); "
+        "the axis starts at 0.4 or below."
+    )
     return Figure(f"group-auc-{attribute}.png", _png(fig), caption)
 
 
@@ -449,8 +503,12 @@ def render_markdown(title: str, sections: Sequence[Section]) -> str:
 @functools.cache
 def _environment(autoescape: bool) -> Environment:
     env = Environment(
-        loader=PackageLoader("fedeye.fairness", "templates"), autoescape=autoescape,
-        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        loader=PackageLoader("fedeye.fairness", "templates"),
+        autoescape=autoescape,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
     )
     env.filters.update(fmt=_fmt, bold=_bold_html, b64=_b64, md_cell=_md_cell, md_bold=_md_bold)
     env.tests.update(note=lambda b: isinstance(b, Note), figure=lambda b: isinstance(b, Figure))
@@ -466,7 +524,9 @@ def _template(name: str, *, autoescape: bool) -> Template:
 
 def _check_target(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise ReportError(f"{out} is an existing file; pass a folder for the report with --out (it is created if missing)")
+        raise ReportError(
+            f"{out} is an existing file; pass a folder for the report with --out (it is created if missing)"
+        )
 
 
 def _write_files_atomically(files: Mapping[str, bytes], out: Path) -> None:
@@ -475,13 +535,17 @@ def _write_files_atomically(files: Mapping[str, bytes], out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as exc:
-        raise ReportError(f"cannot write a report under {out.parent}: {exc.strerror}; choose another --out folder") from exc
+        raise ReportError(
+            f"cannot write a report under {out.parent}: {exc.strerror}; choose another --out folder"
+        ) from exc
     try:
         for name, data in files.items():
             (staging / name).write_bytes(data)
         _move_into(staging, out, files)
     except OSError as exc:
-        raise ReportError(f"cannot write the report to {out}: {exc.strerror or exc}; choose another --out folder") from exc
+        raise ReportError(
+            f"cannot write the report to {out}: {exc.strerror or exc}; choose another --out folder"
+        ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

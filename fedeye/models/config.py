@@ -89,7 +89,9 @@ class ModelConfig(BaseModel):
         description="Backbone size; vit-tiny-cpu trains on a CPU, the others match timm vit_*_patch16_224.",
     )
     img_size: StrictInt | None = Field(
-        default=None, ge=1, le=4096,
+        default=None,
+        ge=1,
+        le=4096,
         description="Square input side in pixels; None uses the arch default (tiny: 64, others: 224).",
     )
     num_classes: StrictInt = Field(default=2, ge=2, le=10_000, description="Number of output classes (2 for binary).")

@@ -63,8 +63,15 @@ class MaskedAutoencoder(nn.Module):
     torch.Size([])
     """
 
-    def __init__(self, encoder: PromptViT, *, decoder_dim: int = 128, decoder_depth: int = 2, decoder_heads: int = 4,
-                 mask_ratio: float = 0.75) -> None:
+    def __init__(
+        self,
+        encoder: PromptViT,
+        *,
+        decoder_dim: int = 128,
+        decoder_depth: int = 2,
+        decoder_heads: int = 4,
+        mask_ratio: float = 0.75,
+    ) -> None:
         super().__init__()
         self.encoder, self.mask_ratio = encoder, mask_ratio
         proj = encoder.patch_embed.proj
@@ -73,8 +80,9 @@ class MaskedAutoencoder(nn.Module):
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, decoder_dim))
-        self.decoder_blocks = nn.Sequential(*[Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True)
-                                              for _ in range(decoder_depth)])
+        self.decoder_blocks = nn.Sequential(
+            *[Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True) for _ in range(decoder_depth)]
+        )
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * 3)
         nn.init.normal_(self.mask_token, std=0.02)
@@ -116,8 +124,9 @@ class MaskedAutoencoder(nn.Module):
         return ((torch.gather(pred.float(), 1, index) - torch.gather(target, 1, index)) ** 2).mean()
 
 
-def random_split(batch: int, num_patches: int, mask_ratio: float, device: torch.device,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def random_split(
+    batch: int, num_patches: int, mask_ratio: float, device: torch.device, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, indices of the kept and of the hidden patches (MAE's shuffle by random noise)."""
     kept = max(1, round(num_patches * (1 - mask_ratio)))
     noise = torch.rand(batch, num_patches, generator=generator).to(device)
@@ -135,7 +144,9 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
 def timm_state_dict(encoder: PromptViT) -> dict[str, torch.Tensor]:
     """The backbone's weights under timm ``VisionTransformer`` names (as RETFound checkpoints hold)."""
     state = encoder.state_dict()
-    return {_TIMM_KEYS.get(k, k): v.detach().cpu().clone() for k, v in state.items() if k.startswith(_BACKBONE_PREFIXES)}
+    return {
+        _TIMM_KEYS.get(k, k): v.detach().cpu().clone() for k, v in state.items() if k.startswith(_BACKBONE_PREFIXES)
+    }
 
 
 @dataclass(frozen=True)
@@ -171,7 +182,10 @@ class PretrainResult:
 
 
 def pretrain_mae(
-    images: torch.Tensor, settings: PretrainSettings, *, log: Callable[[str], None] | None = None,
+    images: torch.Tensor,
+    settings: PretrainSettings,
+    *,
+    log: Callable[[str], None] | None = None,
 ) -> PretrainResult:
     """Pretrain a backbone by MAE on ``images`` (uint8 ``[N, 3, S, S]``, S = the model's input size).
 
@@ -182,8 +196,13 @@ def pretrain_mae(
     torch.manual_seed(settings.seed)
     device = select_device(settings.device)
     encoder = build_model(settings.model_config(), load_backbone=False)
-    mae = MaskedAutoencoder(encoder, decoder_dim=settings.decoder_dim, decoder_depth=settings.decoder_depth,
-                            decoder_heads=settings.decoder_heads, mask_ratio=settings.mask_ratio).to(device)
+    mae = MaskedAutoencoder(
+        encoder,
+        decoder_dim=settings.decoder_dim,
+        decoder_depth=settings.decoder_depth,
+        decoder_heads=settings.decoder_heads,
+        mask_ratio=settings.mask_ratio,
+    ).to(device)
     unused = ("encoder.shared_prompts", "encoder.domain_prompts", "encoder.head")
     trained = [p for n, p in mae.named_parameters() if not n.startswith(unused)]
     lr = settings.lr * settings.batch_size / 256
@@ -244,8 +263,13 @@ def save_pretrained(path: Path, result: PretrainResult, settings: PretrainSettin
     a backbone can be traced to what made it.
     """
     record = {
-        "method": "mae", "settings": asdict(settings), "data": data, "epoch_losses": result.epoch_losses,
-        "seconds": round(result.seconds, 1), "device": result.device, "torch": str(torch.__version__),
+        "method": "mae",
+        "settings": asdict(settings),
+        "data": data,
+        "epoch_losses": result.epoch_losses,
+        "seconds": round(result.seconds, 1),
+        "device": result.device,
+        "torch": str(torch.__version__),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -177,7 +177,11 @@ class PromptViT(nn.Module):
         return 1 + shared + experts
 
     def expert_weights_for(
-        self, batch_size: int, *, domain: torch.Tensor | None = None, expert_weights: torch.Tensor | None = None,
+        self,
+        batch_size: int,
+        *,
+        domain: torch.Tensor | None = None,
+        expert_weights: torch.Tensor | None = None,
         images: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
         """Per-image mixing weights ``[B, num_domains]`` of the domain experts.

@@ -59,14 +59,23 @@ def calibrate_noise(
 
     return float(
         get_noise_multiplier(
-            target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-            steps=total_steps, accountant=accountant, epsilon_tolerance=0.005,
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=total_steps,
+            accountant=accountant,
+            epsilon_tolerance=0.005,
         )
     )
 
 
 def calibrate_noise_after(
-    fixed: Sequence[MechanismStep], *, target_epsilon: float, delta: float, sample_rate: float, total_steps: int,
+    fixed: Sequence[MechanismStep],
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    total_steps: int,
     accountant: Accountant,
 ) -> float:
     """The noise multiplier at which ``fixed`` then ``total_steps`` steps spend ``target_epsilon``.
@@ -80,18 +89,34 @@ def calibrate_noise_after(
     ValueError
         ``fixed`` alone already spends ``target_epsilon``.
     """
-    return _calibrate_after(tuple(f for f in fixed if f.steps > 0), target_epsilon=target_epsilon, delta=delta,
-                            sample_rate=sample_rate, total_steps=total_steps, accountant=accountant)
+    return _calibrate_after(
+        tuple(f for f in fixed if f.steps > 0),
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        total_steps=total_steps,
+        accountant=accountant,
+    )
 
 
 @lru_cache(maxsize=256)
 def _calibrate_after(
-    fixed: tuple[MechanismStep, ...], *, target_epsilon: float, delta: float, sample_rate: float, total_steps: int,
+    fixed: tuple[MechanismStep, ...],
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    total_steps: int,
     accountant: Accountant,
 ) -> float:
     if not fixed:
-        return calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
-                               total_steps=total_steps, accountant=accountant)
+        return calibrate_noise(
+            target_epsilon=target_epsilon,
+            delta=delta,
+            sample_rate=sample_rate,
+            total_steps=total_steps,
+            accountant=accountant,
+        )
 
     def spent(sigma: float) -> float:
         steps = [*fixed, MechanismStep(sigma, sample_rate, total_steps)]
@@ -99,8 +124,13 @@ def _calibrate_after(
 
     if epsilon_spent(fixed, delta=delta, accountant=accountant) >= target_epsilon:
         raise ValueError(f"the one-off releases alone spend more than epsilon {target_epsilon:g}")
-    low = calibrate_noise(target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
-                          total_steps=total_steps, accountant=accountant)  # without the one-offs: a lower bound
+    low = calibrate_noise(
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        total_steps=total_steps,
+        accountant=accountant,
+    )  # without the one-offs: a lower bound
     high = low * 1.25
     while spent(high) > target_epsilon:
         low, high = high, high * 1.25

@@ -36,7 +36,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedeye._atomic import atomic_write_bytes
 from fedeye.errors import ProvisioningError
 
-HOST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")  # full-match
+HOST_NAME = re.compile(
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)  # full-match
 
 DEFAULT_HOSTS = ("127.0.0.1", "localhost")
 NODE_CURVE = ec.SECP384R1
@@ -75,7 +77,9 @@ def issue_server_certificate(
         When ``hosts`` is empty: sites could not verify the server's name.
     """
     if not hosts:
-        raise ProvisioningError("no host given for the SuperLink certificate; pass at least one --host (IP or DNS name)")
+        raise ProvisioningError(
+            "no host given for the SuperLink certificate; pass at least one --host (IP or DNS name)"
+        )
     key = ec.generate_private_key(NODE_CURVE())
     names = [_general_name(h) for h in hosts]  # validates every host first
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0][:64])])  # the SANs carry the full names
@@ -119,7 +123,9 @@ def parse_public_key_line(line: str) -> ec.EllipticCurvePublicKey:
         ) from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, NODE_CURVE):
         got = key.curve.name if isinstance(key, ec.EllipticCurvePublicKey) else type(key).__name__
-        raise ProvisioningError(f"public key is {got}, expected ECDSA P-384 ({NODE_KEY_TYPE}); make it with 'fedeye site init'")
+        raise ProvisioningError(
+            f"public key is {got}, expected ECDSA P-384 ({NODE_KEY_TYPE}); make it with 'fedeye site init'"
+        )
     return key
 
 
@@ -134,7 +140,9 @@ def public_key_fingerprint(openssh_line: str) -> str:
     return f"SHA256:{digest}"
 
 
-def _builder(*, subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int) -> x509.CertificateBuilder:
+def _builder(
+    *, subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int
+) -> x509.CertificateBuilder:
     now = dt.datetime.now(dt.UTC)
     return (
         x509.CertificateBuilder()
@@ -149,8 +157,15 @@ def _builder(*, subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCu
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
-        digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-        key_agreement=not ca, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False,
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=not ca,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
@@ -172,12 +187,16 @@ def _general_name(host: str) -> x509.GeneralName:
 
 def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     """PKCS#8 PEM, unencrypted (for the CA and the SuperLink's TLS key)."""
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def private_key_openssh(key: ec.EllipticCurvePrivateKey) -> bytes:
     """OpenSSH private key format, as ``flower-supernode --auth-supernode-private-key`` reads it."""
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
 
 
 def certificate_pem(cert: x509.Certificate) -> bytes:
@@ -226,9 +245,15 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
     """Read a PEM or OpenSSH EC private key."""
     data = _read(path)
     try:
-        key = serialization.load_ssh_private_key(data, None) if b"OPENSSH" in data else serialization.load_pem_private_key(data, None)
+        key = (
+            serialization.load_ssh_private_key(data, None)
+            if b"OPENSSH" in data
+            else serialization.load_pem_private_key(data, None)
+        )
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        raise ProvisioningError(f"{path}: cannot read private key ({err}); expected an unencrypted PEM or OpenSSH EC key") from None
+        raise ProvisioningError(
+            f"{path}: cannot read private key ({err}); expected an unencrypted PEM or OpenSSH EC key"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ProvisioningError(f"{path}: expected an EC private key, got {type(key).__name__}")
     return key

@@ -101,7 +101,10 @@ def epsilon_per_run(entries: Sequence[LedgerEntry], *, accountant: Accountant) -
 
 
 def lifetime_epsilon(
-    entries: Sequence[LedgerEntry], *, accountant: Accountant, delta: float | None = None,
+    entries: Sequence[LedgerEntry],
+    *,
+    accountant: Accountant,
+    delta: float | None = None,
     extra: Sequence[MechanismStep] = (),
 ) -> float:
     """Epsilon of every phase in ``entries`` (then ``extra``) composed, at ``delta`` (default: the smallest recorded).
@@ -144,11 +147,15 @@ class LedgerDecision:
     def refusal(self) -> str | None:
         """Why the site declines the round (names the budget it would exceed), or None when it fits."""
         if not self.plan.fits:
-            return (f"next round would spend epsilon {self.plan.epsilon_after:.3f} > budget "
-                    f"{self.plan.epsilon_budget:g} for this run")
+            return (
+                f"next round would spend epsilon {self.plan.epsilon_after:.3f} > budget "
+                f"{self.plan.epsilon_budget:g} for this run"
+            )
         if not self.fits_lifetime:
-            return (f"next round would bring the lifetime epsilon of this site's data to {self.lifetime_after:.3f} "
-                    f"> lifetime budget {self.lifetime_budget:g} (lifetime_epsilon, over {self.num_runs} runs)")
+            return (
+                f"next round would bring the lifetime epsilon of this site's data to {self.lifetime_after:.3f} "
+                f"> lifetime budget {self.lifetime_budget:g} (lifetime_epsilon, over {self.num_runs} runs)"
+            )
         return None
 
 
@@ -200,11 +207,23 @@ def plan_with_ledger(
     if not history and lifetime_budget is not None and 0 < lifetime_budget - before < settings.epsilon_budget:
         target = lifetime_budget - before
     plan = plan_round(
-        settings, num_patients=num_patients, batch_size=batch_size, local_epochs=local_epochs,
-        history=history, total_rounds=total_rounds, target_epsilon=target, one_off=one_off,
+        settings,
+        num_patients=num_patients,
+        batch_size=batch_size,
+        local_epochs=local_epochs,
+        history=history,
+        total_rounds=total_rounds,
+        target_epsilon=target,
+        one_off=one_off,
     )
     after = lifetime_epsilon(entries, accountant=settings.accountant, delta=delta, extra=list(plan.mechanisms))
     return LedgerDecision(
-        run=run, plan=plan, history=tuple(history), lifetime_before=before, lifetime_after=after, lifetime_budget=lifetime_budget,
-        lifetime_delta=delta, num_runs=len(set(runs_of(entries)) | {run}),
+        run=run,
+        plan=plan,
+        history=tuple(history),
+        lifetime_before=before,
+        lifetime_after=after,
+        lifetime_budget=lifetime_budget,
+        lifetime_delta=delta,
+        num_runs=len(set(runs_of(entries)) | {run}),
     )

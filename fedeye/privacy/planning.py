@@ -132,20 +132,31 @@ def plan_round(
     ConfigError
         A count is below 1.
     """
-    _check_counts(num_patients=num_patients, batch_size=batch_size, local_epochs=local_epochs, total_rounds=total_rounds)
+    _check_counts(
+        num_patients=num_patients, batch_size=batch_size, local_epochs=local_epochs, total_rounds=total_rounds
+    )
     sample_rate = min(1.0, batch_size / num_patients)
     steps = max(1, round(local_epochs / sample_rate))
     sigma = _noise_multiplier(
-        settings, history, sample_rate=sample_rate, total_steps=total_rounds * steps,
-        target_epsilon=settings.epsilon_budget if target_epsilon is None else target_epsilon, one_off=one_off,
+        settings,
+        history,
+        sample_rate=sample_rate,
+        total_steps=total_rounds * steps,
+        target_epsilon=settings.epsilon_budget if target_epsilon is None else target_epsilon,
+        one_off=one_off,
     )
     this_round = MechanismStep(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
     delta, accountant = settings.delta, settings.accountant
     return RoundPlan(
-        sample_rate=sample_rate, steps=steps, noise_multiplier=sigma, delta=delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        noise_multiplier=sigma,
+        delta=delta,
         epsilon_before=epsilon_spent(history, delta=delta, accountant=accountant),
         epsilon_after=epsilon_spent([*history, this_round, *one_off], delta=delta, accountant=accountant),
-        accountant=accountant, epsilon_budget=settings.epsilon_budget, one_off=tuple(one_off),
+        accountant=accountant,
+        epsilon_budget=settings.epsilon_budget,
+        one_off=tuple(one_off),
     )
 
 
@@ -162,7 +173,9 @@ def prototype_release(settings: DPSettings) -> MechanismStep:
     in the site's history. The site's ``min_noise_multiplier`` is a floor.
     """
     sigma = calibrate_single_release(
-        target_epsilon=PROTOTYPE_SHARE * settings.epsilon_budget, delta=settings.delta, accountant=settings.accountant,
+        target_epsilon=PROTOTYPE_SHARE * settings.epsilon_budget,
+        delta=settings.delta,
+        accountant=settings.accountant,
     )
     return MechanismStep(noise_multiplier=max(sigma, settings.min_noise_multiplier or 0.0), sample_rate=1.0, steps=1)
 
@@ -177,7 +190,12 @@ def _check_counts(**counts: int) -> None:
 
 
 def _noise_multiplier(
-    settings: DPSettings, history: Sequence[MechanismStep], *, sample_rate: float, total_steps: int, target_epsilon: float,
+    settings: DPSettings,
+    history: Sequence[MechanismStep],
+    *,
+    sample_rate: float,
+    total_steps: int,
+    target_epsilon: float,
     one_off: Sequence[MechanismStep] = (),
 ) -> float:
     """The fixed, reused or freshly calibrated ``sigma``, floored by the site's minimum."""
@@ -187,7 +205,11 @@ def _noise_multiplier(
         sigma = history[0].noise_multiplier
     else:
         sigma = calibrate_noise_after(
-            one_off, target_epsilon=target_epsilon, delta=settings.delta, sample_rate=sample_rate,
-            total_steps=total_steps, accountant=settings.accountant,
+            one_off,
+            target_epsilon=target_epsilon,
+            delta=settings.delta,
+            sample_rate=sample_rate,
+            total_steps=total_steps,
+            accountant=settings.accountant,
         )
     return max(sigma, settings.min_noise_multiplier or 0.0)

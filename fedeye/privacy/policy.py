@@ -27,16 +27,30 @@ class PrivacyPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # finite floats only
 
     require_dp: StrictBool = Field(default=False, description="Train with DP-SGD even if the coordinator does not ask.")
-    epsilon: float | None = Field(default=None, gt=0, le=MAX_EPSILON, description="Epsilon budget for one run at this site; None = no site limit.")
+    epsilon: float | None = Field(
+        default=None, gt=0, le=MAX_EPSILON, description="Epsilon budget for one run at this site; None = no site limit."
+    )
     lifetime_epsilon: float | None = Field(
-        default=None, gt=0, le=MAX_EPSILON,
+        default=None,
+        gt=0,
+        le=MAX_EPSILON,
         description="Epsilon budget over every run on this site's data (its lifetime ledger); None = no lifetime limit.",
     )
-    delta: float | None = Field(default=None, gt=0, lt=1, description="Delta; default 1/(10 x number of patients), below 1/n.")
-    max_grad_norm: float | None = Field(default=None, gt=0, description="Largest per-patient gradient norm allowed (clipping C).")
-    min_noise_multiplier: float | None = Field(default=None, gt=0, description="Smallest noise multiplier sigma allowed.")
-    accountant: Accountant | None = Field(default=None, description="Accountant this site trusts; None = the coordinator's choice.")
-    min_group_size: StrictInt = Field(default=10, ge=1, le=1_000_000, description="Metrics on a subgroup smaller than this are never sent.")
+    delta: float | None = Field(
+        default=None, gt=0, lt=1, description="Delta; default 1/(10 x number of patients), below 1/n."
+    )
+    max_grad_norm: float | None = Field(
+        default=None, gt=0, description="Largest per-patient gradient norm allowed (clipping C)."
+    )
+    min_noise_multiplier: float | None = Field(
+        default=None, gt=0, description="Smallest noise multiplier sigma allowed."
+    )
+    accountant: Accountant | None = Field(
+        default=None, description="Accountant this site trusts; None = the coordinator's choice."
+    )
+    min_group_size: StrictInt = Field(
+        default=10, ge=1, le=1_000_000, description="Metrics on a subgroup smaller than this are never sent."
+    )
 
 
 class PrivacyConfig(BaseModel):
@@ -44,12 +58,18 @@ class PrivacyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # finite floats only
 
-    enabled: StrictBool = Field(default=False, description="Ask every site to train with DP-SGD (sample-level, per patient).")
+    enabled: StrictBool = Field(
+        default=False, description="Ask every site to train with DP-SGD (sample-level, per patient)."
+    )
     epsilon: float = Field(default=8.0, gt=0, le=MAX_EPSILON, description="Epsilon budget for the whole run, per site.")
-    delta: float | None = Field(default=None, gt=0, lt=1, description="Delta; default 1/(10 x the site's number of patients).")
+    delta: float | None = Field(
+        default=None, gt=0, lt=1, description="Delta; default 1/(10 x the site's number of patients)."
+    )
     max_grad_norm: float = Field(default=1.0, gt=0, description="Per-patient gradient clipping norm C.")
     noise_multiplier: float | None = Field(
-        default=None, gt=0, description="Noise multiplier sigma; None = calibrate so the planned rounds spend exactly epsilon."
+        default=None,
+        gt=0,
+        description="Noise multiplier sigma; None = calibrate so the planned rounds spend exactly epsilon.",
     )
     accountant: Accountant = Field(default="rdp", description="Privacy accountant: rdp or prv.")
     client_level: Literal["off", "fixed", "adaptive"] = Field(
@@ -58,15 +78,22 @@ class PrivacyConfig(BaseModel):
     client_noise_multiplier: float = Field(default=1.0, gt=0, description="Noise multiplier of client-level DP.")
     client_clipping_norm: float = Field(default=1.0, gt=0, description="Initial/fixed clipping norm of site updates.")
     preset: DPPreset = Field(
-        default="none", description="Named DP-SGD settings (fedeye.privacy.presets) filling the values this table leaves out.",
+        default="none",
+        description="Named DP-SGD settings (fedeye.privacy.presets) filling the values this table leaves out.",
     )
     batch_size: int | None = Field(
-        default=None, ge=1, description="Expected patients per DP-SGD step (the logical batch); None = training.batch_size.",
+        default=None,
+        ge=1,
+        description="Expected patients per DP-SGD step (the logical batch); None = training.batch_size.",
     )
-    local_epochs: int | None = Field(default=None, ge=1, description="Local epochs of a DP round; None = training.local_epochs.")
+    local_epochs: int | None = Field(
+        default=None, ge=1, description="Local epochs of a DP round; None = training.local_epochs."
+    )
     lr: float | None = Field(default=None, gt=0, description="Learning rate of DP-SGD; None = training.lr.")
     max_physical_batch: int | None = Field(
-        default=None, ge=1, description="Largest batch in memory at once; a larger logical batch is split (Opacus BatchMemoryManager).",
+        default=None,
+        ge=1,
+        description="Largest batch in memory at once; a larger logical batch is split (Opacus BatchMemoryManager).",
     )
 
     @model_validator(mode="before")
@@ -107,7 +134,9 @@ def effective_dp(requested: PrivacyConfig, policy: PrivacyPolicy, *, num_patient
     ``lifetime_epsilon`` trains with DP whatever the run asks; one run's
     budget never exceeds the site's lifetime budget.
     """
-    if not (requested.enabled or policy.require_dp or policy.epsilon is not None or policy.lifetime_epsilon is not None):
+    if not (
+        requested.enabled or policy.require_dp or policy.epsilon is not None or policy.lifetime_epsilon is not None
+    ):
         return None
     asked = requested.epsilon if requested.enabled else None
     epsilons = [e for e in (asked, policy.epsilon, policy.lifetime_epsilon) if e is not None]
@@ -118,7 +147,10 @@ def effective_dp(requested: PrivacyConfig, policy: PrivacyPolicy, *, num_patient
     if sigma is not None and policy.min_noise_multiplier is not None:
         sigma = max(sigma, policy.min_noise_multiplier)
     return DPSettings(
-        epsilon_budget=epsilon, delta=min(deltas), max_grad_norm=min(norms), noise_multiplier=sigma,
-        min_noise_multiplier=policy.min_noise_multiplier, accountant=policy.accountant or requested.accountant,
+        epsilon_budget=epsilon,
+        delta=min(deltas),
+        max_grad_norm=min(norms),
+        noise_multiplier=sigma,
+        min_noise_multiplier=policy.min_noise_multiplier,
+        accountant=policy.accountant or requested.accountant,
     )
-

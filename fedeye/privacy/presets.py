@@ -31,11 +31,23 @@ DPPreset = Literal["none", "pretrained-prompt", "pretrained-full"]
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     # frozen pretrained backbone (fedeye pretrain or RETFound); prompts, router and head train
-    "pretrained-prompt": {"mode": "prompt", "batch_size": 64, "local_epochs": 1, "lr": 1e-2,
-                          "max_grad_norm": 1.0, "max_physical_batch": 64},
+    "pretrained-prompt": {
+        "mode": "prompt",
+        "batch_size": 64,
+        "local_epochs": 1,
+        "lr": 1e-2,
+        "max_grad_norm": 1.0,
+        "max_physical_batch": 64,
+    },
     # the whole pretrained network trains: smaller learning rate, same large batches
-    "pretrained-full": {"mode": "full", "batch_size": 64, "local_epochs": 1, "lr": 1e-3,
-                        "max_grad_norm": 1.0, "max_physical_batch": 64},
+    "pretrained-full": {
+        "mode": "full",
+        "batch_size": 64,
+        "local_epochs": 1,
+        "lr": 1e-3,
+        "max_grad_norm": 1.0,
+        "max_physical_batch": 64,
+    },
 }
 
 

@@ -20,13 +20,16 @@ from fedeye.config import RunConfig, from_flower_config
 from fedeye.errors import ConfigError, RunInterrupted
 from fedeye.server.federation import ResumePoint, create_run, open_store, resume_point, run_federation
 from fedeye.server.polling import Interruption, PollingGrid
+from fedeye.server.preflight import simulation_sites
 from fedeye.server.recorder import ProgressSink
 from fedeye.server.store import RunStore
-from fedeye.server.preflight import simulation_sites
 
 
 def make_server_app(
-    run_config: RunConfig | None = None, *, run_id: str | None = None, progress: ProgressSink | None = None,
+    run_config: RunConfig | None = None,
+    *,
+    run_id: str | None = None,
+    progress: ProgressSink | None = None,
     stop: Interruption | None = None,
 ) -> ServerApp:
     """A ServerApp running ``run_config`` (default: Flower's run config).
@@ -95,7 +98,7 @@ def flower_run_config(context: Context, *, num_nodes: int) -> RunConfig:
         raise ConfigError(
             f"data.root: {cfg.data.root} holds {num_folders} site folders but the federation has "
             f"{num_nodes} SuperNodes. Run one SuperNode per site: "
-            f"flwr run . <connection> --federation-config \"num-supernodes={num_folders}\""
+            f'flwr run . <connection> --federation-config "num-supernodes={num_folders}"'
         )
     return cfg
 

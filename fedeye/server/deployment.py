@@ -59,8 +59,16 @@ def superlink_command(address: Address, *, tls: TlsFiles | None, database: Path)
     command += ["--database", str(database), "--disable-runtime-dependency-installation"]
     if tls is None:
         return [*command, "--insecure"]
-    return [*command, "--ssl-ca-certfile", str(tls.ca), "--ssl-certfile", str(tls.cert),
-            "--ssl-keyfile", str(tls.key), "--enable-supernode-auth"]
+    return [
+        *command,
+        "--ssl-ca-certfile",
+        str(tls.ca),
+        "--ssl-certfile",
+        str(tls.cert),
+        "--ssl-keyfile",
+        str(tls.key),
+        "--enable-supernode-auth",
+    ]
 
 
 def local_address(bind: Address, coord_dir: Path, tls: TlsFiles | None) -> Address:
@@ -93,8 +101,14 @@ def flower_app_dir() -> Path:
 
     root = Path(fedeye.__file__).resolve().parents[1]
     pyproject = root / "pyproject.toml"
-    if not pyproject.is_file() or "tool" not in (app := tomllib.loads(pyproject.read_text())) or "flwr" not in app["tool"]:
-        raise DeploymentError(f"FedEye's Flower App (pyproject.toml with [tool.flwr.app]) is not at {root}; install FedEye from its source folder (`pip install -e .`)")
+    if (
+        not pyproject.is_file()
+        or "tool" not in (app := tomllib.loads(pyproject.read_text()))
+        or "flwr" not in app["tool"]
+    ):
+        raise DeploymentError(
+            f"FedEye's Flower App (pyproject.toml with [tool.flwr.app]) is not at {root}; install FedEye from its source folder (`pip install -e .`)"
+        )
     return root
 
 
@@ -147,8 +161,9 @@ def flower_status(flower_id: int, connection: str) -> dict[str, Any]:
     return dict(runs[0]) if runs else {}
 
 
-def resumable_config(detail: RunDetail, *, store: RunStore, connection: str | None,
-                     on_wait: Callable[[], None] | None = None) -> RunConfig:
+def resumable_config(
+    detail: RunDetail, *, store: RunStore, connection: str | None, on_wait: Callable[[], None] | None = None
+) -> RunConfig:
     """The run's own config, pointed at this store, after checking the run can be resumed.
 
     Raises
@@ -180,13 +195,25 @@ def resumable_config(detail: RunDetail, *, store: RunStore, connection: str | No
     return cfg.model_copy(update={"output": cfg.output.model_copy(update={"db": store.url})})
 
 
-def await_flower_end(flower_id: int, run_id: str, *, connection: str, wait_s: float = DEAD_RUN_WAIT_S,
-                     on_wait: Callable[[], None] | None = None) -> None:
+def await_flower_end(
+    flower_id: int,
+    run_id: str,
+    *,
+    connection: str,
+    wait_s: float = DEAD_RUN_WAIT_S,
+    on_wait: Callable[[], None] | None = None,
+) -> None:
     """Wait until Flower no longer counts ``flower_id`` as running (a dead ServerApp's run is failed after its heartbeats stop)."""
-    ended = wait_until(lambda: True if _finished_in_flower(flower_id, connection) else None, timeout=wait_s,
-                       interval=5.0, on_wait=on_wait)
+    ended = wait_until(
+        lambda: True if _finished_in_flower(flower_id, connection) else None,
+        timeout=wait_s,
+        interval=5.0,
+        on_wait=on_wait,
+    )
     if ended is None:
-        raise DeploymentError(f"run {run_id} is still running in Flower run {flower_id}; stop it first with `fedeye run stop {run_id}`")
+        raise DeploymentError(
+            f"run {run_id} is still running in Flower run {flower_id}; stop it first with `fedeye run stop {run_id}`"
+        )
 
 
 def _finished_in_flower(flower_id: int, connection: str) -> bool:
@@ -195,8 +222,12 @@ def _finished_in_flower(flower_id: int, connection: str) -> bool:
 
 def await_resume(store: RunStore, run_id: str, flower_id: int, *, wait_s: float) -> bool:
     """Whether the ServerApp of ``flower_id`` took ``run_id`` up within ``wait_s`` seconds."""
-    return wait_until(lambda: True if store.run_for_flower_run(flower_id) == run_id else None,
-                      timeout=wait_s, interval=1.0) is not None
+    return (
+        wait_until(
+            lambda: True if store.run_for_flower_run(flower_id) == run_id else None, timeout=wait_s, interval=1.0
+        )
+        is not None
+    )
 
 
 def stop_run(store: RunStore, detail: RunDetail, *, connection: str) -> int:
@@ -204,7 +235,9 @@ def stop_run(store: RunStore, detail: RunDetail, *, connection: str) -> int:
     flower_id = latest_flower_run(detail)
     flwr_json("stop", str(flower_id), connection)
     run_id = detail.run.run_id  # the ServerApp closes the run record as it exits ("failed: SystemExit")
-    wait_until(lambda: None if store.get_run(run_id).run.status == "running" else True, timeout=STOP_WAIT_S, interval=1.0)
+    wait_until(
+        lambda: None if store.get_run(run_id).run.status == "running" else True, timeout=STOP_WAIT_S, interval=1.0
+    )
     store.finish_run(run_id, status="stopped", error=f"stopped by the operator (Flower run {flower_id})")
     return flower_id
 
@@ -220,5 +253,7 @@ def nodes_online(connection: str) -> dict[int, bool]:
 
 def latest_flower_run(detail: RunDetail) -> int:
     if not detail.flower_runs:
-        raise DeploymentError(f"run {detail.run.run_id} was not started through Flower's deployment (`fedeye run launch`)")
+        raise DeploymentError(
+            f"run {detail.run.run_id} was not started through Flower's deployment (`fedeye run launch`)"
+        )
     return detail.flower_runs[-1].flower_run_id

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedeye.config import RunConfig
-from fedeye.errors import FedEyeError, FederationError
+from fedeye.errors import FederationError, FedEyeError
 from fedeye.fairness.operating_point import METADATA_KEY as OP_METADATA_KEY
 from fedeye.fairness.operating_point import ModelOperatingPoint
 from fedeye.models import build_model, save_model
@@ -44,8 +44,11 @@ def open_store(cfg: RunConfig) -> RunStore:
 def create_run(store: RunStore, cfg: RunConfig, *, num_sites: int) -> str:
     """Record a new run for ``cfg`` and return its id."""
     return store.create_run(
-        name=cfg.name, strategy=cfg.strategy.name, config=cfg.model_dump(mode="json"),
-        num_rounds=cfg.training.rounds, num_sites=num_sites,
+        name=cfg.name,
+        strategy=cfg.strategy.name,
+        config=cfg.model_dump(mode="json"),
+        num_rounds=cfg.training.rounds,
+        num_sites=num_sites,
     )
 
 
@@ -95,7 +98,12 @@ def _sha256(path: Path) -> str:
 
 
 def run_federation(
-    grid: Grid, cfg: RunConfig, *, store: RunStore, run_id: str, progress: ProgressSink | None = None,
+    grid: Grid,
+    cfg: RunConfig,
+    *,
+    store: RunStore,
+    run_id: str,
+    progress: ProgressSink | None = None,
     resume: ResumePoint | None = None,
 ) -> Path:
     """Run every round of ``cfg`` on ``grid`` (after ``resume``'s round); returns the final model's path.
@@ -114,14 +122,21 @@ def run_federation(
         store.finish_run(run_id, status="interrupted", error=str(err) or "interrupted")
         raise
     except BaseException as err:
-        store.finish_run(run_id, status="failed", error=str(err) if isinstance(err, FedEyeError) else f"{type(err).__name__}: {err}")
+        store.finish_run(
+            run_id, status="failed", error=str(err) if isinstance(err, FedEyeError) else f"{type(err).__name__}: {err}"
+        )
         raise
     store.finish_run(run_id, status="finished", error=note)
     return path
 
 
 def _run(
-    grid: Grid, cfg: RunConfig, *, store: RunStore, run_id: str, progress: ProgressSink | None,
+    grid: Grid,
+    cfg: RunConfig,
+    *,
+    store: RunStore,
+    run_id: str,
+    progress: ProgressSink | None,
     resume: ResumePoint | None,
 ) -> tuple[Path, str | None]:
     """Returns the final model's path and, if the run ended early, why."""
@@ -133,15 +148,19 @@ def _run(
     initial = ArrayRecord(model.state_dict())
     note = None
     try:
-        final = _numbered_from(strategy, done).start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=max(cfg.training.rounds - done, 0),
-            timeout=cfg.strategy.round_timeout,
-            train_config=_message_config(cfg, run_id=run_id),
-            evaluate_config=_message_config(cfg, run_id=run_id, split=cfg.data.eval_split),
-            evaluate_fn=_checkpointer(cfg, store=store, run_id=run_id, out=out, offset=done),
-        ).arrays
+        final = (
+            _numbered_from(strategy, done)
+            .start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=max(cfg.training.rounds - done, 0),
+                timeout=cfg.strategy.round_timeout,
+                train_config=_message_config(cfg, run_id=run_id),
+                evaluate_config=_message_config(cfg, run_id=run_id, split=cfg.data.eval_split),
+                evaluate_fn=_checkpointer(cfg, store=store, run_id=run_id, out=out, offset=done),
+            )
+            .arrays
+        )
     except BudgetExhausted as stop:  # the last global model stands
         inner = getattr(strategy, "strategy", strategy)  # a client-DP wrapper holds the FedEye strategy
         final, note = getattr(inner, "global_arrays", None) or initial, f"ended early: {stop}"
@@ -200,13 +219,19 @@ class RoundsAfter(Strategy):
         self.inner = inner
         self.offset = offset
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         return self.inner.aggregate_train(server_round + self.offset, replies)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -241,8 +266,16 @@ def _checkpointer(cfg: RunConfig, *, store: RunStore, run_id: str, out: Path, of
     return checkpoint
 
 
-def _final_evaluation(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, recorder: RunRecorder, *,
-                      run_id: str, point: ModelOperatingPoint | None = None) -> None:
+def _final_evaluation(
+    grid: Grid,
+    strategy: Strategy,
+    arrays: ArrayRecord,
+    cfg: RunConfig,
+    recorder: RunRecorder,
+    *,
+    run_id: str,
+    point: ModelOperatingPoint | None = None,
+) -> None:
     """Evaluate the final global model on every site's ``data.final_split`` (at ``point`` when chosen)."""
     config = _message_config(cfg, run_id=run_id, split=cfg.data.final_split)
     config[SERVER_ROUND] = cfg.training.rounds
@@ -252,8 +285,16 @@ def _final_evaluation(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: 
     recorder.on_replies(cfg.training.rounds, "test", replies)  # every non-error reply is ok
 
 
-def _save_final(model: torch.nn.Module, cfg: RunConfig, *, store: RunStore, run_id: str, out: Path,
-                experts: list[str] | None = None, point: ModelOperatingPoint | None = None) -> Path:
+def _save_final(
+    model: torch.nn.Module,
+    cfg: RunConfig,
+    *,
+    store: RunStore,
+    run_id: str,
+    out: Path,
+    experts: list[str] | None = None,
+    point: ModelOperatingPoint | None = None,
+) -> Path:
     path = out / "global-model.pt"
     metadata: dict[str, object] = {"run_id": run_id, "round": cfg.training.rounds, "run_name": cfg.name}
     if experts:

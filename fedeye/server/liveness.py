@@ -56,8 +56,9 @@ def process_start_time(pid: int) -> float | None:
     """When process ``pid`` started (epoch seconds), from Linux's ``/proc``; None elsewhere or if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
+        boot = next(
+            int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+        )
     except (OSError, StopIteration, ValueError):
         return None
     ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime (fields after "comm)" start at 3)

@@ -79,23 +79,38 @@ def pooled_scale(replies: Iterable[Message]) -> ScoreScale:
     for reply in replies:
         if not reply.has_error() and p.SCORE_SUMMARY in reply.content.metric_records:
             record = reply.content.metric_records[p.SCORE_SUMMARY]
-            if all(isinstance(record.get(k), int | float) for k in (p.SUMMARY_IMAGES, p.SUMMARY_SUM, p.SUMMARY_SQUARES)):
+            if all(
+                isinstance(record.get(k), int | float) for k in (p.SUMMARY_IMAGES, p.SUMMARY_SUM, p.SUMMARY_SQUARES)
+            ):
                 count += float(record[p.SUMMARY_IMAGES])  # type: ignore[arg-type]
                 total += float(record[p.SUMMARY_SUM])  # type: ignore[arg-type]
                 squares += float(record[p.SUMMARY_SQUARES])  # type: ignore[arg-type]
     return ScoreScale.from_moments(count, total, squares)
 
 
-def choose_from_summaries(total: SummedScores, cfg: RunConfig, scale: ScoreScale | None = None) -> ModelOperatingPoint | None:
+def choose_from_summaries(
+    total: SummedScores, cfg: RunConfig, scale: ScoreScale | None = None
+) -> ModelOperatingPoint | None:
     """The run's operating point on the summed summaries (None: no positives or no negatives were sent)."""
     if total.positives == 0 or total.negatives == 0:
-        log(WARNING, "operating point: the sites sent %d positives and %d negatives (classes under their "
-            "min_group_size are withheld); the final model keeps the 0.5 threshold", total.positives, total.negatives)
+        log(
+            WARNING,
+            "operating point: the sites sent %d positives and %d negatives (classes under their "
+            "min_group_size are withheld); the final model keeps the 0.5 threshold",
+            total.positives,
+            total.negatives,
+        )
         return None
     nll = total.nll if cfg.evaluation.calibrate and total.sites_with_nll else None
     return fit_operating_point(
-        positives_above=total.positives_above, negatives_above=total.negatives_above, num_positive=total.positives,
-        num_negative=total.negatives, nll=nll, target=cfg.evaluation.operating_point, source="federation", scale=scale,
+        positives_above=total.positives_above,
+        negatives_above=total.negatives_above,
+        num_positive=total.positives,
+        num_negative=total.negatives,
+        nll=nll,
+        target=cfg.evaluation.operating_point,
+        source="federation",
+        scale=scale,
     )
 
 
@@ -104,18 +119,34 @@ def federated_operating_point(
 ) -> ModelOperatingPoint | None:
     """Ask every site for its validation-score summaries of ``arrays`` and choose the operating point."""
     scale = pooled_scale(_ask(grid, strategy, arrays, cfg, {p.RUN_ID: run_id, p.SUMMARIZE_SCORES: p.MOMENTS}))
-    counts = _ask(grid, strategy, arrays, cfg, {p.RUN_ID: run_id, p.SUMMARIZE_SCORES: p.COUNTS,
-                                                 p.SCORE_CENTER: scale.center, p.SCORE_SCALE: scale.scale})
+    counts = _ask(
+        grid,
+        strategy,
+        arrays,
+        cfg,
+        {p.RUN_ID: run_id, p.SUMMARIZE_SCORES: p.COUNTS, p.SCORE_CENTER: scale.center, p.SCORE_SCALE: scale.scale},
+    )
     point = choose_from_summaries(sum_summaries(counts), cfg, scale)
     if point is not None:
-        log(INFO, "operating point (%s): p >= %.3f after temperature %.2f (pooled val sensitivity %.3f, "
-            "specificity %.3f)", point.target, point.threshold, point.temperature, point.sensitivity, point.specificity)
+        log(
+            INFO,
+            "operating point (%s): p >= %.3f after temperature %.2f (pooled val sensitivity %.3f, specificity %.3f)",
+            point.target,
+            point.threshold,
+            point.temperature,
+            point.sensitivity,
+            point.specificity,
+        )
     return point
 
 
-def _ask(grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, keys: dict[str, str | float]) -> list[Message]:
+def _ask(
+    grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, keys: dict[str, str | float]
+) -> list[Message]:
     """One summary request to every site (the strategy samples them as for evaluation), and the replies."""
-    config = ConfigRecord({p.RUN_CONFIG: cfg.to_json(), p.SPLIT: cfg.data.eval_split, p.SERVER_ROUND: cfg.training.rounds, **keys})
+    config = ConfigRecord(
+        {p.RUN_CONFIG: cfg.to_json(), p.SPLIT: cfg.data.eval_split, p.SERVER_ROUND: cfg.training.rounds, **keys}
+    )
     messages = list(strategy.configure_evaluate(cfg.training.rounds, arrays, config, grid))
     return list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))
 

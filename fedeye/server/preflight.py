@@ -16,8 +16,12 @@ def simulation_sites(cfg: RunConfig) -> list[Path]:
         raise ConfigError("data.root: not set; a simulation needs the folder that holds the site folders")
     dirs = simulated_site_dirs(cfg.data.root)
     if cfg.simulation.num_sites is not None and cfg.simulation.num_sites != len(dirs):
-        raise ConfigError(f"simulation.num_sites={cfg.simulation.num_sites} but {cfg.data.root} holds {len(dirs)} site folders")
-    problems = errors_only([p for d in dirs for p in open_site(d).problems()])  # warnings never block a run, as in `site check`
+        raise ConfigError(
+            f"simulation.num_sites={cfg.simulation.num_sites} but {cfg.data.root} holds {len(dirs)} site folders"
+        )
+    problems = errors_only(
+        [p for d in dirs for p in open_site(d).problems()]
+    )  # warnings never block a run, as in `site check`
     if problems:
         raise SiteDataError(str(cfg.data.root), problems)
     _check_node_minimums(cfg, len(dirs))
@@ -33,4 +37,6 @@ def _check_node_minimums(cfg: RunConfig, num_sites: int) -> None:
         )
     for field in ("min_train_nodes", "min_evaluate_nodes", "min_available_nodes"):
         if getattr(s, field) > num_sites:
-            raise ConfigError(f"strategy.{field}={getattr(s, field)} but the simulation has only {num_sites} site(s); lower it")
+            raise ConfigError(
+                f"strategy.{field}={getattr(s, field)} but the simulation has only {num_sites} site(s); lower it"
+            )

@@ -90,9 +90,16 @@ def privacy_entry(report: SiteReport, accountant: str) -> PrivacyRecord | None:
     if DP_EPSILON not in m:
         return None
     return PrivacyRecord(
-        server_round=report.server_round, scope="site", site=report.site, epsilon=m[DP_EPSILON],
-        delta=m[DP_DELTA], budget=m.get(DP_BUDGET), noise_multiplier=m[DP_NOISE_MULTIPLIER],
-        sample_rate=m[DP_SAMPLE_RATE], steps=int(m[DP_STEPS]), accountant=accountant,
+        server_round=report.server_round,
+        scope="site",
+        site=report.site,
+        epsilon=m[DP_EPSILON],
+        delta=m[DP_DELTA],
+        budget=m.get(DP_BUDGET),
+        noise_multiplier=m[DP_NOISE_MULTIPLIER],
+        sample_rate=m[DP_SAMPLE_RATE],
+        steps=int(m[DP_STEPS]),
+        accountant=accountant,
         status=report.status if report.status == LEFT_BUDGET else "ok",
     )
 
@@ -149,8 +156,15 @@ class RunRecorder:
             site = self.site_name(node_id)
             reason = f"no reply within the round timeout; the round went on without {site}"
             self.store.record_site_metrics(
-                self.run_id, server_round=server_round, phase=phase, site=site,  # type: ignore[arg-type]
-                node_id=int(node_id), num_examples=0, metrics={}, status="missing", reason=reason,
+                self.run_id,
+                server_round=server_round,
+                phase=phase,
+                site=site,  # type: ignore[arg-type]
+                node_id=int(node_id),
+                num_examples=0,
+                metrics={},
+                status="missing",
+                reason=reason,
             )
             log(WARNING, "round %s: %s missing (%s)", server_round, site, reason)
 
@@ -167,7 +181,13 @@ class RunRecorder:
         judged = [(m, v) for m, v in zip(replies, verdicts, strict=True) if not from_superlink(m)]
         for msg in replies:
             if from_superlink(msg):
-                log(WARNING, "round %s (%s): the SuperLink could not reach a node: %s", server_round, phase, msg.error.reason)
+                log(
+                    WARNING,
+                    "round %s (%s): the SuperLink could not reach a node: %s",
+                    server_round,
+                    phase,
+                    msg.error.reason,
+                )
         replies = [m for m, _ in judged]
         reports = [self._named(site_report(server_round, phase, m, v)) for m, v in judged]
         self._learn_names(reports)
@@ -191,14 +211,32 @@ class RunRecorder:
                 names[report.node_id] = report.site
 
     def on_client_dp(
-        self, server_round: int, *, epsilon: float, delta: float, noise_multiplier: float, sample_rate: float, rounds: int
+        self,
+        server_round: int,
+        *,
+        epsilon: float,
+        delta: float,
+        noise_multiplier: float,
+        sample_rate: float,
+        rounds: int,
     ) -> None:
         """Ledger row of client-level DP: the federation's epsilon after this round."""
-        self.store.record_privacy(self.run_id, PrivacyRecord(
-            server_round=server_round, scope="federation", site="(federation)", epsilon=epsilon, delta=delta,
-            budget=None, noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=rounds,
-            accountant="rdp", status="ok",
-        ))
+        self.store.record_privacy(
+            self.run_id,
+            PrivacyRecord(
+                server_round=server_round,
+                scope="federation",
+                site="(federation)",
+                epsilon=epsilon,
+                delta=delta,
+                budget=None,
+                noise_multiplier=noise_multiplier,
+                sample_rate=sample_rate,
+                steps=rounds,
+                accountant="rdp",
+                status="ok",
+            ),
+        )
 
     def _store_privacy(self, msg: Message, report: SiteReport) -> None:
         if msg.has_error() or report.phase != "train":
@@ -210,9 +248,15 @@ class RunRecorder:
     def _store_site(self, report: SiteReport) -> None:
         metrics: Mapping[str, float] = report.metrics if report.status in ("ok", LEFT_BUDGET) else {}
         self.store.record_site_metrics(
-            self.run_id, server_round=report.server_round, phase=report.phase,  # type: ignore[arg-type]
-            site=report.site, node_id=report.node_id, num_examples=report.num_examples,
-            metrics=metrics, status=report.status, reason=report.reason or None,  # type: ignore[arg-type]
+            self.run_id,
+            server_round=report.server_round,
+            phase=report.phase,  # type: ignore[arg-type]
+            site=report.site,
+            node_id=report.node_id,
+            num_examples=report.num_examples,
+            metrics=metrics,
+            status=report.status,
+            reason=report.reason or None,  # type: ignore[arg-type]
         )
         if report.status in ("failed", "rejected", LEFT_BUDGET):
             log(WARNING, "round %s: %s %s: %s", report.server_round, report.site, report.status, report.reason)

@@ -32,21 +32,37 @@ def build_report_data(detail: RunDetail) -> ReportData:
 
 def _run_info(run: RunSummary) -> RunInfo:
     return RunInfo(
-        run_id=run.run_id, name=run.name, status=run.status, strategy=run.strategy,
-        num_sites=run.num_sites, rounds_done=run.rounds_done, num_rounds=run.num_rounds,
-        started_at=run.started_at, ended_at=run.ended_at, error=run.error,
+        run_id=run.run_id,
+        name=run.name,
+        status=run.status,
+        strategy=run.strategy,
+        num_sites=run.num_sites,
+        rounds_done=run.rounds_done,
+        num_rounds=run.num_rounds,
+        started_at=run.started_at,
+        ended_at=run.ended_at,
+        error=run.error,
     )
 
 
 def _site_result(record: SiteMetricRecord) -> SiteResult:
     return SiteResult(
-        site=record.site, phase=record.phase, server_round=record.server_round,
-        status=record.status, num_examples=record.num_examples, metrics=dict(record.metrics),
+        site=record.site,
+        phase=record.phase,
+        server_round=record.server_round,
+        status=record.status,
+        num_examples=record.num_examples,
+        metrics=dict(record.metrics),
     )
 
 
 def _privacy_entry(record: PrivacyRecord) -> PrivacyEntry:
     return PrivacyEntry(
-        site=record.site, scope=record.scope, server_round=record.server_round, epsilon=record.epsilon,
-        delta=record.delta, budget=record.budget, status=record.status,
+        site=record.site,
+        scope=record.scope,
+        server_round=record.server_round,
+        epsilon=record.epsilon,
+        delta=record.delta,
+        budget=record.budget,
+        status=record.status,
     )

@@ -295,18 +295,14 @@ def _open_engines(url: str) -> tuple[Engine, Engine]:
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
-    engine = create_engine(
-        url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False}
-    )
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_immediate if immediate else _begin_deferred)
     return engine
 
 
 def _sqlite_memory_engine(url: str) -> Engine:
-    engine = create_engine(
-        url, connect_args={"check_same_thread": False}, poolclass=StaticPool
-    )
+    engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_deferred)
     return engine
@@ -572,9 +568,14 @@ class RunStore:
             while session.get(RunRow, run_id) is not None:
                 run_id = _new_run_id(now)
             row = RunRow(
-                id=run_id, name=name, status="running", strategy=strategy,
-                config=_json_config(config), num_rounds=num_rounds,
-                num_sites=num_sites, started_at=now,
+                id=run_id,
+                name=name,
+                status="running",
+                strategy=strategy,
+                config=_json_config(config),
+                num_rounds=num_rounds,
+                num_sites=num_sites,
+                started_at=now,
             )
             _set_owner(row, this_process(), now)
             session.add(row)
@@ -608,7 +609,11 @@ class RunStore:
         """Record that Flower run ``flower_run_id`` carries ``run_id`` from ``first_round`` on."""
         _check_node_id(flower_run_id)  # Flower run ids are unsigned 64-bit integers too
         row = FlowerRunRow(
-            run_id=run_id, flower_run_id=str(flower_run_id), first_round=first_round, started_at=_now(), note=note,
+            run_id=run_id,
+            flower_run_id=str(flower_run_id),
+            first_round=first_round,
+            started_at=_now(),
+            note=note,
         )
         with self._session(write=True) as session:
             self._require_run(session, run_id)
@@ -679,17 +684,21 @@ class RunStore:
         _check_choice(status, SiteStatus, "status")
         _check_node_id(node_id)
         row = SiteMetricRow(
-            run_id=run_id, server_round=server_round, phase=phase, site=site,
-            node_id=str(node_id), num_examples=num_examples,
-            metrics=_clean_metrics(metrics) or {}, status=status, reason=reason,
+            run_id=run_id,
+            server_round=server_round,
+            phase=phase,
+            site=site,
+            node_id=str(node_id),
+            num_examples=num_examples,
+            metrics=_clean_metrics(metrics) or {},
+            status=status,
+            reason=reason,
         )
         with self._session(write=True) as session:
             self._require_run(session, run_id)
             session.add(row)
 
-    def record_artifact(
-        self, run_id: str, *, server_round: int | None, kind: str, path: Path | str
-    ) -> ArtifactRecord:
+    def record_artifact(self, run_id: str, *, server_round: int | None, kind: str, path: Path | str) -> ArtifactRecord:
         """Record a file the run wrote, with its SHA-256 and size, and return it."""
         file = Path(path).expanduser().resolve()
         if not file.is_file():
@@ -699,8 +708,13 @@ class RunStore:
             )
         sha256, size = _sha256_and_size(file)
         row = ArtifactRow(
-            run_id=run_id, server_round=server_round, kind=kind, path=str(file),
-            sha256=sha256, size_bytes=size, created_at=_now(),
+            run_id=run_id,
+            server_round=server_round,
+            kind=kind,
+            path=str(file),
+            sha256=sha256,
+            size_bytes=size,
+            created_at=_now(),
         )
         with self._session(write=True) as session:
             self._require_run(session, run_id)
@@ -816,17 +830,13 @@ class RunStore:
         )
 
     def _no_run(self, run_id: str) -> StoreError:
-        return StoreError(
-            f"no run {run_id!r} in {self.display_url}; list runs with `fedeye runs list`"
-        )
+        return StoreError(f"no run {run_id!r} in {self.display_url}; list runs with `fedeye runs list`")
 
     def _upsert_round(self, run_id: str, server_round: int, given: dict[str, Any]) -> None:
         now = _now()
         with self._session(write=True) as session:
             self._require_run(session, run_id)
-            query = select(RoundRow).where(
-                RoundRow.run_id == run_id, RoundRow.server_round == server_round
-            )
+            query = select(RoundRow).where(RoundRow.run_id == run_id, RoundRow.server_round == server_round)
             row = session.exec(query).first()
             if row is None:
                 row = RoundRow(run_id=run_id, server_round=server_round, started_at=now)
@@ -837,11 +847,7 @@ class RunStore:
 
     @staticmethod
     def _rounds(session: Session, run_id: str) -> tuple[RoundRecord, ...]:
-        query = (
-            select(RoundRow)
-            .where(RoundRow.run_id == run_id)
-            .order_by(col(RoundRow.server_round))
-        )
+        query = select(RoundRow).where(RoundRow.run_id == run_id).order_by(col(RoundRow.server_round))
         return tuple(_round_record(row) for row in session.exec(query))
 
     @staticmethod
@@ -850,15 +856,18 @@ class RunStore:
         if phase is not None:
             query = query.where(SiteMetricRow.phase == phase)
         query = query.order_by(
-            col(SiteMetricRow.server_round), col(SiteMetricRow.phase),
-            col(SiteMetricRow.site), col(SiteMetricRow.id),
+            col(SiteMetricRow.server_round),
+            col(SiteMetricRow.phase),
+            col(SiteMetricRow.site),
+            col(SiteMetricRow.id),
         )
         return [_site_record(row) for row in session.exec(query)]
 
     @staticmethod
     def _privacy_rows(session: Session, run_id: str) -> list[PrivacyRecord]:
         query = (
-            select(PrivacyLedgerRow).where(PrivacyLedgerRow.run_id == run_id)
+            select(PrivacyLedgerRow)
+            .where(PrivacyLedgerRow.run_id == run_id)
             .order_by(col(PrivacyLedgerRow.server_round), col(PrivacyLedgerRow.scope), col(PrivacyLedgerRow.site))
         )
         return [
@@ -880,7 +889,8 @@ class RunStore:
         if kind is not None:
             query = query.where(ArtifactRow.kind == kind)
         query = query.order_by(
-            col(ArtifactRow.server_round).nulls_first(), col(ArtifactRow.created_at),
+            col(ArtifactRow.server_round).nulls_first(),
+            col(ArtifactRow.created_at),
             col(ArtifactRow.id),
         )
         return [_artifact_record(row) for row in session.exec(query)]

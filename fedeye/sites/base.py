@@ -47,6 +47,7 @@ class SiteInfo(BaseModel):
         min_length=2,
         description="Name of each class; label k in the manifest is label_names[k].",
     )
+
     @field_validator("label_names")
     @classmethod
     def _distinct_label_names(cls, names: list[str]) -> list[str]:
@@ -215,7 +216,7 @@ def read_site_toml(root: Path) -> tuple[dict[str, Any], list[Problem]]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8")), []
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        fix = "fix the TOML syntax, e.g. name = \"City Eye Hospital\""
+        fix = 'fix the TOML syntax, e.g. name = "City Eye Hospital"'
         return {}, [Problem(file=str(path), message=f"cannot parse TOML: {exc}", fix=fix)]
 
 

@@ -101,7 +101,9 @@ class CachedSplit:
 
 def code_version(site: SiteFormat) -> str:
     """The part of the key that depends on code: cache version, site format, Pillow and scikit-image versions."""
-    return f"fedeye-cache-v{CACHE_VERSION} {site.format_name} pillow-{version('pillow')} skimage-{version('scikit-image')}"
+    return (
+        f"fedeye-cache-v{CACHE_VERSION} {site.format_name} pillow-{version('pillow')} skimage-{version('scikit-image')}"
+    )
 
 
 def site_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
@@ -177,16 +179,28 @@ def open_entry(cache_dir: Path, key: CacheKey) -> CachedSplit | None:
 
 
 def _sample(raw: dict[str, Any]) -> Sample:
-    return Sample(row=int(raw["row"]), image=str(raw["image"]), label=int(raw["label"]),
-                  patient_id=str(raw["patient_id"]), split=raw["split"], attrs=dict(raw["attrs"]))
+    return Sample(
+        row=int(raw["row"]),
+        image=str(raw["image"]),
+        label=int(raw["label"]),
+        patient_id=str(raw["patient_id"]),
+        split=raw["split"],
+        attrs=dict(raw["attrs"]),
+    )
 
 
 # ------------------------------------------------------------------ building
 
 
 def cached_split(
-    site: SiteFormat, split: SplitName, *, image_size: int, preprocess: PreprocessMode, cache_dir: Path,
-    progress: Progress | None = None, build_others: bool = True,
+    site: SiteFormat,
+    split: SplitName,
+    *,
+    image_size: int,
+    preprocess: PreprocessMode,
+    cache_dir: Path,
+    progress: Progress | None = None,
+    build_others: bool = True,
 ) -> CachedSplit:
     """The cached split, built first if this site version has none yet.
 
@@ -205,7 +219,11 @@ def cached_split(
         return found
     cache_dir.mkdir(parents=True, exist_ok=True)
     found = _ensure_entry(site, key, cache_dir, progress)
-    others = [s for s in SPLITS if s != split and any(sample.split == s for sample in site.samples())] if build_others else []
+    others = (
+        [s for s in SPLITS if s != split and any(sample.split == s for sample in site.samples())]
+        if build_others
+        else []
+    )
     for other in others:
         _ensure_entry(site, CacheKey(other, image_size, preprocess, key.fingerprint), cache_dir, None)
     return found
@@ -256,7 +274,9 @@ def _build(site: SiteFormat, key: CacheKey, cache_dir: Path, progress: Progress 
         tmp_meta.unlink(missing_ok=True)
 
 
-def _write_pixels(site: SiteFormat, samples: list[Sample], key: CacheKey, path: Path, progress: Progress | None) -> None:
+def _write_pixels(
+    site: SiteFormat, samples: list[Sample], key: CacheKey, path: Path, progress: Progress | None
+) -> None:
     """Decode into a memory-mapped ``.npy``, flushing every :data:`FLUSH_EVERY` images; fsync at the end."""
     shape = (len(samples), key.image_size, key.image_size, 3)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
@@ -289,11 +309,29 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _sidecar(site: SiteFormat, key: CacheKey, samples: list[Sample]) -> dict[str, Any]:
-    rows = [{"row": s.row, "image": s.image, "label": s.label, "patient_id": s.patient_id, "split": s.split,
-             "attrs": s.attrs} for s in samples]
-    return {"version": CACHE_VERSION, "fingerprint": key.fingerprint, "code": code_version(site),
-            "site": site.site_name, "root": str(site.root.resolve()), "split": key.split,
-            "image_size": key.image_size, "preprocess": key.preprocess, "count": len(samples), "samples": rows}
+    rows = [
+        {
+            "row": s.row,
+            "image": s.image,
+            "label": s.label,
+            "patient_id": s.patient_id,
+            "split": s.split,
+            "attrs": s.attrs,
+        }
+        for s in samples
+    ]
+    return {
+        "version": CACHE_VERSION,
+        "fingerprint": key.fingerprint,
+        "code": code_version(site),
+        "site": site.site_name,
+        "root": str(site.root.resolve()),
+        "split": key.split,
+        "image_size": key.image_size,
+        "preprocess": key.preprocess,
+        "count": len(samples),
+        "samples": rows,
+    }
 
 
 def empty_split_problem(site: SiteFormat, split: str) -> Problem:
@@ -334,8 +372,17 @@ def list_entries(cache_dir: Path) -> list[CacheEntry]:
         except (OSError, ValueError):
             continue
         size = npy.stat().st_size + meta_path.stat().st_size
-        found.append(CacheEntry(match["split"], int(match["size"]), match["mode"], str(meta.get("fingerprint", "")),
-                                int(meta.get("count", 0)), size, npy))
+        found.append(
+            CacheEntry(
+                match["split"],
+                int(match["size"]),
+                match["mode"],
+                str(meta.get("fingerprint", "")),
+                int(meta.get("count", 0)),
+                size,
+                npy,
+            )
+        )
     order: dict[str, int] = {name: i for i, name in enumerate(SPLITS)}
     return sorted(found, key=lambda e: (order.get(e.split, len(order)), e.image_size, e.preprocess))
 
@@ -355,7 +402,10 @@ def cache_status(site: SiteFormat, cache_dir: Path) -> list[EntryStatus]:
 
 
 def build_site_cache(
-    site: SiteFormat, *, cache_dir: Path, image_sizes: list[int],
+    site: SiteFormat,
+    *,
+    cache_dir: Path,
+    image_sizes: list[int],
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[CachedSplit]:
     """Build (or find) every split of ``site`` at each of ``image_sizes``, in the site's preprocessing mode.
@@ -368,8 +418,15 @@ def build_site_cache(
         for split in SPLITS:
             label = f"{split} {size}px"
             report = (lambda done, total, label=label: progress(label, done, total)) if progress else None
-            entry = cached_split(site, split, image_size=size, preprocess=site.info.preprocess,
-                                 cache_dir=cache_dir, progress=report, build_others=False)
+            entry = cached_split(
+                site,
+                split,
+                image_size=size,
+                preprocess=site.info.preprocess,
+                cache_dir=cache_dir,
+                progress=report,
+                build_others=False,
+            )
             if report is not None:
                 report(len(entry.samples), len(entry.samples))
             built.append(entry)

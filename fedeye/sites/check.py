@@ -51,6 +51,7 @@ class CheckReport:
 
 def summarise(samples: Sequence[Sample], label_names: Sequence[str], sizes: Sequence[tuple[int, int]]) -> SiteSummary:
     """Summarise samples (pure): counts per split and label, coverage, sizes."""
+
     def name(label: int) -> str:
         return label_names[label] if 0 <= label < len(label_names) else str(label)
 

@@ -40,12 +40,20 @@ class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
     """
 
     def __init__(
-        self, site: SiteFormat, split: str, *, image_size: int, augment: bool | str = False,
-        preprocess: PreprocessMode | None = None, cache_dir: Path | None = None,
+        self,
+        site: SiteFormat,
+        split: str,
+        *,
+        image_size: int,
+        augment: bool | str = False,
+        preprocess: PreprocessMode | None = None,
+        cache_dir: Path | None = None,
     ) -> None:
         self.preprocess: PreprocessMode = preprocess or site.info.preprocess
         if self.preprocess != "none" and site.info.modality != "fundus":
-            raise ConfigError(f"preprocess {self.preprocess!r} is for fundus images; site {site.site_name!r} is {site.info.modality}: use preprocess = \"none\"")
+            raise ConfigError(
+                f'preprocess {self.preprocess!r} is for fundus images; site {site.site_name!r} is {site.info.modality}: use preprocess = "none"'
+            )
         if split not in SPLITS:
             raise ConfigError(f"split must be one of {list(SPLITS)}, got {split!r}")
         if image_size < 8:
@@ -66,8 +74,9 @@ class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
         return samples, np.stack([prepare_image(self.site, s, preprocess=mode, image_size=size) for s in samples])
 
     def _cached(self, cache_dir: Path) -> tuple[list[Sample], np.ndarray]:
-        split = cached_split(self.site, self.split, image_size=self.image_size,
-                             preprocess=self.preprocess, cache_dir=cache_dir)
+        split = cached_split(
+            self.site, self.split, image_size=self.image_size, preprocess=self.preprocess, cache_dir=cache_dir
+        )
         return split.samples, split.images
 
     def __len__(self) -> int:
@@ -88,4 +97,3 @@ class SiteDataset(Dataset[tuple[torch.Tensor, int]]):
             level = "light" if self.augment is True else self.augment
             self._augmentation = build_augmentation(level, image_size=self.image_size) or (lambda x: x)  # type: ignore[arg-type]
         return self._augmentation(image)
-

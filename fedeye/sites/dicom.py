@@ -57,9 +57,17 @@ LABELS = "labels.csv"
 KEY_COLUMNS = ("sop_instance_uid", "file")
 OPHTHALMIC_TOMOGRAPHY = "1.2.840.10008.5.1.4.1.1.77.1.5.4"
 IDENTIFYING_FIELDS = (
-    "PatientName", "PatientBirthDate", "OtherPatientIDs", "OtherPatientIDsSequence",
-    "PatientAddress", "PatientTelephoneNumbers", "InstitutionName", "InstitutionAddress",
-    "ReferringPhysicianName", "OperatorsName", "AccessionNumber",
+    "PatientName",
+    "PatientBirthDate",
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "InstitutionName",
+    "InstitutionAddress",
+    "ReferringPhysicianName",
+    "OperatorsName",
+    "AccessionNumber",
 )
 _UNIT_YEARS = {"Y": 1.0, "M": 1 / 12, "W": 1 / 52, "D": 1 / 365}
 
@@ -213,7 +221,11 @@ class DicomSite(SiteFormat):
         dcm = index.get(record[key])
         if dcm is None:
             fix = f"fix the {key} or copy the file into {self.root}; rows must match a readable .dcm file"
-            return [], [Problem(file=file, row=line, field=key, message=f"no readable DICOM file has {key} {record[key]!r}", fix=fix)]
+            return [], [
+                Problem(
+                    file=file, row=line, field=key, message=f"no readable DICOM file has {key} {record[key]!r}", fix=fix
+                )
+            ]
         merged = {"sex": dcm.sex, "age": dcm.age, **{k: v for k, v in record.items() if v}}
         label, problems = _parse_label(line, record["label"], num_classes=len(info.label_names), file=file)
         split, split_problems = _parse_split(line, record, file=file)
@@ -222,7 +234,9 @@ class DicomSite(SiteFormat):
         patient_id = record.get("patient_id") or dcm.patient_id
         if not patient_id:
             fix = "add a patient_id column to labels.csv (the header has no PatientID)"
-            problems.append(Problem(file=file, row=line, field="patient_id", message=f"no patient id for {dcm.file!r}", fix=fix))
+            problems.append(
+                Problem(file=file, row=line, field="patient_id", message=f"no patient id for {dcm.file!r}", fix=fix)
+            )
         if problems or label is None:
             return [], problems
         images = [dcm.file if f is None else f"{dcm.file}#{f}" for f in frame_indices(dcm.frames, info.oct_frames)]
@@ -236,12 +250,26 @@ class DicomSite(SiteFormat):
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             pixels = pixel_array(path, index=int(frame) if frame else None)
         except (OSError, ValueError, InvalidDicomError, RuntimeError, NotImplementedError, struct.error) as exc:
-            problem = Problem(file=str(path), row=sample.row, field="PixelData", message=f"cannot decode pixels: {exc}", fix="run `fedeye site check` on the site")
+            problem = Problem(
+                file=str(path),
+                row=sample.row,
+                field="PixelData",
+                message=f"cannot decode pixels: {exc}",
+                fix="run `fedeye site check` on the site",
+            )
             raise SiteDataError(self.site_name, [problem]) from exc
         try:
-            gray = to_uint8(pixels, bits_stored=int(ds.BitsStored), monochrome1=ds.PhotometricInterpretation == "MONOCHROME1")
+            gray = to_uint8(
+                pixels, bits_stored=int(ds.BitsStored), monochrome1=ds.PhotometricInterpretation == "MONOCHROME1"
+            )
         except ImageDataError as exc:
-            problem = Problem(file=str(path), row=sample.row, field="PixelData", message=str(exc), fix="re-export the image as unsigned 8- or 16-bit")
+            problem = Problem(
+                file=str(path),
+                row=sample.row,
+                field="PixelData",
+                message=str(exc),
+                fix="re-export the image as unsigned 8- or 16-bit",
+            )
             raise SiteDataError(self.site_name, [problem]) from exc
         return _to_modality(gray, self.info.modality)
 
@@ -263,7 +291,12 @@ def read_header(path: Path, root: Path) -> tuple[DicomHeader | None, Problem | N
         ds = pydicom.dcmread(path)
         missing = [k for k in ("SOPInstanceUID", "Rows", "Columns", "BitsStored", "PixelData") if k not in ds]
         if missing:
-            return None, _file_problem(path, f"required DICOM attribute(s) {missing} missing", "re-export the image from the device or PACS", field=missing[0])
+            return None, _file_problem(
+                path,
+                f"required DICOM attribute(s) {missing} missing",
+                "re-export the image from the device or PACS",
+                field=missing[0],
+            )
         check_pixel_count(int(ds.Columns), int(ds.Rows))
         short = _pixel_problem(ds, path)
         if short:
@@ -271,7 +304,11 @@ def read_header(path: Path, root: Path) -> tuple[DicomHeader | None, Problem | N
     except ImageDataError as exc:
         return None, _file_problem(path, str(exc), "downscale the image, or remove the file", field="Rows")
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, AttributeError, struct.error) as exc:
-        return None, _file_problem(path, f"not a readable DICOM file ({type(exc).__name__}: {exc})", "re-export or re-copy the file (it may be truncated), or remove it")
+        return None, _file_problem(
+            path,
+            f"not a readable DICOM file ({type(exc).__name__}: {exc})",
+            "re-export or re-copy the file (it may be truncated), or remove it",
+        )
     return _header(ds, rel), None
 
 
@@ -279,13 +316,23 @@ def _pixel_problem(ds: pydicom.Dataset, path: Path) -> Problem | None:
     if not ds.file_meta.TransferSyntaxUID.is_compressed:
         got, want = len(ds.PixelData), expected_pixel_bytes(ds)
         if got < want:
-            return _file_problem(path, f"pixel data is truncated: {got} bytes, expected {want}", "re-copy the file from the source (the copy is incomplete)", field="PixelData")
+            return _file_problem(
+                path,
+                f"pixel data is truncated: {got} bytes, expected {want}",
+                "re-copy the file from the source (the copy is incomplete)",
+                field="PixelData",
+            )
         return None
     try:
         pixel_array(ds, index=0 if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 else None)
     except (ValueError, RuntimeError, NotImplementedError) as exc:
         fix = "install a decoder for this transfer syntax (e.g. pip install pylibjpeg pylibjpeg-libjpeg) or re-export uncompressed"
-        return _file_problem(path, f"cannot decode compressed pixel data ({ds.file_meta.TransferSyntaxUID.name}): {exc}", fix, field="PixelData")
+        return _file_problem(
+            path,
+            f"cannot decode compressed pixel data ({ds.file_meta.TransferSyntaxUID.name}): {exc}",
+            fix,
+            field="PixelData",
+        )
     return None
 
 
@@ -331,7 +378,9 @@ def _file_problem(path: Path, message: str, fix: str, *, field: str | None = Non
 
 def _columns_problem(file: str, header: list[str]) -> Problem:
     return Problem(
-        file=file, row=1, field="label",
+        file=file,
+        row=1,
+        field="label",
         message=f"labels.csv needs a 'label' column and one of {list(KEY_COLUMNS)} (header has {header})",
         fix="write a header such as 'file,label' or 'sop_instance_uid,label,split'",
     )
@@ -339,8 +388,15 @@ def _columns_problem(file: str, header: list[str]) -> Problem:
 
 def _modality_problems(dcm: DicomHeader, info: SiteInfo, root: Path) -> list[Problem]:
     if dcm.is_tomography and info.modality != "oct":
-        fix = f"set modality = \"oct\" in {root / SITE_TOML} (a site holds one modality)"
-        return [Problem(file=str(root / dcm.file), field="SOPClassUID", message="Ophthalmic Tomography file in a fundus site", fix=fix)]
+        fix = f'set modality = "oct" in {root / SITE_TOML} (a site holds one modality)'
+        return [
+            Problem(
+                file=str(root / dcm.file),
+                field="SOPClassUID",
+                message="Ophthalmic Tomography file in a fundus site",
+                fix=fix,
+            )
+        ]
     return []
 
 
@@ -348,11 +404,15 @@ def _unlabelled_warnings(headers: list[DicomHeader], used: set[str], labels: Pat
     unused = [h.file for h in headers if h.file not in used]
     if not unused:
         return []
-    return [Problem(
-        file=str(labels), severity="warning", field="file",
-        message=f"{len(unused)} DICOM file(s) have no row in labels.csv and are skipped (e.g. {unused[0]!r})",
-        fix="add a row per file to use it, or leave them out on purpose",
-    )]
+    return [
+        Problem(
+            file=str(labels),
+            severity="warning",
+            field="file",
+            message=f"{len(unused)} DICOM file(s) have no row in labels.csv and are skipped (e.g. {unused[0]!r})",
+            fix="add a row per file to use it, or leave them out on purpose",
+        )
+    ]
 
 
 def _identifying_warnings(headers: list[DicomHeader], root: Path) -> list[Problem]:
@@ -362,7 +422,9 @@ def _identifying_warnings(headers: list[DicomHeader], root: Path) -> list[Proble
             files[name].append(h.file)
     return [
         Problem(
-            file=str(root / found[0]), field=name, severity="warning",
+            file=str(root / found[0]),
+            field=name,
+            severity="warning",
             message=f"{len(found)} file(s) carry identifying header field {name} (e.g. {found[0]!r}); "
             "FedEye never keeps its value, so it never enters an outgoing message",
             fix="nothing required; de-identify the files (e.g. DICOM PS3.15 basic profile) to silence this",

@@ -84,7 +84,9 @@ def _duplicate_column_problems(header: Sequence[str], *, file: str) -> list[Prob
     named = [name for name in header if name]
     return [
         Problem(
-            file=file, row=1, field=name,
+            file=file,
+            row=1,
+            field=name,
             message=f"column '{name}' appears {named.count(name)} times (header has {list(header)})",
             fix=f"keep one '{name}' column (names are compared ignoring case and spaces)",
         )
@@ -115,9 +117,7 @@ def _row_problem(file: str, row: int, name: str, message: str, fix: str) -> Prob
     return Problem(file=file, row=row, field=name, message=message, fix=fix)
 
 
-def _parse_label(
-    row: int, raw: str | None, *, num_classes: int, file: str
-) -> tuple[int | None, list[Problem]]:
+def _parse_label(row: int, raw: str | None, *, num_classes: int, file: str) -> tuple[int | None, list[Problem]]:
     if raw is None:
         return None, []
     valid = f"an integer in 0..{num_classes - 1} (one per label_names entry in {SITE_TOML})"
@@ -148,13 +148,37 @@ def _parse_attrs(row: int, record: dict[str, str], *, file: str) -> tuple[dict[s
     if "eye" in attrs:
         attrs["eye"] = attrs["eye"].upper()
         if attrs["eye"] not in EYES:
-            problems.append(_row_problem(file, row, "eye", f"eye {record['eye']!r} is not OD or OS", "use OD (right) or OS (left), or leave it empty"))
+            problems.append(
+                _row_problem(
+                    file,
+                    row,
+                    "eye",
+                    f"eye {record['eye']!r} is not OD or OS",
+                    "use OD (right) or OS (left), or leave it empty",
+                )
+            )
     if "sex" in attrs:
         attrs["sex"] = attrs["sex"].upper()
         if attrs["sex"] not in SEXES:
-            problems.append(_row_problem(file, row, "sex", f"sex {record['sex']!r} is not one of {list(SEXES)}", "use M, F or O, or leave it empty"))
+            problems.append(
+                _row_problem(
+                    file,
+                    row,
+                    "sex",
+                    f"sex {record['sex']!r} is not one of {list(SEXES)}",
+                    "use M, F or O, or leave it empty",
+                )
+            )
     if "age" in attrs and not _is_age(attrs["age"]):
-        problems.append(_row_problem(file, row, "age", f"age {attrs['age']!r} is not a number in 0..130", "write the age in years, e.g. 63, or leave it empty"))
+        problems.append(
+            _row_problem(
+                file,
+                row,
+                "age",
+                f"age {attrs['age']!r} is not a number in 0..130",
+                "write the age in years, e.g. 63, or leave it empty",
+            )
+        )
     return attrs, problems
 
 
@@ -182,10 +206,7 @@ def patient_leak_problems(rows: Sequence[ManifestRow], *, file: str) -> list[Pro
     for r in rows:
         seen = first.setdefault(r.patient_id, r)
         if r.split is not None and seen.split is not None and r.split != seen.split:
-            message = (
-                f"patient {r.patient_id!r} is in split {r.split!r} here but in "
-                f"{seen.split!r} on line {seen.row}"
-            )
+            message = f"patient {r.patient_id!r} is in split {r.split!r} here but in {seen.split!r} on line {seen.row}"
             fix = "put all images of a patient in one split (or drop the split column)"
             problems.append(_row_problem(file, r.row, "split", message, fix))
     return problems
@@ -202,7 +223,9 @@ def duplicate_image_problems(rows: Sequence[ManifestRow], *, file: str) -> tuple
             kept.append(r)
             continue
         message = f"image {r.image!r} is already listed on line {seen.row} (label {seen.label} there, {r.label} here)"
-        problems.append(_row_problem(file, r.row, "image", message, "list each image once: delete or fix one of the two rows"))
+        problems.append(
+            _row_problem(file, r.row, "image", message, "list each image once: delete or fix one of the two rows")
+        )
     return kept, problems
 
 
@@ -296,11 +319,17 @@ class ManifestSite(SiteFormat):
             return outside
         path = self.root / image
         if not path.is_file():
-            return f"image file {image!r} not found", f"copy the image to {path} or fix the path (relative to {self.root})"
+            return (
+                f"image file {image!r} not found",
+                f"copy the image to {path} or fix the path (relative to {self.root})",
+            )
         try:
             pixels = decode_image_file(path)
         except ImageDataError as exc:
-            return f"cannot read image {image!r}: {exc}", "re-export the image as an 8- or 16-bit PNG or JPEG, or remove its row"
+            return (
+                f"cannot read image {image!r}: {exc}",
+                "re-export the image as an 8- or 16-bit PNG or JPEG, or remove its row",
+            )
         self._sizes[image] = (int(pixels.shape[1]), int(pixels.shape[0]))
         return None
 
@@ -310,7 +339,9 @@ class ManifestSite(SiteFormat):
             return to_modality(decode_image_file(self.root / sample.image), self.info.modality)
         except ImageDataError as exc:
             problem = Problem(
-                file=str(self.manifest_path), row=sample.row, field="image",
+                file=str(self.manifest_path),
+                row=sample.row,
+                field="image",
                 message=f"cannot read image {sample.image!r}: {exc}",
                 fix="run the site check and fix the image",
             )
@@ -360,7 +391,9 @@ def decode_image_file(path: Path) -> np.ndarray:
                 _check_single_frame(img)
                 return _native_pixels(img)
     except Image.DecompressionBombError as exc:
-        raise ImageDataError(f"image is far above FedEye's limit of {MAX_IMAGE_PIXELS:,} pixels ({exc}); downscale it") from exc
+        raise ImageDataError(
+            f"image is far above FedEye's limit of {MAX_IMAGE_PIXELS:,} pixels ({exc}); downscale it"
+        ) from exc
     except PIL_ERRORS as exc:
         raise ImageDataError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
 

@@ -64,7 +64,12 @@ SUBTYPE_LABELS = {
     "amd": {"not.in.icd.table": 0, "no.amd.diagnosis": 0, "early.dry": 1, "intermediate.dry": 2},
 }
 SPLIT_FOLDERS: dict[str, SplitName] = {
-    "train": "train", "training": "train", "val": "val", "validation": "val", "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
 }
 IMAGE_FIELDS = {"fundus": ("slo_fundus", (2, 3)), "oct": ("oct_bscans", (3,))}
 
@@ -79,7 +84,9 @@ def npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
         for name in archive.namelist():
             with archive.open(name) as handle:
                 version = np.lib.format.read_magic(handle)
-                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                reader = (
+                    np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                )
                 shape, _, dtype = reader(handle)
             shapes[name.removesuffix(".npy")] = (shape, dtype)
     return shapes
@@ -98,7 +105,9 @@ SCALAR = ((), (1,))
 def decode_label(value: Any, task: str) -> int | None:
     """Class index of a stored label (a whole number, or an EyeFairness condition string); None if neither."""
     if isinstance(value, str):
-        return SUBTYPE_LABELS.get(task, {}).get(value, 3 if task == "amd" and value.startswith(("advanced", "wet")) else None)
+        return SUBTYPE_LABELS.get(task, {}).get(
+            value, 3 if task == "amd" and value.startswith(("advanced", "wet")) else None
+        )
     number = _number(value)
     return int(number) if number is not None and number.is_integer() else None
 
@@ -133,11 +142,18 @@ def subject_attrs(fields: dict[str, Any]) -> dict[str, str]:
     return attrs
 
 
-def attribute_problems(shapes: dict[str, tuple[tuple[int, ...], Any]], fields: dict[str, Any], path: Path) -> list[Problem]:
+def attribute_problems(
+    shapes: dict[str, tuple[tuple[int, ...], Any]], fields: dict[str, Any], path: Path
+) -> list[Problem]:
     """Report demographic fields that are not one number (a vector, a string, NaN)."""
     fix = "store it as one number (race 0/1/2, male 0/1, hispanic 0/1, age in years), or remove the field"
     return [
-        Problem(file=str(path), field=name, message=f"field '{name}' holds {_shown(shapes[name][0], fields.get(name))}, expected one number", fix=fix)
+        Problem(
+            file=str(path),
+            field=name,
+            message=f"field '{name}' holds {_shown(shapes[name][0], fields.get(name))}, expected one number",
+            fix=fix,
+        )
         for name in ATTRIBUTE_FIELDS
         if name in shapes and (shapes[name][0] not in SCALAR or _number(fields.get(name)) is None)
     ]
@@ -195,7 +211,9 @@ class FairVisionSite(SiteFormat):
     def scan(self) -> SiteScan:
         """Check every subject file; never raises for bad data."""
         data, problems = read_site_toml(self.root)
-        problems = problems or site_info_problems(data, file=str(self.root / SITE_TOML), default_name=self.root.resolve().name)
+        problems = problems or site_info_problems(
+            data, file=str(self.root / SITE_TOML), default_name=self.root.resolve().name
+        )
         if problems:
             return SiteScan([], problems)
         self._sizes: dict[str, tuple[int, int]] = {}
@@ -218,16 +236,31 @@ class FairVisionSite(SiteFormat):
             with np.load(path, allow_pickle=False) as archive:
                 fields = {k: archive[k].item() for k, (shape, _) in shapes.items() if shape in SCALAR}
         except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
-            return [], [Problem(file=str(path), message=f"cannot read npz: {exc}", fix="re-copy the file (it may be truncated), or remove it")]
+            return [], [
+                Problem(
+                    file=str(path),
+                    message=f"cannot read npz: {exc}",
+                    fix="re-copy the file (it may be truncated), or remove it",
+                )
+            ]
         label = decode_label(fields[label_field], task_key(self.info.task))
         problems = attribute_problems(shapes, fields, path)
         if label is None or not 0 <= label < len(self.info.label_names):
-            problems.append(Problem(file=str(path), field=label_field, message=f"label {fields[label_field]!r} is not a class in 0..{len(self.info.label_names) - 1}", fix=f"fix the file, or set task / label_names in {SITE_TOML}"))
+            problems.append(
+                Problem(
+                    file=str(path),
+                    field=label_field,
+                    message=f"label {fields[label_field]!r} is not a class in 0..{len(self.info.label_names) - 1}",
+                    fix=f"fix the file, or set task / label_names in {SITE_TOML}",
+                )
+            )
         if problems or label is None:
             return [], problems
         return self._rows(number, path, shapes[image_field][0], image_field, label, subject_attrs(fields)), []
 
-    def _field_problems(self, shapes: dict[str, tuple[tuple[int, ...], Any]], path: Path) -> tuple[str, str, list[Problem]]:
+    def _field_problems(
+        self, shapes: dict[str, tuple[tuple[int, ...], Any]], path: Path
+    ) -> tuple[str, str, list[Problem]]:
         """The image and label fields of a subject file, and what is wrong with them."""
         candidates = LABEL_FIELDS.get(task_key(self.info.task), (self.info.task,))
         image_field, problems = _image_field_problems(shapes, self.info.modality, path)
@@ -236,10 +269,19 @@ class FairVisionSite(SiteFormat):
             problems.append(_missing(path, label_field, f"the label of task {self.info.task!r}"))
         elif shapes[label_field][0] not in SCALAR:
             message = f"label field '{label_field}' has shape {shapes[label_field][0]}, expected one value"
-            problems.append(Problem(file=str(path), field=label_field, message=message, fix="store the label as a single number or condition string"))
+            problems.append(
+                Problem(
+                    file=str(path),
+                    field=label_field,
+                    message=message,
+                    fix="store the label as a single number or condition string",
+                )
+            )
         return image_field, label_field, problems
 
-    def _rows(self, number: int, path: Path, shape: tuple[int, ...], image_field: str, label: int, attrs: dict[str, str]) -> list[ManifestRow]:
+    def _rows(
+        self, number: int, path: Path, shape: tuple[int, ...], image_field: str, label: int, attrs: dict[str, str]
+    ) -> list[ManifestRow]:
         rel = path.relative_to(self.root).as_posix()
         self._sizes[rel] = (shape[-1], shape[-2]) if image_field == "oct_bscans" else (shape[1], shape[0])
         frames = frame_indices(shape[0], self.info.oct_frames) if self.info.modality == "oct" else [None]
@@ -256,7 +298,9 @@ class FairVisionSite(SiteFormat):
                     return scale_to_uint8(archive["oct_bscans"][int(frame)])
                 pixels = scale_to_uint8(archive["slo_fundus"])
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, ImageDataError) as exc:
-            problem = Problem(file=str(path), message=f"cannot read image: {exc}", fix="run `fedeye site check` on the site")
+            problem = Problem(
+                file=str(path), message=f"cannot read image: {exc}", fix="run `fedeye site check` on the site"
+            )
             raise SiteDataError(self.site_name, [problem]) from exc
         return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
 
@@ -268,10 +312,17 @@ class FairVisionSite(SiteFormat):
 
 
 def _missing(path: Path, field: str, what: str) -> Problem:
-    return Problem(file=str(path), field=field, message=f"field '{field}' ({what}) is missing", fix="re-export the subject with this field, or remove the file")
+    return Problem(
+        file=str(path),
+        field=field,
+        message=f"field '{field}' ({what}) is missing",
+        fix="re-export the subject with this field, or remove the file",
+    )
 
 
-def _image_field_problems(shapes: dict[str, tuple[tuple[int, ...], Any]], modality: str, path: Path) -> tuple[str, list[Problem]]:
+def _image_field_problems(
+    shapes: dict[str, tuple[tuple[int, ...], Any]], modality: str, path: Path
+) -> tuple[str, list[Problem]]:
     field, ndims = IMAGE_FIELDS[modality]
     if field not in shapes:
         return field, [_missing(path, field, f"the {modality} image")]
@@ -279,12 +330,28 @@ def _image_field_problems(shapes: dict[str, tuple[tuple[int, ...], Any]], modali
     rgb_ok = len(shape) != 3 or modality == "oct" or shape[2] == 3
     if len(shape) not in ndims or not rgb_ok or min(shape) < 1:
         want = "FxHxW (B-scans)" if modality == "oct" else "HxW or HxWx3"
-        return field, [Problem(file=str(path), field=field, message=f"'{field}' has shape {shape}, expected {want}", fix="re-export the subject, or remove the file")]
+        return field, [
+            Problem(
+                file=str(path),
+                field=field,
+                message=f"'{field}' has shape {shape}, expected {want}",
+                fix="re-export the subject, or remove the file",
+            )
+        ]
     if np.dtype(shapes[field][1]).kind not in "buif":
-        return field, [Problem(file=str(path), field=field, message=f"'{field}' holds {shapes[field][1]} values, expected numbers", fix="re-export the subject, or remove the file")]
+        return field, [
+            Problem(
+                file=str(path),
+                field=field,
+                message=f"'{field}' holds {shapes[field][1]} values, expected numbers",
+                fix="re-export the subject, or remove the file",
+            )
+        ]
     try:
         height, width = shape[-2:] if modality == "oct" else shape[:2]
         check_pixel_count(int(width), int(height))
     except ImageDataError as exc:
-        return field, [Problem(file=str(path), field=field, message=str(exc), fix="downscale the image, or remove the file")]
+        return field, [
+            Problem(file=str(path), field=field, message=str(exc), fix="downscale the image, or remove the file")
+        ]
     return field, []

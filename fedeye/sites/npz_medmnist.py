@@ -38,9 +38,14 @@ from fedeye.sites.npz_fairvision import npz_shapes
 from fedeye.sites.pixels import check_pixel_count, to_uint8
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "retinamnist": {"modality": "fundus", "task": "dr-grade", "label_names": ["grade-0", "grade-1", "grade-2", "grade-3", "grade-4"]},
+    "retinamnist": {
+        "modality": "fundus",
+        "task": "dr-grade",
+        "label_names": ["grade-0", "grade-1", "grade-2", "grade-3", "grade-4"],
+    },
     "octmnist": {
-        "modality": "oct", "task": "retinal-oct",
+        "modality": "oct",
+        "task": "retinal-oct",
         "label_names": ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"],
     },
 }
@@ -64,23 +69,58 @@ def split_problems(shapes: dict[str, tuple[tuple[int, ...], Any]], *, file: str)
     for split in SPLITS:
         images, labels = f"{split}_images", f"{split}_labels"
         missing = [k for k in (images, labels) if k not in shapes]
-        problems += [Problem(file=file, field=k, message=f"array '{k}' is missing", fix="use the MedMNIST file as downloaded (it has train/val/test images and labels)") for k in missing]
+        problems += [
+            Problem(
+                file=file,
+                field=k,
+                message=f"array '{k}' is missing",
+                fix="use the MedMNIST file as downloaded (it has train/val/test images and labels)",
+            )
+            for k in missing
+        ]
         if not missing:
             problems += _array_problems(shapes[images], shapes[labels], images=images, labels=labels, file=file)
     return problems
 
 
 def _array_problems(
-    image_array: tuple[tuple[int, ...], Any], label_array: tuple[tuple[int, ...], Any], *, images: str, labels: str, file: str
+    image_array: tuple[tuple[int, ...], Any],
+    label_array: tuple[tuple[int, ...], Any],
+    *,
+    images: str,
+    labels: str,
+    file: str,
 ) -> list[Problem]:
     (ishape, idtype), (lshape, ldtype) = image_array, label_array
     if len(ishape) not in (3, 4) or (len(ishape) == 4 and ishape[3] not in (1, 3)):
-        return [Problem(file=file, field=images, message=f"'{images}' has shape {ishape}, expected NxHxW or NxHxWx3", fix="re-download the file")]
+        return [
+            Problem(
+                file=file,
+                field=images,
+                message=f"'{images}' has shape {ishape}, expected NxHxW or NxHxWx3",
+                fix="re-download the file",
+            )
+        ]
     if lshape not in ((ishape[0],), (ishape[0], 1)):
-        return [Problem(file=file, field=labels, message=f"'{labels}' has shape {lshape} for {ishape[0]} images, expected ({ishape[0]},) or ({ishape[0]}, 1)", fix="re-download the file")]
+        return [
+            Problem(
+                file=file,
+                field=labels,
+                message=f"'{labels}' has shape {lshape} for {ishape[0]} images, expected ({ishape[0]},) or ({ishape[0]}, 1)",
+                fix="re-download the file",
+            )
+        ]
     problems = [
-        Problem(file=file, field=name, message=f"'{name}' holds {dtype} values, expected {want}", fix="save the array with a numeric dtype (e.g. uint8 images, int64 labels)")
-        for name, dtype, kinds, want in ((images, idtype, "buif", "integers or floats"), (labels, ldtype, "buif", "integer class indices"))
+        Problem(
+            file=file,
+            field=name,
+            message=f"'{name}' holds {dtype} values, expected {want}",
+            fix="save the array with a numeric dtype (e.g. uint8 images, int64 labels)",
+        )
+        for name, dtype, kinds, want in (
+            (images, idtype, "buif", "integers or floats"),
+            (labels, ldtype, "buif", "integer class indices"),
+        )
         if np.dtype(dtype).kind not in kinds
     ]
     try:
@@ -134,14 +174,23 @@ class MedMnistSite(SiteFormat):
         """Check the arrays and every label; never raises for bad data."""
         file = str(self.npz_path)
         data, problems = read_site_toml(self.root)
-        problems = problems or site_info_problems(data, file=str(self.root / SITE_TOML), default_name=self.root.resolve().name)
+        problems = problems or site_info_problems(
+            data, file=str(self.root / SITE_TOML), default_name=self.root.resolve().name
+        )
         if problems:
             return SiteScan([], problems)
         try:
             problems = split_problems(npz_shapes(self.npz_path), file=file)
             arrays = {} if problems else _load_arrays(self.npz_path)
         except NPZ_ERRORS as exc:
-            return SiteScan([], [Problem(file=file, message=f"cannot read npz: {exc}", fix="re-download the file (it may be truncated)")])
+            return SiteScan(
+                [],
+                [
+                    Problem(
+                        file=file, message=f"cannot read npz: {exc}", fix="re-download the file (it may be truncated)"
+                    )
+                ],
+            )
         if problems:
             return SiteScan([], problems)
         return self._scan_arrays(arrays, file)
@@ -153,10 +202,17 @@ class MedMnistSite(SiteFormat):
         problems: list[Problem] = []
         for split in SPLITS:
             labels = arrays[f"{split}_labels"].reshape(-1)
-            found = label_problems(labels, split=split, num_classes=num_classes, file=file) + self._scale_images(split, arrays, file)
+            found = label_problems(labels, split=split, num_classes=num_classes, file=file) + self._scale_images(
+                split, arrays, file
+            )
             problems += found
             if not found:
-                samples += [Sample(row=i, image=f"{split}_images[{i}]", label=int(label), patient_id=f"{split}-{i}", split=split) for i, label in enumerate(labels)]
+                samples += [
+                    Sample(
+                        row=i, image=f"{split}_images[{i}]", label=int(label), patient_id=f"{split}-{i}", split=split
+                    )
+                    for i, label in enumerate(labels)
+                ]
         return SiteScan(samples, problems)
 
     def _scale_images(self, split: str, arrays: dict[str, np.ndarray], file: str) -> list[Problem]:
@@ -164,7 +220,14 @@ class MedMnistSite(SiteFormat):
         try:
             self._images[split] = to_uint8(arrays[name])
         except ImageDataError as exc:
-            return [Problem(file=file, field=name, message=f"'{name}': {exc}", fix="save the images as uint8 0..255 or float 0..1")]
+            return [
+                Problem(
+                    file=file,
+                    field=name,
+                    message=f"'{name}': {exc}",
+                    fix="save the images as uint8 0..255 or float 0..1",
+                )
+            ]
         return []
 
     def read_image(self, sample: Sample) -> np.ndarray:
@@ -196,7 +259,9 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
 
 def _label_problem(file: str, split: str, index: int, value: Any, num_classes: int) -> Problem:
     return Problem(
-        file=file, row=index, field=f"{split}_labels",
+        file=file,
+        row=index,
+        field=f"{split}_labels",
         message=f"label {value} of image {index} is not a whole number in range(0, {num_classes})",
         fix=f"set label_names in {SITE_TOML} to one name per class",
     )

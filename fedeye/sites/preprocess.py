@@ -75,7 +75,9 @@ def crop_to_circle(rgb: np.ndarray, circle: Circle) -> np.ndarray:
     out = np.zeros((side, side, 3), np.uint8)
     src_top, src_left = max(top, 0), max(left, 0)
     src_bottom, src_right = min(top + side, rgb.shape[0]), min(left + side, rgb.shape[1])
-    out[src_top - top : src_bottom - top, src_left - left : src_right - left] = rgb[src_top:src_bottom, src_left:src_right]
+    out[src_top - top : src_bottom - top, src_left - left : src_right - left] = rgb[
+        src_top:src_bottom, src_left:src_right
+    ]
     return out
 
 

@@ -83,19 +83,25 @@ def make_profile(rng: np.random.Generator, *, name: str, modality: Modality) -> 
     corner = (float(rng.choice((0.06, 0.82))), float(rng.choice((0.05, 0.93))))
     dust = (float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.25, 0.75)))
     return SiteProfile(
-        name=name, modality=modality,
+        name=name,
+        modality=modality,
         prevalence=_r(rng.uniform(0.3, 0.6)),
         race_mix=(_r(race[0]), _r(race[1]), _r(1 - _r(race[0]) - _r(race[1]))),
-        hispanic_frac=_r(rng.uniform(0.05, 0.4)), male_frac=_r(rng.uniform(0.4, 0.6)),
+        hispanic_frac=_r(rng.uniform(0.05, 0.4)),
+        male_frac=_r(rng.uniform(0.4, 0.6)),
         age_mean=_r(rng.uniform(52, 70)),
         gain=(_r(rng.uniform(0.8, 1.2)), _r(rng.uniform(0.8, 1.2)), _r(rng.uniform(0.75, 1.25))),
-        gamma=_r(rng.uniform(0.75, 1.35)), gradient=_r(rng.uniform(0.0, 0.3)),
-        gradient_angle=_r(rng.uniform(0, 2 * np.pi)), vignette=_r(rng.uniform(0.0, 0.4)),
-        blur=_r(rng.uniform(0.0, 1.2)), noise=_r(rng.uniform(0.005, 0.04)),
+        gamma=_r(rng.uniform(0.75, 1.35)),
+        gradient=_r(rng.uniform(0.0, 0.3)),
+        gradient_angle=_r(rng.uniform(0, 2 * np.pi)),
+        vignette=_r(rng.uniform(0.0, 0.4)),
+        blur=_r(rng.uniform(0.0, 1.2)),
+        noise=_r(rng.uniform(0.005, 0.04)),
         resolution=_r(rng.uniform(0.45, 1.0)),
         jpeg_quality=int(rng.choice((0, 40, 60, 85))),
         fov=_r(rng.uniform(0.86, 0.98)) if modality == "fundus" else _r(rng.uniform(-0.12, 0.12)),
-        artifact=artifact, artifact_xy=corner if artifact == "mark" else dust,
+        artifact=artifact,
+        artifact_xy=corner if artifact == "mark" else dust,
     )
 
 
@@ -138,8 +144,15 @@ def _patient_eyes(rng: np.random.Generator, profile: SiteProfile, patient_id: st
     eyes: list[Literal["OD", "OS"]] = ["OD", "OS"] if rng.random() < 0.7 else [str(rng.choice(("OD", "OS")))]  # type: ignore[list-item]
     patient_disease = rng.random() < profile.prevalence
     return [
-        Subject(patient_id, eye, age, sex, race, ethnicity,
-                bool(patient_disease if rng.random() < 0.8 else rng.random() < profile.prevalence))
+        Subject(
+            patient_id,
+            eye,
+            age,
+            sex,
+            race,
+            ethnicity,
+            bool(patient_disease if rng.random() < 0.8 else rng.random() < profile.prevalence),
+        )
         for eye in eyes
     ]
 
@@ -210,13 +223,23 @@ def _blob(xx: np.ndarray, yy: np.ndarray, centre: tuple[float, float], sigma: fl
     return np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * sigma**2))
 
 
-def _ellipse_alpha(xx: np.ndarray, yy: np.ndarray, centre: tuple[float, float], rx: float, ry: float, edge: float) -> np.ndarray:
+def _ellipse_alpha(
+    xx: np.ndarray, yy: np.ndarray, centre: tuple[float, float], rx: float, ry: float, edge: float
+) -> np.ndarray:
     r = np.sqrt(((xx - centre[0]) / rx) ** 2 + ((yy - centre[1]) / ry) ** 2)
     return np.clip((1 - r) / edge + 0.5, 0, 1)
 
 
-def _draw_disc(img: np.ndarray, xx: np.ndarray, yy: np.ndarray, disc: tuple[float, float], disc_d: float,
-               vcdr: float, rng: np.random.Generator, subject: Subject) -> np.ndarray:
+def _draw_disc(
+    img: np.ndarray,
+    xx: np.ndarray,
+    yy: np.ndarray,
+    disc: tuple[float, float],
+    disc_d: float,
+    vcdr: float,
+    rng: np.random.Generator,
+    subject: Subject,
+) -> np.ndarray:
     """Paint disc and cup onto ``img`` in place; return the cup's opacity map."""
     rv, rh = disc_d / 2, 0.9 * disc_d / 2
     disc_alpha = DISC_CONTRAST[subject.race] * _ellipse_alpha(xx, yy, disc, rh, rv, 0.3)
@@ -229,8 +252,9 @@ def _draw_disc(img: np.ndarray, xx: np.ndarray, yy: np.ndarray, disc: tuple[floa
     return cup_alpha
 
 
-def _vessel_map(rng: np.random.Generator, disc: tuple[float, float], disc_d: float, temporal: float,
-                size: int) -> np.ndarray:
+def _vessel_map(
+    rng: np.random.Generator, disc: tuple[float, float], disc_d: float, temporal: float, size: int
+) -> np.ndarray:
     """Opacity of vessels: four arcades leaving the disc rim, two branches on each."""
     theta0 = np.array([-1.0, 1.0, -2.3, 2.3]) + rng.normal(0, 0.12, 4)
     bend = np.array([0.018, -0.018, 0.0, 0.0])[:, None]
@@ -244,8 +268,15 @@ def _vessel_map(rng: np.random.Generator, disc: tuple[float, float], disc_d: flo
     return np.clip(thick + 0.8 * _line_blur(_stamp(branches, size), 0.0045 * size), 0, 1)
 
 
-def _walks(rng: np.random.Generator, starts: np.ndarray, theta0: np.ndarray, bend: np.ndarray | float,
-           steps: int, *, mirror: bool) -> tuple[np.ndarray, np.ndarray]:
+def _walks(
+    rng: np.random.Generator,
+    starts: np.ndarray,
+    theta0: np.ndarray,
+    bend: np.ndarray | float,
+    steps: int,
+    *,
+    mirror: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """Random walks with a steady bend, ``(P, steps, 2)`` points and their headings.
 
     Headings are drawn for a tree whose temporal side is +x; ``mirror`` flips
@@ -298,8 +329,13 @@ def _camera_fields(profile: SiteProfile, size: int) -> tuple[np.ndarray, np.ndar
         light = light * np.clip((1 - r) * size * 0.5 * profile.fov / 1.5 + 0.5, 0, 1)
     ax, ay = profile.artifact_xy
     dust = 1 - 0.45 * _blob(xx + 0.5, yy + 0.5, (ax, ay), 0.018) * (profile.artifact == "dust")
-    mark = ((xx + 0.5 >= ax) & (xx + 0.5 < ax + 0.12) & (np.abs(yy + 0.5 - ay) < 0.02)
-            & (np.floor((xx + 0.5 - ax) * 50) % 2 == 0) & (profile.artifact == "mark"))
+    mark = (
+        (xx + 0.5 >= ax)
+        & (xx + 0.5 < ax + 0.12)
+        & (np.abs(yy + 0.5 - ay) < 0.02)
+        & (np.floor((xx + 0.5 - ax) * 50) % 2 == 0)
+        & (profile.artifact == "mark")
+    )
     if colour:
         return (light[..., None] * _rgb(*profile.gain)).astype(np.float32), dust[..., None], mark[..., None]
     return (light * np.float32(profile.gain[0])).astype(np.float32), dust, mark
@@ -336,8 +372,14 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 
 # Retinal layers from the inner surface down: (name, thickness as image fraction, brightness)
 OCT_LAYERS = (
-    ("RNFL", 0.060, 0.85), ("GCL", 0.040, 0.45), ("IPL", 0.035, 0.62), ("INL", 0.035, 0.22),
-    ("OPL", 0.022, 0.55), ("ONL", 0.070, 0.12), ("IS/OS", 0.014, 0.80), ("OS", 0.016, 0.30),
+    ("RNFL", 0.060, 0.85),
+    ("GCL", 0.040, 0.45),
+    ("IPL", 0.035, 0.62),
+    ("INL", 0.035, 0.22),
+    ("OPL", 0.022, 0.55),
+    ("ONL", 0.070, 0.12),
+    ("IS/OS", 0.014, 0.80),
+    ("OS", 0.016, 0.30),
     ("RPE", 0.022, 0.98),
 )
 
@@ -364,11 +406,15 @@ def draw_oct(rng: np.random.Generator, subject: Subject, *, rnfl: float, tilt: f
     img = levels[index]
     choroid = index == len(OCT_LAYERS) + 1
     depth = rows - rpe_bottom[None, :]
-    img = np.where(choroid, img * (1 + 0.4 * _smooth_noise(rng, size, 0.01)) * np.exp(-np.maximum(depth, 0) / 0.12), img)
+    img = np.where(
+        choroid, img * (1 + 0.4 * _smooth_noise(rng, size, 0.01)) * np.exp(-np.maximum(depth, 0) / 0.12), img
+    )
     return np.asarray(np.clip(gaussian_filter(img, (0.6 * size / 128, 0.3 * size / 128)), 0, 1), np.float32)
 
 
-def _layer_profile(name: str, base: float, u: np.ndarray, pit: np.ndarray, nasal: float, fovea: float, rnfl: float) -> np.ndarray:
+def _layer_profile(
+    name: str, base: float, u: np.ndarray, pit: np.ndarray, nasal: float, fovea: float, rnfl: float
+) -> np.ndarray:
     if name == "RNFL":
         toward_disc = 1 / (1 + np.exp(-nasal * (u - fovea) * 10))
         return base * rnfl * (0.35 + 1.0 * toward_disc) * (1 - 0.9 * pit)
@@ -404,7 +450,9 @@ class SynthImage:
     pixels: np.ndarray
 
 
-def synthesize_site_images(seed: int, index: int, *, count: int, modality: Modality, size: int) -> tuple[SiteProfile, list[SynthImage]]:
+def synthesize_site_images(
+    seed: int, index: int, *, count: int, modality: Modality, size: int
+) -> tuple[SiteProfile, list[SynthImage]]:
     """Draw one site's profile and all its images (pure, deterministic)."""
     rng = np.random.default_rng([seed, index])
     name = _hospital_name(seed, index)
@@ -494,7 +542,12 @@ def _write_site(folder: Path, profile: SiteProfile, images: list[SynthImage]) ->
     for image in images:
         Image.fromarray(image.pixels).save(folder / image.file, format="PNG", compress_level=1)
     _write_manifest(folder / "manifest.csv", images, profile.modality)
-    info = {"name": profile.name, "modality": profile.modality, "task": "glaucoma", "label_names": ["normal", "glaucoma"]}
+    info = {
+        "name": profile.name,
+        "modality": profile.modality,
+        "task": "glaucoma",
+        "label_names": ["normal", "glaucoma"],
+    }
     (folder / "site.toml").write_text(tomli_w.dumps(info), encoding="utf-8")
     (folder / "profile.json").write_text(json.dumps(asdict(profile), indent=2, sort_keys=True) + "\n", encoding="utf-8")
 

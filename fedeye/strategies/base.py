@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
-from flwr.common.logger import log
 from flwr.common.constant import ErrorCode
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedeye.errors import ConfigError, FedEyeError, FederationError
+from fedeye.errors import ConfigError, FederationError, FedEyeError
 from fedeye.protocol import (
     ARRAYS,
     METRICS,
@@ -151,7 +151,9 @@ def judge_reply(msg: Message, global_arrays: ArrayRecord | None, *, max_update_n
         return Verdict("rejected", "the reply carries no model arrays")
     if global_arrays is None:
         return Verdict("ok")
-    problem = update_problem(_numpy(global_arrays), _numpy(content.array_records[ARRAYS]), max_update_norm=max_update_norm)
+    problem = update_problem(
+        _numpy(global_arrays), _numpy(content.array_records[ARRAYS]), max_update_norm=max_update_norm
+    )
     return Verdict("rejected", problem) if problem else Verdict("ok")
 
 
@@ -171,8 +173,7 @@ def too_few_sites_reason(
     """``round 2: 1 of 3 sites trained, min_train_nodes = 2; failed: site-a data-error (incident ...)``."""
     trained = sum(v.status == "ok" for v in verdicts)
     others = [
-        f"{v.status}: {_reply_site(m)} {v.reason}".rstrip()
-        for m, v in zip(replies, verdicts) if v.status != "ok"
+        f"{v.status}: {_reply_site(m)} {v.reason}".rstrip() for m, v in zip(replies, verdicts) if v.status != "ok"
     ]
     silent = sampled - len(replies)
     if silent > 0:
@@ -280,7 +281,9 @@ class ObservedStrategy:
         following ``aggregate_train`` of that round does not judge again.
         """
         report_missing(self.observer, server_round, "train", set(self.sampled_nodes), replies)
-        verdicts = [judge_reply(m, self.expected_reply_arrays(m), max_update_norm=self.max_update_norm) for m in replies]
+        verdicts = [
+            judge_reply(m, self.expected_reply_arrays(m), max_update_norm=self.max_update_norm) for m in replies
+        ]
         self.departed.update(m.metadata.src_node_id for m, v in zip(replies, verdicts) if v.status in DEPARTED)
         if self.observer:
             self.observer.on_replies(server_round, "train", replies, verdicts)
@@ -293,8 +296,9 @@ class ObservedStrategy:
         minimum = int(getattr(self, "min_train_nodes", 0))
         if sum(v.status == "ok" for v in verdicts) >= minimum - left:
             return
-        reason = too_few_sites_reason(server_round, replies, verdicts, sampled=max(self.num_sampled, len(replies)),
-                                      min_train_nodes=minimum)
+        reason = too_few_sites_reason(
+            server_round, replies, verdicts, sampled=max(self.num_sampled, len(replies)), min_train_nodes=minimum
+        )
         if self.on_too_few_sites == "fail":
             raise TooFewSites(reason)
         log(WARNING, "%s; continuing (strategy.on_too_few_sites = 'continue')", reason)
@@ -364,9 +368,7 @@ def list_strategies() -> list[str]:
 def build_strategy(cfg: StrategyConfig, *, observer: RoundObserver | None = None) -> Strategy:
     """Instantiate the configured strategy and attach ``observer``."""
     if cfg.name not in _REGISTRY:
-        raise ConfigError(
-            f"strategy.name: unknown strategy {cfg.name!r}; choose one of {', '.join(list_strategies())}"
-        )
+        raise ConfigError(f"strategy.name: unknown strategy {cfg.name!r}; choose one of {', '.join(list_strategies())}")
     strategy = _REGISTRY[cfg.name].from_config(cfg)
     strategy.observer = observer
     strategy.max_update_norm = cfg.max_update_norm

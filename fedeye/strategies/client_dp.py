@@ -100,8 +100,14 @@ class _JudgedClientDP:
         observer = self.strategy.observer
         if observer is not None and hasattr(observer, "on_client_dp"):
             epsilon = epsilon_spent(self.history, delta=self.delta, accountant="rdp")
-            observer.on_client_dp(server_round, epsilon=epsilon, delta=self.delta, noise_multiplier=self.noise_multiplier,
-                                  sample_rate=sampled / total, rounds=len(self.history))
+            observer.on_client_dp(
+                server_round,
+                epsilon=epsilon,
+                delta=self.delta,
+                noise_multiplier=self.noise_multiplier,
+                sample_rate=sampled / total,
+                rounds=len(self.history),
+            )
 
 
 class JudgedFixedClipping(_JudgedClientDP, DifferentialPrivacyServerSideFixedClipping):
@@ -139,9 +145,13 @@ class _ExpertClientDP(_JudgedClientDP):
         aggregated, metrics = self.strategy.aggregate_train(server_round, accepted)
         if aggregated is not None:
             noisy = noise_expert_aggregate(
-                {k: v.numpy() for k, v in aggregated.items()}, set(accepted[0].content["arrays"]),
-                rows=sorted(self.strategy.experts.values()), noise_multiplier=self.noise_multiplier,
-                clipping_norm=norm, num_sites=len(accepted), rng=self.rng,
+                {k: v.numpy() for k, v in aggregated.items()},
+                set(accepted[0].content["arrays"]),
+                rows=sorted(self.strategy.experts.values()),
+                noise_multiplier=self.noise_multiplier,
+                clipping_norm=norm,
+                num_sites=len(accepted),
+                rng=self.rng,
             )
             aggregated = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in noisy.items()})
         self._account(server_round)
@@ -190,8 +200,14 @@ def _reference(reference: dict[str, np.ndarray], key: str, row: int) -> np.ndarr
 
 
 def noise_expert_aggregate(
-    aggregated: dict[str, np.ndarray], sent: set[str], *, rows: list[int], noise_multiplier: float,
-    clipping_norm: float, num_sites: int, rng: np.random.Generator,
+    aggregated: dict[str, np.ndarray],
+    sent: set[str],
+    *,
+    rows: list[int],
+    noise_multiplier: float,
+    clipping_norm: float,
+    num_sites: int,
+    rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """Gaussian noise on a prompt-experts aggregate: ``sigma C / m`` on the shared mean, ``sigma C`` per assigned row.
 
@@ -223,7 +239,9 @@ def clipped_count_stddev(*, noise_multiplier: float, num_sampled_sites: int) -> 
     return max(num_sampled_sites / 20.0, noise_multiplier)
 
 
-def wrap_client_dp(strategy: Strategy, privacy: PrivacyConfig, *, num_sampled_sites: int, num_sites: int | None = None) -> Strategy:
+def wrap_client_dp(
+    strategy: Strategy, privacy: PrivacyConfig, *, num_sampled_sites: int, num_sites: int | None = None
+) -> Strategy:
     """Wrap ``strategy`` in Flower's server-side clipping per ``privacy.client_level``.
 
     ``"off"`` returns ``strategy`` itself; ``"fixed"`` clips to
@@ -246,7 +264,10 @@ def wrap_client_dp(strategy: Strategy, privacy: PrivacyConfig, *, num_sampled_si
         wrapper = (ExpertFixedClipping if experts else JudgedFixedClipping)(strategy, sigma, norm, num_sampled_sites)
     else:
         wrapper = (ExpertAdaptiveClipping if experts else JudgedAdaptiveClipping)(
-            strategy, sigma, num_sampled_sites, initial_clipping_norm=norm,
+            strategy,
+            sigma,
+            num_sampled_sites,
+            initial_clipping_norm=norm,
             clipped_count_stddev=clipped_count_stddev(noise_multiplier=sigma, num_sampled_sites=num_sampled_sites),
         )
     strategy.equal_weights = True  # type: ignore[attr-defined]

@@ -193,8 +193,9 @@ class PromptExperts(ObservedStrategy, _ExpertBankFedAvg):
         if self.prompt_only:
             config[BACKBONE_KEY] = self._fingerprint
         content = RecordDict({"arrays": self._sent, "config": config})
-        return Message(content=content, dst_node_id=node, message_type=msg.metadata.message_type,
-                       group_id=msg.metadata.group_id)
+        return Message(
+            content=content, dst_node_id=node, message_type=msg.metadata.message_type, group_id=msg.metadata.group_id
+        )
 
     # --- what comes back ----------------------------------------------------------
 

@@ -27,10 +27,14 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_calibrate_writes_a_new_point_and_keeps_the_old_one_in_history(model_file: Path, tiny_sites: Path, tmp_path: Path) -> None:
+def test_calibrate_writes_a_new_point_and_keeps_the_old_one_in_history(
+    model_file: Path, tiny_sites: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "calibrated.pt"
-    result = runner.invoke(app, ["calibrate", "--model", str(model_file), "--data", str(tiny_sites / "site-1"),
-                                 "--out", str(out), "--json"])
+    result = runner.invoke(
+        app,
+        ["calibrate", "--model", str(model_file), "--data", str(tiny_sites / "site-1"), "--out", str(out), "--json"],
+    )
 
     assert result.exit_code == 0, result.output
     _, _, meta = load_model(out)
@@ -42,24 +46,51 @@ def test_calibrate_writes_a_new_point_and_keeps_the_old_one_in_history(model_fil
     assert meta["round"] == 3 and load_model(model_file)[2][METADATA_KEY]["source"] == "federation"  # input kept
 
 
-def test_calibrate_refuses_too_few_labels_and_says_what_to_do(model_file: Path, tiny_sites: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["calibrate", "--model", str(model_file), "--data", str(tiny_sites / "site-1"),
-                                 "--out", str(tmp_path / "m.pt"), "--max-labels", "6"])
+def test_calibrate_refuses_too_few_labels_and_says_what_to_do(
+    model_file: Path, tiny_sites: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--model",
+            str(model_file),
+            "--data",
+            str(tiny_sites / "site-1"),
+            "--out",
+            str(tmp_path / "m.pt"),
+            "--max-labels",
+            "6",
+        ],
+    )
     assert result.exit_code == 1
     text = " ".join(result.output.split())
     assert "needs at least 5 of each" in text and "fedeye adapt" in text
 
 
 def test_calibrate_checks_the_operating_point_option(model_file: Path, tiny_sites: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["calibrate", "--model", str(model_file), "--data", str(tiny_sites / "site-1"),
-                                 "--out", str(tmp_path / "m.pt"), "--operating-point", "1.2"])
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--model",
+            str(model_file),
+            "--data",
+            str(tiny_sites / "site-1"),
+            "--out",
+            str(tmp_path / "m.pt"),
+            "--operating-point",
+            "1.2",
+        ],
+    )
     assert result.exit_code == 1 and "target sensitivity in (0, 1)" in " ".join(result.output.split())
 
 
 def test_adapt_records_what_it_did(model_file: Path, tiny_sites: Path, tmp_path: Path) -> None:
     out = tmp_path / "adapted.pt"
-    result = runner.invoke(app, ["adapt", "--model", str(model_file), "--data", str(tiny_sites / "site-3"),
-                                 "--out", str(out), "--json"])
+    result = runner.invoke(
+        app, ["adapt", "--model", str(model_file), "--data", str(tiny_sites / "site-3"), "--out", str(out), "--json"]
+    )
 
     assert result.exit_code == 0, result.output
     reported = json.loads(result.output)

@@ -78,7 +78,9 @@ def test_metrics_are_at_the_stored_operating_point_with_intervals(model_file: Pa
 
 
 def test_the_table_names_the_operating_point(model_file: Path, test_only_site: Path) -> None:
-    result = runner.invoke(app, ["evaluate", "--model", str(model_file), "--data", str(test_only_site), "--split", "val"])
+    result = runner.invoke(
+        app, ["evaluate", "--model", str(model_file), "--data", str(test_only_site), "--split", "val"]
+    )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())  # rich wraps long lines
     assert "no 'val' images" in text and "set by federation on 20 positive and 30" in text

@@ -64,7 +64,9 @@ def test_simulate_rejects_missing_data_root_before_starting_flower(tmp_path: Pat
 
 
 def test_evaluate_rejects_missing_model_file(tmp_path: Path, tiny_sites: Path) -> None:
-    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "nope.pt"), "--data", str(tiny_sites / "site-1")], env=WIDE)
+    result = runner.invoke(
+        app, ["evaluate", "--model", str(tmp_path / "nope.pt"), "--data", str(tiny_sites / "site-1")], env=WIDE
+    )
     assert result.exit_code == 1 and "nope.pt" in result.output
 
 
@@ -103,7 +105,10 @@ def test_demo_command_end_to_end(tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.run(
         [sys.executable, "-m", "fedeye.cli", "demo", "--out", str(tmp_path / "demo"), "--sites", "2", "--rounds", "1"],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "federated mean" in proc.stdout and "global model:" in proc.stdout
@@ -175,11 +180,13 @@ def test_site_check_reports_hostile_images_by_row_without_traceback(tmp_path: Pa
     [
         ("[training]\nrounds = true\n", "training.rounds"),
         ("[privacy]\nenabled = true\nepsilon = inf\n", "privacy.epsilon"),
-        ("[strategy]\nname = \"fedavgx\"\n", "strategy.name"),
+        ('[strategy]\nname = "fedavgx"\n', "strategy.name"),
         ("[strategy]\nround_timeout = inf\n", "strategy.round_timeout"),
     ],
 )
-def test_simulate_refuses_hostile_run_values_and_writes_nothing(tmp_path: Path, tiny_sites: Path, body: str, field: str) -> None:
+def test_simulate_refuses_hostile_run_values_and_writes_nothing(
+    tmp_path: Path, tiny_sites: Path, body: str, field: str
+) -> None:
     import tomllib
 
     import tomli_w

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fedeye.flower_programs import Address, connection_name, parse_address, save_connection
 from fedeye.cli.main import app
 from fedeye.client.supernode import supernode_command
-from fedeye.server.deployment import superlink_command
 from fedeye.errors import DeploymentError
+from fedeye.flower_programs import Address, connection_name, parse_address, save_connection
+from fedeye.server.deployment import superlink_command
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "300"}
@@ -76,7 +76,9 @@ def test_site_start_without_site_init(tmp_path: Path) -> None:
     assert code == 1 and "site.toml: not found" in out and "fedeye site init" in out
 
 
-def test_failing_data_check_stops_the_site_before_any_supernode(site: Path, coord: Path, tmp_path: Path, tiny_sites: Path) -> None:
+def test_failing_data_check_stops_the_site_before_any_supernode(
+    site: Path, coord: Path, tmp_path: Path, tiny_sites: Path
+) -> None:
     # Prepare: a listener where the SuperLink would be, and site data that has lost an image since `site init`
     data = shutil.copytree(tiny_sites / "site-1", tmp_path / "data")
     lost = min((data / "images").iterdir())
@@ -89,7 +91,16 @@ def test_failing_data_check_stops_the_site_before_any_supernode(site: Path, coor
     listener.settimeout(0.5)
 
     # Execute
-    code, out = _invoke("site", "start", "--dir", str(site), "--superlink", f"127.0.0.1:{listener.getsockname()[1]}", "--ca", str(coord / "ca.crt"))
+    code, out = _invoke(
+        "site",
+        "start",
+        "--dir",
+        str(site),
+        "--superlink",
+        f"127.0.0.1:{listener.getsockname()[1]}",
+        "--ca",
+        str(coord / "ca.crt"),
+    )
 
     # Assert: the check's problem is shown, no SuperNode started, nothing connected
     assert code == 1
@@ -103,7 +114,9 @@ def test_failing_data_check_stops_the_site_before_any_supernode(site: Path, coor
 def test_run_launch_refuses_a_simulation_data_root(tmp_path: Path, tiny_sites: Path, coord: Path) -> None:
     run = tmp_path / "run.toml"
     run.write_text(f'[data]\nroot = "{tiny_sites}"\n')
-    code, out = _invoke("run", "launch", "--config", str(run), "--superlink", "127.0.0.1:1", "--ca", str(coord / "ca.crt"))
+    code, out = _invoke(
+        "run", "launch", "--config", str(run), "--superlink", "127.0.0.1:1", "--ca", str(coord / "ca.crt")
+    )
     assert code == 1 and "data.root" in out and "is for simulations" in out
 
 
@@ -135,8 +148,10 @@ def test_superlink_command_has_tls_auth_and_state(coord: Path, tmp_path: Path) -
 
 def test_supernode_command_carries_key_root_and_node_config(tmp_path: Path) -> None:
     command = supernode_command(
-        Address("127.0.0.1", 9092), credentials=(tmp_path / "ca.crt", tmp_path / "node.key"),
-        node_config="site-dir='/data/a'", runtime_port=9200,
+        Address("127.0.0.1", 9092),
+        credentials=(tmp_path / "ca.crt", tmp_path / "node.key"),
+        node_config="site-dir='/data/a'",
+        runtime_port=9200,
     )
     assert command[command.index("--node-config") + 1] == "site-dir='/data/a'"
     assert command[command.index("--auth-supernode-private-key") + 1] == str(tmp_path / "node.key")
@@ -154,7 +169,9 @@ def test_parse_address() -> None:
 
 def test_save_connection_keeps_other_connections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLWR_HOME", str(tmp_path))
-    (tmp_path / "config.toml").write_text('[superlink]\ndefault = "mine"\n[superlink.mine]\naddress = "10.1.1.1:9093"\n')
+    (tmp_path / "config.toml").write_text(
+        '[superlink]\ndefault = "mine"\n[superlink.mine]\naddress = "10.1.1.1:9093"\n'
+    )
     ca = tmp_path / "ca.crt"
     ca.write_text("x")
     name = save_connection(Address("127.0.0.1", 9092), root_certificates=ca)
@@ -205,21 +222,28 @@ def _recorded_run(db: Path, *, privacy: dict[str, object] | None = None, status:
 
     cfg = RunConfig.model_validate({"privacy": privacy or {}})
     with RunStore(f"sqlite:///{db}") as store:
-        run_id = store.create_run(name="r", strategy="fedavg", config=cfg.model_dump(mode="json"), num_rounds=3, num_sites=3)
+        run_id = store.create_run(
+            name="r", strategy="fedavg", config=cfg.model_dump(mode="json"), num_rounds=3, num_sites=3
+        )
         store.finish_run(run_id, status=status)  # type: ignore[arg-type]
     return run_id
 
 
-@pytest.mark.parametrize(("privacy", "status", "message"), [
-    (None, "finished", "finished; there is nothing to resume"),
-    ({"client_level": "fixed"}, "failed", "uses client-level differential privacy"),
-    (None, "failed", "no completed round to resume from"),
-    # patient-level DP-SGD is resumable (the sites' ledgers keep its history): refused only for the missing checkpoint
-    ({"enabled": True}, "failed", "no completed round to resume from"),
-])
+@pytest.mark.parametrize(
+    ("privacy", "status", "message"),
+    [
+        (None, "finished", "finished; there is nothing to resume"),
+        ({"client_level": "fixed"}, "failed", "uses client-level differential privacy"),
+        (None, "failed", "no completed round to resume from"),
+        # patient-level DP-SGD is resumable (the sites' ledgers keep its history): refused only for the missing checkpoint
+        ({"enabled": True}, "failed", "no completed round to resume from"),
+    ],
+)
 def test_run_resume_refuses(tmp_path: Path, privacy: dict[str, object] | None, status: str, message: str) -> None:
     run_id = _recorded_run(tmp_path / "s.db", privacy=privacy, status=status)
-    code, out = _invoke("run", "resume", run_id, "--db", str(tmp_path / "s.db"), "--superlink", "127.0.0.1:1", "--insecure")
+    code, out = _invoke(
+        "run", "resume", run_id, "--db", str(tmp_path / "s.db"), "--superlink", "127.0.0.1:1", "--insecure"
+    )
     assert code == 1 and message in out
 
 
@@ -229,9 +253,20 @@ def test_site_node_config_reaches_the_clientapp_as_flower_parses_it(tmp_path: Pa
     from fedeye.client.supernode import node_config_arg as _node_config_arg
     from fedeye.client.supernode import site_node_config
 
-    config = site_node_config(data=tmp_path / "data", site_toml=tmp_path / "site.toml", audit_log=None,
-                              state_dir=tmp_path / "state", site_name="eye-clinic", worker=True)
+    config = site_node_config(
+        data=tmp_path / "data",
+        site_toml=tmp_path / "site.toml",
+        audit_log=None,
+        state_dir=tmp_path / "state",
+        site_name="eye-clinic",
+        worker=True,
+    )
     parsed = parse_config_args([_node_config_arg(config)])
 
-    assert parsed == {"site-dir": str(tmp_path / "data"), "site-config": str(tmp_path / "site.toml"),
-                      "state-dir": str(tmp_path / "state"), "site-name": "eye-clinic", "worker": True}
+    assert parsed == {
+        "site-dir": str(tmp_path / "data"),
+        "site-config": str(tmp_path / "site.toml"),
+        "state-dir": str(tmp_path / "state"),
+        "site-name": "eye-clinic",
+        "worker": True,
+    }

@@ -40,8 +40,15 @@ def db(tmp_path: Path) -> str:
     with RunStore(url) as store:
         for name in (LONG_NAME, "short"):
             run_id = store.create_run(name=name, strategy="fedavg", config={"rounds": 1}, num_rounds=1, num_sites=1)
-            store.record_site_metrics(run_id, server_round=1, phase="evaluate", site="Moorfields Eye Hospital",
-                                      node_id=1, num_examples=10, metrics={"auc": 0.75})
+            store.record_site_metrics(
+                run_id,
+                server_round=1,
+                phase="evaluate",
+                site="Moorfields Eye Hospital",
+                node_id=1,
+                num_examples=10,
+                metrics={"auc": 0.75},
+            )
             store.finish_run(run_id, status="finished")
     return url
 
@@ -70,8 +77,15 @@ def test_runs_list_piped_prints_full_ids_and_names(runner: CliRunner, db: str) -
 
 def test_runs_list_through_a_pipe(db: str, tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "30", "FEDEYE_DB": db}
-    proc = subprocess.run([sys.executable, "-m", "fedeye.cli", "runs", "list"], capture_output=True, text=True, check=False,
-                          timeout=120, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedeye.cli", "runs", "list"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     for run_id in _run_ids(db):
         assert f"{run_id}\t" in proc.stdout
@@ -124,14 +138,18 @@ def test_table_commands_offer_json(runner: CliRunner, command: str) -> None:
 def _render(*, terminal: bool, width: int, title: str | None = "runs") -> str:
     buffer = io.StringIO()
     out = Console(file=buffer, force_terminal=terminal, width=width, color_system=None)
-    rows: list[list[str | Text]] = [["r-20261203-092435-50aa", Text("finished", style="green"), "a [bold] name\twith a tab"]]
+    rows: list[list[str | Text]] = [
+        ["r-20261203-092435-50aa", Text("finished", style="green"), "a [bold] name\twith a tab"]
+    ]
     print_table(["id", "status", Column("name", justify="right")], rows, title=title, target=out)
     return buffer.getvalue()
 
 
 def test_plain_text_when_not_a_terminal() -> None:
     assert _render(terminal=False, width=20).splitlines() == [
-        "# runs", "id\tstatus\tname", "r-20261203-092435-50aa\tfinished\ta [bold] name with a tab",
+        "# runs",
+        "id\tstatus\tname",
+        "r-20261203-092435-50aa\tfinished\ta [bold] name with a tab",
     ]
 
 
@@ -150,8 +168,14 @@ def test_json_rows_default_to_one_object_per_row(capsys: pytest.CaptureFixture[s
 @pytest.mark.slow
 def test_simulate_json_keeps_progress_off_stdout(tmp_path: Path, tiny_sites: Path) -> None:
     run_file = tiny_run_toml(tmp_path / "run.toml", sites=tiny_sites, out=tmp_path / "out", rounds=1)
-    proc = subprocess.run([sys.executable, "-m", "fedeye.cli", "simulate", "--config", str(run_file), "--json"],
-                          check=False, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedeye.cli", "simulate", "--config", str(run_file), "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)  # nothing but the JSON on stdout
     assert result["run_id"] in _run_ids(result["store"])

@@ -32,7 +32,9 @@ def _node_pub(path: Path) -> Path:
 
 def test_coordinator_init_writes_ca_and_superlink_keys(tmp_path: Path) -> None:
     out = tmp_path / "coord"
-    result = runner.invoke(root, ["coordinator", "init", str(out), "--host", "10.1.2.3", "--host", "fl.example.org"], env=WIDE)
+    result = runner.invoke(
+        root, ["coordinator", "init", str(out), "--host", "10.1.2.3", "--host", "fl.example.org"], env=WIDE
+    )
     assert result.exit_code == 0, result.output
     assert _mode(out) == 0o700 and _mode(out / "ca.key") == 0o600 and _mode(out / "superlink.key") == 0o600
     cert = keys.load_certificate(out / "superlink.crt")
@@ -60,10 +62,16 @@ def test_coordinator_init_refuses_to_overwrite_without_force(tmp_path: Path) -> 
 
 def test_register_site_appends_and_refuses_duplicates(tmp_path: Path) -> None:
     pub1, pub2 = _node_pub(tmp_path / "a.pub"), _node_pub(tmp_path / "b.pub")
-    ok = runner.invoke(root, ["coordinator", "register-site", str(pub1), "--name", "site-1", "--dir", str(tmp_path)], env=WIDE)
+    ok = runner.invoke(
+        root, ["coordinator", "register-site", str(pub1), "--name", "site-1", "--dir", str(tmp_path)], env=WIDE
+    )
     assert ok.exit_code == 0, ok.output
-    same_name = runner.invoke(root, ["coordinator", "register-site", str(pub2), "--name", "site-1", "--dir", str(tmp_path)], env=WIDE)
-    same_key = runner.invoke(root, ["coordinator", "register-site", str(pub1), "--name", "site-2", "--dir", str(tmp_path)], env=WIDE)
+    same_name = runner.invoke(
+        root, ["coordinator", "register-site", str(pub2), "--name", "site-1", "--dir", str(tmp_path)], env=WIDE
+    )
+    same_key = runner.invoke(
+        root, ["coordinator", "register-site", str(pub1), "--name", "site-2", "--dir", str(tmp_path)], env=WIDE
+    )
     assert same_name.exit_code == 1 and "already registered" in same_name.output
     assert same_key.exit_code == 1 and "already registered as site 'site-1'" in same_key.output
     rows = list(csv.DictReader((tmp_path / "authorized-sites.csv").open()))
@@ -75,23 +83,35 @@ def test_register_site_appends_and_refuses_duplicates(tmp_path: Path) -> None:
 def test_register_site_refuses_a_malformed_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pub"
     bad.write_text("ssh-ed25519 nonsense\n")
-    result = runner.invoke(root, ["coordinator", "register-site", str(bad), "--name", "site-1", "--dir", str(tmp_path)], env=WIDE)
+    result = runner.invoke(
+        root, ["coordinator", "register-site", str(bad), "--name", "site-1", "--dir", str(tmp_path)], env=WIDE
+    )
     assert result.exit_code == 1 and "OpenSSH public key" in result.output
     assert not (tmp_path / "authorized-sites.csv").exists()
 
 
 def test_site_init_writes_config_and_node_key(tiny_sites: Path, tmp_path: Path) -> None:
     out = tmp_path / "site"
-    result = runner.invoke(root, ["site", "init", str(out), "--name", "site-1", "--data", str(tiny_sites / "site-1"), "--device", "cpu"], env=WIDE)
+    result = runner.invoke(
+        root,
+        ["site", "init", str(out), "--name", "site-1", "--data", str(tiny_sites / "site-1"), "--device", "cpu"],
+        env=WIDE,
+    )
     assert result.exit_code == 0, result.output
     cfg = load_site_config(out / "site.toml")
     assert cfg.data == (tiny_sites / "site-1").resolve() and cfg.device == "cpu"
-    assert cfg.audit_log == out.resolve() / "audit.jsonl" and cfg.privacy.min_group_size == 10 and not cfg.privacy.require_dp
+    assert (
+        cfg.audit_log == out.resolve() / "audit.jsonl"
+        and cfg.privacy.min_group_size == 10
+        and not cfg.privacy.require_dp
+    )
     assert _mode(out) == 0o700 and _mode(out / "node.key") == 0o600
     line = keys.load_public_key_line(out / "node.pub")
     assert keys.public_key_line(keys.load_private_key(out / "node.key").public_key()) == line
     assert line in result.output and "fedeye coordinator register-site node.pub --name site-1" in result.output
-    again = runner.invoke(root, ["site", "init", str(out), "--name", "site-1", "--data", str(tiny_sites / "site-1")], env=WIDE)
+    again = runner.invoke(
+        root, ["site", "init", str(out), "--name", "site-1", "--data", str(tiny_sites / "site-1")], env=WIDE
+    )
     assert again.exit_code == 1 and "--force" in again.output
 
 
@@ -108,14 +128,20 @@ def test_site_init_on_a_bad_site_writes_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["", "-x", "a b", "x" * 65, "s1\n", "s1\r", "s1/..", "é"])
 def test_bad_site_names_are_refused(tmp_path: Path, name: str) -> None:
-    result = runner.invoke(root, ["coordinator", "register-site", str(_node_pub(tmp_path / "a.pub")), "--name", name, "--dir", str(tmp_path)], env=WIDE)
+    result = runner.invoke(
+        root,
+        ["coordinator", "register-site", str(_node_pub(tmp_path / "a.pub")), "--name", name, "--dir", str(tmp_path)],
+        env=WIDE,
+    )
     assert result.exit_code == 1 and "not allowed" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "authorized-sites.csv").exists()
 
 
 def test_site_init_refuses_a_name_with_a_newline(tiny_sites: Path, tmp_path: Path) -> None:
     out = tmp_path / "site"
-    result = runner.invoke(root, ["site", "init", str(out), "--name", "s1\n", "--data", str(tiny_sites / "site-1")], env=WIDE)
+    result = runner.invoke(
+        root, ["site", "init", str(out), "--name", "s1\n", "--data", str(tiny_sites / "site-1")], env=WIDE
+    )
     assert result.exit_code == 1 and "not allowed" in result.output
     assert not out.exists()
 
@@ -125,7 +151,8 @@ def test_commands_are_mounted_on_fedeye(tmp_path: Path, tiny_sites: Path) -> Non
 
     assert CliRunner().invoke(fedeye_app, ["coordinator", "init", str(tmp_path / "coord")]).exit_code == 0
     result = CliRunner().invoke(
-        fedeye_app, ["site", "init", str(tmp_path / "site"), "--name", "riverside", "--data", str(tiny_sites / "site-1")]
+        fedeye_app,
+        ["site", "init", str(tmp_path / "site"), "--name", "riverside", "--data", str(tiny_sites / "site-1")],
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "site" / "node.pub").read_text().startswith("ecdsa-sha2-nistp384 ")

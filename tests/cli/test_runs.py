@@ -23,10 +23,22 @@ from fedeye.server.store import RunStore
 
 WIDE = {"COLUMNS": "250"}  # rich reads the terminal width from here
 SITES = {
-    "moorfields": {"auc": 0.8123, "accuracy": 0.75, "sensitivity": 0.7, "specificity": 0.8,
-                   "loss": 0.51, "num-examples": 120},
-    "aravind": {"auc": 0.7011, "accuracy": 0.66, "sensitivity": 0.6, "specificity": 0.72,
-                "loss": 0.63, "num-examples": 80},
+    "moorfields": {
+        "auc": 0.8123,
+        "accuracy": 0.75,
+        "sensitivity": 0.7,
+        "specificity": 0.8,
+        "loss": 0.51,
+        "num-examples": 120,
+    },
+    "aravind": {
+        "auc": 0.7011,
+        "accuracy": 0.66,
+        "sensitivity": 0.6,
+        "specificity": 0.72,
+        "loss": 0.63,
+        "num-examples": 80,
+    },
 }
 
 
@@ -52,20 +64,25 @@ def db(tmp_path: Path) -> str:
 def _record_run(db: str, model: Path) -> str:
     store = RunStore(db)
     run_id = store.create_run(
-        name="dr-screening", strategy="fedprox",
+        name="dr-screening",
+        strategy="fedprox",
         config={"strategy": {"name": "fedprox", "proximal-mu": 0.1}, "num-rounds": 3},
-        num_rounds=3, num_sites=2,
+        num_rounds=3,
+        num_sites=2,
     )
     for server_round in (1, 2):
-        store.record_round(run_id, server_round=server_round, train_metrics={"loss": 0.9},
-                           num_sites_trained=2)
+        store.record_round(run_id, server_round=server_round, train_metrics={"loss": 0.9}, num_sites_trained=2)
         for node_id, (site, metrics) in enumerate(SITES.items(), start=2**63):
             store.record_site_metrics(
-                run_id, server_round=server_round, phase="evaluate", site=site,
-                node_id=node_id, num_examples=int(metrics["num-examples"]), metrics=metrics,
+                run_id,
+                server_round=server_round,
+                phase="evaluate",
+                site=site,
+                node_id=node_id,
+                num_examples=int(metrics["num-examples"]),
+                metrics=metrics,
             )
-        store.record_round(run_id, server_round=server_round, eval_metrics={"auc": 0.7654},
-                           num_sites_evaluated=2)
+        store.record_round(run_id, server_round=server_round, eval_metrics={"auc": 0.7654}, num_sites_evaluated=2)
     model.write_bytes(b"final weights")
     store.record_artifact(run_id, server_round=2, kind="final-model", path=model)
     store.finish_run(run_id, status="finished")
@@ -96,9 +113,7 @@ def test_list_json(runner: CliRunner, app: typer.Typer, db: str, tmp_path: Path)
     assert run["duration_s"] >= 0
 
 
-def test_list_reads_db_from_environment(
-    runner: CliRunner, app: typer.Typer, db: str, tmp_path: Path
-) -> None:
+def test_list_reads_db_from_environment(runner: CliRunner, app: typer.Typer, db: str, tmp_path: Path) -> None:
     run_id = _record_run(db, tmp_path / "final.pt")
 
     result = runner.invoke(app, ["runs", "list", "--json"], env={"FEDEYE_DB": db})
@@ -114,9 +129,7 @@ def test_list_empty_default_store(runner: CliRunner, app: typer.Typer, tmp_path:
     assert (tmp_path / "home" / "fedeye.db").exists()
 
 
-def test_show_renders_rounds_sites_and_model(
-    runner: CliRunner, app: typer.Typer, db: str, tmp_path: Path
-) -> None:
+def test_show_renders_rounds_sites_and_model(runner: CliRunner, app: typer.Typer, db: str, tmp_path: Path) -> None:
     run_id = _record_run(db, tmp_path / "final.pt")
 
     result = runner.invoke(app, ["runs", "show", run_id[:-1], "--db", db], env=WIDE)
@@ -164,7 +177,9 @@ def test_bad_db_url_exits_1(runner: CliRunner, app: typer.Typer) -> None:
 
 
 @pytest.mark.parametrize("given", ["{tmp}/typo/runs.db", "sqlite:///{tmp}/typo/runs.db", "{tmp}/runs-typo.db"])
-def test_mistyped_db_path_is_refused_and_nothing_created(runner: CliRunner, app: typer.Typer, tmp_path: Path, given: str) -> None:
+def test_mistyped_db_path_is_refused_and_nothing_created(
+    runner: CliRunner, app: typer.Typer, tmp_path: Path, given: str
+) -> None:
     result = runner.invoke(app, ["runs", "list", "--db", given.format(tmp=tmp_path)])
 
     assert result.exit_code == 1 and "no run store at" in result.stderr and "Traceback" not in result.output
@@ -172,9 +187,7 @@ def test_mistyped_db_path_is_refused_and_nothing_created(runner: CliRunner, app:
 
 
 def test_show_running_run_without_results(runner: CliRunner, app: typer.Typer, db: str) -> None:
-    run_id = RunStore(db).create_run(
-        name="fresh", strategy="fedavg", config={}, num_rounds=5, num_sites=3
-    )
+    run_id = RunStore(db).create_run(name="fresh", strategy="fedavg", config={}, num_rounds=5, num_sites=3)
 
     result = runner.invoke(app, ["runs", "show", run_id, "--db", db], env=WIDE)
 
@@ -202,7 +215,10 @@ def test_metric_names_falls_back_to_all_when_none_is_known() -> None:
 
 def test_flatten_config() -> None:
     assert flatten_config({"a": {"b": 1, "c": "x"}, "d": [1, 2], "e": {}}) == [
-        ("a.b", "1"), ("a.c", "x"), ("d", "[1, 2]"), ("e", "{}"),
+        ("a.b", "1"),
+        ("a.c", "x"),
+        ("d", "[1, 2]"),
+        ("e", "{}"),
     ]
 
 
@@ -226,8 +242,17 @@ def test_run_of_a_dead_process_shows_stale(runner: CliRunner, app: typer.Typer, 
 def test_failed_site_shows_its_category_and_incident(runner: CliRunner, app: typer.Typer, db: str) -> None:
     store = RunStore(db)
     run_id = store.create_run(name="r", strategy="fedavg", config={}, num_rounds=1, num_sites=2)
-    store.record_site_metrics(run_id, server_round=1, phase="evaluate", site="site-a", node_id=1, num_examples=0,
-                              metrics={}, status="failed", reason="data-error (incident abc123abc123)")
+    store.record_site_metrics(
+        run_id,
+        server_round=1,
+        phase="evaluate",
+        site="site-a",
+        node_id=1,
+        num_examples=0,
+        metrics={},
+        status="failed",
+        reason="data-error (incident abc123abc123)",
+    )
     shown = runner.invoke(app, ["runs", "show", run_id, "--db", db], env=WIDE)
     assert "failed: data-error (incident abc123abc123)" in shown.stdout
 
@@ -238,8 +263,9 @@ def test_show_reports_rates_at_the_operating_point_with_intervals(runner: CliRun
     metrics = {"auc": 0.9, "threshold": 0.42, "temperature": 1.7, "ece": 0.2, "ece-calibrated": 0.05}
     for rate in ("sensitivity", "specificity", "balanced-accuracy", "ppv", "npv"):
         metrics.update({rate: 0.8, f"{rate}-ci-low": 0.7, f"{rate}-ci-high": 0.9})
-    store.record_site_metrics(run_id, server_round=1, phase="test", site="moorfields", node_id=3, num_examples=50,
-                              metrics=metrics)
+    store.record_site_metrics(
+        run_id, server_round=1, phase="test", site="moorfields", node_id=3, num_examples=50, metrics=metrics
+    )
 
     result = runner.invoke(app, ["runs", "show", run_id, "--db", db], env=WIDE)
 

@@ -22,7 +22,10 @@ def _simulate(run_file: Path, home: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "COLUMNS": "200", "FEDEYE_HOME": str(home)}
     return subprocess.Popen(
         [sys.executable, "-m", "fedeye.cli", "simulate", "--config", str(run_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 

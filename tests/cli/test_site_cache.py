@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from fedeye.cli.main import app
 from fedeye.cli.operate import _prepare_state
-from fedeye.client.state import deployment_state
-from fedeye.client.supernode import node_config_arg, site_node_config
 from fedeye.cli.provision import provision_site
-from fedeye.client.state import STATE_MARKER, SiteState, simulated_state
-from fedeye.sites.cache import STATE_MARKER as CACHE_SKIPS, list_entries
+from fedeye.client.state import STATE_MARKER, SiteState, deployment_state, simulated_state
+from fedeye.client.supernode import node_config_arg, site_node_config
+from fedeye.sites.cache import STATE_MARKER as CACHE_SKIPS
+from fedeye.sites.cache import list_entries
 from fedeye.sites.synth import synthesize_sites
 
 runner = CliRunner()
@@ -47,7 +47,13 @@ def test_build_status_clear_on_a_data_folder(data: Path) -> None:
     assert "train 16px: " in out and "test 20px: " in out  # piped: one plain line per entry, no bar
     assert "\x1b[" not in out
     assert [(e.split, e.image_size) for e in list_entries(cache)] == [
-        ("train", 16), ("train", 20), ("val", 16), ("val", 20), ("test", 16), ("test", 20)]
+        ("train", 16),
+        ("train", 20),
+        ("val", 16),
+        ("val", 20),
+        ("test", 16),
+        ("test", 20),
+    ]
 
     code, out = _invoke("site", "cache", "status", str(data), "--json")
     status = json.loads(out)
@@ -82,7 +88,9 @@ def test_init_folder_uses_its_state_dir_and_cache_image_sizes(init_dir: Path) ->
 
 
 def test_state_dir_option_overrides(data: Path, tmp_path: Path) -> None:
-    code, out = _invoke("site", "cache", "build", str(data), "--image-size", "16", "--state-dir", str(tmp_path / "elsewhere"))
+    code, out = _invoke(
+        "site", "cache", "build", str(data), "--image-size", "16", "--state-dir", str(tmp_path / "elsewhere")
+    )
 
     assert code == 0, out
     assert len(list_entries(tmp_path / "elsewhere" / "cache")) == 3
@@ -105,8 +113,9 @@ def test_site_start_prepares_the_cache_and_passes_the_state_dir(init_dir: Path, 
     site_toml = init_dir / "site.toml"
     state = _prepare_state(deployment_state(site_toml), site_toml=site_toml, data=data, image_sizes=[16])
 
-    node_config = node_config_arg(site_node_config(data=data, site_toml=site_toml, audit_log=None, state_dir=state,
-                                                   site_name="s", worker=False))
+    node_config = node_config_arg(
+        site_node_config(data=data, site_toml=site_toml, audit_log=None, state_dir=state, site_name="s", worker=False)
+    )
 
     assert state == (init_dir / "state").resolve()
     assert len(list_entries(state / "cache")) == 3

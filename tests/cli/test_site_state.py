@@ -18,8 +18,16 @@ def _states(store: RunStore, run_id: str, online: dict[int, bool] | None = None)
 
 
 def _record(store: RunStore, run_id: str, rnd: int, phase: str, site: str, node: int, status: str = "ok") -> None:
-    store.record_site_metrics(run_id, server_round=rnd, phase=phase, site=site, node_id=node,  # type: ignore[arg-type]
-                              num_examples=1, metrics={}, status=status)  # type: ignore[arg-type]
+    store.record_site_metrics(
+        run_id,
+        server_round=rnd,
+        phase=phase,
+        site=site,
+        node_id=node,  # type: ignore[arg-type]
+        num_examples=1,
+        metrics={},
+        status=status,
+    )  # type: ignore[arg-type]
 
 
 def test_states_while_running(store: RunStore) -> None:
@@ -32,7 +40,11 @@ def test_states_while_running(store: RunStore) -> None:
     assert _states(store, run_id) == {"a": "training", "b": "missing", "c": "left-budget", "d": "failed"}
     # with Flower's node list: b is back online, a went offline, node 5 is connected but has not taken part yet
     assert _states(store, run_id, online={1: False, 2: True, 5: True}) == {
-        "a": "missing", "b": "online", "c": "left-budget", "d": "failed", "node 5": "online",
+        "a": "missing",
+        "b": "online",
+        "c": "left-budget",
+        "d": "failed",
+        "node 5": "online",
     }
 
 

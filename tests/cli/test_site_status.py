@@ -25,8 +25,17 @@ def site_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _entry(run: str, rnd: int, sigma: float = 1.0) -> LedgerEntry:
-    return LedgerEntry(run=run, server_round=rnd, noise_multiplier=sigma, sample_rate=0.2, steps=5, delta=1e-3,
-                       accountant="rdp", data_fingerprint="f" * 64, recorded_at=datetime(2025, 5, 1, tzinfo=UTC))
+    return LedgerEntry(
+        run=run,
+        server_round=rnd,
+        noise_multiplier=sigma,
+        sample_rate=0.2,
+        steps=5,
+        delta=1e-3,
+        accountant="rdp",
+        data_fingerprint="f" * 64,
+        recorded_at=datetime(2025, 5, 1, tzinfo=UTC),
+    )
 
 
 def _fill(ledger: SiteLedger) -> list[LedgerEntry]:
@@ -37,9 +46,23 @@ def _fill(ledger: SiteLedger) -> list[LedgerEntry]:
 
 
 def _audit_entry(run_id: int) -> AuditEntry:
-    return AuditEntry(time="2025-05-01T00:00:00.000+00:00", run_id=run_id, run=None, node_id=7, server_round=1,
-                      message_type="train", status="ok", error=None, records={}, arrays={}, metrics={}, configs={},
-                      payload_bytes=123, payload_sha256="0" * 64, epsilon=0.5)
+    return AuditEntry(
+        time="2025-05-01T00:00:00.000+00:00",
+        run_id=run_id,
+        run=None,
+        node_id=7,
+        server_round=1,
+        message_type="train",
+        status="ok",
+        error=None,
+        records={},
+        arrays={},
+        metrics={},
+        configs={},
+        payload_bytes=123,
+        payload_sha256="0" * 64,
+        epsilon=0.5,
+    )
 
 
 def test_simulated_site_status_json_shows_runs_and_lifetime(tiny_sites: Path, tmp_path: Path) -> None:
@@ -52,7 +75,11 @@ def test_simulated_site_status_json_shows_runs_and_lifetime(tiny_sites: Path, tm
 
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["kind"] == "simulation" and report["runtime"]["worker"] == "not running" and report["runtime"]["cache"].startswith("not built")
+    assert (
+        report["kind"] == "simulation"
+        and report["runtime"]["worker"] == "not running"
+        and report["runtime"]["cache"].startswith("not built")
+    )
     per_run = epsilon_per_run(entries, accountant="rdp")
     assert [(r["run"], r["rounds"]) for r in report["runs"]] == [("r-a", [1, 2]), ("r-b", [1])]
     assert [r["epsilon"] for r in report["runs"]] == pytest.approx([per_run["r-a"], per_run["r-b"]])

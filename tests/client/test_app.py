@@ -26,8 +26,15 @@ def _config(tiny_sites: Path) -> RunConfig:
 
 def _request(cfg: RunConfig, message_type: str, **extra: str) -> Message:
     metadata = Metadata(
-        run_id=1, message_id="m1", src_node_id=0, dst_node_id=7, reply_to_message_id="",
-        group_id="1", created_at=time.time(), ttl=600.0, message_type=message_type,
+        run_id=1,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=message_type,
     )
     config = ConfigRecord({"run-config": cfg.to_json(), "server-round": 1, **extra})
     arrays = ArrayRecord(build_model(cfg.model).state_dict())
@@ -103,11 +110,14 @@ def test_bad_site_folder_fails_with_a_data_error_kept_at_the_site(tmp_path: Path
 
 
 def _dp_config(tiny_sites: Path, *, epsilon: float, rounds: int = 3) -> RunConfig:
-    return RunConfig.model_validate({
-        "data": {"root": str(tiny_sites)}, "model": {"img_size": 32},
-        "training": {"batch_size": 8, "rounds": rounds},
-        "privacy": {"enabled": True, "epsilon": epsilon, "noise_multiplier": 1.0},
-    })
+    return RunConfig.model_validate(
+        {
+            "data": {"root": str(tiny_sites)},
+            "model": {"img_size": 32},
+            "training": {"batch_size": 8, "rounds": rounds},
+            "privacy": {"enabled": True, "epsilon": epsilon, "noise_multiplier": 1.0},
+        }
+    )
 
 
 def test_dp_round_reports_ledger_metrics_and_keeps_history(tiny_sites: Path) -> None:
@@ -138,12 +148,20 @@ def test_site_policy_is_a_ceiling_the_run_cannot_lift(tmp_path: Path, tiny_sites
     policy = tmp_path / "site.toml"
     policy.write_text("[privacy]\nrequire_dp = true\nepsilon = 1.0\n")
     cfg = _config(tiny_sites)  # the coordinator does not ask for DP
-    reply = app(_request(cfg, MessageType.TRAIN), _context({"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)}))
+    reply = app(
+        _request(cfg, MessageType.TRAIN), _context({"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)})
+    )
     # sigma is calibrated so that the run's planned rounds spend at most the site's budget
     context = _context({"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)})
-    spent = [app(_request(cfg, MessageType.TRAIN), context).content["metrics"]["dp-epsilon"] for _ in range(cfg.training.rounds)]
+    spent = [
+        app(_request(cfg, MessageType.TRAIN), context).content["metrics"]["dp-epsilon"]
+        for _ in range(cfg.training.rounds)
+    ]
     assert spent == sorted(spent) and spent[-1] == pytest.approx(1.0, abs=0.01)
 
     generous = _dp_config(tiny_sites, epsilon=100.0)  # the coordinator asks for less privacy
-    reply = app(_request(generous, MessageType.TRAIN), _context({"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)}))
+    reply = app(
+        _request(generous, MessageType.TRAIN),
+        _context({"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)}),
+    )
     assert reply.content["metrics"]["dp-budget"] == 1.0

@@ -38,8 +38,14 @@ def _policy(site: Path, body: str) -> None:
 
 
 def _cfg(site: Path, **training: int) -> RunConfig:
-    return RunConfig.model_validate({"name": "glaucoma-v1", "data": {"root": str(site.parent)},
-                                     "model": {"img_size": 32}, "training": {"batch_size": 16, **training}})
+    return RunConfig.model_validate(
+        {
+            "name": "glaucoma-v1",
+            "data": {"root": str(site.parent)},
+            "model": {"img_size": 32},
+            "training": {"batch_size": 16, **training},
+        }
+    )
 
 
 def _train(site: Path, cfg: RunConfig):  # type: ignore[no-untyped-def]
@@ -105,8 +111,9 @@ def test_deny_keeps_the_site_out_and_only_the_category_leaves(site: Path) -> Non
     _train(site, _cfg(site))
     secret = "Dr Example at St Aurelia objects"
 
-    result = CliRunner().invoke(cli, ["site", "deny", RUN, "--dir", str(site), "--reason", secret,
-                                      "--category", "governance"])
+    result = CliRunner().invoke(
+        cli, ["site", "deny", RUN, "--dir", str(site), "--reason", secret, "--category", "governance"]
+    )
     assert result.exit_code == 0, result.output
     reply = _train(site, _cfg(site))
 
@@ -178,11 +185,16 @@ class _ApproveAfterFirstRefusal:
 def test_a_waiting_site_joins_the_run_from_the_round_after_its_approval(tiny_sites: Path, tmp_path: Path) -> None:
     root = Path(shutil.copytree(tiny_sites, tmp_path / "sites"))
     _policy(root / "site-2", 'mode = "manual"')
-    cfg = RunConfig.model_validate({
-        "name": "approval", "data": {"root": str(root)}, "model": {"img_size": 32},
-        "training": {"rounds": 3, "batch_size": 16}, "strategy": {"min_train_nodes": 2},
-        "output": {"dir": str(tmp_path / "out"), "db": f"sqlite:///{tmp_path / 'runs.db'}"},
-    })
+    cfg = RunConfig.model_validate(
+        {
+            "name": "approval",
+            "data": {"root": str(root)},
+            "model": {"img_size": 32},
+            "training": {"rounds": 3, "batch_size": 16},
+            "strategy": {"min_train_nodes": 2},
+            "output": {"dir": str(tmp_path / "out"), "db": f"sqlite:///{tmp_path / 'runs.db'}"},
+        }
+    )
     store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
     grid = InlineGrid(app, {1000 + i: {"partition-id": i} for i in range(3)})
     run_id = create_run(store, cfg, num_sites=3)
@@ -192,7 +204,10 @@ def test_a_waiting_site_joins_the_run_from_the_round_after_its_approval(tiny_sit
 
     site_2 = [m for m in store.get_run(run_id).site_metrics if m.phase == "train" and m.node_id == 1001]
     assert [(m.server_round, m.status) for m in sorted(site_2, key=lambda m: m.server_round)] == [
-        (1, "awaiting-approval"), (2, "ok"), (3, "ok")]
+        (1, "awaiting-approval"),
+        (2, "ok"),
+        (3, "ok"),
+    ]
     rows = run_rows(site_home(root / "site-2"))
     assert rows[0].run == run_id and rows[0].rounds_joined == 2
 
@@ -203,11 +218,16 @@ def test_simulation_honours_a_policy_that_refuses_the_run(tiny_sites: Path, tmp_
 
     root = Path(shutil.copytree(tiny_sites, tmp_path / "sites"))
     _policy(root / "site-3", 'mode = "policy"\nstrategies = ["prompt-experts"]')
-    cfg = RunConfig.model_validate({
-        "name": "policy", "data": {"root": str(root)}, "model": {"img_size": 32},
-        "training": {"rounds": 2, "batch_size": 16}, "strategy": {"min_train_nodes": 2},
-        "output": {"dir": str(tmp_path / "out"), "db": str(tmp_path / "runs.db")},
-    })
+    cfg = RunConfig.model_validate(
+        {
+            "name": "policy",
+            "data": {"root": str(root)},
+            "model": {"img_size": 32},
+            "training": {"rounds": 2, "batch_size": 16},
+            "strategy": {"min_train_nodes": 2},
+            "output": {"dir": str(tmp_path / "out"), "db": str(tmp_path / "runs.db")},
+        }
+    )
 
     result = simulate(cfg)
 

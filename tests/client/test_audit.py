@@ -54,8 +54,15 @@ BLOB = bytes([0, 1])
 
 def _request(message_type: str, content: RecordDict) -> Message:
     metadata = Metadata(
-        run_id=5, message_id="m1", src_node_id=0, dst_node_id=7, reply_to_message_id="",
-        group_id="1", created_at=time.time(), ttl=600.0, message_type=message_type,
+        run_id=5,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=message_type,
     )
     return make_message(metadata, content=content)
 
@@ -65,11 +72,13 @@ def _context(node_config: dict[str, str | int], run_config: dict[str, str] | Non
 
 
 def _toy_train(msg: Message, context: Context) -> Message:
-    content = RecordDict({
-        "arrays": ArrayRecord({"w": Array(np.ones((2, 3), dtype=np.float32))}),
-        "metrics": MetricRecord({"loss": 0.5, "auc": float("nan"), "dp-epsilon": 1.25}),
-        "site": ConfigRecord({"name": "Toy", "blob": BLOB}),
-    })
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({"w": Array(np.ones((2, 3), dtype=np.float32))}),
+            "metrics": MetricRecord({"loss": 0.5, "auc": float("nan"), "dp-epsilon": 1.25}),
+            "site": ConfigRecord({"name": "Toy", "blob": BLOB}),
+        }
+    )
     return Message(content=content, reply_to=msg)
 
 
@@ -230,8 +239,17 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> RealRun:
     context = _context({"site-dir": str(site_dir), "audit-log": str(log)})
     arrays = ArrayRecord(build_model(cfg.model).state_dict())
     requests = [
-        _request(kind, RecordDict({"arrays": arrays, "config": ConfigRecord({"run-config": cfg.to_json(), "server-round": 1, **extra})}))
-        for kind, extra in ((MessageType.TRAIN, {}), (MessageType.EVALUATE, {"split": "test"}), (MessageType.EVALUATE, {}))
+        _request(
+            kind,
+            RecordDict(
+                {"arrays": arrays, "config": ConfigRecord({"run-config": cfg.to_json(), "server-round": 1, **extra})}
+            ),
+        )
+        for kind, extra in (
+            (MessageType.TRAIN, {}),
+            (MessageType.EVALUATE, {"split": "test"}),
+            (MessageType.EVALUATE, {}),
+        )
     ]
     return RealRun(cfg, site_dir, requests, [app(r, context) for r in requests], log)
 
@@ -291,12 +309,16 @@ def test_no_outgoing_message_carries_patient_data(real_run: RealRun) -> None:
 
 
 def test_real_dp_training_logs_epsilon_spent(real_run: RealRun, tmp_path: Path) -> None:
-    cfg = real_run.cfg.model_copy(update={"privacy": real_run.cfg.privacy.model_copy(update={"enabled": True, "epsilon": 50.0})})
+    cfg = real_run.cfg.model_copy(
+        update={"privacy": real_run.cfg.privacy.model_copy(update={"enabled": True, "epsilon": 50.0})}
+    )
     app = ClientApp(mods=[audit_mod])
     app.train()(train)
     log = tmp_path / "dp.jsonl"
     config = ConfigRecord({"run-config": cfg.to_json(), "server-round": 1})
-    request = _request(MessageType.TRAIN, RecordDict({"arrays": ArrayRecord(build_model(cfg.model).state_dict()), "config": config}))
+    request = _request(
+        MessageType.TRAIN, RecordDict({"arrays": ArrayRecord(build_model(cfg.model).state_dict()), "config": config})
+    )
 
     reply = app(request, _context({"site-dir": str(real_run.site_dir), "audit-log": str(log)}))
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from opacus import GradSampleModule
 from torch.nn.functional import cross_entropy
 
-from fedeye.config import TrainingConfig
-from fedeye.models import ModelConfig, PromptViT, build_model, model_state
 from fedeye.client import dp_training
 from fedeye.client.dp_training import (
     PatientSampledDataset,
@@ -17,6 +14,8 @@ from fedeye.client.dp_training import (
     prepare_private,
     train_local_dp,
 )
+from fedeye.config import TrainingConfig
+from fedeye.models import ModelConfig, PromptViT, build_model, model_state
 from fedeye.privacy.planning import RoundPlan
 from fedeye.sites.dataset import SiteDataset
 
@@ -30,8 +29,14 @@ CFG = TrainingConfig(batch_size=6, lr=1e-2, device="cpu", seed=1)
 def _plan(num_patients: int, *, steps: int = 3, sigma: float = 1.0) -> RoundPlan:
     """A fixed plan (no calibration) with about 6 patients per batch."""
     return RoundPlan(
-        sample_rate=min(1.0, CFG.batch_size / num_patients), steps=steps, noise_multiplier=sigma, delta=1e-3,
-        epsilon_before=0.0, epsilon_after=1.0, accountant="rdp", epsilon_budget=8.0,
+        sample_rate=min(1.0, CFG.batch_size / num_patients),
+        steps=steps,
+        noise_multiplier=sigma,
+        delta=1e-3,
+        epsilon_before=0.0,
+        epsilon_after=1.0,
+        accountant="rdp",
+        epsilon_budget=8.0,
     )
 
 
@@ -79,21 +84,27 @@ def test_draws_are_deterministic_with_the_seed(train_split: SiteDataset) -> None
 def _per_sample_loop(model: PromptViT, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     """Reference: each sample's own loss gradient, computed alone."""
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    rows = [torch.autograd.grad(cross_entropy(model(images[i : i + 1]), labels[i : i + 1]), list(params.values()))
-            for i in range(len(images))]
+    rows = [
+        torch.autograd.grad(cross_entropy(model(images[i : i + 1]), labels[i : i + 1]), list(params.values()))
+        for i in range(len(images))
+    ]
     return {name: torch.stack([row[j] for row in rows]) for j, name in enumerate(params)}
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_per_sample_gradients_under_the_dp_loader_match_a_loop(train_split: SiteDataset, mode: str) -> None:
     model = _model(mode).double()
-    private = prepare_private(model, train_split, cfg=CFG, plan=_plan(13), max_grad_norm=1.0, server_round=1, rng_seed=0)
+    private = prepare_private(
+        model, train_split, cfg=CFG, plan=_plan(13), max_grad_norm=1.0, server_round=1, rng_seed=0
+    )
     images, labels = next(iter(private.loader))
     images = images.double()
     assert len(labels) > 1
 
     cross_entropy(private.module(images), labels).backward()  # mean reduction, as in training
-    actual = {n.removeprefix("_module."): p.grad_sample for n, p in private.module.named_parameters() if p.requires_grad}
+    actual = {
+        n.removeprefix("_module."): p.grad_sample for n, p in private.module.named_parameters() if p.requires_grad
+    }
     private.optimizer.zero_grad()
     private.close()
     expected = _per_sample_loop(model, images, labels)
@@ -145,13 +156,23 @@ def test_model_trains_twice_and_stays_a_plain_module(train_split: SiteDataset) -
     assert not any(k.startswith("_module.") for k in model_state(model))
     assert not hasattr(model, "autograd_grad_sample_hooks")
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
-    assert not any(hasattr(p, "grad_sample") or hasattr(p, "summed_grad") or p.grad is not None for p in model.parameters())
+    assert not any(
+        hasattr(p, "grad_sample") or hasattr(p, "summed_grad") or p.grad is not None for p in model.parameters()
+    )
 
 
 def test_empty_poisson_batches_still_step(train_split: SiteDataset) -> None:
     model = _model("prompt")
-    plan = RoundPlan(sample_rate=0.001, steps=3, noise_multiplier=1.0, delta=1e-3, epsilon_before=0.0,
-                     epsilon_after=0.1, accountant="rdp", epsilon_budget=1.0)
+    plan = RoundPlan(
+        sample_rate=0.001,
+        steps=3,
+        noise_multiplier=1.0,
+        delta=1e-3,
+        epsilon_before=0.0,
+        epsilon_after=0.1,
+        accountant="rdp",
+        epsilon_budget=1.0,
+    )
     head = model.head.weight.detach().clone()
 
     result = train_local_dp(model, train_split, cfg=CFG, plan=plan, max_grad_norm=1.0, server_round=1, rng_seed=0)
@@ -169,7 +190,8 @@ def _expert_model() -> PromptViT:
 
 
 def test_dp_with_prompt_experts_changes_only_the_sites_row_and_clips_what_is_released(
-    train_split: SiteDataset, monkeypatch: pytest.MonkeyPatch,
+    train_split: SiteDataset,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from opacus.optimizers import DPOptimizer
 
@@ -188,8 +210,16 @@ def test_dp_with_prompt_experts_changes_only_the_sites_row_and_clips_what_is_rel
 
     monkeypatch.setattr(DPOptimizer, "clip_and_accumulate", spy)
     objective = LocalObjective(expert_index=1, expert_mixup=1.0)  # mixup: every image also uses the other experts
-    train_local_dp(model, train_split, cfg=CFG, plan=_plan(len(set(train_split.patient_ids)), sigma=0.5),
-                   max_grad_norm=0.1, server_round=1, rng_seed=0, objective=objective)
+    train_local_dp(
+        model,
+        train_split,
+        cfg=CFG,
+        plan=_plan(len(set(train_split.patient_ids)), sigma=0.5),
+        max_grad_norm=0.1,
+        server_round=1,
+        rng_seed=0,
+        objective=objective,
+    )
 
     after = model.domain_prompts.tokens.detach()  # type: ignore[union-attr]
     assert torch.equal(after[[0, 2]], before[[0, 2]]) and not torch.equal(after[1], before[1])
@@ -207,17 +237,39 @@ def test_fedprox_gradient_is_added_after_the_noise(train_split: SiteDataset) -> 
     for mu in (0.0, 5.0):
         model = _model("prompt")
         start = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-        train_local_dp(model, train_split, cfg=CFG, plan=plan, max_grad_norm=1.0, server_round=1, rng_seed=0,
-                       objective=LocalObjective(proximal_mu=mu))
-        results.append(sum(float((p.detach() - s).norm()) for p, s in zip([p for p in model.parameters() if p.requires_grad], start, strict=True)))
+        train_local_dp(
+            model,
+            train_split,
+            cfg=CFG,
+            plan=plan,
+            max_grad_norm=1.0,
+            server_round=1,
+            rng_seed=0,
+            objective=LocalObjective(proximal_mu=mu),
+        )
+        results.append(
+            sum(
+                float((p.detach() - s).norm())
+                for p, s in zip([p for p in model.parameters() if p.requires_grad], start, strict=True)
+            )
+        )
     assert results[0] != results[1]  # same batches and noise: only the proximal gradient differs
 
 
 def test_large_logical_batches_are_split_but_step_once(train_split: SiteDataset) -> None:
     model = _model("prompt")
     n = len(set(train_split.patient_ids))
-    plan = RoundPlan(sample_rate=1.0, steps=3, noise_multiplier=1.0, delta=1e-3, epsilon_before=0.0,
-                     epsilon_after=1.0, accountant="rdp", epsilon_budget=8.0)
-    result = train_local_dp(model, train_split, cfg=CFG, plan=plan, max_grad_norm=1.0, server_round=1, rng_seed=0,
-                            max_physical_batch=4)
+    plan = RoundPlan(
+        sample_rate=1.0,
+        steps=3,
+        noise_multiplier=1.0,
+        delta=1e-3,
+        epsilon_before=0.0,
+        epsilon_after=1.0,
+        accountant="rdp",
+        epsilon_budget=8.0,
+    )
+    result = train_local_dp(
+        model, train_split, cfg=CFG, plan=plan, max_grad_norm=1.0, server_round=1, rng_seed=0, max_physical_batch=4
+    )
     assert result.steps == 3 and result.mean_batch_size == pytest.approx(n)  # 3 logical batches of every patient

@@ -12,7 +12,6 @@ from flwr.app.message.message import make_message
 
 from fedeye.client.app import app
 from fedeye.client.audit import audit_path, payload_bytes, read_audit
-from fedeye.client.state import fedeye_home
 from fedeye.client.incidents import (
     INCIDENT_FILE,
     SiteIdentity,
@@ -21,6 +20,7 @@ from fedeye.client.incidents import (
     failure_category,
     read_incidents,
 )
+from fedeye.client.state import fedeye_home
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError, ModelError, SiteDataError
 from fedeye.models import build_model
@@ -42,8 +42,15 @@ def leaky_site(tiny_sites: Path, tmp_path: Path) -> Path:
 
 def _request(cfg: RunConfig, message_type: str) -> Message:
     metadata = Metadata(
-        run_id=1, message_id="m1", src_node_id=0, dst_node_id=7, reply_to_message_id="",
-        group_id="1", created_at=time.time(), ttl=600.0, message_type=message_type,
+        run_id=1,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=message_type,
     )
     config = ConfigRecord({"run-config": cfg.to_json(), "server-round": 1})
     arrays = ArrayRecord(build_model(cfg.model).state_dict())
@@ -79,8 +86,11 @@ def test_site_error_leaves_only_category_and_incident(leaky_site: Path, tmp_path
 def test_failure_in_a_mod_is_contained_too(tiny_sites: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
-    node = {"site-dir": str(tiny_sites / "site-1"), "audit-log": str(blocker / SECRET / "audit.jsonl"),
-            "state-dir": str(tmp_path / "state")}
+    node = {
+        "site-dir": str(tiny_sites / "site-1"),
+        "audit-log": str(blocker / SECRET / "audit.jsonl"),
+        "state-dir": str(tmp_path / "state"),
+    }
     cfg = RunConfig.model_validate({"model": {"img_size": 32}})
 
     reply = app(_request(cfg, MessageType.EVALUATE), _context(node))
@@ -90,13 +100,16 @@ def test_failure_in_a_mod_is_contained_too(tiny_sites: Path, tmp_path: Path) -> 
     assert "AuditError" in read_incidents(tmp_path / "state")[0]["error_type"]
 
 
-@pytest.mark.parametrize(("err", "category"), [
-    (SiteDataError("s", []), FailureCategory.DATA_ERROR),
-    (ConfigError("c"), FailureCategory.CONFIG_ERROR),
-    (ModelError("m"), FailureCategory.MODEL_ERROR),
-    (MemoryError(), FailureCategory.OUT_OF_MEMORY),
-    (KeyError("x"), FailureCategory.INTERNAL),
-])
+@pytest.mark.parametrize(
+    ("err", "category"),
+    [
+        (SiteDataError("s", []), FailureCategory.DATA_ERROR),
+        (ConfigError("c"), FailureCategory.CONFIG_ERROR),
+        (ModelError("m"), FailureCategory.MODEL_ERROR),
+        (MemoryError(), FailureCategory.OUT_OF_MEMORY),
+        (KeyError("x"), FailureCategory.INTERNAL),
+    ],
+)
 def test_error_classes_map_to_categories(err: Exception, category: FailureCategory) -> None:
     assert failure_category(err) is category
 

@@ -27,10 +27,14 @@ def _cfg(tiny_sites: Path, *, rounds: int = 1, epsilon: float = 50.0, sigma: flo
     privacy: dict[str, object] = {"enabled": True, "epsilon": epsilon}
     if sigma is not None:
         privacy["noise_multiplier"] = sigma
-    return RunConfig.model_validate({
-        "data": {"root": str(tiny_sites)}, "model": {"img_size": 32},
-        "training": {"batch_size": 8, "rounds": rounds}, "privacy": privacy,
-    })
+    return RunConfig.model_validate(
+        {
+            "data": {"root": str(tiny_sites)},
+            "model": {"img_size": 32},
+            "training": {"batch_size": 8, "rounds": rounds},
+            "privacy": privacy,
+        }
+    )
 
 
 def _node(site: Path, policy: Path | None = None) -> dict[str, str | int]:
@@ -81,8 +85,9 @@ def test_third_run_is_refused_when_only_two_fit_the_lifetime_budget(tiny_sites: 
     assert third.content["metrics"]["dp-lifetime-budget"] == pytest.approx((two + three) / 2)
     entries = _ledger(site).entries()
     assert runs_of(entries) == ["r-one", "r-two"] and len(entries) == 2
-    assert {e.data_fingerprint for e in entries} == {data_fingerprint(
-        [(s.image, s.patient_id, s.label) for s in open_site(site).samples() if s.split == "train"])}
+    assert {e.data_fingerprint for e in entries} == {
+        data_fingerprint([(s.image, s.patient_id, s.label) for s in open_site(site).samples() if s.split == "train"])
+    }
 
 
 def test_supernode_restart_keeps_the_spent_epsilon(tiny_sites: Path) -> None:
@@ -120,7 +125,9 @@ def test_without_a_fedeye_run_id_the_flower_run_keys_the_ledger(tiny_sites: Path
     assert runs_of(_ledger(tiny_sites / "site-1").entries()) == ["flower-1"]
 
 
-def test_state_folder_is_private_and_under_fedeye_home(tiny_sites: Path, test_fedeye_home: Path, tmp_path: Path) -> None:
+def test_state_folder_is_private_and_under_fedeye_home(
+    tiny_sites: Path, test_fedeye_home: Path, tmp_path: Path
+) -> None:
     folder = site_state_for(tiny_sites / "site-1", {}).root
     assert folder.parent == test_fedeye_home / "sites" and folder.name.startswith("site-1-")
     assert folder.stat().st_mode & 0o777 == 0o700
@@ -131,8 +138,17 @@ def test_state_folder_is_private_and_under_fedeye_home(tiny_sites: Path, test_fe
 
 
 def _entry(run: str, rnd: int) -> LedgerEntry:
-    return LedgerEntry(run=run, server_round=rnd, noise_multiplier=1.0, sample_rate=0.1, steps=5, delta=1e-3,
-                       accountant="rdp", data_fingerprint="f", recorded_at=datetime.now(UTC))
+    return LedgerEntry(
+        run=run,
+        server_round=rnd,
+        noise_multiplier=1.0,
+        sample_rate=0.1,
+        steps=5,
+        delta=1e-3,
+        accountant="rdp",
+        data_fingerprint="f",
+        recorded_at=datetime.now(UTC),
+    )
 
 
 def _append_many(path: str, run: str, count: int) -> None:
@@ -185,7 +201,8 @@ def test_a_booking_never_confirmed_still_counts(tmp_path: Path) -> None:
     assert booked is not None
     assert [s for _, s in ledger.entries_with_state()] == ["spent", "booked"]
     assert lifetime_epsilon(ledger.entries(), accountant="rdp") == pytest.approx(
-        epsilon_spent([MechanismStep(1.0, 0.1, 5)] * 2, delta=1e-3, accountant="rdp"))
+        epsilon_spent([MechanismStep(1.0, 0.1, 5)] * 2, delta=1e-3, accountant="rdp")
+    )
 
 
 # --- end to end ----------------------------------------------------------------------------------
@@ -205,7 +222,9 @@ def test_two_simulations_share_the_sites_lifetime_ledger(tmp_path: Path, tiny_si
     cfg = _cfg(sites)
     patients = len({s.patient_id for s in open_site(sites / "site-2").samples() if s.split == "train"})
     one = epsilon_spent([_one_round(sites / "site-2", cfg)], delta=default_delta(patients), accountant="rdp")
-    (sites / "site-2" / "fedeye-site.toml").write_text(f"[privacy]\nlifetime_epsilon = {1.05 * one}\n")  # one round fits
+    (sites / "site-2" / "fedeye-site.toml").write_text(
+        f"[privacy]\nlifetime_epsilon = {1.05 * one}\n"
+    )  # one round fits
     run_file = tmp_path / "run.toml"
     run_file.write_text(
         f'name = "lifetime"\n[data]\nroot = "{sites}"\n[model]\narch = "vit-tiny-cpu"\nimg_size = 32\n'

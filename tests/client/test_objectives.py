@@ -15,23 +15,35 @@ from fedeye.client.app import app, norm_keys
 from fedeye.client.training import LocalObjective, mean_expert_weights, set_site_prototype, train_local
 from fedeye.config import RunConfig, TrainingConfig
 from fedeye.models import ModelConfig, build_model
-from fedeye.sites.base import open_site
-from fedeye.sites.dataset import SiteDataset
 from fedeye.models.prompt_arrays import BANK_KEY, EXPERT_KEY, backbone_fingerprint, is_prompt_key
 from fedeye.protocol import BACKBONE_SHA256 as BACKBONE_KEY
+from fedeye.sites.base import open_site
+from fedeye.sites.dataset import SiteDataset
 
 
 def _cfg(tiny_sites: Path, **model: object) -> RunConfig:
-    return RunConfig.model_validate({
-        "data": {"root": str(tiny_sites)}, "model": {"img_size": 32, "num_domains": 3, **model},
-        "training": {"batch_size": 16, "seed": 3},
-    })
+    return RunConfig.model_validate(
+        {
+            "data": {"root": str(tiny_sites)},
+            "model": {"img_size": 32, "num_domains": 3, **model},
+            "training": {"batch_size": 16, "seed": 3},
+        }
+    )
 
 
-def _request(cfg: RunConfig, arrays: dict[str, torch.Tensor], message_type: str = MessageType.TRAIN, **extra: object) -> Message:
+def _request(
+    cfg: RunConfig, arrays: dict[str, torch.Tensor], message_type: str = MessageType.TRAIN, **extra: object
+) -> Message:
     metadata = Metadata(
-        run_id=1, message_id="m1", src_node_id=0, dst_node_id=7, reply_to_message_id="",
-        group_id="1", created_at=time.time(), ttl=600.0, message_type=message_type,
+        run_id=1,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=message_type,
     )
     config = ConfigRecord({"run-config": cfg.to_json(), "server-round": 1, **extra})  # type: ignore[dict-item]
     return make_message(metadata, content=RecordDict({"arrays": ArrayRecord(arrays), "config": config}))
@@ -49,8 +61,7 @@ def _initial(cfg: RunConfig) -> dict[str, torch.Tensor]:
 def test_expert_round_sends_own_expert_and_trains_only_that_row(tiny_sites: Path) -> None:
     cfg = _cfg(tiny_sites)
     initial = _initial(cfg)
-    reply = app(_request(cfg, initial, **{"expert-index": 1, "expert-mixup": 0.5}),
-                _context(tiny_sites / "site-1"))
+    reply = app(_request(cfg, initial, **{"expert-index": 1, "expert-mixup": 0.5}), _context(tiny_sites / "site-1"))
 
     arrays = reply.content["arrays"]
     assert EXPERT_KEY in arrays and BANK_KEY not in arrays
@@ -80,7 +91,9 @@ def test_expert_training_leaves_other_sites_experts_untouched(tiny_sites: Path) 
 def test_router_sends_each_sites_images_to_its_own_prototype(tiny_sites: Path) -> None:
     cfg = ModelConfig(img_size=32, num_domains=3)
     model = build_model(cfg)
-    data = {k: SiteDataset(open_site(tiny_sites / f"site-{k + 1}"), "train", image_size=32, augment=False) for k in range(3)}
+    data = {
+        k: SiteDataset(open_site(tiny_sites / f"site-{k + 1}"), "train", image_size=32, augment=False) for k in range(3)
+    }
     untrained = mean_expert_weights(model, data[0])
     assert untrained is not None and np.allclose(untrained, 1 / 3)  # no prototype yet: the uniform mix
     for k, dataset in data.items():
@@ -130,8 +143,9 @@ def test_fedbn_keeps_the_sites_own_norms_between_rounds(tiny_sites: Path) -> Non
     own = {k: first.content["arrays"][k].numpy() for k in keys}
 
     # round 2: the coordinator sends averaged norms (here: the initial ones); the site trains from its own
-    second = app(_request(cfg, initial, message_type=MessageType.EVALUATE, **{"local-norms": True, "split": "test"}),
-                 context)
+    second = app(
+        _request(cfg, initial, message_type=MessageType.EVALUATE, **{"local-norms": True, "split": "test"}), context
+    )
     plain = app(_request(cfg, initial, message_type=MessageType.EVALUATE, split="test"), _context(site))
     assert keys and all(not np.allclose(own[k], initial[k].numpy()) for k in list(keys)[:3])
     assert second.content["metrics"]["loss"] != plain.content["metrics"]["loss"]
@@ -144,8 +158,12 @@ def test_fedprox_term_keeps_the_model_closer_to_the_global_one(tiny_sites: Path)
         torch.manual_seed(0)
         model = build_model(ModelConfig(img_size=32))
         start = [p.detach().clone() for p in model.parameters()]
-        train_local(model, data, cfg=TrainingConfig(local_epochs=2, batch_size=16, lr=3e-3),
-                    objective=LocalObjective(proximal_mu=mu))
+        train_local(
+            model,
+            data,
+            cfg=TrainingConfig(local_epochs=2, batch_size=16, lr=3e-3),
+            objective=LocalObjective(proximal_mu=mu),
+        )
         distances.append(sum(float(((p.detach() - s) ** 2).sum()) for p, s in zip(model.parameters(), start)))
     assert distances[1] < 0.5 * distances[0]
 
@@ -161,7 +179,9 @@ def test_router_view_stays_fixed_while_the_backbone_trains(tiny_sites: Path) -> 
     style, patch = model.style_embed.weight.clone(), model.patch_embed.proj.weight.detach().clone()
     torch.testing.assert_close(style, patch)  # a copy of the patch embedding as built
     data = SiteDataset(open_site(tiny_sites / "site-1"), "train", image_size=32)
-    train_local(model, data, cfg=TrainingConfig(local_epochs=1, batch_size=16), objective=LocalObjective(expert_index=0))
+    train_local(
+        model, data, cfg=TrainingConfig(local_epochs=1, batch_size=16), objective=LocalObjective(expert_index=0)
+    )
     assert not torch.equal(model.patch_embed.proj.weight, patch)
     assert torch.equal(model.style_embed.weight, style)  # prototypes from earlier rounds stay comparable
 
@@ -169,12 +189,19 @@ def test_router_view_stays_fixed_while_the_backbone_trains(tiny_sites: Path) -> 
 def _dp_context(tiny_sites: Path, tmp_path: Path, epsilon: float = 8.0) -> Context:
     policy = tmp_path / "site.toml"
     policy.write_text(f"[privacy]\nrequire_dp = true\nepsilon = {epsilon}\n")
-    return Context(run_id=1, node_id=7, node_config={"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)},
-                   state=RecordDict(), run_config={})
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config={"site-dir": str(tiny_sites / "site-1"), "site-config": str(policy)},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_a_site_requiring_dp_trains_its_expert_and_releases_its_prototype_once(tiny_sites: Path, tmp_path: Path) -> None:
+def test_a_site_requiring_dp_trains_its_expert_and_releases_its_prototype_once(
+    tiny_sites: Path, tmp_path: Path
+) -> None:
     cfg = _cfg(tiny_sites)
     initial, context = _initial(cfg), _dp_context(tiny_sites, tmp_path)
     first = app(_request(cfg, initial, **{"expert-index": 1, "expert-mixup": 0.5}), context)
@@ -194,8 +221,9 @@ def test_a_site_requiring_dp_trains_its_expert_and_releases_its_prototype_once(t
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("extra", [{"proximal-mu": 0.1}, {"local-norms": True}])
 def test_fedprox_and_fedbn_train_a_dp_round(tiny_sites: Path, tmp_path: Path, extra: dict[str, object]) -> None:
-    cfg = RunConfig.model_validate({"data": {"root": str(tiny_sites)}, "model": {"img_size": 32},
-                                    "training": {"batch_size": 8, "seed": 3}})
+    cfg = RunConfig.model_validate(
+        {"data": {"root": str(tiny_sites)}, "model": {"img_size": 32}, "training": {"batch_size": 8, "seed": 3}}
+    )
     torch.manual_seed(3)
     initial = build_model(cfg.model).state_dict()
     context = _dp_context(tiny_sites, tmp_path)
@@ -206,9 +234,13 @@ def test_fedprox_and_fedbn_train_a_dp_round(tiny_sites: Path, tmp_path: Path, ex
     assert not np.allclose(trained["head.weight"].numpy(), initial["head.weight"].numpy())
     if "local-norms" in extra:  # the LayerNorms trained under DP stay at the site for the next round
         kept = context.state["fedeye-local-norms"]
-        assert set(kept) == norm_keys(build_model(cfg.model)) and np.allclose(kept["norm.weight"].numpy(), trained["norm.weight"].numpy())
+        assert set(kept) == norm_keys(build_model(cfg.model)) and np.allclose(
+            kept["norm.weight"].numpy(), trained["norm.weight"].numpy()
+        )
 
 
 def test_client_level_dp_with_prompt_experts_is_accepted_in_the_config() -> None:
-    cfg = RunConfig.model_validate({"strategy": {"name": "prompt-experts"}, "privacy": {"client_level": "fixed", "enabled": True}})
+    cfg = RunConfig.model_validate(
+        {"strategy": {"name": "prompt-experts"}, "privacy": {"client_level": "fixed", "enabled": True}}
+    )
     assert cfg.privacy.client_level == "fixed"

@@ -29,8 +29,11 @@ def test_summary_holds_only_counts_on_fixed_grids() -> None:
 
     assert summary is not None
     assert {k: len(v) if isinstance(v, list) else v for k, v in summary.items()} == {
-        p.SUMMARY_POSITIVES: 25, p.SUMMARY_NEGATIVES: 30, p.SUMMARY_POSITIVES_ABOVE: len(LOG_ODDS_GRID),
-        p.SUMMARY_NEGATIVES_ABOVE: len(LOG_ODDS_GRID), p.SUMMARY_NLL: len(TEMPERATURE_GRID),
+        p.SUMMARY_POSITIVES: 25,
+        p.SUMMARY_NEGATIVES: 30,
+        p.SUMMARY_POSITIVES_ABOVE: len(LOG_ODDS_GRID),
+        p.SUMMARY_NEGATIVES_ABOVE: len(LOG_ODDS_GRID),
+        p.SUMMARY_NLL: len(TEMPERATURE_GRID),
     }  # vector lengths are the grids', never the number of images
 
 
@@ -38,9 +41,14 @@ def test_summary_does_not_depend_on_image_order() -> None:
     labels = np.array([0] * 30 + [1] * 25)
     probs = _probs(labels)
     order = np.random.default_rng(1).permutation(len(labels))
-    first, shuffled = score_summary(probs, labels, min_group_size=10), score_summary(probs[order], labels[order], min_group_size=10)
+    first, shuffled = (
+        score_summary(probs, labels, min_group_size=10),
+        score_summary(probs[order], labels[order], min_group_size=10),
+    )
     assert first is not None and shuffled is not None
-    assert {k: np.round(v, 6).tolist() for k, v in first.items()} == {k: np.round(v, 6).tolist() for k, v in shuffled.items()}
+    assert {k: np.round(v, 6).tolist() for k, v in first.items()} == {
+        k: np.round(v, 6).tolist() for k, v in shuffled.items()
+    }
 
 
 def test_a_class_under_min_group_size_is_withheld_with_the_log_loss() -> None:
@@ -68,25 +76,42 @@ def test_metrics_at_a_point_carry_intervals_threshold_and_calibration() -> None:
 
 
 def _evaluate_request(cfg: RunConfig, **extra: object) -> Message:
-    metadata = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=7, reply_to_message_id="",
-                        group_id="1", created_at=time.time(), ttl=600.0, message_type=MessageType.EVALUATE)
+    metadata = Metadata(
+        run_id=1,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=MessageType.EVALUATE,
+    )
     config = ConfigRecord({p.RUN_CONFIG: cfg.to_json(), p.SERVER_ROUND: 1, p.SPLIT: "test", **extra})  # type: ignore[dict-item]
-    return make_message(metadata, content=RecordDict({p.ARRAYS: ArrayRecord(build_model(cfg.model).state_dict()), p.CONFIG: config}))
+    return make_message(
+        metadata, content=RecordDict({p.ARRAYS: ArrayRecord(build_model(cfg.model).state_dict()), p.CONFIG: config})
+    )
 
 
 def test_the_clientapp_replies_a_summary_only_when_asked(tiny_sites: Path) -> None:
     cfg = RunConfig.model_validate({"data": {"root": str(tiny_sites)}, "model": {"img_size": 32}})
-    node = Context(run_id=1, node_id=7, node_config={"site-dir": str(tiny_sites / "site-1")}, state=RecordDict(), run_config={})
+    node = Context(
+        run_id=1, node_id=7, node_config={"site-dir": str(tiny_sites / "site-1")}, state=RecordDict(), run_config={}
+    )
 
     plain = app(_evaluate_request(cfg), node)
-    asked = app(_evaluate_request(cfg, **{p.SUMMARIZE_SCORES: True, p.OPERATING_LOG_ODDS: 0.0, p.TEMPERATURE: 1.5}), node)
+    asked = app(
+        _evaluate_request(cfg, **{p.SUMMARIZE_SCORES: True, p.OPERATING_LOG_ODDS: 0.0, p.TEMPERATURE: 1.5}), node
+    )
 
     assert p.SCORE_SUMMARY not in plain.content.metric_records
     assert "balanced-accuracy" not in plain.content[p.METRICS] and "balanced-accuracy" in asked.content[p.METRICS]
     assert asked.content[p.METRICS]["temperature"] == 1.5
     # 40 images at 32 px: the test split holds fewer than 10 of a class, so nothing of it is sent
     assert p.SCORE_SUMMARY not in asked.content.metric_records or all(
-        len(v) in (len(LOG_ODDS_GRID), len(TEMPERATURE_GRID)) for v in asked.content[p.SCORE_SUMMARY].values() if isinstance(v, list)
+        len(v) in (len(LOG_ODDS_GRID), len(TEMPERATURE_GRID))
+        for v in asked.content[p.SCORE_SUMMARY].values()
+        if isinstance(v, list)
     )
 
 

@@ -56,8 +56,19 @@ def site(tiny_sites: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def site_page(site: Path) -> Iterator[str]:
     port = _free_port()
-    command = [sys.executable, "-m", "fedeye.cli", "site", "dashboard", "--dir", str(site), "--port", str(port),
-               "--token", TOKEN]
+    command = [
+        sys.executable,
+        "-m",
+        "fedeye.cli",
+        "site",
+        "dashboard",
+        "--dir",
+        str(site),
+        "--port",
+        str(port),
+        "--token",
+        TOKEN,
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
     try:
         base = f"http://127.0.0.1:{port}"
@@ -73,8 +84,14 @@ def site_page(site: Path) -> Iterator[str]:
 
 
 def _train(site: Path) -> None:
-    cfg = RunConfig.model_validate({"name": "screening-v2", "data": {"root": str(site.parent)},
-                                    "model": {"img_size": 32}, "training": {"batch_size": 16, "rounds": 4}})
+    cfg = RunConfig.model_validate(
+        {
+            "name": "screening-v2",
+            "data": {"root": str(site.parent)},
+            "model": {"img_size": 32},
+            "training": {"batch_size": 16, "rounds": 4},
+        }
+    )
     app(_request(cfg, MessageType.TRAIN, **{RUN_ID: RUN}), _context({"site-dir": str(site)}))
 
 

@@ -29,16 +29,26 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _metadata(message_type: str) -> Metadata:
-    return Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=7, reply_to_message_id="",
-                    group_id="1", created_at=time.time(), ttl=600.0, message_type=message_type)
+    return Metadata(
+        run_id=1,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600.0,
+        message_type=message_type,
+    )
 
 
 def _request(tiny_sites: Path, message_type: str = MessageType.TRAIN) -> Message:
     from fedeye.config import RunConfig
     from fedeye.models import build_model
 
-    cfg = RunConfig.model_validate({"data": {"root": str(tiny_sites)}, "model": {"img_size": 32},
-                                    "training": {"batch_size": 16, "augment": False}})
+    cfg = RunConfig.model_validate(
+        {"data": {"root": str(tiny_sites)}, "model": {"img_size": 32}, "training": {"batch_size": 16, "augment": False}}
+    )
     config = ConfigRecord({"run-config": cfg.to_json(), "server-round": 1})
     arrays = ArrayRecord(build_model(cfg.model).state_dict())
     return make_message(_metadata(message_type), content=RecordDict({"arrays": arrays, "config": config}))
@@ -79,13 +89,22 @@ def state_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def echo_worker(state_dir: Path) -> Iterator[SiteWorker]:
-    settings = WorkerSettings(state_dir=state_dir, node_config={"site-dir": "/site/own"}, max_frame_bytes=1 << 20, read_timeout_s=2.0)
+    settings = WorkerSettings(
+        state_dir=state_dir, node_config={"site-dir": "/site/own"}, max_frame_bytes=1 << 20, read_timeout_s=2.0
+    )
     yield from _serve(settings, _EchoApp())
 
 
 def _small_request() -> Message:
-    return make_message(_metadata(MessageType.TRAIN), content=RecordDict({
-        "arrays": ArrayRecord({"w": Array(np.ones((2, 3), dtype=np.float32))}), "config": ConfigRecord({"server-round": 2})}))
+    return make_message(
+        _metadata(MessageType.TRAIN),
+        content=RecordDict(
+            {
+                "arrays": ArrayRecord({"w": Array(np.ones((2, 3), dtype=np.float32))}),
+                "config": ConfigRecord({"server-round": 2}),
+            }
+        ),
+    )
 
 
 def test_forwarded_train_reply_equals_the_in_process_reply(tiny_sites: Path, state_dir: Path) -> None:
@@ -95,14 +114,18 @@ def test_forwarded_train_reply_equals_the_in_process_reply(tiny_sites: Path, sta
     request = _request(tiny_sites)
     expected = site_app(request, _context(node_config))
     for worker in _serve(WorkerSettings(state_dir=state_dir, node_config=dict(node_config)), site_app):
-        reply, handler_s = forward(request, _context({**node_config, "worker": True}), socket_path=worker.settings.socket_path)
+        reply, handler_s = forward(
+            request, _context({**node_config, "worker": True}), socket_path=worker.settings.socket_path
+        )
 
     assert handler_s > 0
     assert reply.metadata.reply_to_message_id == request.metadata.message_id
     assert set(reply.content.keys()) == set(expected.content.keys()) == {"arrays", "metrics", "site"}
     assert dict(reply.content["site"]) == dict(expected.content["site"])
     got, want = reply.content["metrics"], expected.content["metrics"]
-    assert {k: v for k, v in got.items() if k != "train-seconds"} == {k: v for k, v in want.items() if k != "train-seconds"}
+    assert {k: v for k, v in got.items() if k != "train-seconds"} == {
+        k: v for k, v in want.items() if k != "train-seconds"
+    }
     for name, array in expected.content["arrays"].items():
         np.testing.assert_array_equal(reply.content["arrays"][name].numpy(), array.numpy())
 
@@ -139,15 +162,21 @@ def _frame(payload: bytes) -> bytes:
 MESSAGE_HEADER = _frame(b'{"v": 1, "kind": "message"}')
 
 
-@pytest.mark.parametrize("chunks", [
-    [b"\xff" * 8],  # a header frame of 2**64 - 1 bytes
-    [_frame(b"hello")],  # a header that is not JSON
-    [_frame(b'{"v": 99}')],  # another version
-    [_frame(b'{"v": 1, "kind": "shell"}')],  # unknown kind
-    [MESSAGE_HEADER, frames.HEADER.pack((1 << 20) + 1)],  # a message over the worker's cap
-    [MESSAGE_HEADER, _frame(b"\x0a\xff\xff\xff")],  # not protobuf
-], ids=["huge-header", "not-json", "version", "kind", "oversized", "not-protobuf"])
-def test_garbage_and_oversized_frames_are_refused_and_the_worker_lives_on(echo_worker: SiteWorker, chunks: list[bytes]) -> None:
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"\xff" * 8],  # a header frame of 2**64 - 1 bytes
+        [_frame(b"hello")],  # a header that is not JSON
+        [_frame(b'{"v": 99}')],  # another version
+        [_frame(b'{"v": 1, "kind": "shell"}')],  # unknown kind
+        [MESSAGE_HEADER, frames.HEADER.pack((1 << 20) + 1)],  # a message over the worker's cap
+        [MESSAGE_HEADER, _frame(b"\x0a\xff\xff\xff")],  # not protobuf
+    ],
+    ids=["huge-header", "not-json", "version", "kind", "oversized", "not-protobuf"],
+)
+def test_garbage_and_oversized_frames_are_refused_and_the_worker_lives_on(
+    echo_worker: SiteWorker, chunks: list[bytes]
+) -> None:
     answer = _raw(echo_worker.settings.socket_path, *chunks)
 
     assert answer["ok"] is False
@@ -212,6 +241,8 @@ def test_forwarding_path_imports_no_torch(state_dir: Path) -> None:
         "print(sorted(m for m in ('torch', 'timm', 'fedeye.client.app', 'fedeye.client.site') if m in sys.modules))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
 
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr

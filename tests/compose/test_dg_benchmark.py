@@ -19,8 +19,14 @@ runner = CliRunner()
 def benchmark_out(tiny_sites: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dg")
     base = dg_run_config(tiny_sites, out, rounds=2, local_epochs=1, img_size=32)
-    settings = BenchmarkSettings(tiny_sites, out, base, methods=("fedavg", "prompt-experts", "local", "centralized", "oracle"),
-                                 seeds=(0,), held_out=("site-2",))
+    settings = BenchmarkSettings(
+        tiny_sites,
+        out,
+        base,
+        methods=("fedavg", "prompt-experts", "local", "centralized", "oracle"),
+        seeds=(0,),
+        held_out=("site-2",),
+    )
     run_benchmark(settings, log=lambda _: None)
     return out
 
@@ -29,8 +35,20 @@ def benchmark_out(tiny_sites: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_every_method_is_scored_on_the_unseen_and_the_seen_sites(benchmark_out: Path) -> None:
     with (benchmark_out / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    variants = [f"{m} + {v}" for m in ("fedavg", "prompt-experts") for v in ("calibrate(10)", "calibrate(20)", "calibrate(40)", "adapt")]
-    assert [r["method"] for r in rows] == ["fedavg", *variants[:4], "prompt-experts", *variants[4:], "local", "centralized", "oracle"]
+    variants = [
+        f"{m} + {v}"
+        for m in ("fedavg", "prompt-experts")
+        for v in ("calibrate(10)", "calibrate(20)", "calibrate(40)", "adapt")
+    ]
+    assert [r["method"] for r in rows] == [
+        "fedavg",
+        *variants[:4],
+        "prompt-experts",
+        *variants[4:],
+        "local",
+        "centralized",
+        "oracle",
+    ]
     assert all(r["held_out"] == "site-2" for r in rows)
     plain = [r for r in rows if r["method"] in ("fedavg", "prompt-experts", "local", "centralized")]
     for r in plain:
@@ -62,12 +80,17 @@ def test_report_states_targets_and_frozen_backbone_traffic(benchmark_out: Path) 
 
 @pytest.mark.slow
 def test_evaluate_prints_the_expert_mix_on_an_unseen_site(benchmark_out: Path, tiny_sites: Path) -> None:
-    model = next(p for p in (benchmark_out / "runs").glob("*/global-model.pt")
-                 if '"num_domains": 2' in json.dumps(_config(p)))
-    result = runner.invoke(app, ["evaluate", "--model", str(model), "--data", str(tiny_sites / "site-2"), "--split", "all"])
+    model = next(
+        p for p in (benchmark_out / "runs").glob("*/global-model.pt") if '"num_domains": 2' in json.dumps(_config(p))
+    )
+    result = runner.invoke(
+        app, ["evaluate", "--model", str(model), "--data", str(tiny_sites / "site-2"), "--split", "all"]
+    )
     assert result.exit_code == 0, result.output
     assert "Which experts the router mixes" in result.output
-    as_json = runner.invoke(app, ["evaluate", "--model", str(model), "--data", str(tiny_sites / "site-2"), "--split", "all", "--json"])
+    as_json = runner.invoke(
+        app, ["evaluate", "--model", str(model), "--data", str(tiny_sites / "site-2"), "--split", "all", "--json"]
+    )
     experts = json.loads(as_json.output)["experts"]
     assert len(experts) == 2 and sum(experts.values()) == pytest.approx(1.0, abs=1e-4)
     assert not any(name.startswith("expert ") for name in experts)  # the model file names each expert's site
@@ -88,7 +111,9 @@ def _config(path: Path) -> dict[str, object]:
         (["--device", "tpu"], "--device"),
     ],
 )
-def test_bad_benchmark_options_are_named_and_exit_1(tiny_sites: Path, tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_benchmark_options_are_named_and_exit_1(
+    tiny_sites: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
     result = runner.invoke(app, ["benchmark", "dg", "--sites", str(tiny_sites), "--out", str(tmp_path / "o"), *args])
     assert result.exit_code == 1
     assert message in result.output
@@ -98,13 +123,27 @@ def test_merge_joins_runs_split_by_held_out_site(tmp_path: Path) -> None:
     from fedeye.compose.dg_benchmark import FoldResult, write_results
 
     for site in ("site-1", "site-2"):
-        row = FoldResult(method="fedavg", held_out=site, seed=0, unseen_auc=0.8, seen_auc=0.9, balanced_accuracy=0.75,
-                         sensitivity=0.7, specificity=0.8, auc=0.8, ece=0.1, ece_calibrated=0.05, threshold=0.4)
+        row = FoldResult(
+            method="fedavg",
+            held_out=site,
+            seed=0,
+            unseen_auc=0.8,
+            seen_auc=0.9,
+            balanced_accuracy=0.75,
+            sensitivity=0.7,
+            specificity=0.8,
+            auc=0.8,
+            ece=0.1,
+            ece_calibrated=0.05,
+            threshold=0.4,
+        )
         (tmp_path / site).mkdir()
         write_results([row], tmp_path / site)
 
-    result = runner.invoke(app, ["benchmark", "dg-merge", str(tmp_path / "site-1"), str(tmp_path / "site-2"),
-                                 "--out", str(tmp_path / "all")])
+    result = runner.invoke(
+        app,
+        ["benchmark", "dg-merge", str(tmp_path / "site-1"), str(tmp_path / "site-2"), "--out", str(tmp_path / "all")],
+    )
 
     assert result.exit_code == 0, result.output
     report = (tmp_path / "all" / "results.md").read_text()

@@ -68,7 +68,9 @@ def _run(command: Sequence[str | Path], *, timeout: float, env: dict[str, str] |
     """Run ``command`` from the repository root; on failure, fail with its last lines."""
     args = [str(part) for part in command]
     try:
-        done = subprocess.run(args, cwd=REPO, env=env or system_env(), capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            args, cwd=REPO, env=env or system_env(), capture_output=True, text=True, timeout=timeout, check=False
+        )
     except subprocess.TimeoutExpired as err:
         output = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else (err.stdout or "")
         pytest.fail(f"`{' '.join(args)}` did not finish within {timeout:.0f} s; last output:\n{output[-3000:]}")
@@ -84,7 +86,11 @@ def _engine_answers() -> bool:
 @pytest.fixture(scope="module")
 def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A Docker engine: the running one, else a ``dockerd`` started here and stopped afterwards."""
-    missing = [tool for tool in ("docker", "dockerd", "docker-compose", "debootstrap") if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()]
+    missing = [
+        tool
+        for tool in ("docker", "dockerd", "docker-compose", "debootstrap")
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists()
+    ]
     if missing:
         _unavailable(f"{', '.join(missing)} not installed; install them with `bash .ci/install-docker.sh`")
     if _engine_answers():
@@ -94,7 +100,12 @@ def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         _unavailable("no Docker engine answers and starting dockerd needs root")
     log = tmp_path_factory.mktemp("dockerd") / "dockerd.log"
     with log.open("wb") as handle:
-        daemon = subprocess.Popen(["dockerd", "--host", "unix:///var/run/docker.sock"], stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        daemon = subprocess.Popen(
+            ["dockerd", "--host", "unix:///var/run/docker.sock"],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + ENGINE_START_S
         while not _engine_answers():
@@ -127,11 +138,24 @@ class Federation:
         return self.run("exec", "-T", "coordinator", "fedeye", *fedeye_args, timeout=timeout)
 
     def logs(self) -> str:
-        done = subprocess.run([*self.compose, "logs", "--no-color", "--tail", "60"], env=self.env, capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            [*self.compose, "logs", "--no-color", "--tail", "60"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         return done.stdout[-12000:]
 
     def down(self) -> None:
-        subprocess.run([*self.compose, "down", "-v", "--remove-orphans"], env=self.env, capture_output=True, timeout=300, check=False)
+        subprocess.run(
+            [*self.compose, "down", "-v", "--remove-orphans"],
+            env=self.env,
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
 
 
 @pytest.fixture
@@ -154,8 +178,27 @@ def federation(docker_engine: None, tmp_path: Path) -> Iterator[Federation]:
     finally:
         fed.down()
         # The demo files belong to the images' user (uid 10001): remove them as the image's root.
-        subprocess.run(["docker", "run", "--rm", "--network", "none", "--user", "0:0", "--entrypoint", "sh", "-v", f"{demo}:/demo",
-                        "fedeye-site:latest", "-c", "rm -rf /demo/* /demo/.[!.]*"], capture_output=True, timeout=120, check=False)
+        subprocess.run(
+            [
+                "docker",
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--user",
+                "0:0",
+                "--entrypoint",
+                "sh",
+                "-v",
+                f"{demo}:/demo",
+                "fedeye-site:latest",
+                "-c",
+                "rm -rf /demo/* /demo/.[!.]*",
+            ],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
 
 
 def _wait_for_end(fed: Federation, run_id: str) -> dict[str, Any]:
@@ -171,8 +214,15 @@ def test_compose_federation_completes_a_run(federation: Federation, tmp_path: Pa
     # Prepare: the federation is up (fixture). Execute: launch the demo run as the operator does.
     started = time.monotonic()
     launched = federation.coordinator(
-        "run", "launch", "--config", "/etc/fedeye/runs/demo.toml",
-        "--superlink", "coordinator:9092", "--ca", "/etc/fedeye/coordinator/ca.crt", timeout=600,
+        "run",
+        "launch",
+        "--config",
+        "/etc/fedeye/runs/demo.toml",
+        "--superlink",
+        "coordinator:9092",
+        "--ca",
+        "/etc/fedeye/coordinator/ca.crt",
+        timeout=600,
     )
     match = re.search(r"FedEye run (r-\S+)", launched)
     assert match, f"no FedEye run id in the launch output:\n{launched}\n{federation.logs()}"

@@ -9,7 +9,9 @@ import pytest
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 DOCKERFILES = ("Dockerfile.site", "Dockerfile.coordinator")
-SHARED = re.compile(r"^# ---- shared install stages.*?^# ---- end of the shared install stages ----$", re.DOTALL | re.MULTILINE)
+SHARED = re.compile(
+    r"^# ---- shared install stages.*?^# ---- end of the shared install stages ----$", re.DOTALL | re.MULTILINE
+)
 
 
 def test_site_and_coordinator_share_the_install_stages() -> None:

@@ -60,12 +60,16 @@ class Federation:
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
-        proc = subprocess.Popen([FEDEYE, *args], env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [FEDEYE, *args], env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs[name] = proc
         return proc
 
     def fedeye(self, *args: str, timeout: float = STEP_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([FEDEYE, *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            [FEDEYE, *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout, check=False
+        )
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"
@@ -176,16 +180,22 @@ def _online(fed: Federation, count: int) -> bool:
     conn = "fedeye-127-0-0-1-" + fed.address.rsplit(":", 1)[1]
     done = subprocess.run(
         [str(Path(sys.executable).parent / "flwr"), "supernode", "ls", conn, "--format", "json"],
-        env=fed.env, capture_output=True, text=True, timeout=60, check=False,
+        env=fed.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     try:
-        nodes = json.loads(done.stdout[done.stdout.find("{"):]).get("nodes", [])
+        nodes = json.loads(done.stdout[done.stdout.find("{") :]).get("nodes", [])
     except json.JSONDecodeError:
         return False
     return sum(n.get("status") == "online" for n in nodes) >= count
 
 
-def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(federation: Federation, tiny_sites: Path) -> None:
+def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(
+    federation: Federation, tiny_sites: Path
+) -> None:
     fed = federation
     names = {open_site(d).info.name for d in tiny_sites.iterdir()}
     site3 = open_site(sorted(tiny_sites.iterdir())[2]).info.name
@@ -195,7 +205,19 @@ def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(federat
     _start_coordinator(fed)
     for i in (1, 2, 3):
         _start_site(fed, i)
-    intruder = fed.start("intruder", "site", "start", "--dir", "intruder", "--superlink", fed.address, "--ca", "coord/ca.crt", "--rejoin-wait", "0")
+    intruder = fed.start(
+        "intruder",
+        "site",
+        "start",
+        "--dir",
+        "intruder",
+        "--superlink",
+        fed.address,
+        "--ca",
+        "coord/ca.crt",
+        "--rejoin-wait",
+        "0",
+    )
     _wait("three sites online", lambda: _online(fed, 3), fed)
 
     # 1. the unregistered site is refused
@@ -204,11 +226,19 @@ def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(federat
     fed.procs.pop("intruder")
 
     # 2. launch; round 1 on all three sites
-    launched = fed.fedeye("run", "launch", "--config", str(_run_file(fed, rounds=3)), "--superlink", fed.address, "--ca", "coord/ca.crt")
+    launched = fed.fedeye(
+        "run", "launch", "--config", str(_run_file(fed, rounds=3)), "--superlink", fed.address, "--ca", "coord/ca.crt"
+    )
     assert launched.returncode == 0, launched.stdout + launched.stderr + fed.logs()
     run_id = launched.stdout.split("FedEye run ", 1)[1].split()[0]
-    _wait("round 1 evaluated by all sites", lambda: len({m.site for m in _detail(fed, run_id).site_metrics
-                                                        if m.server_round == 1 and m.phase == "evaluate"}) == 3, fed)
+    _wait(
+        "round 1 evaluated by all sites",
+        lambda: (
+            len({m.site for m in _detail(fed, run_id).site_metrics if m.server_round == 1 and m.phase == "evaluate"})
+            == 3
+        ),
+        fed,
+    )
     round1_done = time.monotonic()
 
     # 3. site-3 disappears in round 2 and comes straight back (refused until Flower sees the old node offline)
@@ -224,7 +254,17 @@ def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(federat
     before = _detail(fed, run_id)
     fed.kill("coordinator")
     _start_coordinator(fed)
-    resumed = fed.fedeye("run", "resume", run_id, "--db", str(fed.root / "out" / "fedeye.db"), "--superlink", fed.address, "--ca", "coord/ca.crt")
+    resumed = fed.fedeye(
+        "run",
+        "resume",
+        run_id,
+        "--db",
+        str(fed.root / "out" / "fedeye.db"),
+        "--superlink",
+        fed.address,
+        "--ca",
+        "coord/ca.crt",
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr + fed.logs()
     assert "resumes after round 2" in resumed.stdout
     _wait("the resumed run to finish", lambda: _detail(fed, run_id).run.status != "running", fed, timeout=300)
@@ -234,7 +274,9 @@ def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(federat
     assert (after.run.status, after.run.rounds_done) == ("finished", 3), (after.run, fed.logs())
     assert [r for r in after.rounds if r.server_round <= 2] == [r for r in before.rounds if r.server_round <= 2]
     assert all(m in after.site_metrics for m in before.site_metrics)
-    assert {m.site for m in after.site_metrics if m.server_round == 3 and m.phase == "train" and m.status == "ok"} == names
+    assert {
+        m.site for m in after.site_metrics if m.server_round == 3 and m.phase == "train" and m.status == "ok"
+    } == names
     assert sorted(m.site for m in after.site_metrics if m.phase == "test" and m.status == "ok") == sorted(names)
     assert [fr.first_round for fr in after.flower_runs] == [1, 3]
     assert after.final_model() is not None and Path(after.final_model().path).is_file()  # type: ignore[union-attr]
@@ -244,7 +286,9 @@ def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(federat
     assert status.returncode == 0 and status.stdout.count("finished") >= 3, status.stdout + status.stderr
     shown = fed.fedeye("runs", "show", run_id, "--db", str(fed.root / "out" / "fedeye.db"))
     assert "missing" in shown.stdout and site3 in shown.stdout
-    print(f"loopback federation: {time.monotonic() - started:.0f} s in all, round 1 done after {round1_done - started:.0f} s")
+    print(
+        f"loopback federation: {time.monotonic() - started:.0f} s in all, round 1 done after {round1_done - started:.0f} s"
+    )
     print(_figures(after))
 
 

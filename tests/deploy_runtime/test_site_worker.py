@@ -76,11 +76,19 @@ def test_killed_worker_fails_its_site_for_one_round_and_comes_back(federation: F
     first_worker = ping(socket3)
     assert first_worker is not None, fed.log("site-3")
 
-    launched = fed.fedeye("run", "launch", "--config", str(_run_file(fed)), "--superlink", fed.address, "--ca", "coord/ca.crt")
+    launched = fed.fedeye(
+        "run", "launch", "--config", str(_run_file(fed)), "--superlink", fed.address, "--ca", "coord/ca.crt"
+    )
     assert launched.returncode == 0, launched.stdout + launched.stderr + fed.logs()
     run_id = launched.stdout.split("FedEye run ", 1)[1].split()[0]
-    _wait("round 1 evaluated by all sites", lambda: len({m.site for m in _detail(fed, run_id).site_metrics
-                                                        if m.server_round == 1 and m.phase == "evaluate"}) == 3, fed)
+    _wait(
+        "round 1 evaluated by all sites",
+        lambda: (
+            len({m.site for m in _detail(fed, run_id).site_metrics if m.server_round == 1 and m.phase == "evaluate"})
+            == 3
+        ),
+        fed,
+    )
 
     # Execute: kill site-3's worker while it trains in round 2
     _kill_when_busy(first_worker, fed)
@@ -92,7 +100,9 @@ def test_killed_worker_fails_its_site_for_one_round_and_comes_back(federation: F
     round2 = {(m.site, m.status, m.reason) for m in detail.site_metrics if m.server_round == 2 and m.phase == "train"}
     assert (site3, "failed", "worker-unavailable") in round2, round2
     assert {s for s, status, _ in round2 if status == "ok"} == names - {site3}
-    assert {m.site for m in detail.site_metrics if m.server_round == 3 and m.phase == "train" and m.status == "ok"} == names
+    assert {
+        m.site for m in detail.site_metrics if m.server_round == 3 and m.phase == "train" and m.status == "ok"
+    } == names
     second_worker = ping(socket3)
     assert second_worker is not None and second_worker != first_worker
     assert "site worker restarted" in fed.log("site-3")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from fedeye.compose.simulation import simulate
 from fedeye.config import RunConfig
 from fedeye.fairness.report import write_report
-from fedeye.compose.simulation import simulate
 from fedeye.server.report_data import build_report_data
 from fedeye.server.store import RunStore
 from fedeye.sites.split import split_patients
@@ -39,11 +39,14 @@ def test_group_bias_shows_up_in_stored_metrics_and_report(tmp_path: Path) -> Non
     rng = random.Random(0)
     for site in sites:
         _scramble_test_labels_of_women(site, rng)
-    cfg = RunConfig.model_validate({
-        "name": "bias", "data": {"root": str(tmp_path / "sites")},
-        "training": {"rounds": 3, "local_epochs": 3},
-        "output": {"dir": str(tmp_path / "out"), "db": str(tmp_path / "out" / "fedeye.db")},
-    })
+    cfg = RunConfig.model_validate(
+        {
+            "name": "bias",
+            "data": {"root": str(tmp_path / "sites")},
+            "training": {"rounds": 3, "local_epochs": 3},
+            "output": {"dir": str(tmp_path / "out"), "db": str(tmp_path / "out" / "fedeye.db")},
+        }
+    )
 
     result = simulate(cfg)
 
@@ -56,7 +59,9 @@ def test_group_bias_shows_up_in_stored_metrics_and_report(tmp_path: Path) -> Non
     assert sum(men) / 3 - sum(women) / 3 > 0.2, (men, women)
     for m in tested:
         assert m.metrics["fair.sex.es-auc"] < m.metrics["auc"]
-        assert m.metrics["fair.sex.gap"] == pytest.approx(abs(m.metrics["group.sex.m.auc"] - m.metrics["group.sex.f.auc"]))
+        assert m.metrics["fair.sex.gap"] == pytest.approx(
+            abs(m.metrics["group.sex.m.auc"] - m.metrics["group.sex.f.auc"])
+        )
 
     paths = write_report(build_report_data(detail), tmp_path / "report")
     html = paths.html.read_text()

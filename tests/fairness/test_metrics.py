@@ -58,9 +58,24 @@ def test_es_auc_hand_case() -> None:
     assert math.isnan(equity_scaled_auc(0.8, [0.9, math.nan]))
 
 
-@pytest.mark.parametrize(("age", "band"), [("0", "<50"), ("49", "<50"), ("50", "50-64"), ("64.9", "50-64"),
-                                           ("65", "65-74"), ("74", "65-74"), ("75", ">=75"), ("101", ">=75"),
-                                           (None, None), ("", None), ("old", None), ("-3", None), ("nan", None)])
+@pytest.mark.parametrize(
+    ("age", "band"),
+    [
+        ("0", "<50"),
+        ("49", "<50"),
+        ("50", "50-64"),
+        ("64.9", "50-64"),
+        ("65", "65-74"),
+        ("74", "65-74"),
+        ("75", ">=75"),
+        ("101", ">=75"),
+        (None, None),
+        ("", None),
+        ("old", None),
+        ("-3", None),
+        ("nan", None),
+    ],
+)
 def test_age_band(age: str | None, band: str | None) -> None:
     assert age_band(age) == band
 
@@ -91,7 +106,9 @@ def test_group_metrics_equal_metricframe_by_group() -> None:
     sex = np.array([a["sex"] for a in attrs])
     frame = MetricFrame(
         metrics={"sens": recall_score, "spec": lambda y, p: recall_score(y, p, pos_label=0)},
-        y_true=labels, y_pred=preds, sensitive_features=sex,
+        y_true=labels,
+        y_pred=preds,
+        sensitive_features=sex,
     )
     auc = MetricFrame(metrics=roc_auc_score, y_true=labels, y_pred=probs[:, 1], sensitive_features=sex)
     for group in ("F", "M"):
@@ -130,7 +147,8 @@ def test_small_groups_are_suppressed_and_do_not_enter_dpd() -> None:
     kept = race != "White"
     preds = (probs[:, 1] >= 0.5).astype(int)
     assert out["fair.race.dpd"] == pytest.approx(
-        demographic_parity_difference(labels[kept], preds[kept], sensitive_features=race[kept]))
+        demographic_parity_difference(labels[kept], preds[kept], sensitive_features=race[kept])
+    )
     kept_auc = roc_auc_score(labels[kept], probs[kept, 1])
     groups = [out[f"group.race.{g}.auc"] for g in ("asian", "black")]
     assert out["fair.race.es-auc"] == pytest.approx(kept_auc / (1 + sum(abs(kept_auc - g) for g in groups)))
@@ -170,7 +188,11 @@ def test_age_band_attribute_uses_slugged_bands() -> None:
     labels, probs, _ = random_site(4, n=60)
     attrs = [{"age": a} for a in ["40"] * 20 + ["80"] * 20 + ["60"] * 20]
     out = site_fairness_metrics(labels, probs, attrs)
-    assert {k for k in out if k.endswith(".n")} == {"group.age-band.lt50.n", "group.age-band.ge75.n", "group.age-band.50-64.n"}
+    assert {k for k in out if k.endswith(".n")} == {
+        "group.age-band.lt50.n",
+        "group.age-band.ge75.n",
+        "group.age-band.50-64.n",
+    }
 
 
 def test_multiclass_uses_macro_auc_and_omits_dpd_eod() -> None:
@@ -182,7 +204,9 @@ def test_multiclass_uses_macro_auc_and_omits_dpd_eod() -> None:
     attrs = [{"sex": "F" if i % 2 else "M"} for i in range(300)]
     out = site_fairness_metrics(labels, probs, attrs)
     f = np.array([i % 2 == 1 for i in range(300)])
-    assert out["group.sex.f.auc"] == pytest.approx(roc_auc_score(labels[f], probs[f], multi_class="ovr", average="macro"))
+    assert out["group.sex.f.auc"] == pytest.approx(
+        roc_auc_score(labels[f], probs[f], multi_class="ovr", average="macro")
+    )
     assert "fair.sex.es-auc" in out and "fair.sex.dpd" not in out and "fair.sex.eod" not in out
 
 

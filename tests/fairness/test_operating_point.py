@@ -62,7 +62,9 @@ def test_youden_takes_the_middle_of_a_plateau() -> None:
 def test_target_sensitivity_is_met_with_the_best_specificity(scores: tuple[np.ndarray, np.ndarray]) -> None:
     labels, d = scores
     pos, neg = counts_above(labels, d)
-    point = choose_threshold(pos, neg, num_positive=int(labels.sum()), num_negative=int((1 - labels).sum()), target=0.85)
+    point = choose_threshold(
+        pos, neg, num_positive=int(labels.sum()), num_negative=int((1 - labels).sum()), target=0.85
+    )
     assert point.sensitivity >= 0.85
     meeting = [rates_at(labels, d, t) for t in LOG_ODDS_GRID if rates_at(labels, d, t)["sensitivity"] >= 0.85]
     assert point.specificity == pytest.approx(max(r["specificity"] for r in meeting))
@@ -80,8 +82,9 @@ def test_temperature_is_the_continuous_minimum_on_the_grid(scores: tuple[np.ndar
     labels, d = scores
     nll = nll_per_temperature(labels, d)
     fitted = fit_temperature(nll)
-    exact = minimize_scalar(lambda t: log_loss(labels, calibrated_positive(d, t), labels=[0, 1]), bounds=(0.05, 20),
-                            method="bounded").x
+    exact = minimize_scalar(
+        lambda t: log_loss(labels, calibrated_positive(d, t), labels=[0, 1]), bounds=(0.05, 20), method="bounded"
+    ).x
     step = TEMPERATURE_GRID[1] / TEMPERATURE_GRID[0]
     assert exact / step <= fitted <= exact * step
     assert nll[np.argmin(nll)] / len(labels) == pytest.approx(log_loss(labels, calibrated_positive(d, fitted)))
@@ -124,9 +127,12 @@ def test_grids_placed_by_the_pooled_moments_resolve_a_narrow_offset_cluster() ->
     parts = [score_moments(d[i::3]) for i in range(3)]  # three sites' moments, summed
     scale = ScoreScale.from_moments(*(sum(x) for x in zip(*parts, strict=True)))
     pos, neg = counts_above(labels, d, scale.thresholds)
-    fitted = choose_threshold(pos, neg, num_positive=int(labels.sum()), num_negative=int((1 - labels).sum()),
-                              grid=scale.thresholds)
-    fixed = choose_threshold(*counts_above(labels, d), num_positive=int(labels.sum()), num_negative=int((1 - labels).sum()))
+    fitted = choose_threshold(
+        pos, neg, num_positive=int(labels.sum()), num_negative=int((1 - labels).sum()), grid=scale.thresholds
+    )
+    fixed = choose_threshold(
+        *counts_above(labels, d), num_positive=int(labels.sum()), num_negative=int((1 - labels).sum())
+    )
     assert fitted.sensitivity + fitted.specificity > 1.9
     assert fixed.sensitivity + fixed.specificity < 1.5  # the fixed grid has one threshold near -0.3
     assert scale.center == pytest.approx(d.mean()) and scale.scale == pytest.approx(d.std())

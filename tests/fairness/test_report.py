@@ -37,7 +37,9 @@ def test_markdown_and_pngs_are_written_beside_it(store: RunStore, tmp_path: Path
     for image in paths.images:
         assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({image.name})" in text
-    assert "| site | status | images | AUC |" in text and "final model on each site's held-out test split" in text.lower()
+    assert (
+        "| site | status | images | AUC |" in text and "final model on each site's held-out test split" in text.lower()
+    )
     assert not list(tmp_path.glob(".out.tmp-*"))  # staging folder cleaned up
 
 
@@ -73,7 +75,9 @@ def test_existing_file_is_refused_and_existing_folder_is_updated(store: RunStore
     assert paths.html.is_file() and (folder / "notes.txt").read_text() == "mine"
 
 
-def test_failure_while_rendering_leaves_nothing(store: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_while_rendering_leaves_nothing(
+    store: RunStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fedeye.fairness import report
 
     def broken(*_args: object) -> str:
@@ -88,10 +92,14 @@ def test_failure_while_rendering_leaves_nothing(store: RunStore, tmp_path: Path,
 def test_report_from_plain_data_escapes_a_hostile_site_name(tmp_path: Path) -> None:
     # Prepare: no store at all, a site name that is a script
     hostile = "<script>alert('x')</script>"
-    run = RunInfo(run_id="r-1", name="<b>run</b>", status="finished", strategy="fedavg", num_sites=2,
-                  rounds_done=1, num_rounds=1)
-    results = tuple(SiteResult(site, phase, 1, "ok", 40, {"auc": auc, "accuracy": 0.7})
-                    for site, auc in ((hostile, 0.6), ("plain", 0.8)) for phase in ("evaluate", "test"))
+    run = RunInfo(
+        run_id="r-1", name="<b>run</b>", status="finished", strategy="fedavg", num_sites=2, rounds_done=1, num_rounds=1
+    )
+    results = tuple(
+        SiteResult(site, phase, 1, "ok", 40, {"auc": auc, "accuracy": 0.7})
+        for site, auc in ((hostile, 0.6), ("plain", 0.8))
+        for phase in ("evaluate", "test")
+    )
     privacy = (PrivacyEntry(hostile, "site", 1, 1.5, 1e-5, 8.0, "ok"),)
 
     # Execute
@@ -102,8 +110,14 @@ def test_report_from_plain_data_escapes_a_hostile_site_name(tmp_path: Path) -> N
     assert "<script" not in page and "<b>run</b>" not in page
     assert "&lt;script&gt;alert(" in page and "&lt;b&gt;run&lt;/b&gt;" in page
     headings = re.findall(r"<h([12])>(.*?)</h\1>", page)
-    assert [h for _, h in headings][1:] == ["Run", "Per-site results", "Across sites", "Groups within each site",
-                                            "Privacy spent", "Plots"]
+    assert [h for _, h in headings][1:] == [
+        "Run",
+        "Per-site results",
+        "Across sites",
+        "Groups within each site",
+        "Privacy spent",
+        "Plots",
+    ]
     assert hostile in paths.markdown.read_text()  # Markdown is plain text, not a page
 
 
@@ -116,8 +130,9 @@ def test_site_table_at_the_operating_point_shows_intervals_and_calibration(tmp_p
     metrics = {"auc": 0.9, "threshold": 0.42, "temperature": 1.7, "ece": 0.2, "ece-calibrated": 0.05}
     for rate in ("sensitivity", "specificity", "balanced-accuracy", "ppv", "npv"):
         metrics.update({rate: 0.8, f"{rate}-ci-low": 0.7, f"{rate}-ci-high": 0.9})
-    store.record_site_metrics(run_id, server_round=1, phase="test", site="Riverside", node_id=3, num_examples=50,
-                              metrics=metrics)
+    store.record_site_metrics(
+        run_id, server_round=1, phase="test", site="Riverside", node_id=3, num_examples=50, metrics=metrics
+    )
 
     sites = next(s for s in build_sections(build_report_data(store.get_run(run_id))) if s.title == "Per-site results")
 

@@ -18,10 +18,14 @@ from fedeye.sites.check import check_site
 from fedeye.sites.manifest import ManifestSite, decode_image_file
 
 CELLS = st.one_of(
-    st.sampled_from(["", "0", "1", "2", "-1", "1.7", "1e3", "nan", "images/a.png", "../a.png", "/etc/passwd", "OD", "x", "train"]),
+    st.sampled_from(
+        ["", "0", "1", "2", "-1", "1.7", "1e3", "nan", "images/a.png", "../a.png", "/etc/passwd", "OD", "x", "train"]
+    ),
     st.text(max_size=8),
 )
-HEADERS = st.lists(st.sampled_from(["image", "label", "patient_id", "split", "eye", "age", "sex", "LABEL", "", "x"]), max_size=7)
+HEADERS = st.lists(
+    st.sampled_from(["image", "label", "patient_id", "split", "eye", "age", "sex", "LABEL", "", "x"]), max_size=7
+)
 
 
 @contextmanager
@@ -57,7 +61,9 @@ def test_arbitrary_manifest_bytes_never_crash(data: bytes) -> None:
             pass
 
 
-@given(st.binary(max_size=200), st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"II*\x00", b"BM"]))
+@given(
+    st.binary(max_size=200), st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"II*\x00", b"BM"])
+)
 def test_arbitrary_image_bytes_decode_or_raise_image_error(data: bytes, magic: bytes) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.img"

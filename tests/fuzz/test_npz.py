@@ -48,7 +48,11 @@ def test_medmnist_arrays_load_exactly_or_are_reported(arrays: dict[str, np.ndarr
 
 
 FIELD_VALUES: st.SearchStrategy[Any] = st.one_of(
-    st.integers(-3, 300), st.floats(allow_nan=True), st.booleans(), st.text(max_size=5), st.binary(max_size=3),
+    st.integers(-3, 300),
+    st.floats(allow_nan=True),
+    st.booleans(),
+    st.text(max_size=5),
+    st.binary(max_size=3),
     st.lists(st.integers(0, 2), min_size=0, max_size=3).map(np.array),
 )
 

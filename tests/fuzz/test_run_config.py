@@ -17,14 +17,29 @@ from fedeye.config import load_run_config
 from fedeye.errors import ConfigError
 
 FIELDS = [
-    ("training", "rounds"), ("training", "local_epochs"), ("training", "batch_size"), ("training", "lr"),
-    ("training", "seed"), ("strategy", "round_timeout"), ("strategy", "name"),
-    ("strategy", "min_train_nodes"), ("strategy", "fraction_train"), ("privacy", "epsilon"), ("privacy", "enabled"),
-    ("simulation", "num_sites"), ("simulation", "client_cpus"), ("model", "img_size"), ("model", "num_classes"),
+    ("training", "rounds"),
+    ("training", "local_epochs"),
+    ("training", "batch_size"),
+    ("training", "lr"),
+    ("training", "seed"),
+    ("strategy", "round_timeout"),
+    ("strategy", "name"),
+    ("strategy", "min_train_nodes"),
+    ("strategy", "fraction_train"),
+    ("privacy", "epsilon"),
+    ("privacy", "enabled"),
+    ("simulation", "num_sites"),
+    ("simulation", "client_cpus"),
+    ("model", "img_size"),
+    ("model", "num_classes"),
 ]
 VALUES: st.SearchStrategy[Any] = st.one_of(
-    st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(), st.text(max_size=6),
-    st.sampled_from(["fedavg", "fedprox", "FedAvg", "fedavg\n"]), st.lists(st.integers(), max_size=2),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(),
+    st.text(max_size=6),
+    st.sampled_from(["fedavg", "fedprox", "FedAvg", "fedavg\n"]),
+    st.lists(st.integers(), max_size=2),
 )
 
 

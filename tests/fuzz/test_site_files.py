@@ -22,7 +22,11 @@ VALUES: st.SearchStrategy[Any] = st.one_of(
 )
 
 
-@given(st.dictionaries(st.sampled_from(["name", "modality", "task", "label_names", "oct_frames", "preprocess", "x"]), VALUES))
+@given(
+    st.dictionaries(
+        st.sampled_from(["name", "modality", "task", "label_names", "oct_frames", "preprocess", "x"]), VALUES
+    )
+)
 def test_site_toml_is_valid_or_a_config_error(table: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "site.toml").write_text(tomli_w.dumps(table))

@@ -67,8 +67,13 @@ def test_timm_checkpoint_with_prompts_loads_every_backbone_tensor(
     report = load_backbone_weights(model, timm_checkpoint)
 
     assert set(report.missing) == {
-        "shared_prompts.tokens", "domain_prompts.tokens", "router.keys", "router.spread", "router.known",
-        "head.weight", "head.bias",
+        "shared_prompts.tokens",
+        "domain_prompts.tokens",
+        "router.keys",
+        "router.spread",
+        "router.known",
+        "head.weight",
+        "head.bias",
     }
     assert set(report.skipped) == {"head.weight", "head.bias"}
     assert "(1000, 384)" in report.skipped["head.weight"]

@@ -91,9 +91,7 @@ def test_trainable_only_state_is_small_and_loads_non_strict() -> None:
     state = model_state(source, trainable_only=True)
     load_state(target, state, strict=False)
 
-    assert set(state) == {
-        "shared_prompts.tokens", "domain_prompts.tokens", "head.weight", "head.bias"
-    }
+    assert set(state) == {"shared_prompts.tokens", "domain_prompts.tokens", "head.weight", "head.bias"}
     torch.testing.assert_close(target.head.weight, source.head.weight)
     with pytest.raises(ModelError, match="missing keys"):
         load_state(target, state)

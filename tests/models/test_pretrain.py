@@ -49,8 +49,26 @@ def test_pretrain_command_writes_a_backbone_build_model_loads(tmp_path: Path) ->
         Image.fromarray(np.stack([disc, disc // 2, 40 + 0 * disc], axis=-1).astype(np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "backbone.pt"
 
-    result = CliRunner().invoke(app, ["pretrain", "--data", str(folder), "--out", str(out), "--img-size", "32",
-                                      "--epochs", "6", "--batch-size", "8", "--lr", "2e-3", "--device", "cpu"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            str(folder),
+            "--out",
+            str(out),
+            "--img-size",
+            "32",
+            "--epochs",
+            "6",
+            "--batch-size",
+            "8",
+            "--lr",
+            "2e-3",
+            "--device",
+            "cpu",
+        ],
+    )
 
     assert result.exit_code == 0, result.output
     record = torch.load(out, weights_only=True)["fedeye_pretrain"]

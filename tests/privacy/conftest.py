@@ -23,8 +23,12 @@ def make_settings() -> Callable[..., DPSettings]:
         accountant: Accountant = "rdp",
     ) -> DPSettings:
         return DPSettings(
-            epsilon_budget=epsilon_budget, delta=delta, max_grad_norm=max_grad_norm, noise_multiplier=noise_multiplier,
-            min_noise_multiplier=min_noise_multiplier, accountant=accountant,
+            epsilon_budget=epsilon_budget,
+            delta=delta,
+            max_grad_norm=max_grad_norm,
+            noise_multiplier=noise_multiplier,
+            min_noise_multiplier=min_noise_multiplier,
+            accountant=accountant,
         )
 
     return make

@@ -17,12 +17,15 @@ TWO_PHASES = [MechanismStep(1.0, 0.05, 200), MechanismStep(1.5, 0.1, 50)]
 
 
 def _event(history: list[MechanismStep]) -> object:
-    return dp_accounting.ComposedDpEvent([
-        dp_accounting.SelfComposedDpEvent(
-            dp_accounting.PoissonSampledDpEvent(h.sample_rate, dp_accounting.GaussianDpEvent(h.noise_multiplier)), h.steps
-        )
-        for h in history
-    ])
+    return dp_accounting.ComposedDpEvent(
+        [
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(h.sample_rate, dp_accounting.GaussianDpEvent(h.noise_multiplier)),
+                h.steps,
+            )
+            for h in history
+        ]
+    )
 
 
 def _google_rdp(history: list[MechanismStep], delta: float) -> float:

@@ -11,8 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedeye.privacy import keys
 from fedeye.errors import ProvisioningError
+from fedeye.privacy import keys
 
 
 @pytest.fixture(scope="module")

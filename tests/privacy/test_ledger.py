@@ -22,9 +22,20 @@ from fedeye.privacy.policy import DPSettings
 PLAN = {"num_patients": 100, "batch_size": 10, "local_epochs": 1, "total_rounds": 3}
 
 
-def _entry(run: str, rnd: int, *, sigma: float = 1.0, q: float = 0.1, steps: int = 10, delta: float = 1e-3) -> LedgerEntry:
-    return LedgerEntry(run=run, server_round=rnd, noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta,
-                       accountant="rdp", data_fingerprint="f", recorded_at=EPOCH)
+def _entry(
+    run: str, rnd: int, *, sigma: float = 1.0, q: float = 0.1, steps: int = 10, delta: float = 1e-3
+) -> LedgerEntry:
+    return LedgerEntry(
+        run=run,
+        server_round=rnd,
+        noise_multiplier=sigma,
+        sample_rate=q,
+        steps=steps,
+        delta=delta,
+        accountant="rdp",
+        data_fingerprint="f",
+        recorded_at=EPOCH,
+    )
 
 
 def _ledger() -> list[LedgerEntry]:
@@ -72,15 +83,19 @@ def test_the_per_run_budget_composes_only_this_runs_phases(make_settings: Callab
     decision = plan_with_ledger(settings, entries, run="b", lifetime_budget=None, **PLAN)
 
     assert decision.history == tuple(run_history(entries, "b"))
-    assert decision.plan.epsilon_before == pytest.approx(epsilon_spent(run_history(entries, "b"), delta=1e-3, accountant="rdp"))
+    assert decision.plan.epsilon_before == pytest.approx(
+        epsilon_spent(run_history(entries, "b"), delta=1e-3, accountant="rdp")
+    )
     assert decision.fits and decision.refusal is None
 
 
 def test_a_resumed_run_reuses_the_sigma_of_its_first_phase(make_settings: Callable[..., DPSettings]) -> None:
     settings = make_settings(epsilon_budget=2.0)  # sigma calibrated, not fixed
     first = plan_with_ledger(settings, [], run="r", lifetime_budget=None, **PLAN)
-    entries = [_entry("other", 1, sigma=3.0), _entry("r", 1, sigma=first.plan.noise_multiplier, q=first.plan.sample_rate,
-                                                     steps=first.plan.steps)]
+    entries = [
+        _entry("other", 1, sigma=3.0),
+        _entry("r", 1, sigma=first.plan.noise_multiplier, q=first.plan.sample_rate, steps=first.plan.steps),
+    ]
     resumed = plan_with_ledger(settings, entries, run="r", lifetime_budget=None, **PLAN)
     assert resumed.plan.noise_multiplier == first.plan.noise_multiplier
 
@@ -94,6 +109,11 @@ def test_a_new_run_late_in_life_is_calibrated_to_what_is_left(make_settings: Cal
 
     assert late.plan.noise_multiplier > fresh.plan.noise_multiplier  # more noise: 1.0 left, not 4.0
     assert late.plan.epsilon_budget == 4.0  # the run's own budget is unchanged
-    whole_run = [*entries, *[_entry("n", k, sigma=late.plan.noise_multiplier, q=late.plan.sample_rate, steps=late.plan.steps)
-                             for k in range(3)]]
+    whole_run = [
+        *entries,
+        *[
+            _entry("n", k, sigma=late.plan.noise_multiplier, q=late.plan.sample_rate, steps=late.plan.steps)
+            for k in range(3)
+        ],
+    ]
     assert lifetime_epsilon(whole_run, accountant="rdp") <= before + 1.0 + 1e-6  # the planned run fits the lifetime

@@ -11,7 +11,6 @@ from fedeye.privacy.accounting import MechanismStep
 from fedeye.privacy.planning import RoundPlan, plan_round
 from fedeye.privacy.policy import DPSettings
 
-
 # ------------------------------------------------------------------ plan_round
 
 
@@ -19,14 +18,18 @@ def _run_plans(settings: DPSettings, rounds: int, total_rounds: int = 3) -> list
     history: list[MechanismStep] = []
     plans = []
     for _ in range(rounds):
-        plan = plan_round(settings, num_patients=100, batch_size=10, local_epochs=2, history=history, total_rounds=total_rounds)
+        plan = plan_round(
+            settings, num_patients=100, batch_size=10, local_epochs=2, history=history, total_rounds=total_rounds
+        )
         plans.append(plan)
         history.append(plan.mechanism)
     return plans
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_plan_round_keeps_sigma_and_spends_the_budget_over_the_planned_rounds(make_settings: Callable[..., DPSettings]) -> None:
+def test_plan_round_keeps_sigma_and_spends_the_budget_over_the_planned_rounds(
+    make_settings: Callable[..., DPSettings],
+) -> None:
     plans = _run_plans(make_settings(epsilon_budget=4.0), rounds=4)
 
     assert {p.noise_multiplier for p in plans} == {plans[0].noise_multiplier}
@@ -49,8 +52,14 @@ def test_plan_round_respects_the_site_minimum_noise(make_settings: Callable[...,
 
 @pytest.mark.filterwarnings("ignore")
 def test_calibrated_sigma_below_the_site_minimum_is_raised(make_settings: Callable[..., DPSettings]) -> None:
-    plan = plan_round(make_settings(epsilon_budget=50.0, min_noise_multiplier=2.0), num_patients=100,
-                      batch_size=10, local_epochs=1, history=[], total_rounds=1)
+    plan = plan_round(
+        make_settings(epsilon_budget=50.0, min_noise_multiplier=2.0),
+        num_patients=100,
+        batch_size=10,
+        local_epochs=1,
+        history=[],
+        total_rounds=1,
+    )
 
     assert plan.noise_multiplier == 2.0
     assert plan.epsilon_after < 50.0
@@ -67,7 +76,14 @@ def test_plan_round_reuses_the_first_rounds_sigma(make_settings: Callable[..., D
 
 def test_plan_round_rejects_a_site_without_patients(make_settings: Callable[..., DPSettings]) -> None:
     with pytest.raises(ConfigError, match="num_patients"):
-        plan_round(make_settings(noise_multiplier=1.0), num_patients=0, batch_size=8, local_epochs=1, history=[], total_rounds=1)
+        plan_round(
+            make_settings(noise_multiplier=1.0),
+            num_patients=0,
+            batch_size=8,
+            local_epochs=1,
+            history=[],
+            total_rounds=1,
+        )
 
 
 def test_private_prototype_is_near_the_mean_and_its_spread_covers_the_noise() -> None:
@@ -83,7 +99,9 @@ def test_private_prototype_is_near_the_mean_and_its_spread_covers_the_noise() ->
     assert spread >= noise_energy and abs(spread - (true_spread + noise_energy)) < 0.25 * true_spread
 
 
-def test_prototype_release_spends_its_share_and_plan_round_composes_it(make_settings: Callable[..., DPSettings]) -> None:
+def test_prototype_release_spends_its_share_and_plan_round_composes_it(
+    make_settings: Callable[..., DPSettings],
+) -> None:
     from fedeye.privacy.accounting import epsilon_spent
     from fedeye.privacy.planning import PROTOTYPE_SHARE, prototype_release
 
@@ -91,5 +109,7 @@ def test_prototype_release_spends_its_share_and_plan_round_composes_it(make_sett
     release = prototype_release(settings)
     alone = epsilon_spent([release], delta=settings.delta, accountant=settings.accountant)
     assert alone == pytest.approx(PROTOTYPE_SHARE * 4.0, rel=0.05)
-    plan = plan_round(settings, num_patients=100, batch_size=10, local_epochs=1, history=[], total_rounds=1, one_off=[release])
+    plan = plan_round(
+        settings, num_patients=100, batch_size=10, local_epochs=1, history=[], total_rounds=1, one_off=[release]
+    )
     assert plan.mechanisms == [plan.mechanism, release] and plan.epsilon_after == pytest.approx(4.0, abs=0.03)

@@ -48,7 +48,10 @@ class PostgresServer:
         """Create an empty database with a fresh name and return its name."""
         name = f"fedeye_test_{secrets.token_hex(4)}"
         conn = psycopg2.connect(
-            host="127.0.0.1", port=self.port, user=self.user, password=self.password,
+            host="127.0.0.1",
+            port=self.port,
+            user=self.user,
+            password=self.password,
             dbname="postgres",
         )
         try:
@@ -91,13 +94,14 @@ def _as_server_user(command: list[str]) -> list[str]:
 
 def _run(command: list[str]) -> None:
     result = subprocess.run(
-        _as_server_user(command), capture_output=True, text=True, timeout=PG_START_TIMEOUT_S,
+        _as_server_user(command),
+        capture_output=True,
+        text=True,
+        timeout=PG_START_TIMEOUT_S,
         check=False,
     )
     if result.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
 
 
 def _make_workdir() -> Path:
@@ -115,10 +119,21 @@ def _init_cluster(pg_bin: Path, workdir: Path) -> Path:
     pwfile.write_text(PG_PASSWORD + "\n")
     if os.geteuid() == 0:
         shutil.chown(pwfile, PG_OS_USER)
-    _run([
-        str(pg_bin / "initdb"), "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}",
-        "--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync",
-    ])
+    _run(
+        [
+            str(pg_bin / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            PG_USER,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]
+    )
     return data
 
 
@@ -127,10 +142,21 @@ def _start(pg_bin: Path, workdir: Path, data: Path, port: int) -> None:
         f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={workdir} "
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     )
-    _run([
-        str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(workdir / "server.log"),
-        "-o", options, "-w", "-t", str(PG_START_TIMEOUT_S), "start",
-    ])
+    _run(
+        [
+            str(pg_bin / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(workdir / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(PG_START_TIMEOUT_S),
+            "start",
+        ]
+    )
 
 
 def _stop(pg_bin: Path, data: Path) -> None:

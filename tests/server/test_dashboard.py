@@ -22,19 +22,62 @@ def _fill(store: RunStore) -> str:
     for rnd in (1, 2):
         for i, site in enumerate(SITES):
             status = "left-budget" if (rnd, site) == (2, "site-b") else "ok"
-            store.record_site_metrics(run_id, server_round=rnd, phase="train", site=site, node_id=i,
-                                      num_examples=20, metrics={"loss": 0.7}, status=status)
+            store.record_site_metrics(
+                run_id,
+                server_round=rnd,
+                phase="train",
+                site=site,
+                node_id=i,
+                num_examples=20,
+                metrics={"loss": 0.7},
+                status=status,
+            )
             if status == "ok":
-                store.record_site_metrics(run_id, server_round=rnd, phase="evaluate", site=site, node_id=i,
-                                          num_examples=10, metrics={"auc": 0.6 + 0.1 * rnd, "loss": 0.8 - 0.1 * rnd})
-            store.record_privacy(run_id, PrivacyRecord(
-                server_round=rnd, scope="site", site=site, epsilon=1.5 * rnd, delta=1e-3, budget=4.0,
-                noise_multiplier=1.0, sample_rate=0.5, steps=4 * rnd, accountant="rdp", status=status))
+                store.record_site_metrics(
+                    run_id,
+                    server_round=rnd,
+                    phase="evaluate",
+                    site=site,
+                    node_id=i,
+                    num_examples=10,
+                    metrics={"auc": 0.6 + 0.1 * rnd, "loss": 0.8 - 0.1 * rnd},
+                )
+            store.record_privacy(
+                run_id,
+                PrivacyRecord(
+                    server_round=rnd,
+                    scope="site",
+                    site=site,
+                    epsilon=1.5 * rnd,
+                    delta=1e-3,
+                    budget=4.0,
+                    noise_multiplier=1.0,
+                    sample_rate=0.5,
+                    steps=4 * rnd,
+                    accountant="rdp",
+                    status=status,
+                ),
+            )
         store.record_round(run_id, server_round=rnd, eval_metrics={"auc": 0.65 + 0.1 * rnd, "site.es-auc": 0.6})
-    store.record_site_metrics(run_id, server_round=2, phase="test", site="site-a", node_id=0, num_examples=30,
-                              metrics={"auc": 0.9, "group.sex.f.n": 12.0, "group.sex.f.auc": 0.85,
-                                       "group.sex.m.n": 14.0, "group.sex.m.auc": 0.95, "fair.sex.es-auc": 0.82,
-                                       "fair.sex.dpd": 0.1, "fair.sex.eod": 0.2, "fair.race.suppressed": 2.0})
+    store.record_site_metrics(
+        run_id,
+        server_round=2,
+        phase="test",
+        site="site-a",
+        node_id=0,
+        num_examples=30,
+        metrics={
+            "auc": 0.9,
+            "group.sex.f.n": 12.0,
+            "group.sex.f.auc": 0.85,
+            "group.sex.m.n": 14.0,
+            "group.sex.m.auc": 0.95,
+            "fair.sex.es-auc": 0.82,
+            "fair.sex.dpd": 0.1,
+            "fair.sex.eod": 0.2,
+            "fair.race.suppressed": 2.0,
+        },
+    )
     store.finish_run(run_id, status="finished")
     return run_id
 
@@ -81,15 +124,33 @@ def test_run_detail_has_every_panel(store: RunStore, client: TestClient) -> None
 
 def test_expert_weights_are_read_when_recorded(store: RunStore, client: TestClient) -> None:
     run_id = store.create_run(name="moe", strategy="prompt-experts", config={}, num_rounds=1, num_sites=1)
-    store.record_site_metrics(run_id, server_round=1, phase="evaluate", site="site-a", node_id=0, num_examples=5,
-                              metrics={"auc": 0.7, "expert.0.weight": 0.25, "expert.1.weight": 0.75})
-    store.record_site_metrics(run_id, server_round=1, phase="train", site="site-a", node_id=0, num_examples=5,
-                              metrics={"loss": 0.5, "expert-index": 1})
+    store.record_site_metrics(
+        run_id,
+        server_round=1,
+        phase="evaluate",
+        site="site-a",
+        node_id=0,
+        num_examples=5,
+        metrics={"auc": 0.7, "expert.0.weight": 0.25, "expert.1.weight": 0.75},
+    )
+    store.record_site_metrics(
+        run_id,
+        server_round=1,
+        phase="train",
+        site="site-a",
+        node_id=0,
+        num_examples=5,
+        metrics={"loss": 0.5, "expert-index": 1},
+    )
 
     experts = client.get(f"/api/runs/{run_id}", headers=AUTH).json()["experts"]
 
-    assert experts == {"round": 1, "experts": ["0", "1"], "sites": {"site-a": {"0": 0.25, "1": 0.75}},
-                       "owners": {"1": "site-a"}}
+    assert experts == {
+        "round": 1,
+        "experts": ["0", "1"],
+        "sites": {"site-a": {"0": 0.25, "1": 0.75}},
+        "owners": {"1": "site-a"},
+    }
 
 
 def test_a_run_with_no_results_gives_empty_panels(store: RunStore, client: TestClient) -> None:
@@ -203,8 +264,11 @@ def _cli() -> typer.Typer:
 
 
 def test_command_refuses_a_public_host_without_an_explicit_token(tmp_path: Path) -> None:
-    result = CliRunner().invoke(_cli(), ["dashboard", "--host", "0.0.0.0", "--db", str(tmp_path / "x.db")],
-                                env={"COLUMNS": "200", "FEDEYE_DASHBOARD_TOKEN": ""})
+    result = CliRunner().invoke(
+        _cli(),
+        ["dashboard", "--host", "0.0.0.0", "--db", str(tmp_path / "x.db")],
+        env={"COLUMNS": "200", "FEDEYE_DASHBOARD_TOKEN": ""},
+    )
 
     assert result.exit_code == 1 and "--token" in result.output
 
@@ -217,6 +281,8 @@ def test_command_refuses_a_missing_store_file(tmp_path: Path) -> None:
 
 
 def test_command_refuses_a_short_token(tmp_path: Path) -> None:
-    result = CliRunner().invoke(_cli(), ["dashboard", "--token", "x", "--db", str(tmp_path / "x.db")], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        _cli(), ["dashboard", "--token", "x", "--db", str(tmp_path / "x.db")], env={"COLUMNS": "200"}
+    )
 
     assert result.exit_code == 1 and "at least 16" in result.output and "Traceback" not in result.output

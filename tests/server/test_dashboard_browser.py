@@ -20,14 +20,20 @@ from pathlib import Path
 
 import pytest
 
-from fedeye.config import RunConfig
 from fedeye.compose.simulation import simulate
+from fedeye.config import RunConfig
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("FEDEYE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 TOKEN = "browser-test-token"
 START_TIMEOUT_S = 30.0
@@ -57,13 +63,16 @@ def _wait_until_up(base: str, proc: subprocess.Popen[bytes]) -> None:
 def finished_run(tmp_path_factory: pytest.TempPathFactory, tiny_sites: Path) -> tuple[str, str]:
     """Store URL and run id of a 3-site, 2-round federation with DP."""
     out = tmp_path_factory.mktemp("dash-run")
-    cfg = RunConfig.model_validate({
-        "name": "tiny", "data": {"root": str(tiny_sites)},
-        "model": {"arch": "vit-tiny-cpu", "img_size": 32},
-        "training": {"rounds": 2, "local_epochs": 1, "batch_size": 16},
-        "privacy": {"enabled": True, "epsilon": 8.0, "noise_multiplier": 1.0},
-        "output": {"dir": str(out), "db": str(out / "fedeye.db")},
-    })
+    cfg = RunConfig.model_validate(
+        {
+            "name": "tiny",
+            "data": {"root": str(tiny_sites)},
+            "model": {"arch": "vit-tiny-cpu", "img_size": 32},
+            "training": {"rounds": 2, "local_epochs": 1, "batch_size": 16},
+            "privacy": {"enabled": True, "epsilon": 8.0, "noise_multiplier": 1.0},
+            "output": {"dir": str(out), "db": str(out / "fedeye.db")},
+        }
+    )
     result = simulate(cfg)
     return str(out / "fedeye.db"), result.run_id
 
@@ -73,9 +82,17 @@ def dashboard(finished_run: tuple[str, str]) -> Iterator[str]:
     """Run ``fedeye dashboard`` in a subprocess; yield its base URL; stop it by PID."""
     db, _ = finished_run
     port = _free_port()
-    command = [sys.executable, "-c",
-               "import typer; from fedeye.cli.dashboard import dashboard_command; typer.run(dashboard_command)",
-               "--db", db, "--port", str(port), "--token", TOKEN]
+    command = [
+        sys.executable,
+        "-c",
+        "import typer; from fedeye.cli.dashboard import dashboard_command; typer.run(dashboard_command)",
+        "--db",
+        db,
+        "--port",
+        str(port),
+        "--token",
+        TOKEN,
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -159,19 +176,33 @@ def long_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         for k in range(20):
             status = "missing" if (server_round + k) % 17 == 0 else "ok"
             for phase in ("train", "evaluate"):
-                store.record_site_metrics(run_id, server_round=server_round, phase=phase, site=f"hospital-{k:02d}",
-                                          node_id=100 + k, num_examples=40, metrics={"auc": 0.8}, status=status)
+                store.record_site_metrics(
+                    run_id,
+                    server_round=server_round,
+                    phase=phase,
+                    site=f"hospital-{k:02d}",
+                    node_id=100 + k,
+                    num_examples=40,
+                    metrics={"auc": 0.8},
+                    status=status,
+                )
     return str(db), run_id
 
 
-def test_participation_stays_readable_for_50_rounds_and_20_sites(
-    long_run: tuple[str, str], browser: object
-) -> None:
+def test_participation_stays_readable_for_50_rounds_and_20_sites(long_run: tuple[str, str], browser: object) -> None:
     db, run_id = long_run
     port = _free_port()
-    command = [sys.executable, "-c",
-               "import typer; from fedeye.cli.dashboard import dashboard_command; typer.run(dashboard_command)",
-               "--db", db, "--port", str(port), "--token", TOKEN]
+    command = [
+        sys.executable,
+        "-c",
+        "import typer; from fedeye.cli.dashboard import dashboard_command; typer.run(dashboard_command)",
+        "--db",
+        db,
+        "--port",
+        str(port),
+        "--token",
+        TOKEN,
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         base = f"http://127.0.0.1:{port}"

@@ -40,19 +40,27 @@ class RecordingGrid(InlineGrid):
         return reply
 
 
-def _run(tmp_path: Path, tiny_sites: Path, broken: list[str], **strategy: object) -> tuple[RunStore, str, RecordingGrid]:
+def _run(
+    tmp_path: Path, tiny_sites: Path, broken: list[str], **strategy: object
+) -> tuple[RunStore, str, RecordingGrid]:
     sites = {}
     for name in ("site-1", "site-2", "site-3"):
         folder = tmp_path / (f"{SECRET}-{name}" if name in broken else name)
         sites[name] = shutil.copytree(tiny_sites / name, folder)
         if name in broken:
             _break(folder)
-    cfg = RunConfig.model_validate({
-        "model": {"img_size": 32}, "training": {"rounds": 1, "batch_size": 16},
-        "strategy": {"min_train_nodes": 2, "min_evaluate_nodes": 1, **strategy}, "output": {"dir": str(tmp_path / "out")},
-    })
-    nodes = {100 + i: {"site-dir": str(folder), "state-dir": str(tmp_path / "state" / name)}
-             for i, (name, folder) in enumerate(sites.items())}
+    cfg = RunConfig.model_validate(
+        {
+            "model": {"img_size": 32},
+            "training": {"rounds": 1, "batch_size": 16},
+            "strategy": {"min_train_nodes": 2, "min_evaluate_nodes": 1, **strategy},
+            "output": {"dir": str(tmp_path / "out")},
+        }
+    )
+    nodes = {
+        100 + i: {"site-dir": str(folder), "state-dir": str(tmp_path / "state" / name)}
+        for i, (name, folder) in enumerate(sites.items())
+    }
     grid = RecordingGrid(client_app, nodes)
     store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")
     run_id = create_run(store, cfg, num_sites=3)
@@ -91,7 +99,9 @@ def test_run_with_too_few_trained_sites_fails_with_a_clear_reason(tmp_path: Path
 
     run = store.get_run(run_id).run
     assert run.status == "failed"
-    assert run.error is not None and run.error.startswith("round 1: 1 of 3 sites trained, min_train_nodes = 2; failed: ")
+    assert run.error is not None and run.error.startswith(
+        "round 1: 1 of 3 sites trained, min_train_nodes = 2; failed: "
+    )
     assert run.error.count("data-error (incident ") == 2
     assert _leaks(store, run_id, grid) == []
 
@@ -102,8 +112,14 @@ def test_run_file_may_continue_with_too_few_sites(tmp_path: Path, tiny_sites: Pa
 
 
 def test_stop_request_ends_the_run_interrupted(tmp_path: Path, tiny_sites: Path) -> None:
-    cfg = RunConfig.model_validate({"data": {"root": str(tiny_sites)}, "model": {"img_size": 32},
-                                    "training": {"rounds": 2}, "output": {"dir": str(tmp_path)}})
+    cfg = RunConfig.model_validate(
+        {
+            "data": {"root": str(tiny_sites)},
+            "model": {"img_size": 32},
+            "training": {"rounds": 2},
+            "output": {"dir": str(tmp_path)},
+        }
+    )
     stop = Interruption()
     grid = InlineGrid(client_app, {1: {"partition-id": 0}, 2: {"partition-id": 1}})
     store = RunStore(f"sqlite:///{tmp_path / 'runs.db'}")

@@ -9,10 +9,11 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlmodel import Session
+
 from fedeye.server.liveness import ProcessOwner, derive_status, owner_alive, this_process
 from fedeye.server.models import RunRow
 from fedeye.server.store import RunStore
-from sqlmodel import Session
 
 
 def _dead_pid() -> int:
@@ -54,7 +55,9 @@ def test_owner_on_another_host_is_judged_by_heartbeat() -> None:
     fresh = derive_status("running", owner=elsewhere, last_sign=now - timedelta(minutes=10), round_timeout=60, now=now)
     old = derive_status("running", owner=elsewhere, last_sign=now - timedelta(minutes=20), round_timeout=60, now=now)
     assert (fresh, old) == ("running", "stale")
-    assert derive_status("finished", owner=None, last_sign=now - timedelta(days=9), round_timeout=1, now=now) == "finished"
+    assert (
+        derive_status("finished", owner=None, last_sign=now - timedelta(days=9), round_timeout=1, now=now) == "finished"
+    )
 
 
 def test_finished_and_interrupted_runs_keep_their_status(tmp_path: Path) -> None:
@@ -73,10 +76,14 @@ def test_store_made_before_owner_columns_is_upgraded(tmp_path: Path) -> None:
             "strategy VARCHAR(64) NOT NULL, config JSON NOT NULL, num_rounds INTEGER NOT NULL, "
             "num_sites INTEGER NOT NULL, started_at DATETIME NOT NULL, ended_at DATETIME, error VARCHAR)"
         )
-        db.execute("INSERT INTO runs VALUES ('r-old', 'old', 'running', 'fedavg', '{}', 3, 2, ?, NULL, NULL)",
-                   ((datetime.now(UTC) - timedelta(days=2)).isoformat(" "),))
-        db.execute("INSERT INTO runs VALUES ('r-new', 'new', 'running', 'fedavg', '{}', 3, 2, ?, NULL, NULL)",
-                   (datetime.now(UTC).isoformat(" "),))
+        db.execute(
+            "INSERT INTO runs VALUES ('r-old', 'old', 'running', 'fedavg', '{}', 3, 2, ?, NULL, NULL)",
+            ((datetime.now(UTC) - timedelta(days=2)).isoformat(" "),),
+        )
+        db.execute(
+            "INSERT INTO runs VALUES ('r-new', 'new', 'running', 'fedavg', '{}', 3, 2, ?, NULL, NULL)",
+            (datetime.now(UTC).isoformat(" "),),
+        )
 
     store = RunStore(f"sqlite:///{path}")
     RunStore(f"sqlite:///{path}")  # a second open finds every column there

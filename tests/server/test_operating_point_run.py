@@ -47,7 +47,9 @@ def test_federation_stores_the_point_in_the_model_file_and_the_run_store(
     assert len(logs) == 3 and all('"positives-above"' in f.read_text() for f in logs)  # each summary was audited
 
 
-def test_a_target_sensitivity_is_carried_too(small_group_sites: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_target_sensitivity_is_carried_too(
+    small_group_sites: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FEDEYE_HOME", str(tmp_path / "home"))
     base = dg_run_config(small_group_sites, tmp_path, rounds=1, local_epochs=1, img_size=32)
     raw = _method_config(base, "fedavg", small_group_sites, 0, 3).model_dump(mode="json")

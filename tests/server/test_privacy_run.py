@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from fedeye.compose.simulation import simulate
 from fedeye.config import RunConfig
 from fedeye.privacy.planning import plan_round
 from fedeye.privacy.policy import PrivacyPolicy, effective_dp
-from fedeye.compose.simulation import simulate
 from fedeye.server.store import RunStore
 from fedeye.sites.base import open_site
 
@@ -18,12 +18,16 @@ pytestmark = pytest.mark.slow
 
 
 def _config(sites: Path, out: Path, **privacy: object) -> RunConfig:
-    return RunConfig.model_validate({
-        "name": "dp", "data": {"root": str(sites)}, "model": {"img_size": 32},
-        "training": {"rounds": 3, "batch_size": 8},
-        "privacy": {"enabled": True, "epsilon": 50.0, "noise_multiplier": 1.0, **privacy},
-        "output": {"dir": str(out), "db": str(out / "fedeye.db")},
-    })
+    return RunConfig.model_validate(
+        {
+            "name": "dp",
+            "data": {"root": str(sites)},
+            "model": {"img_size": 32},
+            "training": {"rounds": 3, "batch_size": 8},
+            "privacy": {"enabled": True, "epsilon": 50.0, "noise_multiplier": 1.0, **privacy},
+            "output": {"dir": str(out), "db": str(out / "fedeye.db")},
+        }
+    )
 
 
 def _one_round_epsilon(cfg: RunConfig, site: Path) -> float:
@@ -38,7 +42,9 @@ def test_site_with_small_budget_leaves_and_the_run_carries_on(tmp_path: Path, ti
     sites = tmp_path / "sites"
     shutil.copytree(tiny_sites, sites)
     cfg = _config(sites, tmp_path / "out")
-    budget = 1.1 * _one_round_epsilon(cfg, sites / "site-2")  # enough for round 1, not round 2 (RDP composes sub-linearly)
+    budget = 1.1 * _one_round_epsilon(
+        cfg, sites / "site-2"
+    )  # enough for round 1, not round 2 (RDP composes sub-linearly)
     (sites / "site-2" / "fedeye-site.toml").write_text(f"[privacy]\nepsilon = {budget}\n")
 
     result = simulate(cfg)

@@ -6,23 +6,25 @@ from pathlib import Path
 
 import pytest
 
+from fedeye.compose.simulation import simulate
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError
 from fedeye.server.dashboard.panels import experts
-from fedeye.compose.simulation import simulate
 from fedeye.server.preflight import simulation_sites
 from fedeye.server.store import RunStore
 
 
 def _cfg(tiny_sites: Path, out: Path, **model: object) -> RunConfig:
-    return RunConfig.model_validate({
-        "data": {"root": str(tiny_sites)},
-        "model": {"img_size": 32, "num_domains": 3, **model},
-        "strategy": {"name": "prompt-experts", "min_train_nodes": 3, "min_available_nodes": 3},
-        "training": {"rounds": 2, "local_epochs": 1, "batch_size": 16},
-        "simulation": {"client_cpus": 2},
-        "output": {"dir": str(out)},
-    })
+    return RunConfig.model_validate(
+        {
+            "data": {"root": str(tiny_sites)},
+            "model": {"img_size": 32, "num_domains": 3, **model},
+            "strategy": {"name": "prompt-experts", "min_train_nodes": 3, "min_available_nodes": 3},
+            "training": {"rounds": 2, "local_epochs": 1, "batch_size": 16},
+            "simulation": {"client_cpus": 2},
+            "output": {"dir": str(out)},
+        }
+    )
 
 
 def test_too_few_experts_for_the_sites_is_refused_before_flower_starts(tiny_sites: Path, tmp_path: Path) -> None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
-import time
-
 from flwr.app import ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
@@ -18,8 +17,15 @@ from fedeye.server.store import RunStore
 def _metadata(node_id: int) -> Metadata:
     """A reply's metadata as a SuperNode would send it to the coordinator (node 0)."""
     return Metadata(
-        run_id=1, message_id="", src_node_id=node_id, dst_node_id=0, reply_to_message_id="m",
-        group_id="", created_at=time.time(), ttl=60.0, message_type=MessageType.TRAIN,
+        run_id=1,
+        message_id="",
+        src_node_id=node_id,
+        dst_node_id=0,
+        reply_to_message_id="m",
+        group_id="",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
     )
 
 

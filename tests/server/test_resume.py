@@ -39,16 +39,36 @@ def _run(store: RunStore) -> str:
 
 
 def _reply(node_id: int, site: str) -> Message:
-    meta = Metadata(run_id=1, message_id="", src_node_id=node_id, dst_node_id=0, reply_to_message_id="m",
-                    group_id="", created_at=time.time(), ttl=60.0, message_type=MessageType.TRAIN)
-    content = RecordDict({"metrics": MetricRecord({"loss": 0.5, "num-examples": 10}), "site": ConfigRecord({"name": site})})
+    meta = Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=node_id,
+        dst_node_id=0,
+        reply_to_message_id="m",
+        group_id="",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
+    )
+    content = RecordDict(
+        {"metrics": MetricRecord({"loss": 0.5, "num-examples": 10}), "site": ConfigRecord({"name": site})}
+    )
     return make_message(meta, content=content)
 
 
 def _unreachable() -> Message:
     """The error reply the SuperLink makes for a node it could not reach."""
-    meta = Metadata(run_id=1, message_id="", src_node_id=SUPERLINK_NODE_ID, dst_node_id=SUPERLINK_NODE_ID,
-                    reply_to_message_id="m", group_id="", created_at=time.time(), ttl=60.0, message_type=MessageType.TRAIN)
+    meta = Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=SUPERLINK_NODE_ID,
+        dst_node_id=SUPERLINK_NODE_ID,
+        reply_to_message_id="m",
+        group_id="",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
+    )
     return make_message(meta, error=Error(code=ErrorCode.NODE_UNAVAILABLE, reason="node unavailable"))
 
 
@@ -61,7 +81,10 @@ def test_flower_runs_are_linked_in_order(store: RunStore) -> None:
     store.link_flower_run(run_id, flower_run_id=42, first_round=3, note="resumed after round 2")
     assert store.run_for_flower_run(2**64 - 5) == run_id and store.run_for_flower_run(7) is None
     links = store.get_run(run_id).flower_runs
-    assert [(f.flower_run_id, f.first_round, f.note) for f in links] == [(2**64 - 5, 1, None), (42, 3, "resumed after round 2")]
+    assert [(f.flower_run_id, f.first_round, f.note) for f in links] == [
+        (2**64 - 5, 1, None),
+        (42, 3, "resumed after round 2"),
+    ]
 
 
 def test_reopen_sets_running_and_returns_what_it_was(store: RunStore) -> None:
@@ -111,15 +134,21 @@ class _Rounds(Strategy):
     def __init__(self) -> None:
         self.seen: list[tuple[str, int]] = []
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.seen.append(("configure_train", server_round))
         return []
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self.seen.append(("aggregate_train", server_round))
         return None, None
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.seen.append(("configure_evaluate", server_round))
         return []
 
@@ -140,7 +169,9 @@ def test_flower_start_numbers_rounds_on_after_the_resume_point() -> None:
     inner = _Rounds()
     evaluated: list[int] = []
     RoundsAfter(inner, 2).start(
-        grid=_NoGrid(), initial_arrays=ArrayRecord({"w": torch.zeros(1)}), num_rounds=2,  # type: ignore[arg-type]
+        grid=_NoGrid(),
+        initial_arrays=ArrayRecord({"w": torch.zeros(1)}),
+        num_rounds=2,  # type: ignore[arg-type]
         evaluate_fn=lambda rnd, _arrays: evaluated.append(rnd),  # type: ignore[func-returns-value]
     )
     assert sorted({r for _, r in inner.seen}) == [3, 4]
@@ -167,4 +198,6 @@ def test_a_resumed_recorder_names_missing_sites_from_the_store(store: RunStore) 
     RunRecorder(store, run_id).on_replies(1, "train", [_reply(12, "Hillcrest")])
     RunRecorder(store, run_id).on_missing(3, "train", [12])  # a new ServerApp process after a resume
     missing = [m for m in store.site_metrics(run_id) if m.status == "missing"]
-    assert [(m.site, m.reason) for m in missing] == [("Hillcrest", "no reply within the round timeout; the round went on without Hillcrest")]
+    assert [(m.site, m.reason) for m in missing] == [
+        ("Hillcrest", "no reply within the round timeout; the round went on without Hillcrest")
+    ]

@@ -29,9 +29,7 @@ def store(store_url: str) -> Iterator[RunStore]:
 
 
 def _new_run(store: RunStore, name: str = "glaucoma-fedavg") -> str:
-    return store.create_run(
-        name=name, strategy="fedavg", config=CONFIG, num_rounds=3, num_sites=2
-    )
+    return store.create_run(name=name, strategy="fedavg", config=CONFIG, num_rounds=3, num_sites=2)
 
 
 # ------------------------------------------------------------------ runs
@@ -76,8 +74,11 @@ def test_records_are_frozen_values(store: RunStore) -> None:
 
 def test_config_with_paths_is_stored_as_json(store: RunStore) -> None:
     run_id = store.create_run(
-        name="paths", strategy="fedprox", config={"model-dir": Path("/models")},
-        num_rounds=1, num_sites=1,
+        name="paths",
+        strategy="fedprox",
+        config={"model-dir": Path("/models")},
+        num_rounds=1,
+        num_sites=1,
     )
 
     assert store.get_run(run_id).config == {"model-dir": "/models"}
@@ -142,9 +143,7 @@ def test_writes_to_unknown_run_raise_store_error(store: RunStore, tmp_path: Path
     with pytest.raises(StoreError, match="no run"):
         store.finish_run("r-missing", status="finished")
     with pytest.raises(StoreError, match="no run"):
-        store.record_artifact(
-            "r-missing", server_round=1, kind="checkpoint", path=tmp_path / "m.pt"
-        )
+        store.record_artifact("r-missing", server_round=1, kind="checkpoint", path=tmp_path / "m.pt")
 
 
 # ---------------------------------------------------------------- rounds
@@ -192,12 +191,22 @@ def test_site_metrics_keep_64_bit_node_ids(store: RunStore) -> None:
     metrics = {"auc": 0.9, "accuracy": 0.85, "num-examples": 120}
 
     store.record_site_metrics(
-        run_id, server_round=1, phase="evaluate", site="moorfields", node_id=MAX_NODE_ID,
-        num_examples=120, metrics=metrics,
+        run_id,
+        server_round=1,
+        phase="evaluate",
+        site="moorfields",
+        node_id=MAX_NODE_ID,
+        num_examples=120,
+        metrics=metrics,
     )
     store.record_site_metrics(
-        run_id, server_round=1, phase="train", site="moorfields", node_id=MAX_NODE_ID,
-        num_examples=480, metrics={"loss": 0.4},
+        run_id,
+        server_round=1,
+        phase="train",
+        site="moorfields",
+        node_id=MAX_NODE_ID,
+        num_examples=480,
+        metrics={"loss": 0.4},
     )
 
     evaluated = store.site_metrics(run_id, phase="evaluate")
@@ -213,8 +222,14 @@ def test_dropped_site_is_recorded(store: RunStore) -> None:
     run_id = _new_run(store)
 
     store.record_site_metrics(
-        run_id, server_round=2, phase="train", site="site-b", node_id=0,
-        num_examples=0, metrics={}, status="dropped",
+        run_id,
+        server_round=2,
+        phase="train",
+        site="site-b",
+        node_id=0,
+        num_examples=0,
+        metrics={},
+        status="dropped",
     )
 
     (record,) = store.site_metrics(run_id)
@@ -227,8 +242,13 @@ def test_node_id_outside_uint64_is_refused(store: RunStore, node_id: int) -> Non
 
     with pytest.raises(ValueError, match="unsigned 64-bit"):
         store.record_site_metrics(
-            run_id, server_round=1, phase="train", site="s", node_id=node_id,
-            num_examples=1, metrics={},
+            run_id,
+            server_round=1,
+            phase="train",
+            site="s",
+            node_id=node_id,
+            num_examples=1,
+            metrics={},
         )
 
 
@@ -337,9 +357,7 @@ def test_mask_url_hides_password() -> None:
 # ---------------------------------------------------------- resolve_db_url
 
 
-def test_resolve_prefers_explicit_then_env_then_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resolve_prefers_explicit_then_env_then_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FEDEYE_DB", "postgresql://u@h/env")
 
     assert resolve_db_url("sqlite:///x.db", default_dir=tmp_path) == "sqlite:///x.db"
@@ -350,9 +368,7 @@ def test_resolve_prefers_explicit_then_env_then_default(
     assert (tmp_path / "home" / ".fedeye").is_dir()
 
 
-def test_resolve_turns_file_path_into_sqlite_url(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resolve_turns_file_path_into_sqlite_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FEDEYE_DB", raising=False)
     monkeypatch.chdir(tmp_path)
 

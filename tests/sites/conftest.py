@@ -48,8 +48,12 @@ def valid_rows(patients: int = 6, *, split: bool = False) -> list[dict[str, str 
     for p in range(patients):
         for eye in ("OD", "OS"):
             row: dict[str, str | int] = {
-                "image": f"images/p{p}_{eye}.png", "label": p % 2, "patient_id": f"p{p}",
-                "eye": eye, "age": 50 + p, "sex": "MF"[p % 2],
+                "image": f"images/p{p}_{eye}.png",
+                "label": p % 2,
+                "patient_id": f"p{p}",
+                "eye": eye,
+                "age": 50 + p,
+                "sex": "MF"[p % 2],
             }
             if split:
                 row["split"] = splits[p % len(splits)]
@@ -78,7 +82,9 @@ def synth_fundus(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="session")
 def synth_oct(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two small synthetic OCT sites."""
-    return synthesize_sites(tmp_path_factory.mktemp("oct"), sites=2, images_per_site=30, size=48, modality="oct", seed=2)
+    return synthesize_sites(
+        tmp_path_factory.mktemp("oct"), sites=2, images_per_site=30, size=48, modality="oct", seed=2
+    )
 
 
 # ------------------------------------------------------------------------ DICOM
@@ -158,14 +164,21 @@ def write_dicom_site(
 # -------------------------------------------------------------------------- npz
 
 
-def write_fairvision_subject(path: Path, *, label: int = 0, race: int = 0, male: int = 1, drop: str = "", **override: object) -> Path:
+def write_fairvision_subject(
+    path: Path, *, label: int = 0, race: int = 0, male: int = 1, drop: str = "", **override: object
+) -> Path:
     """One FairVision-style subject file (small arrays); ``drop`` leaves a field out."""
     rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
     fields: dict[str, object] = {
         "slo_fundus": rng.integers(0, 255, (20, 24), dtype=np.uint8),
         "oct_bscans": rng.random((5, 16, 20), dtype=np.float32),
-        "glaucoma": label, "race": race, "male": male, "hispanic": 0, "age": 61.5,
-        "language": 0, "maritalstatus": 1,
+        "glaucoma": label,
+        "race": race,
+        "male": male,
+        "hispanic": 0,
+        "age": 61.5,
+        "language": 0,
+        "maritalstatus": 1,
         **override,
     }
     fields.pop(drop, None)
@@ -178,13 +191,17 @@ def write_fairvision_site(root: Path, *, subjects: int = 9, toml: str | None = N
     """Subjects in train/val/test folders, as FairVision ships them."""
     folders = ["train", "train", "train", "val", "test"]
     for i in range(subjects):
-        write_fairvision_subject(root / folders[i % len(folders)] / f"data_{i:06d}.npz", label=i % 2, race=i % 3, male=i % 2)
+        write_fairvision_subject(
+            root / folders[i % len(folders)] / f"data_{i:06d}.npz", label=i % 2, race=i % 3, male=i % 2
+        )
     if toml is not None:
         (root / "site.toml").write_text(toml, encoding="utf-8")
     return root
 
 
-def write_medmnist_site(root: Path, *, name: str = "retinamnist", rgb: bool = True, classes: int = 5, **override: np.ndarray) -> Path:
+def write_medmnist_site(
+    root: Path, *, name: str = "retinamnist", rgb: bool = True, classes: int = 5, **override: np.ndarray
+) -> Path:
     """A tiny MedMNIST-shaped file: 10/4/4 images of 28 px."""
     rng = np.random.default_rng(0)
     arrays: dict[str, np.ndarray] = {}

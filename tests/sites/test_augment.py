@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedeye.sites.augment import build_augmentation
 from fedeye.config import TrainingConfig
+from fedeye.sites.augment import build_augmentation
 from fedeye.sites.base import open_site
 from fedeye.sites.dataset import SiteDataset
 

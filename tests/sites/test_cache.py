@@ -146,7 +146,11 @@ def test_other_size_or_mode_is_another_entry(make_site: SiteWriter, cache: Path,
     SiteDataset(open_site(root), "train", image_size=16, preprocess="fov-crop", cache_dir=cache)
 
     entries = list_entries(cache)
-    assert [(e.image_size, e.preprocess) for e in entries if e.split == "train"] == [(16, "fov-crop"), (16, "none"), (24, "none")]
+    assert [(e.image_size, e.preprocess) for e in entries if e.split == "train"] == [
+        (16, "fov-crop"),
+        (16, "none"),
+        (24, "none"),
+    ]
     assert len(entries) == 9  # each miss builds all three splits
 
 
@@ -167,7 +171,9 @@ def test_concurrent_builders_decode_once(make_site: SiteWriter, cache: Path, cou
         thread.join()
 
     assert not errors
-    assert sorted(count_decodes) == sorted(s.image for s in open_site(root).samples())  # each image once: the others waited
+    assert sorted(count_decodes) == sorted(
+        s.image for s in open_site(root).samples()
+    )  # each image once: the others waited
     assert len(list_entries(cache)) == 3
 
 
@@ -243,7 +249,9 @@ def test_unchanged_site_keeps_its_fingerprint_and_ignores_hidden_and_state_folde
 # ------------------------------------------------------------------ atomic writes
 
 
-def test_interrupted_build_leaves_no_cache_file(make_site: SiteWriter, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_build_leaves_no_cache_file(
+    make_site: SiteWriter, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = _varied_site(make_site)
     original: ReadImage = ManifestSite.read_image
     calls = iter(range(1_000))
@@ -297,7 +305,11 @@ def test_build_status_and_clear(tmp_path: Path) -> None:
 
     assert sum(len(b.samples) for b in built) == 2 * 30
     assert {label for label, _, _ in seen} == {f"{s} {n}px" for s in ("train", "val", "test") for n in (16, 24)}
-    assert all(done == total for label, done, total in seen if (label, done) == max((x[0], x[1]) for x in seen if x[0] == label))
+    assert all(
+        done == total
+        for label, done, total in seen
+        if (label, done) == max((x[0], x[1]) for x in seen if x[0] == label)
+    )
     assert len(fresh) == 6 and all(s.current for s in fresh)
     assert len(stale) == 6 and not any(s.current for s in stale)
     assert freed > 16 * 16 * 3 * 30 and list(cache.iterdir()) == []

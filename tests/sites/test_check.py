@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from fedeye.errors import SiteDataError
 from fedeye.cli.site_check import print_check_report
+from fedeye.errors import SiteDataError
 from fedeye.sites.check import check_site
 
 from .conftest import SiteWriter, valid_rows

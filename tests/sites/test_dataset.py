@@ -33,7 +33,9 @@ def test_oct_gray_becomes_three_channels(synth_oct: list[Path]) -> None:
     image, _ = data[0]
 
     assert image.shape == (3, 32, 32)
-    assert torch.allclose(image[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0], image[1] * IMAGENET_STD[1] + IMAGENET_MEAN[1], atol=1e-5)
+    assert torch.allclose(
+        image[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0], image[1] * IMAGENET_STD[1] + IMAGENET_MEAN[1], atol=1e-5
+    )
 
 
 def test_augment_keeps_shape_and_varies(synth_fundus: list[Path]) -> None:

@@ -279,7 +279,9 @@ def test_each_image_is_decoded_once_per_check(make_site: SiteWriter, monkeypatch
 
     rows = [{"image": "images/one.png", "label": 0, "patient_id": f"p{i}"} for i in range(30)]
     root = make_site(rows[:1])
-    (root / "manifest.csv").write_text("image,label,patient_id\n" + "".join(f"images/one.png,0,p{i}\n" for i in range(30)))
+    (root / "manifest.csv").write_text(
+        "image,label,patient_id\n" + "".join(f"images/one.png,0,p{i}\n" for i in range(30))
+    )
     calls: list[Path] = []
     decode = manifest.decode_image_file
     monkeypatch.setattr(manifest, "decode_image_file", lambda path: calls.append(path) or decode(path))

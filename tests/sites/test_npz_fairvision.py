@@ -32,7 +32,9 @@ def test_oct_uses_middle_bscan_scaled_to_uint8(tmp_path: Path) -> None:
 
 def test_amd_task_reads_condition_strings(tmp_path: Path) -> None:
     write_fairvision_site(tmp_path / "s", subjects=5, toml='task = "amd"\n')
-    write_fairvision_subject(tmp_path / "s" / "test" / "data_999999.npz", dr_subtype="wet.amd.inactive.scar", drop="glaucoma")
+    write_fairvision_subject(
+        tmp_path / "s" / "test" / "data_999999.npz", dr_subtype="wet.amd.inactive.scar", drop="glaucoma"
+    )
     site = open_site(tmp_path / "s")
     # the five glaucoma-only subjects lack an AMD label: each is reported by name
     missing = [p for p in site.problems() if p.field == "amd_condition"]

@@ -31,14 +31,19 @@ def test_missing_split_wrong_shape_and_bad_label_are_reported(tmp_path: Path) ->
     assert [p.field for p in open_site(root).problems()] == ["test_labels"]
     root = write_medmnist_site(tmp_path / "c", train_labels=np.full((10, 1), 9))
     problems = open_site(root).problems()
-    assert len(problems) == 10 and all(p.field == "train_labels" and p.file.endswith("retinamnist.npz") for p in problems)
+    assert len(problems) == 10 and all(
+        p.field == "train_labels" and p.file.endswith("retinamnist.npz") for p in problems
+    )
 
 
 # ------------------------------------------------------------- hostile input (issue 14)
 
 
 def test_float_images_in_0_1_are_scaled_to_0_255(tmp_path: Path) -> None:
-    floats = {f"{k}_images": np.linspace(0, 1, n * 28 * 28).reshape(n, 28, 28) for k, n in (("train", 10), ("val", 4), ("test", 4))}
+    floats = {
+        f"{k}_images": np.linspace(0, 1, n * 28 * 28).reshape(n, 28, 28)
+        for k, n in (("train", 10), ("val", 4), ("test", 4))
+    }
     site = open_site(write_medmnist_site(tmp_path / "f", name="octmnist", rgb=False, classes=4, **floats))
     sample = site.samples()[0]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fedeye.config import RunConfig
 from fedeye.compose.simulation import simulate
+from fedeye.config import RunConfig
 from fedeye.server.store import RunStore
 from fedeye.sites.synth import synthesize_sites
 
@@ -15,11 +15,15 @@ from fedeye.sites.synth import synthesize_sites
 @pytest.mark.slow
 def test_oct_sites_train_and_report_like_fundus(tmp_path: Path) -> None:
     synthesize_sites(tmp_path / "sites", sites=2, images_per_site=60, modality="oct", seed=5, size=32)
-    cfg = RunConfig.model_validate({
-        "name": "oct", "data": {"root": str(tmp_path / "sites")}, "model": {"img_size": 32},
-        "training": {"rounds": 2, "local_epochs": 2, "batch_size": 16},
-        "output": {"dir": str(tmp_path / "out"), "db": str(tmp_path / "out" / "fedeye.db")},
-    })
+    cfg = RunConfig.model_validate(
+        {
+            "name": "oct",
+            "data": {"root": str(tmp_path / "sites")},
+            "model": {"img_size": 32},
+            "training": {"rounds": 2, "local_epochs": 2, "batch_size": 16},
+            "output": {"dir": str(tmp_path / "out"), "db": str(tmp_path / "out" / "fedeye.db")},
+        }
+    )
 
     result = simulate(cfg)
 
@@ -38,14 +42,21 @@ def test_dicom_oct_sites_federate(tmp_path: Path) -> None:
     for name in ("site-a", "site-b"):
         (tmp_path / "sites" / name).mkdir(parents=True)
         write_dicom_site(tmp_path / "sites" / name, patients=12, oct=True)
-    cfg = RunConfig.model_validate({
-        "name": "dicom-oct", "data": {"root": str(tmp_path / "sites")}, "model": {"img_size": 32},
-        "training": {"rounds": 1, "batch_size": 8},
-        "output": {"dir": str(tmp_path / "out"), "db": str(tmp_path / "out" / "fedeye.db")},
-    })
+    cfg = RunConfig.model_validate(
+        {
+            "name": "dicom-oct",
+            "data": {"root": str(tmp_path / "sites")},
+            "model": {"img_size": 32},
+            "training": {"rounds": 1, "batch_size": 8},
+            "output": {"dir": str(tmp_path / "out"), "db": str(tmp_path / "out" / "fedeye.db")},
+        }
+    )
 
     result = simulate(cfg)
 
     detail = RunStore(result.store_url).get_run(result.run_id)
     assert detail.run.status == "finished"
-    assert sorted(m.phase for m in detail.site_metrics if m.status == "ok") == ["evaluate"] * 2 + ["test"] * 2 + ["train"] * 2
+    assert (
+        sorted(m.phase for m in detail.site_metrics if m.status == "ok")
+        == ["evaluate"] * 2 + ["test"] * 2 + ["train"] * 2
+    )

@@ -35,17 +35,27 @@ def array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
-def reply(node_id: int, *, arrays: dict[str, np.ndarray] | None = None, status: str = "ok", n: int = 10,
-          **metrics: float) -> Message:
+def reply(
+    node_id: int, *, arrays: dict[str, np.ndarray] | None = None, status: str = "ok", n: int = 10, **metrics: float
+) -> Message:
     """A site's training reply as it reaches the coordinator."""
     metadata = Metadata(
-        run_id=1, message_id="", src_node_id=node_id, dst_node_id=0, reply_to_message_id="m",
-        group_id="", created_at=time.time(), ttl=60.0, message_type=MessageType.TRAIN,
+        run_id=1,
+        message_id="",
+        src_node_id=node_id,
+        dst_node_id=0,
+        reply_to_message_id="m",
+        group_id="",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
     )
-    content = RecordDict({
-        "metrics": MetricRecord({"num-examples": n, **metrics}),
-        "site": ConfigRecord({"name": f"site-{node_id}", "status": status}),
-    })
+    content = RecordDict(
+        {
+            "metrics": MetricRecord({"num-examples": n, **metrics}),
+            "site": ConfigRecord({"name": f"site-{node_id}", "status": status}),
+        }
+    )
     if arrays is not None:
         content["arrays"] = array_record(arrays)
     return make_message(metadata, content=content)

@@ -44,7 +44,9 @@ class Recorder:
     def on_round_start(self, server_round: int, phase: str, num_sites: int) -> None:
         self.starts.append((server_round, phase, num_sites))
 
-    def on_replies(self, server_round: int, phase: str, replies: list[Message], verdicts: Sequence[object] = ()) -> None:
+    def on_replies(
+        self, server_round: int, phase: str, replies: list[Message], verdicts: Sequence[object] = ()
+    ) -> None:
         self.replies.append((server_round, phase, replies))
 
 
@@ -66,13 +68,23 @@ def _reply(node_id: int, scale: float, num_examples: int) -> Message:
     norm = np.sqrt(sum(float(np.sum(u**2)) for u in update.values()))
     arrays = {k: GLOBAL[k] + u * (scale / norm) for k, u in update.items()}
     metadata = Metadata(
-        run_id=1, message_id="", src_node_id=node_id, dst_node_id=0, reply_to_message_id="m",
-        group_id="1", created_at=time.time(), ttl=60.0, message_type=MessageType.TRAIN,
+        run_id=1,
+        message_id="",
+        src_node_id=node_id,
+        dst_node_id=0,
+        reply_to_message_id="m",
+        group_id="1",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
     )
-    content = RecordDict({
-        "arrays": _arrays(arrays), "metrics": MetricRecord({"num-examples": num_examples, "loss": 0.1}),
-        "site": ConfigRecord({"name": f"site-{node_id}"}),
-    })
+    content = RecordDict(
+        {
+            "arrays": _arrays(arrays),
+            "metrics": MetricRecord({"num-examples": num_examples, "loss": 0.1}),
+            "site": ConfigRecord({"name": f"site-{node_id}"}),
+        }
+    )
     return make_message(metadata, content=content)
 
 
@@ -91,7 +103,10 @@ def test_off_returns_the_strategy_itself() -> None:
 
 @pytest.mark.parametrize(
     ("mode", "cls"),
-    [("fixed", DifferentialPrivacyServerSideFixedClipping), ("adaptive", DifferentialPrivacyServerSideAdaptiveClipping)],
+    [
+        ("fixed", DifferentialPrivacyServerSideFixedClipping),
+        ("adaptive", DifferentialPrivacyServerSideAdaptiveClipping),
+    ],
 )
 def test_modes_give_flowers_wrappers(mode: str, cls: type) -> None:
     inner = build_strategy(StrategyConfig())
@@ -112,7 +127,9 @@ def test_aggregate_is_clipped_and_observer_sees_the_round(mode: str, monkeypatch
         monkeypatch.setattr(TaskIdentity, name, 1)
     observer = Recorder()
     inner = build_strategy(StrategyConfig(min_train_nodes=3, min_available_nodes=3), observer=observer)
-    wrapped = wrap_client_dp(inner, _privacy(mode, client_noise_multiplier=1e-6, client_clipping_norm=1.0), num_sampled_sites=3)
+    wrapped = wrap_client_dp(
+        inner, _privacy(mode, client_noise_multiplier=1e-6, client_clipping_norm=1.0), num_sampled_sites=3
+    )
     messages = list(wrapped.configure_train(1, _arrays(GLOBAL), ConfigRecord(), FakeGrid()))  # type: ignore[arg-type]
     replies = [_reply(11, 10.0, 50), _reply(12, 0.5, 10), _reply(13, 7.0, 200)]
 
@@ -142,8 +159,15 @@ def test_prompt_experts_noise_is_per_row_for_the_bank_and_over_m_for_shared_part
     from fedeye.strategies.client_dp import noise_expert_aggregate
 
     aggregated = {"w": np.zeros((200, 100)), BANK_KEY: np.zeros((3, 100, 100)), "frozen": np.zeros(5)}
-    noisy = noise_expert_aggregate(aggregated, {"w", EXPERT_KEY}, rows=[0, 2], noise_multiplier=2.0, clipping_norm=0.5,
-                                   num_sites=4, rng=np.random.default_rng(0))
+    noisy = noise_expert_aggregate(
+        aggregated,
+        {"w", EXPERT_KEY},
+        rows=[0, 2],
+        noise_multiplier=2.0,
+        clipping_norm=0.5,
+        num_sites=4,
+        rng=np.random.default_rng(0),
+    )
 
     assert np.std(noisy["w"]) == pytest.approx(2.0 * 0.5 / 4, rel=0.03)  # sigma C / m on the mean
     assert np.std(noisy[BANK_KEY][0]) == pytest.approx(2.0 * 0.5, rel=0.03)  # sigma C on a row one site writes
@@ -163,4 +187,6 @@ def test_prompt_experts_update_is_clipped_jointly_and_prototypes_are_dropped() -
     change = np.concatenate([clipped["w"] - 1.0, clipped[EXPERT_KEY].ravel()])
     assert np.linalg.norm(change) == pytest.approx(2.0)
     direction = np.r_[np.full(3, 3.0), np.full(3, 4.0)]
-    np.testing.assert_allclose(change / np.linalg.norm(change), direction / np.linalg.norm(direction))  # scaled, not cut
+    np.testing.assert_allclose(
+        change / np.linalg.norm(change), direction / np.linalg.norm(direction)
+    )  # scaled, not cut

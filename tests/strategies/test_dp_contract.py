@@ -31,11 +31,15 @@ NODES = [1, 2]
 
 
 def _cfg(tiny_sites: Path, name: str) -> RunConfig:
-    return RunConfig.model_validate({
-        "data": {"root": str(tiny_sites)}, "model": {"img_size": 32, "num_domains": 2, "mode": "prompt"},
-        "strategy": {"name": name, "min_train_nodes": 2, "min_available_nodes": 2},
-        "training": {"batch_size": 8, "rounds": 2}, "privacy": {"enabled": True, "epsilon": 50.0, "noise_multiplier": 1.0},
-    })
+    return RunConfig.model_validate(
+        {
+            "data": {"root": str(tiny_sites)},
+            "model": {"img_size": 32, "num_domains": 2, "mode": "prompt"},
+            "strategy": {"name": name, "min_train_nodes": 2, "min_available_nodes": 2},
+            "training": {"batch_size": 8, "rounds": 2},
+            "privacy": {"enabled": True, "epsilon": 50.0, "noise_multiplier": 1.0},
+        }
+    )
 
 
 def _site_replies(cfg: RunConfig, strategy: object, tiny_sites: Path, initial: ArrayRecord) -> list[Message]:
@@ -43,20 +47,49 @@ def _site_replies(cfg: RunConfig, strategy: object, tiny_sites: Path, initial: A
     replies = []
     for message in strategy.configure_train(1, initial, config, FakeGrid(NODES)):  # type: ignore[attr-defined]
         node = message.metadata.dst_node_id
-        metadata = Metadata(run_id=1, message_id=f"m{node}", src_node_id=0, dst_node_id=node, reply_to_message_id="",
-                            group_id="1", created_at=time.time(), ttl=600.0, message_type=MessageType.TRAIN)
-        context = Context(run_id=1, node_id=node, node_config={"site-dir": str(tiny_sites / f"site-{node}")},
-                          state=RecordDict(), run_config={})
+        metadata = Metadata(
+            run_id=1,
+            message_id=f"m{node}",
+            src_node_id=0,
+            dst_node_id=node,
+            reply_to_message_id="",
+            group_id="1",
+            created_at=time.time(),
+            ttl=600.0,
+            message_type=MessageType.TRAIN,
+        )
+        context = Context(
+            run_id=1,
+            node_id=node,
+            node_config={"site-dir": str(tiny_sites / f"site-{node}")},
+            state=RecordDict(),
+            run_config={},
+        )
         reply = app(make_message(metadata, content=message.content), context)
-        replies.append(make_message(Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id=f"m{node}",
-                                             group_id="1", created_at=time.time(), ttl=600.0, message_type=MessageType.TRAIN),
-                                    content=reply.content))
+        replies.append(
+            make_message(
+                Metadata(
+                    run_id=1,
+                    message_id="",
+                    src_node_id=node,
+                    dst_node_id=0,
+                    reply_to_message_id=f"m{node}",
+                    group_id="1",
+                    created_at=time.time(),
+                    ttl=600.0,
+                    message_type=MessageType.TRAIN,
+                ),
+                content=reply.content,
+            )
+        )
     return replies
 
 
 @pytest.mark.parametrize("name", list_strategies())
 def test_every_strategy_aggregates_dp_sgd_replies_and_runs_under_client_level_dp(
-    name: str, tiny_sites: Path, flower_task: None,
+    name: str,
+    tiny_sites: Path,
+    flower_task: None,
 ) -> None:
     cfg = _cfg(tiny_sites, name)
     torch.manual_seed(0)
@@ -69,8 +102,14 @@ def test_every_strategy_aggregates_dp_sgd_replies_and_runs_under_client_level_dp
     assert arrays is not None and all(np.all(np.isfinite(a.numpy())) for a in arrays.values())
 
     dp = PrivacyConfig(client_level="fixed", client_noise_multiplier=1e-6, client_clipping_norm=0.01)
-    wrapped = wrap_client_dp(build_strategy(StrategyConfig.model_validate(cfg.strategy.model_dump())), dp, num_sampled_sites=2)
-    list(wrapped.configure_train(1, initial, ConfigRecord({"run-config": cfg.to_json(), "server-round": 1}), FakeGrid(NODES)))
+    wrapped = wrap_client_dp(
+        build_strategy(StrategyConfig.model_validate(cfg.strategy.model_dump())), dp, num_sampled_sites=2
+    )
+    list(
+        wrapped.configure_train(
+            1, initial, ConfigRecord({"run-config": cfg.to_json(), "server-round": 1}), FakeGrid(NODES)
+        )
+    )
     clipped, _ = wrapped.aggregate_train(1, replies)
     assert clipped is not None
     moved = {k: clipped[k].numpy().astype(np.float64) - initial[k].numpy() for k in clipped}

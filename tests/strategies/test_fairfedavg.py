@@ -64,8 +64,10 @@ def test_q_zero_equals_fedavg() -> None:
 
 
 def test_replies_without_loss_fall_back_to_fedavg_weights() -> None:
-    replies = [reply(1, arrays={"w": np.full((2, 2), 1.0, np.float32)}, n=30),
-               reply(2, arrays={"w": np.full((2, 2), 3.0, np.float32)}, n=10)]
+    replies = [
+        reply(1, arrays={"w": np.full((2, 2), 1.0, np.float32)}, n=30),
+        reply(2, arrays={"w": np.full((2, 2), 3.0, np.float32)}, n=10),
+    ]
     arrays, _ = _strategy(q=5.0).aggregate_train(1, replies)
     assert np.allclose(arrays["w"].numpy(), 1.5)
 

@@ -9,9 +9,9 @@ import pytest
 from flwr.app import ConfigRecord
 
 from fedeye.config import StrategyConfig
+from fedeye.models.prompt_arrays import EXPERT_KEY
 from fedeye.strategies import build_strategy, list_strategies
 from fedeye.strategies.base import BudgetExhausted, TooFewSites
-from fedeye.models.prompt_arrays import EXPERT_KEY
 from tests.strategies.conftest import FakeGrid, array_record, reply
 
 GLOBAL = {"w": np.zeros((2, 2), np.float32), "domain_prompts.tokens": np.zeros((4, 1, 2), np.float32)}
@@ -49,7 +49,10 @@ def _update(name: str, value: float) -> dict[str, np.ndarray]:
 def test_non_finite_and_oversized_updates_are_rejected_not_aggregated(name: str, flower_task: None) -> None:
     seen = Seen()
     strategy = _strategy(name, seen, max_update_norm=20.0)
-    good = [reply(1, arrays=_update(name, 1.0), loss=0.5), reply(4, arrays=_update(name, 3.0), loss=0.7, **{"dp-epsilon": 1.0})]
+    good = [
+        reply(1, arrays=_update(name, 1.0), loss=0.5),
+        reply(4, arrays=_update(name, 3.0), loss=0.7, **{"dp-epsilon": 1.0}),
+    ]
     bad = [reply(2, arrays=_update(name, np.nan), loss=0.1), reply(3, arrays=_update(name, 100.0), loss=0.1)]
     arrays, metrics = strategy.aggregate_train(1, [good[0], *bad, good[1]])
 

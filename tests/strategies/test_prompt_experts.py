@@ -10,10 +10,10 @@ from flwr.app import ConfigRecord
 
 from fedeye.config import RunConfig, StrategyConfig
 from fedeye.errors import ConfigError
-from fedeye.strategies import build_strategy
 from fedeye.models.prompt_arrays import BANK_KEY, EXPERT_KEY, backbone_fingerprint, site_update
 from fedeye.protocol import BACKBONE_SHA256 as BACKBONE_KEY
 from fedeye.protocol import EXPERT_INDEX as EXPERT_INDEX_KEY
+from fedeye.strategies import build_strategy
 from tests.strategies.conftest import FakeGrid, array_record, reply
 
 GLOBAL = {

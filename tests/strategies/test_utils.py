@@ -10,7 +10,10 @@ GLOBAL = {"w": np.zeros((2, 2), np.float32), "b": np.zeros(2, np.float32)}
 
 
 def test_good_update_passes() -> None:
-    assert update_problem(GLOBAL, {"w": np.ones((2, 2), np.float32), "b": np.ones(2, np.float32)}, max_update_norm=None) is None
+    assert (
+        update_problem(GLOBAL, {"w": np.ones((2, 2), np.float32), "b": np.ones(2, np.float32)}, max_update_norm=None)
+        is None
+    )
 
 
 def test_non_finite_update_is_refused_naming_the_tensor() -> None:

@@ -43,10 +43,18 @@ def _iso(value: datetime | None) -> str | None:
 def summary_json(run: RunSummary) -> Json:
     """One run as the runs list shows it."""
     return {
-        "run_id": run.run_id, "name": run.name, "status": run.status, "strategy": run.strategy,
-        "num_sites": run.num_sites, "num_rounds": run.num_rounds, "rounds_done": run.rounds_done,
-        "started_at": _iso(run.started_at), "ended_at": _iso(run.ended_at), "error": run.error,
-        "owner": run.owner, "heartbeat_at": _iso(run.heartbeat_at),
+        "run_id": run.run_id,
+        "name": run.name,
+        "status": run.status,
+        "strategy": run.strategy,
+        "num_sites": run.num_sites,
+        "num_rounds": run.num_rounds,
+        "rounds_done": run.rounds_done,
+        "started_at": _iso(run.started_at),
+        "ended_at": _iso(run.ended_at),
+        "error": run.error,
+        "owner": run.owner,
+        "heartbeat_at": _iso(run.heartbeat_at),
     }
 
 
@@ -73,8 +81,11 @@ def curves(detail: RunDetail) -> Json:
     for metric in CURVE_METRICS:
         out[metric] = {
             "sites": _site_series(evaluated, metric),
-            "federated": [[r.server_round, r.eval_metrics.get(metric)] for r in detail.rounds
-                          if r.eval_metrics and r.eval_metrics.get(metric) is not None],
+            "federated": [
+                [r.server_round, r.eval_metrics.get(metric)]
+                for r in detail.rounds
+                if r.eval_metrics and r.eval_metrics.get(metric) is not None
+            ],
         }
     return out
 
@@ -106,8 +117,10 @@ def participation(records: Iterable[SiteMetricRecord]) -> Json:
         if m.status == "failed" and m.reason and "failure" not in cell:
             cell["failure"] = m.reason  # e.g. "data-error (incident 0a1b2c3d4e5f)": shown as "failed: ..."
     rounds = sorted({r for by_round in cells.values() for r in by_round})
-    counts = [{"round": r, **{s: sum(s in c.get(r, {}).get("states", []) for c in cells.values()) for s in PARTICIPATION}}
-              for r in rounds]
+    counts = [
+        {"round": r, **{s: sum(s in c.get(r, {}).get("states", []) for c in cells.values()) for s in PARTICIPATION}}
+        for r in rounds
+    ]
     grid = {site: {str(r): cell for r, cell in sorted(by_round.items())} for site, by_round in sorted(cells.items())}
     return {"rounds": rounds, "sites": sorted(cells), "grid": grid, "counts": counts}
 
@@ -153,14 +166,21 @@ def _site_fairness(m: SiteMetricRecord) -> Json:
     attributes = [
         {
             "attribute": attribute,
-            "groups": [{"group": group_label(attribute, g), "n": v.get("n"), "auc": v.get("auc")}
-                       for g, v in sorted(groups.get(attribute, {}).items())],
+            "groups": [
+                {"group": group_label(attribute, g), "n": v.get("n"), "auc": v.get("auc")}
+                for g, v in sorted(groups.get(attribute, {}).items())
+            ],
             **{key: fair.get(attribute, {}).get(key) for key in FAIR_KEYS},
         }
         for attribute in sorted(set(groups) | set(fair))
     ]
-    return {"site": m.site, "n": m.num_examples, "auc": m.metrics.get("auc"), "ece": m.metrics.get("ece"),
-            "attributes": attributes}
+    return {
+        "site": m.site,
+        "n": m.num_examples,
+        "auc": m.metrics.get("auc"),
+        "ece": m.metrics.get("ece"),
+        "attributes": attributes,
+    }
 
 
 # ------------------------------------------------------------------------ privacy
@@ -171,7 +191,9 @@ def privacy(detail: RunDetail) -> Json:
     series: dict[str, Json] = {}
     for entry in sorted(detail.privacy, key=lambda e: (e.scope, e.site, e.server_round)):
         name = entry.site if entry.scope == "site" else "federation"
-        item = series.setdefault(name, {"scope": entry.scope, "points": [], "budget": None, "status": "ok", "delta": entry.delta})
+        item = series.setdefault(
+            name, {"scope": entry.scope, "points": [], "budget": None, "status": "ok", "delta": entry.delta}
+        )
         item["points"].append([entry.server_round, entry.epsilon])
         item["budget"] = entry.budget if entry.budget is not None else item["budget"]
         item["status"] = entry.status
@@ -188,7 +210,11 @@ def experts(records: Iterable[SiteMetricRecord]) -> Json:
     if not weighted:
         return {"round": None, "experts": [], "sites": {}, "owners": {}}
     last = max(m.server_round for m in weighted)
-    latest = {m.site: _expert_weights(m.metrics) for m in sorted(weighted, key=lambda rec: rec.phase) if m.server_round == last}
+    latest = {
+        m.site: _expert_weights(m.metrics)
+        for m in sorted(weighted, key=lambda rec: rec.phase)
+        if m.server_round == last
+    }
     names = sorted({k for weights in latest.values() for k in weights}, key=lambda k: (len(k), k))
     return {"round": last, "experts": names, "sites": dict(sorted(latest.items())), "owners": expert_owners(records)}
 
@@ -204,5 +230,8 @@ def expert_owners(records: Iterable[SiteMetricRecord]) -> dict[str, str]:
 
 
 def _expert_weights(metrics: Mapping[str, float | None]) -> dict[str, float | None]:
-    return {key[len(EXPERT_PREFIX):-len(EXPERT_SUFFIX)]: value for key, value in metrics.items()
-            if key.startswith(EXPERT_PREFIX) and key.endswith(EXPERT_SUFFIX)}
+    return {
+        key[len(EXPERT_PREFIX) : -len(EXPERT_SUFFIX)]: value
+        for key, value in metrics.items()
+        if key.startswith(EXPERT_PREFIX) and key.endswith(EXPERT_SUFFIX)
+    }
