@@ -61,15 +61,29 @@ def federation_point(model: object, image_size: int, train_sites: list[Path]) ->
     return choose_from_summaries(summed, RunConfig(), scale)
 
 
+def _oracle_own_point(row: FoldResult, model: object, target: Path, scored: _Pooled) -> FoldResult:
+    """The oracle with its threshold and temperature fitted on the held-out site's own train labels."""
+    from fedeye.client.calibrate import fit_labelled
+    from fedeye.compose.dg_benchmark import _with_rates
+
+    train_probs, train_labels = predict(model, SiteDataset(open_site(target), "train", image_size=scored.datasets[0].image_size))  # type: ignore[arg-type, attr-defined]
+    point = fit_labelled(train_probs, train_labels, target="youden")
+    probs, labels = predict(model, scored)  # type: ignore[arg-type]
+    return _with_rates(_variant(row, "oracle + own threshold"), probs, labels, point)
+
+
 def rescore(run_dir: Path, sites: Path, out: Path, *, refit: bool = False) -> list[FoldResult]:
     rows = [FoldResult(**raw) for raw in json.loads((run_dir / "rows.json").read_text())]
     models = {}
     for path in sorted((run_dir / "runs").glob("*/global-model.pt")):
         model, cfg, meta = load_model(path)
         models[str(meta["run_name"]).removeprefix("dg-")] = (model, cfg, meta)
+    oracle = all(r.method == "oracle" for r in rows)  # one FedAvg over every site, scored on each
+    if oracle:
+        models = {"oracle": models["fedavg"]}
     points = {}
     for method, (model, cfg, meta) in models.items():
-        held = next(r.held_out for r in rows)
+        held = "" if oracle else next(r.held_out for r in rows)
         train_sites = sorted(s for s in sites.iterdir() if s.is_dir() and s.name != held)
         stored = ModelOperatingPoint.from_metadata(meta) or DEFAULT_POINT
         points[method] = (federation_point(model, int(cfg.img_size or 64), train_sites) or stored) if refit else stored
@@ -88,7 +102,8 @@ def rescore(run_dir: Path, sites: Path, out: Path, *, refit: bool = False) -> li
         scored = _Pooled([SiteDataset(open_site(target), s, image_size=int(cfg.img_size or 64)) for s in SCORED_SPLITS])
         if row.method == method:
             fresh.append(_scored(row, model, scored, point))
-            fresh += _calibrated_rows(row, model, target, run_cfg, scored, point)
+            fresh += [_oracle_own_point(row, model, target, scored)] if oracle else _calibrated_rows(
+                row, model, target, run_cfg, scored, point)
             continue
         adapted, _ = adapt_model(model, _all_images(target, run_cfg), point=point, settings=AdaptSettings())
         fresh.append(_scored(_variant(row, row.method), model, scored, adapted))
