@@ -291,11 +291,12 @@ def evaluate(
 def _operating_point_line(point: dict[str, object]) -> str:
     if not point.get("stored"):
         return "operating point: p >= 0.5 (this model file carries none; `fedeye calibrate` sets one)"
-    fitted = point.get("fitted_on") or [0, 0]
+    fitted = [int(n) for n in point.get("fitted_on") or [0, 0]]  # type: ignore[attr-defined]
+    basis = f"{fitted[0]} positive and {fitted[1]} negative images" if sum(fitted) else "unlabelled images"
     return (
         f"operating point: p >= {float(point['threshold']):.3f} after temperature {float(point['temperature']):.2f} "  # type: ignore[arg-type]
-        f"({point['target']}, set by {point['source']} on {fitted[0]} positive and {fitted[1]} negative images)"
-    )  # type: ignore[index]
+        f"({point['target']}, set by {point['source']} on {basis})"
+    )
 
 
 def main() -> None:
