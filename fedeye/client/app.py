@@ -92,7 +92,7 @@ def _reply(
     status: dict[str, str] | None = None,
 ) -> Message:
     site = ConfigRecord({p.SITE_NAME: job.site_name, p.SITE_STATUS: p.SiteStatus.OK.value, **(status or {})})
-    content = RecordDict({p.METRICS: MetricRecord(metrics), p.SITE: site})
+    content = RecordDict({p.METRICS: MetricRecord(dict(metrics)), p.SITE: site})
     if arrays is not None:
         content[p.ARRAYS] = arrays
     return Message(content=content, reply_to=msg)
@@ -129,7 +129,7 @@ def _run_key(msg: Message) -> str:
 def train(msg: Message, context: Context) -> Message:
     """Load the global arrays, train on the local train split, return the update."""
     job = _job(msg, context)
-    config = msg.content[p.CONFIG]
+    config = p.config_of(msg.content)
     model = _global_model(msg, context, job)
     server_round = p.server_round(config)
     dataset = job.dataset("train")
@@ -171,11 +171,11 @@ def _update_reply(
 
 def _global_model(msg: Message, context: Context, job: SiteJob):  # type: ignore[no-untyped-def]
     """The model holding the message's global arrays (and, with fedbn, this site's own norms)."""
-    config = msg.content[p.CONFIG]
+    config = p.config_of(msg.content)
     backbone = config.get(p.BACKBONE_SHA256)
-    model = job.model(msg.content[p.ARRAYS], backbone_sha256=None if backbone is None else str(backbone))
+    model = job.model(p.arrays_of(msg.content), backbone_sha256=None if backbone is None else str(backbone))
     if config.get(p.LOCAL_NORMS) and NORMS_STATE_KEY in context.state.array_records:
-        load_state(model, context.state[NORMS_STATE_KEY].to_torch_state_dict(), strict=False)
+        load_state(model, context.state.array_records[NORMS_STATE_KEY].to_torch_state_dict(), strict=False)
     return model
 
 
@@ -193,14 +193,14 @@ def _tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.array(v, order="C")) for k, v in arrays.items()}  # 0-d arrays stay 0-d
 
 
-def _train_private(
+def _train_private(  # type: ignore[no-untyped-def]
     msg,
     context,
     job,
     model,
     dataset,
     settings: DPSettings,
-    server_round: int,  # type: ignore[no-untyped-def]
+    server_round: int,
     objective: LocalObjective,
 ) -> Message:
     """DP-SGD per patient (with prompt-experts, also the private prototype), booked in the site's lifetime ledger.
@@ -341,7 +341,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     mix = mean_expert_weights(model, dataset, batch_size=job.cfg.training.batch_size * 2)
     if mix is not None:  # which experts the router sends this site's images to
         metrics.update({p.expert_weight_metric(k): float(w) for k, w in enumerate(mix)})
-    expert_index = p.optional_int(msg.content[p.CONFIG], p.EXPERT_INDEX)
+    expert_index = p.optional_int(p.config_of(msg.content), p.EXPERT_INDEX)
     if expert_index is not None:
         metrics[p.EXPERT_INDEX] = expert_index
     point = point_from_config(p.config_of(msg.content))

@@ -158,8 +158,8 @@ class RunRecorder:
             self.store.record_site_metrics(
                 self.run_id,
                 server_round=server_round,
-                phase=phase,
-                site=site,  # type: ignore[arg-type]
+                phase=phase,  # type: ignore[arg-type]
+                site=site,
                 node_id=int(node_id),
                 num_examples=0,
                 metrics={},
@@ -255,8 +255,8 @@ class RunRecorder:
             node_id=report.node_id,
             num_examples=report.num_examples,
             metrics=metrics,
-            status=report.status,
-            reason=report.reason or None,  # type: ignore[arg-type]
+            status=report.status,  # type: ignore[arg-type]
+            reason=report.reason or None,
         )
         if report.status in ("failed", "rejected", LEFT_BUDGET):
             log(WARNING, "round %s: %s %s: %s", report.server_round, report.site, report.status, report.reason)

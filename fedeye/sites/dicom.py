@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import pixel_array
+from pydicom.pixels import pixel_array  # type: ignore[attr-defined]
 
 from fedeye.errors import ImageDataError, Problem, SiteDataError
 from fedeye.sites.base import (
@@ -134,7 +134,7 @@ def to_uint8(pixels: np.ndarray, *, bits_stored: int, monochrome1: bool) -> np.n
         )
     scaled = pixels.astype(np.float32) * (255.0 / high)
     out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    return 255 - out if monochrome1 else out
+    return np.asarray(255 - out if monochrome1 else out)
 
 
 # --------------------------------------------------------------------- the format
@@ -355,7 +355,7 @@ def _header(ds: pydicom.Dataset, rel: str) -> DicomHeader:
 def _to_modality(pixels: np.ndarray, modality: str) -> np.ndarray:
     if modality == "oct":
         if pixels.ndim == 3:
-            return np.rint(pixels @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8)
+            return np.asarray(np.rint(pixels @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.uint8))
         return pixels
     return np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels
 

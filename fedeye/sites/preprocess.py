@@ -95,7 +95,7 @@ def pad_square_resize(rgb: np.ndarray, size: int) -> np.ndarray:
 
 def clahe(rgb: np.ndarray, *, clip_limit: float = 0.01) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation (skimage, on the HSV value)."""
-    return np.rint(equalize_adapthist(rgb, clip_limit=clip_limit) * 255).astype(np.uint8)
+    return np.asarray(np.rint(equalize_adapthist(rgb, clip_limit=clip_limit) * 255).astype(np.uint8))
 
 
 def mask_outside(rgb: np.ndarray, *, fraction: float = 1.0) -> np.ndarray:
