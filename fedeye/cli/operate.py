@@ -47,6 +47,7 @@ from fedeye.flower_programs import (
 )
 from fedeye.privacy import keys
 from fedeye.server.deployment import (
+    await_flower_end,
     await_resume,
     connection_for,
     coordinator_tls,
@@ -278,6 +279,16 @@ def _site_worker(state_dir: Path, node_config: dict[str, str | bool], *, enabled
         supervisor.stop()
 
 
+def _connect(superlink: str, *, ca: Path | None, insecure: bool) -> str:
+    """The saved Flower connection to ``superlink``, waiting for a coordinator that is still starting."""
+    return connection_for(
+        superlink,
+        ca=ca,
+        insecure=insecure,
+        on_wait=lambda: console.print(f"waiting for the SuperLink at {superlink} to answer ..."),
+    )
+
+
 def _store(db: str | None) -> RunStore:
     return RunStore(resolve_db_url(db, default_dir=default_store_dir()))
 
@@ -300,7 +311,7 @@ def run_launch(
     from fedeye.config import load_run_config
 
     cfg = deployment_config(load_run_config(config), db=db)
-    connection = connection_for(superlink, ca=ca, insecure=insecure)
+    connection = _connect(superlink, ca=ca, insecure=insecure)
     flower_id, run_id = launch(cfg, connection=connection, wait_s=wait)
     _print_launched(flower_id, run_id, cfg=cfg, superlink=superlink, connection=connection)
 
@@ -331,15 +342,17 @@ def run_resume(
     """Continue a run whose coordinator stopped, from its last completed round's checkpoint."""
     store = _store(db)
     detail = store.get_run(run_id)
-    connection = connection_for(superlink, ca=ca, insecure=insecure)
-    cfg = resumable_config(
-        detail,
-        store=store,
-        connection=connection,
-        on_wait=lambda: console.print(
-            "Flower still counts the run's last Flower run as running; waiting for Flower to notice its ServerApp stopped"
-        ),
-    )
+    cfg = resumable_config(detail, store=store)  # refuses before any connection is tried
+    connection = _connect(superlink, ca=ca, insecure=insecure)
+    if detail.flower_runs:
+        await_flower_end(
+            detail.flower_runs[-1].flower_run_id,
+            detail.run.run_id,
+            connection=connection,
+            on_wait=lambda: console.print(
+                "Flower still counts the run's last Flower run as running; waiting for Flower to notice its ServerApp stopped"
+            ),
+        )
     from fedeye.server.federation import resume_point
 
     done = resume_point(store, detail.run.run_id).completed_round
@@ -369,7 +382,7 @@ def run_status(
     flower: dict[int, dict[str, Any]] = {}
     online: dict[int, bool] | None = None
     if superlink is not None:
-        connection = connection_for(superlink, ca=ca, insecure=insecure)
+        connection = _connect(superlink, ca=ca, insecure=insecure)
         flower = {fr.flower_run_id: flower_status(fr.flower_run_id, connection) for fr in detail.flower_runs}
         online = nodes_online(connection)
     states = site_states(detail, online=online)
@@ -459,7 +472,7 @@ def run_logs(
 ) -> None:
     """Print the ServerApp's log (every Flower run that carried the run) through `flwr log`."""
     detail = _store(db).get_run(run_id)
-    connection = connection_for(superlink, ca=ca, insecure=insecure)
+    connection = _connect(superlink, ca=ca, insecure=insecure)
     flower_ids = [latest_flower_run(detail)] if follow else [fr.flower_run_id for fr in detail.flower_runs]
     for flower_id in flower_ids or [latest_flower_run(detail)]:
         console.rule(f"Flower run {flower_id}")
@@ -479,7 +492,7 @@ def run_stop(
     """Stop a running run (`flwr stop`) and mark it stopped in the store."""
     store = _store(db)
     detail = store.get_run(run_id)
-    connection = connection_for(superlink, ca=ca, insecure=insecure)
+    connection = _connect(superlink, ca=ca, insecure=insecure)
     flower_id = stop_run(store, detail, connection=connection)
     console.print(
         f"run [bold]{detail.run.run_id}[/] stopped (Flower run {flower_id}) after round {detail.run.rounds_done}; "

@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 
 from fedeye.client.admin import SiteHome, run_rows
 from fedeye.client.audit import AuditEntry, read_audit, read_decisions
+from fedeye.client.status import SiteStatusReport, site_status
 from fedeye.protocol import SITE, SITE_STATUS
 from fedeye.web import protect
 
@@ -55,6 +56,7 @@ def create_site_app(home: SiteHome, *, token: str) -> FastAPI:
 def site_json(home: SiteHome) -> dict[str, Any]:
     """Everything the site page shows, from the site's own records."""
     rows = run_rows(home)
+    status = site_status(home.folder, latest=0)
     return {
         "site": {
             "folder": str(home.folder),
@@ -62,10 +64,27 @@ def site_json(home: SiteHome) -> dict[str, Any]:
             "approval": home.config.approval.mode,
             "epsilon_per_run": home.config.privacy.epsilon,
         },
+        "privacy": _privacy(status),
+        "runtime": status.runtime,
         "pending": [asdict(r) for r in rows if r.status == "pending"],
         "runs": [asdict(r) for r in rows],
         "decisions": list(reversed(read_decisions(home.audit_log)))[:RECENT],
         "outgoing": [_outgoing(e) for e in reversed(read_audit(home.audit_log)[-RECENT:])],
+    }
+
+
+def _privacy(status: SiteStatusReport) -> dict[str, Any]:
+    """Epsilon spent per run and over the site's lifetime (its ledger), against the policy's two budgets."""
+    return {
+        "accountant": status.accountant,
+        "run_budget": status.run_budget,
+        "lifetime_budget": status.lifetime_budget,
+        "lifetime_epsilon": status.lifetime_epsilon,
+        "delta": status.lifetime_delta,
+        "runs": [
+            {"run": r.run, "rounds": len(r.rounds), "epsilon": r.epsilon, "delta": r.delta, "booked": r.booked}
+            for r in status.runs
+        ],
     }
 
 

@@ -124,9 +124,7 @@ def runtime_state(state_dir: Path) -> dict[str, str]:
     pid = ping(state.worker_socket, timeout_s=1.0) if state.worker_socket.exists() else None
     entries = list_entries(state.cache_dir) if state.cache_dir.is_dir() else []
     cache = (
-        ", ".join(
-            f"{e.split} {e.image_size}px {e.preprocess} ({e.count} images, {e.bytes / 2**20:.0f} MiB)" for e in entries
-        )
+        ", ".join(f"{e.split} {e.image_size}px {e.preprocess} ({e.count} images, {_size(e.bytes)})" for e in entries)
         or "not built (the first message builds it; or `fedeye site cache build`)"
     )
     return {
@@ -135,6 +133,15 @@ def runtime_state(state_dir: Path) -> dict[str, str]:
         "state-dir": "present" if state_dir.is_dir() else "missing",
         "incidents": str(len(read_incidents(state_dir))) + f" (details: {state_dir / INCIDENT_FILE})",
     }
+
+
+def _size(n: int) -> str:
+    """``n`` bytes in MiB, or KiB below one MiB.
+
+    >>> _size(3 * 2**20), _size(5000)
+    ('3 MiB', '4.9 KiB')
+    """
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
 
 
 def _locate(site: Path) -> _SiteFiles:

@@ -9,6 +9,7 @@ Flower's own view (``flwr ls``). Every wait goes through
 
 from __future__ import annotations
 
+import socket
 import tempfile
 import time
 import tomllib
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # fedeye.config loads torch (model configs): only inside the 
 
 STOP_WAIT_S = 30.0  # for the stopped ServerApp to close its run record
 DEAD_RUN_WAIT_S = 120.0  # Flower fails a run whose ServerApp sent no heartbeat for about a minute
+SUPERLINK_WAIT_S = 60.0  # for a coordinator started a moment ago to listen
 FLOWER_ASK_S = 15.0  # how often a wait also asks Flower whether the run ended
 RESUME_KEY = "resume-run"  # fedeye.server.app.RESUME_KEY; not imported: it loads the ServerApp
 
@@ -82,17 +84,55 @@ def local_address(bind: Address, coord_dir: Path, tls: TlsFiles | None) -> Addre
     return Address(str(hosts[0]) if hosts else "127.0.0.1", bind.port)
 
 
-def connection_for(superlink: str, *, ca: Path | None, insecure: bool) -> str:
-    """Save the SuperLink connection in Flower's config and return its name."""
+def connection_for(
+    superlink: str,
+    *,
+    ca: Path | None,
+    insecure: bool,
+    wait_s: float = SUPERLINK_WAIT_S,
+    on_wait: Callable[[], None] | None = None,
+) -> str:
+    """Save the SuperLink connection in Flower's config and return its name, once the SuperLink answers.
+
+    A coordinator started a moment ago (``docker compose up -d``, a restart)
+    takes a few seconds to listen: wait up to ``wait_s`` seconds for it
+    (``on_wait`` runs once, as a progress note) rather than fail on the first try.
+    """
     address = parse_address(superlink, option="--superlink")
-    if insecure:
-        return save_connection(address, root_certificates=None)
-    if ca is None or not ca.is_file():
+    if not insecure and (ca is None or not ca.is_file()):
         raise DeploymentError(
             f"--ca: {'give' if ca is None else str(ca) + ' not found; give'} the coordinator's ca.crt "
             "(written by `fedeye coordinator init`), or --insecure for a SuperLink started with --insecure"
         )
-    return save_connection(address, root_certificates=ca)
+    await_superlink(address, wait_s=wait_s, on_wait=on_wait)
+    return save_connection(address, root_certificates=None if insecure else ca)
+
+
+def await_superlink(address: Address, *, wait_s: float, on_wait: Callable[[], None] | None = None) -> None:
+    """Return once ``address`` accepts connections; raise DeploymentError after ``wait_s`` seconds."""
+    noted = False
+
+    def note() -> None:
+        nonlocal noted
+        if on_wait is not None and not noted:
+            on_wait()
+        noted = True
+
+    if wait_until(lambda: True if accepts_connections(address) else None, timeout=wait_s, interval=1.0, on_wait=note):
+        return
+    raise DeploymentError(
+        f"--superlink {address}: nothing answers there after {wait_s:.0f} s. Check that the coordinator runs "
+        "(`fedeye coordinator start`) and that this machine reaches that host and port."
+    )
+
+
+def accepts_connections(address: Address) -> bool:
+    """Whether a TCP connection to ``address`` opens (the SuperLink listens; TLS is Flower's to check)."""
+    try:
+        with socket.create_connection((address.host, address.port), timeout=2.0):
+            return True
+    except OSError:
+        return False
 
 
 def flower_app_dir() -> Path:
@@ -161,15 +201,15 @@ def flower_status(flower_id: int, connection: str) -> dict[str, Any]:
     return dict(runs[0]) if runs else {}
 
 
-def resumable_config(
-    detail: RunDetail, *, store: RunStore, connection: str | None, on_wait: Callable[[], None] | None = None
-) -> RunConfig:
+def resumable_config(detail: RunDetail, *, store: RunStore) -> RunConfig:
     """The run's own config, pointed at this store, after checking the run can be resumed.
+
+    Whether Flower still runs it is :func:`await_flower_end`'s to check.
 
     Raises
     ------
     DeploymentError
-        The run finished, still runs in Flower, or used client-level DP (its
+        The run finished, or used client-level DP (its
         accountant lives in the coordinator's strategy and would restart).
         Patient-level DP-SGD runs resume: each site goes on with its privacy
         ledger's history of this run id (``fedeye.client.ledger``).
@@ -190,8 +230,6 @@ def resumable_config(
             "instead (patient-level DP-SGD runs, privacy.enabled, can be resumed)."
         )
     resume_point(store, run.run_id)  # raises without a usable checkpoint
-    if connection is not None and detail.flower_runs:
-        await_flower_end(detail.flower_runs[-1].flower_run_id, run.run_id, connection=connection, on_wait=on_wait)
     return cfg.model_copy(update={"output": cfg.output.model_copy(update={"db": store.url})})
 
 

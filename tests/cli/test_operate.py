@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import threading
 import tomllib
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from fedeye.cli.main import app
 from fedeye.client.supernode import supernode_command
 from fedeye.errors import DeploymentError
 from fedeye.flower_programs import Address, connection_name, parse_address, save_connection
-from fedeye.server.deployment import superlink_command
+from fedeye.server.deployment import connection_for, superlink_command
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "300"}
@@ -130,6 +131,43 @@ def test_run_launch_needs_the_ca_or_insecure(tmp_path: Path) -> None:
 def test_run_status_of_an_unknown_run(tmp_path: Path) -> None:
     code, out = _invoke("run", "status", "r-nope", "--db", str(tmp_path / "s.db"))
     assert code == 1 and "no run 'r-nope'" in out
+
+
+def test_a_superlink_still_starting_is_waited_for(coord: Path) -> None:
+    # Prepare: a port nobody listens on yet; the "SuperLink" starts listening after a second
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    listener = socket.socket()
+    notes: list[str] = []
+
+    def start_listening() -> None:
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+
+    timer = threading.Timer(1.0, start_listening)
+    timer.start()
+    try:
+        # Execute
+        name = connection_for(
+            f"127.0.0.1:{port}", ca=coord / "ca.crt", insecure=False, wait_s=30, on_wait=lambda: notes.append("w")
+        )
+    finally:
+        timer.join()
+        listener.close()
+    # Assert: one progress note, then the connection is saved
+    assert notes == ["w"]
+    assert name == connection_name(Address("127.0.0.1", port))
+
+
+def test_a_superlink_that_never_answers_is_named(coord: Path) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with pytest.raises(DeploymentError, match=rf"--superlink 127.0.0.1:{port}: nothing answers there after 1 s"):
+        connection_for(f"127.0.0.1:{port}", ca=coord / "ca.crt", insecure=False, wait_s=1)
 
 
 # --- the Flower command lines and connection file ---------------------------------------

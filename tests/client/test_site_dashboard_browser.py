@@ -49,7 +49,9 @@ def chromium() -> Iterator[object]:
 @pytest.fixture
 def site(tiny_sites: Path, tmp_path: Path) -> Path:
     copy = Path(shutil.copytree(tiny_sites / "site-3", tmp_path / "site-3"))
-    (copy / "fedeye-site.toml").write_text('[approval]\nmode = "manual"\n')
+    (copy / "fedeye-site.toml").write_text(
+        '[approval]\nmode = "manual"\n[privacy]\nepsilon = 8.0\nlifetime_epsilon = 20.0\n'
+    )
     return copy
 
 
@@ -90,6 +92,7 @@ def _train(site: Path) -> None:
             "data": {"root": str(site.parent)},
             "model": {"img_size": 32},
             "training": {"batch_size": 16, "rounds": 4},
+            "privacy": {"enabled": True, "epsilon": 8.0, "noise_multiplier": 1.0},
         }
     )
     app(_request(cfg, MessageType.TRAIN, **{RUN_ID: RUN}), _context({"site-dir": str(site)}))
@@ -120,6 +123,11 @@ def test_site_page_shows_a_pending_run_then_its_rounds_after_approval(
     row = page.locator("#runs tbody tr").first.locator("td").all_inner_texts()
     assert row[0] == RUN and row[2] == "approved" and row[5] == "1"  # one round joined
     assert page.locator("#outgoing tbody tr").count() == 2  # the refusal, then the trained update
+    privacy = page.locator("#privacy").inner_text()
+    spent = page.locator("#privacy tbody tr").first.locator("td").all_inner_texts()
+    assert spent[0] == RUN and spent[1] == "1" and 0 < float(spent[2].split()[0]) <= 8.0, spent
+    assert "of 20.00" in privacy and "of 8.00" in privacy
+    assert "not running" in page.locator("#runtime").inner_text()  # simulation: no worker
     page.wait_for_selector("#data p")
     assert "OK:" in page.locator("#data").inner_text()
     page.screenshot(path=str(ARTIFACTS / "site-page-approved.png"), full_page=True)

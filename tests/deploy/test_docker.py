@@ -210,11 +210,6 @@ def _wait_for_end(fed: Federation, run_id: str) -> dict[str, Any]:
         time.sleep(10.0)
 
 
-@pytest.mark.xfail(
-    reason="known broken since the site-runtime merge: in compose, `fedeye run launch` finds the SuperLink "
-    "unavailable (coordinator:9092); open, see the closing note of this stop (issue 13)",
-    strict=False,
-)
 def test_compose_federation_completes_a_run(federation: Federation, tmp_path: Path) -> None:
     # Prepare: the federation is up (fixture). Execute: launch the demo run as the operator does.
     started = time.monotonic()

@@ -71,9 +71,11 @@ class Federation:
             [FEDEYE, *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout, check=False
         )
 
-    def log(self, name: str) -> str:
+    def log(self, name: str, *, tail: int | None = 3000) -> str:
+        """The process's output: its last ``tail`` characters (a failure message), or all of it (``tail=None``)."""
         path = self.root / f"{name}.log"
-        return path.read_text(errors="replace")[-3000:] if path.is_file() else "(no log)"
+        text = path.read_text(errors="replace") if path.is_file() else "(no log)"
+        return text if tail is None else text[-tail:]
 
     def logs(self) -> str:
         return "\n".join(f"--- {name}\n{self.log(name)}" for name in self.procs)

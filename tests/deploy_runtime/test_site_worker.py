@@ -105,4 +105,4 @@ def test_killed_worker_fails_its_site_for_one_round_and_comes_back(federation: F
     } == names
     second_worker = ping(socket3)
     assert second_worker is not None and second_worker != first_worker
-    assert "site worker restarted" in fed.log("site-3")
+    assert "site worker restarted" in fed.log("site-3", tail=None), fed.log("site-3")

@@ -34,14 +34,8 @@
   function dp(req) { return req.dp ? "DP, \u03b5 " + req.epsilon + " per run" : "no DP"; }
 
   function drawSummary(s) {
-    var box = el("div", "facts");
-    [["Site", s.folder], ["Kind", s.deployed ? "deployment" : "simulation"], ["Approval", s.approval],
-     ["\u03b5 per run (site ceiling)", s.epsilon_per_run === null ? "none set" : s.epsilon_per_run]].forEach(function (f) {
-      var d = box.appendChild(el("div", "fact"));
-      d.appendChild(el("span", "fact-label", f[0]));
-      d.appendChild(el("span", "fact-value", String(f[1])));
-    });
-    fill("summary", box);
+    fill("summary", facts([["Site", s.folder], ["Kind", s.deployed ? "deployment" : "simulation"], ["Approval", s.approval],
+      ["\u03b5 per run (site ceiling)", s.epsilon_per_run === null ? "none set" : s.epsilon_per_run]]));
   }
 
   function drawPending(rows) {
@@ -72,6 +66,35 @@
     })));
   }
 
+  function eps(x) { return x === null || x === undefined ? "-" : Number(x).toFixed(2); }
+  function small(x) { return x === null || x === undefined ? "-" : Number(x).toPrecision(2); }
+  function facts(pairs) {
+    var box = el("div", "facts");
+    pairs.forEach(function (f) {
+      var d = box.appendChild(el("div", "fact"));
+      d.appendChild(el("span", "fact-label", f[0]));
+      d.appendChild(el("span", "fact-value", String(f[1])));
+    });
+    return box;
+  }
+
+  function drawPrivacy(p) {
+    var box = el("div");
+    box.appendChild(facts([
+      ["\u03b5 over all runs", eps(p.lifetime_epsilon) + (p.lifetime_budget === null ? " (no lifetime budget set)" : " of " + eps(p.lifetime_budget))],
+      ["\u03b5 budget per run", p.run_budget === null ? "none set" : eps(p.run_budget)],
+      ["Accountant", p.accountant + (p.delta === null ? "" : ", \u03b4 " + small(p.delta))]]));
+    if (!p.runs.length) box.appendChild(empty("No DP training has run on this site's data yet."));
+    else box.appendChild(table(["Run", "Rounds", "\u03b5 spent", "\u03b4", "Unconfirmed"], p.runs.map(function (r) {
+      return [r.run, String(r.rounds), eps(r.epsilon) + (p.run_budget === null ? "" : " of " + eps(p.run_budget)), small(r.delta), String(r.booked)];
+    })));
+    fill("privacy", box);
+  }
+
+  function drawRuntime(r) {
+    fill("runtime", facts(Object.keys(r).map(function (k) { return [k, r[k]]; })));
+  }
+
   function drawData(d) {
     var box = el("div");
     box.appendChild(el("p", null, d.ok ? "OK: " + d.images + " images of " + d.patients + " patients (" + d.format + ")"
@@ -87,6 +110,8 @@
       drawPending(res.body.pending);
       drawRuns(res.body.runs);
       drawOutgoing(res.body.outgoing);
+      drawPrivacy(res.body.privacy);
+      drawRuntime(res.body.runtime);
       document.getElementById("live").textContent = "updated " + new Date().toLocaleTimeString();
       setTimeout(load, POLL_MS);
     });
