@@ -71,7 +71,7 @@ class ScoreScale:
     """Where the grids sit: thresholds ``center + scale * LOG_ODDS_GRID``, temperatures ``scale * TEMPERATURE_GRID``.
 
     Biases: ``center + scale * BIAS_OFFSETS`` and 0 (so plain temperature scaling is always a candidate, and the
-    affine fit is never worse than it on the images it is fitted on).
+    affine fit is never worse than it in log-loss on the images it is fitted on).
     """
 
     center: float = 0.0
