@@ -62,7 +62,7 @@ def federation_point(model: object, image_size: int, train_sites: list[Path]) ->
 
 
 def _oracle_own_point(row: FoldResult, model: object, target: Path, scored: _Pooled) -> FoldResult:
-    """The oracle with its threshold and temperature fitted on the held-out site's own train labels."""
+    """The oracle with its threshold and calibration fitted on the held-out site's own train labels."""
     from fedeye.client.calibrate import fit_labelled
     from fedeye.compose.dg_benchmark import _with_rates
 

@@ -171,7 +171,7 @@ class EvaluationConfig(_Section):
         description='Threshold the federation chooses on the sites\' pooled validation scores: "youden" '
         "(max sensitivity + specificity) or a target sensitivity in (0, 1), e.g. 0.85 for screening.",
     )
-    calibrate: bool = Field(default=True, description="Fit a temperature across sites (temperature scaling).")
+    calibrate: bool = Field(default=True, description="Fit a bias and temperature across sites (affine/Platt scaling).")
 
 
 class SimulationConfig(_Section):

@@ -49,6 +49,7 @@ SCORE_CENTER: Final = (
 SCORE_SCALE: Final = "score-scale"
 OPERATING_LOG_ODDS: Final = "operating-log-odds"  #: evaluate: the chosen threshold on the positive-class log-odds
 TEMPERATURE: Final = "temperature"  #: evaluate: the fitted temperature (also a metric)
+CALIBRATION_BIAS: Final = "calibration-bias"  #: evaluate: the fitted bias (affine calibration; metric "bias")
 
 # --- keys of the site record ---------------------------------------------------------
 SITE_NAME: Final = "name"
@@ -110,7 +111,9 @@ SUMMARY_POSITIVES: Final = "positives"  #: positives summarised (absent: fewer t
 SUMMARY_NEGATIVES: Final = "negatives"
 SUMMARY_POSITIVES_ABOVE: Final = "positives-above"  #: per grid threshold, positives scoring at or above it
 SUMMARY_NEGATIVES_ABOVE: Final = "negatives-above"
-SUMMARY_NLL: Final = "nll-per-temperature"  #: per grid temperature, the summed log-loss
+SUMMARY_NLL: Final = "nll-per-temperature"  #: per grid temperature, the summed log-loss (bias 0)
+#: per grid (bias, temperature), the summed log-loss, row-major (biases x temperatures)
+SUMMARY_NLL_GRID: Final = "nll-per-bias-temperature"
 SUMMARY_IMAGES: Final = "images"  #: moments: images summarised (absent: fewer than min_group_size)
 SUMMARY_SUM: Final = "log-odds-sum"  #: moments: sum of the positive-class log-odds
 SUMMARY_SQUARES: Final = "log-odds-squares"  #: moments: sum of their squares

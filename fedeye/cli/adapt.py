@@ -10,7 +10,7 @@ import typer
 
 from fedeye.cli._common import console, exits_cleanly
 from fedeye.errors import ConfigError
-from fedeye.fairness.operating_point import Target
+from fedeye.fairness.operating_point import Calibration, Target
 
 ModelOption = Annotated[Path, typer.Option("--model", help="A model file saved by FedEye.")]
 DataOption = Annotated[Path, typer.Option("--data", help="The hospital's site folder.")]
@@ -86,7 +86,7 @@ def _show(result: dict[str, Any], as_json: bool, headline: str) -> None:
     point = result["operating_point"]
     console.print(headline)
     console.print(
-        f"operating point: p >= {point['threshold']:.3f} after temperature {point['temperature']:.2f} "
+        f"operating point: p >= {point['threshold']:.3f} after {Calibration.from_metadata(point).describe()} "
         f"({point['target']}; sensitivity {point['sensitivity']:.3f}, specificity {point['specificity']:.3f} "
         f"{'on these images' if point['source'] == 'calibrate' else 'expected under the fitted mixture'})"
     )

@@ -23,6 +23,7 @@ from fedeye.cli.site_admin import site_approve, site_dashboard, site_deny, site_
 from fedeye.cli.site_cache import cache_app
 from fedeye.cli.site_status import site_status_command
 from fedeye.client.state import fedeye_home
+from fedeye.fairness.operating_point import Calibration
 
 if TYPE_CHECKING:
     from fedeye.compose.simulation import SimulationResult
@@ -293,8 +294,9 @@ def _operating_point_line(point: dict[str, object]) -> str:
         return "operating point: p >= 0.5 (this model file carries none; `fedeye calibrate` sets one)"
     fitted = [int(n) for n in point.get("fitted_on") or [0, 0]]  # type: ignore[attr-defined]
     basis = f"{fitted[0]} positive and {fitted[1]} negative images" if sum(fitted) else "unlabelled images"
+    threshold, calibration = float(point["threshold"]), Calibration.from_metadata(point)  # type: ignore[arg-type]
     return (
-        f"operating point: p >= {float(point['threshold']):.3f} after temperature {float(point['temperature']):.2f} "  # type: ignore[arg-type]
+        f"operating point: p >= {threshold:.3f} after {calibration.describe()} "
         f"({point['target']}, set by {point['source']} on {basis})"
     )
 

@@ -391,7 +391,8 @@ def _operating_point_table(records: list[SiteMetricRecord]) -> TableSpec:
     first = records[0].metrics
     title = (
         f"final model at the federation's operating point (p >= {_format_value(first.get('threshold'))} "
-        f"after temperature {_format_value(first.get('temperature'))}); [95% CI]"
+        f"after bias {_format_value(first.get('bias', 0.0))}, temperature {_format_value(first.get('temperature'))}); "
+        "[95% CI]"
     )
     columns = [Column("site"), *_right(*OPERATING_RATES, "ECE before -> after")]
     rows: Rows = []

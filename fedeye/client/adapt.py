@@ -222,7 +222,7 @@ def _point_from_mixture(
     target: Target = "youden" if start.target in ("youden", "p >= 0.5", "") else float(start.target)
     threshold = mixture_threshold(fit, target)
     sens, spec = _mixture_rates(fit, threshold)
-    moved = ModelOperatingPoint(threshold, start.temperature, str(target), "adapt", (0, 0), sens, spec)
+    moved = ModelOperatingPoint(threshold, start.temperature, str(target), "adapt", (0, 0), sens, spec, start.bias)
     return moved, f"mixture threshold; estimated prevalence {fit.prior:.2f}"
 
 
@@ -242,7 +242,7 @@ def _quantile_point(start: ModelOperatingPoint, log_odds: np.ndarray) -> tuple[M
     share = min(max(share, MIN_COMPONENT_WEIGHT), 1 - MIN_COMPONENT_WEIGHT)
     threshold = float(np.quantile(log_odds, 1 - share))
     moved = ModelOperatingPoint(
-        threshold, start.temperature, start.target, "adapt", (0, 0), start.sensitivity, start.specificity
+        threshold, start.temperature, start.target, "adapt", (0, 0), start.sensitivity, start.specificity, start.bias
     )
     return moved, f"scores not bimodal: threshold at the quantile calling {share:.2f} positive, as where it was fitted"
 

@@ -1,7 +1,7 @@
 """``fedeye calibrate`` and ``fedeye adapt``: re-fit a model's operating point at one site, write a new model file.
 
 - :func:`calibrate_file`: from a small **labelled** local set, the threshold
-  (for the model's target, or a new one) and the temperature, exactly as the
+  (for the model's target, or a new one) and the calibration (bias and temperature), exactly as the
   federation fits them on its pooled summaries
   (:func:`fedeye.fairness.operating_point.fit_local_operating_point`).
 - :func:`adapt_file`: from **unlabelled** images only
@@ -46,7 +46,7 @@ def calibrate_file(
     max_labels: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Fit threshold and temperature on the labelled images of ``site_dir``; write the model to ``out``."""
+    """Fit threshold and calibration on the labelled images of ``site_dir``; write the model to ``out``."""
     model, cfg, meta = load_model(model_path)
     dataset, used, _ = site_images(open_external_site(site_dir), split, image_size=int(cfg.img_size or 0))
     dataset = _at_most(dataset, max_labels, seed)

@@ -89,7 +89,7 @@ def evaluate_model_on_site(
     The result holds ``metrics`` (AUC, and at the model's operating point
     sensitivity, specificity, balanced accuracy, PPV, NPV and accuracy, each
     rate with ``-ci-low``/``-ci-high``, plus ECE before and after the stored
-    temperature), ``operating_point`` (what the model file carries, or the
+    calibration), ``operating_point`` (what the model file carries, or the
     0.5 default) and ``note`` (a split fallback). For a model with domain
     experts it also holds ``experts``: the router's mean mixing weight per
     expert over these images, keyed by the expert's site when the model file

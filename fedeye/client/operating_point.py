@@ -5,7 +5,8 @@ A site asked to summarise (:data:`fedeye.protocol.SUMMARIZE_SCORES`) sends a
 sum and sum of squares of its validation log-odds (``moments``), from which
 the coordinator places the grids; then (``counts``) per class, the count of
 images scoring at or above each threshold of the grid, and the summed
-log-loss at each temperature of the grid
+log-loss at each (bias, temperature) of the calibration grid, flattened, and
+its bias-0 row on its own for coordinators that fit a temperature only
 (:mod:`fedeye.fairness.operating_point`). Nothing in it is per image; a
 class with fewer than the site's ``min_group_size`` images is not sent, nor
 is the log-loss then, nor are the moments of fewer images. The audit mod
@@ -23,9 +24,8 @@ from fedeye.fairness.operating_point import (
     ModelOperatingPoint,
     ScoreScale,
     bootstrap_rates,
-    calibrated_positive,
     counts_above,
-    nll_per_temperature,
+    nll_per_bias_temperature,
     positive_log_odds,
     rates_at,
     score_moments,
@@ -69,7 +69,9 @@ def score_summary(
     if num_neg >= min_group_size:
         record.update({p.SUMMARY_NEGATIVES: num_neg, p.SUMMARY_NEGATIVES_ABOVE: [int(v) for v in neg]})
     if num_pos >= min_group_size and num_neg >= min_group_size:
-        record[p.SUMMARY_NLL] = [float(v) for v in nll_per_temperature(labels, d, scale.temperatures)]
+        nll = nll_per_bias_temperature(labels, d, scale.biases, scale.temperatures)
+        record[p.SUMMARY_NLL_GRID] = [float(v) for v in nll.ravel()]
+        record[p.SUMMARY_NLL] = [float(v) for v in nll[-1]]  # the bias-0 row: temperature scaling
     return MetricRecord(record) if record else None
 
 
@@ -78,7 +80,8 @@ def point_from_config(config: ConfigRecord) -> ModelOperatingPoint | None:
     if p.OPERATING_LOG_ODDS not in config:
         return None
     log_odds, temperature = float(config[p.OPERATING_LOG_ODDS]), float(config.get(p.TEMPERATURE, 1.0))  # type: ignore[arg-type]
-    return ModelOperatingPoint(log_odds, temperature, "", "federation", (0, 0), float("nan"), float("nan"))
+    bias = float(config.get(p.CALIBRATION_BIAS, 0.0))  # type: ignore[arg-type]
+    return ModelOperatingPoint(log_odds, temperature, "", "federation", (0, 0), float("nan"), float("nan"), bias)
 
 
 def metrics_at_point(
@@ -92,8 +95,8 @@ def metrics_at_point(
     """Accuracy and :data:`~fedeye.fairness.operating_point.RATE_NAMES` at ``point``, with bootstrap 95% CIs.
 
     Keys: each rate, ``<rate>-ci-low``/``<rate>-ci-high``, ``accuracy``,
-    ``threshold`` (calibrated probability), ``temperature``, ``ece``
-    (uncalibrated) and ``ece-calibrated``. A binary task only.
+    ``threshold`` (calibrated probability), ``temperature``, ``bias``,
+    ``ece`` (uncalibrated) and ``ece-calibrated``. A binary task only.
     """
     d = positive_log_odds(probs)
     rates = rates_at(labels, d, point.log_odds)
@@ -101,7 +104,7 @@ def metrics_at_point(
     for name, (low, high) in bootstrap_rates(labels, d, point.log_odds, resamples=resamples, seed=seed).items():
         out[f"{name}-ci-low"], out[f"{name}-ci-high"] = low, high
     out["accuracy"] = float(((d >= point.log_odds) == (labels == 1)).mean()) if len(labels) else float("nan")
-    out["threshold"], out["temperature"] = point.threshold, point.temperature
+    out["threshold"], out["temperature"], out["bias"] = point.threshold, point.temperature, point.bias
     out["ece"] = expected_calibration_error(labels, probs[:, 1])
-    out["ece-calibrated"] = expected_calibration_error(labels, calibrated_positive(d, point.temperature))
+    out["ece-calibrated"] = expected_calibration_error(labels, point.calibration.probability(d))
     return out

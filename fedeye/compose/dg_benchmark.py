@@ -49,7 +49,6 @@ from fedeye.fairness.operating_point import (
     DEFAULT_POINT,
     ModelOperatingPoint,
     Target,
-    calibrated_positive,
     positive_log_odds,
     rates_at,
 )
@@ -92,7 +91,7 @@ class FoldResult:
     balanced_accuracy: float = float("nan")
     sensitivity: float = float("nan")
     specificity: float = float("nan")
-    ece: float = float("nan")  # before the stored temperature
+    ece: float = float("nan")  # before the stored calibration (bias and temperature)
     ece_calibrated: float = float("nan")
     threshold: float = float("nan")  # on the calibrated probability
 
@@ -290,7 +289,7 @@ def _with_rates(row: FoldResult, probs: np.ndarray, labels: np.ndarray, point: M
         rates["specificity"],
     )
     row.ece = expected_calibration_error(labels, probs[:, 1])
-    row.ece_calibrated = expected_calibration_error(labels, calibrated_positive(d, point.temperature))
+    row.ece_calibrated = expected_calibration_error(labels, point.calibration.probability(d))
     row.threshold = point.threshold
     return row
 
@@ -673,7 +672,7 @@ def _rates_section(rows: Sequence[FoldResult], summary: Sequence[dict[str, float
         "",
         "## At the operating point the model carries (held-out site's val + test images)",
         "",
-        "Threshold and temperature as stored in the model file: chosen by the federation on the training "
+        "Threshold and calibration (bias, temperature) as stored in the model file: chosen by the federation on the training "
         "sites' pooled validation summaries; `+ adapt`: moved by `fedeye adapt` on the held-out site's "
         "unlabelled images; `+ calibrate(n)`: re-fitted by `fedeye calibrate` on n labelled images of its "
         "train split (blank where a draw held under 5 of a class); oracle: FedAvg over all five sites, "

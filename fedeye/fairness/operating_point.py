@@ -1,25 +1,34 @@
-"""Operating point and temperature scaling from aggregate score summaries: pure functions, no I/O.
+"""Operating point and affine (Platt) calibration from aggregate score summaries: pure functions, no I/O.
 
 A binary classifier is used at one threshold; a clinician reads sensitivity
-and specificity there, not AUC. FedEye chooses that threshold, and a
-temperature that calibrates the probabilities (Guo et al., "On Calibration of
-Modern Neural Networks", ICML 2017), from summaries that never hold a
-per-image value:
+and specificity there, not AUC. FedEye chooses that threshold, and a bias and
+a temperature that calibrate the probabilities (:class:`Calibration`:
+``sigmoid((d - bias) / temperature)``, Platt scaling; with bias 0 the
+temperature scaling of Guo et al., "On Calibration of Modern Neural
+Networks", ICML 2017), from summaries that never hold a per-image value:
 
 - :func:`counts_above`: per class, how many validation images score at or
   above each threshold of the fixed grid :data:`LOG_ODDS_GRID` (an empirical
   ROC curve at a fixed resolution, 201 points; summed over sites it is the
   pooled one);
-- :func:`nll_per_temperature`: the summed log-loss of the validation images
-  at each temperature of the fixed grid :data:`TEMPERATURE_GRID`; summed over
-  sites, its minimum is the pooled maximum-likelihood temperature.
+- :func:`nll_per_bias_temperature`: the summed log-loss of the validation
+  images at each (bias, temperature) of the grid :data:`BIAS_OFFSETS` x
+  :data:`TEMPERATURE_GRID`; summed over sites, its minimum is the pooled
+  maximum-likelihood calibration on the grid (:func:`fit_calibration`).
+  (:func:`nll_per_temperature`, its bias-0 row, is what sites sent before.)
 
 Scores are the positive-class log-odds ``d = log p1 - log p0`` (the logit
-difference, which temperature scaling divides by ``T``). The grid is on
-``d``, so one summary serves any temperature: the threshold ``t`` on ``d`` is
-the threshold ``sigmoid(t / T)`` on the calibrated probability.
+difference). The threshold grid is on ``d``, so one summary serves any
+calibration: the threshold ``t`` on ``d`` is the threshold
+``sigmoid((t - bias) / T)`` on the calibrated probability.
 
-Both grids are placed by a :class:`ScoreScale`: centre and spread of the
+Why a bias: temperature alone stretches ``d`` around 0. Where a model's
+log-odds are offset (class weighting, a new camera; the threshold chosen is
+then far from 0), the maximum-likelihood temperature flattens every
+probability towards 0.5, or sharpens them about the wrong point, and the
+calibration error rises; a bias moves the centre first.
+
+The grids are placed by a :class:`ScoreScale`: centre and spread of the
 pooled log-odds, which the coordinator first learns from each site's count,
 sum and sum of squares (:func:`score_moments`). A model whose log-odds all
 lie within +-0.001 of -0.3 (barely trained, or from another camera) is then
@@ -36,6 +45,7 @@ resolved as finely as a confident one.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,6 +57,10 @@ _MAGNITUDES = np.geomspace(1e-3, 16.0, 100)
 LOG_ODDS_GRID: np.ndarray = np.concatenate([-_MAGNITUDES[::-1], [0.0], _MAGNITUDES])
 #: Temperatures tried by temperature scaling (0.05 to 20, geometric, 5% apart).
 TEMPERATURE_GRID: np.ndarray = np.geomspace(0.05, 20.0, 121)
+#: Biases tried by affine calibration, in spreads from the centre: -4 ... +4, 0.2 apart (41, 0 included).
+BIAS_OFFSETS: np.ndarray = np.linspace(-4.0, 4.0, 41)
+#: Shape of the log-loss summary: the biases of :data:`BIAS_OFFSETS` plus bias 0 (temperature scaling), by temperature.
+NLL_GRID_SHAPE = (len(BIAS_OFFSETS) + 1, len(TEMPERATURE_GRID))
 #: The target of an operating point: Youden's J, or a minimum sensitivity in (0, 1).
 Target = Literal["youden"] | float
 _EPS = 1e-7
@@ -54,7 +68,11 @@ _EPS = 1e-7
 
 @dataclass(frozen=True)
 class ScoreScale:
-    """Where the grids sit: thresholds ``center + scale * LOG_ODDS_GRID``, temperatures ``scale * TEMPERATURE_GRID``."""
+    """Where the grids sit: thresholds ``center + scale * LOG_ODDS_GRID``, temperatures ``scale * TEMPERATURE_GRID``.
+
+    Biases: ``center + scale * BIAS_OFFSETS`` and 0 (so plain temperature scaling is always a candidate, and the
+    affine fit is never worse than it in log-loss on the images it is fitted on).
+    """
 
     center: float = 0.0
     scale: float = 1.0
@@ -68,6 +86,11 @@ class ScoreScale:
     def temperatures(self) -> np.ndarray:
         """The temperature grid."""
         return self.scale * TEMPERATURE_GRID
+
+    @property
+    def biases(self) -> np.ndarray:
+        """The bias grid (the last entry is 0)."""
+        return np.append(self.center + self.scale * BIAS_OFFSETS, 0.0)
 
     @classmethod
     def from_moments(cls, count: float, total: float, squares: float) -> ScoreScale:
@@ -91,6 +114,36 @@ def score_moments(log_odds: np.ndarray) -> tuple[int, float, float]:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Affine (Platt) scaling of the positive-class log-odds: ``p = sigmoid((d - bias) / temperature)``.
+
+    Platt, "Probabilistic outputs for support vector machines", 1999: a
+    logistic regression on the score. With ``bias`` 0 it is temperature
+    scaling (Guo et al., ICML 2017), which cannot undo an offset in ``d``.
+
+    >>> Calibration(bias=1.0, temperature=2.0).probability(np.array([1.0, 3.0])).round(3).tolist()
+    [0.5, 0.731]
+    """
+
+    bias: float = 0.0
+    temperature: float = 1.0
+
+    def probability(self, log_odds: np.ndarray) -> np.ndarray:
+        """The calibrated positive-class probability of each log-odds."""
+        scaled = (np.asarray(log_odds, dtype=np.float64) - self.bias) / self.temperature
+        return np.asarray(np.exp(-np.logaddexp(0.0, -scaled)))
+
+    @classmethod
+    def from_metadata(cls, point: Mapping[str, object]) -> Calibration:
+        """The calibration of a stored point's metadata (no ``bias``: written before it was fitted, 0)."""
+        return cls(float(point.get("bias", 0.0)), float(point.get("temperature", 1.0)))  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        """``bias -0.024, temperature 0.15``: for a report line."""
+        return f"bias {self.bias:.3g}, temperature {self.temperature:.3g}"
+
+
+@dataclass(frozen=True)
 class OperatingPoint:
     """A threshold on the positive-class log-odds and what it gave on the pooled validation images."""
 
@@ -98,9 +151,9 @@ class OperatingPoint:
     sensitivity: float
     specificity: float
 
-    def probability(self, temperature: float = 1.0) -> float:
-        """The threshold on the probability calibrated with ``temperature``."""
-        return float(1.0 / (1.0 + np.exp(-self.log_odds / temperature)))
+    def probability(self, calibration: Calibration | None = None) -> float:
+        """The threshold on the probability calibrated by ``calibration`` (None: uncalibrated)."""
+        return float((calibration or Calibration()).probability(np.array([self.log_odds]))[0])
 
 
 def positive_log_odds(probs: np.ndarray) -> np.ndarray:
@@ -172,13 +225,28 @@ def _sensitivity_index(sens: np.ndarray, spec: np.ndarray, minimum: float) -> in
     return int(meeting[np.argmax(spec[meeting])]) if len(meeting) else 0
 
 
+def nll_per_bias_temperature(
+    labels: np.ndarray, log_odds: np.ndarray, biases: np.ndarray, temperatures: np.ndarray = TEMPERATURE_GRID
+) -> np.ndarray:
+    """Summed binary log-loss at each (bias, temperature): ``sum_i log(1 + exp(-s_i (d_i - b) / T))``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(len(biases), len(temperatures))``; one sum per cell, whatever the number of images.
+    """
+    sign = np.where(np.asarray(labels) == 1, 1.0, -1.0)
+    d = np.asarray(log_odds, dtype=np.float64)
+    inverse = 1.0 / np.asarray(temperatures, dtype=np.float64)
+    rows = [np.logaddexp(0.0, -np.outer(inverse, sign * (d - b))).sum(axis=1) for b in np.asarray(biases)]
+    return np.asarray(rows).reshape(len(biases), len(temperatures))
+
+
 def nll_per_temperature(
     labels: np.ndarray, log_odds: np.ndarray, temperatures: np.ndarray = TEMPERATURE_GRID
 ) -> np.ndarray:
-    """Summed binary log-loss of the images at each temperature (``sum_i log(1 + exp(-s_i d_i / T))``)."""
-    sign = np.where(np.asarray(labels) == 1, 1.0, -1.0)
-    scaled = (sign * np.asarray(log_odds, dtype=np.float64))[None, :] / np.asarray(temperatures)[:, None]
-    return np.asarray(np.logaddexp(0.0, -scaled).sum(axis=1))
+    """Summed binary log-loss at each temperature, bias 0 (the summary of sites before affine calibration)."""
+    return np.asarray(nll_per_bias_temperature(labels, log_odds, np.zeros(1), temperatures)[0])
 
 
 def fit_temperature(nll_sums: np.ndarray, temperatures: np.ndarray = TEMPERATURE_GRID) -> float:
@@ -186,9 +254,11 @@ def fit_temperature(nll_sums: np.ndarray, temperatures: np.ndarray = TEMPERATURE
     return float(np.asarray(temperatures)[int(np.argmin(nll_sums))])
 
 
-def calibrated_positive(log_odds: np.ndarray, temperature: float) -> np.ndarray:
-    """Positive-class probability after temperature scaling."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(log_odds, dtype=np.float64) / temperature))
+def fit_calibration(nll_sums: np.ndarray, scale: ScoreScale | None = None) -> Calibration:
+    """The (bias, temperature) of least summed log-loss on ``scale``'s grids (first cell on a tie: deterministic)."""
+    scale = scale or ScoreScale()
+    row, column = np.unravel_index(int(np.argmin(nll_sums)), np.shape(nll_sums))
+    return Calibration(float(scale.biases[row]), float(scale.temperatures[column]))
 
 
 RATE_NAMES = ("sensitivity", "specificity", "balanced-accuracy", "ppv", "npv")
@@ -253,10 +323,12 @@ def _percentiles(values: np.ndarray, tail: float) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class ModelOperatingPoint:
-    """The operating point and temperature a model file carries (metadata key :data:`METADATA_KEY`).
+    """The operating point and calibration a model file carries (metadata key :data:`METADATA_KEY`).
 
     ``log_odds`` is the threshold on the uncalibrated positive-class log-odds;
-    ``threshold`` the same threshold on the calibrated probability. ``source``
+    ``threshold`` the same threshold on the calibrated probability
+    (``temperature`` and ``bias``, :class:`Calibration`; a model file written
+    before the bias was fitted has none: 0). ``source``
     says who set it (``federation``, ``calibrate``, ``adapt``), ``target``
     what it aimed at, ``fitted_on`` how many images (positives, negatives) it
     was chosen on, and ``sensitivity``/``specificity`` what it gave there.
@@ -269,11 +341,17 @@ class ModelOperatingPoint:
     fitted_on: tuple[int, int]
     sensitivity: float
     specificity: float
+    bias: float = 0.0
+
+    @property
+    def calibration(self) -> Calibration:
+        """The stored bias and temperature."""
+        return Calibration(self.bias, self.temperature)
 
     @property
     def threshold(self) -> float:
-        """The threshold on the calibrated positive-class probability."""
-        return float(calibrated_positive(np.array([self.log_odds]), self.temperature)[0])
+        """The threshold on the calibrated positive-class probability: ``sigmoid((log_odds - bias) / temperature)``."""
+        return float(self.calibration.probability(np.array([self.log_odds]))[0])
 
     def to_metadata(self) -> dict[str, object]:
         """JSON-ready form for a model file's metadata."""
@@ -281,6 +359,7 @@ class ModelOperatingPoint:
             "log_odds": self.log_odds,
             "threshold": self.threshold,
             "temperature": self.temperature,
+            "bias": self.bias,
             "target": self.target,
             "source": self.source,
             "fitted_on": list(self.fitted_on),
@@ -297,12 +376,13 @@ class ModelOperatingPoint:
         positives, negatives = raw.get("fitted_on", (0, 0))
         return cls(
             log_odds=float(raw["log_odds"]),
-            temperature=float(raw.get("temperature", 1.0)),
+            temperature=Calibration.from_metadata(raw).temperature,
             target=str(raw.get("target", "youden")),
             source=str(raw.get("source", "")),
             fitted_on=(int(positives), int(negatives)),
             sensitivity=float(raw.get("sensitivity", float("nan"))),
             specificity=float(raw.get("specificity", float("nan"))),
+            bias=Calibration.from_metadata(raw).bias,
         )
 
 
@@ -317,12 +397,12 @@ def fit_operating_point(
     negatives_above: np.ndarray,
     num_positive: int,
     num_negative: int,
-    nll: np.ndarray | None,
+    calibration: Calibration | None,
     target: Target,
     source: str,
     scale: ScoreScale | None = None,
 ) -> ModelOperatingPoint:
-    """Threshold (for ``target``) and temperature (``nll`` None: 1.0) from summed summaries on ``scale``'s grids."""
+    """Threshold (for ``target``) from summed counts on ``scale``'s grid, with ``calibration`` (None: none)."""
     scale = scale or ScoreScale()
     point = choose_threshold(
         positives_above,
@@ -332,22 +412,31 @@ def fit_operating_point(
         target=target,
         grid=scale.thresholds,
     )
-    temperature = 1.0 if nll is None else fit_temperature(nll, scale.temperatures)
+    calibration = calibration or Calibration()
     return ModelOperatingPoint(
         point.log_odds,
-        temperature,
+        calibration.temperature,
         str(target),
         source,
         (num_positive, num_negative),
         point.sensitivity,
         point.specificity,
+        bias=calibration.bias,
     )
 
 
 def fit_local_operating_point(
     labels: np.ndarray, log_odds: np.ndarray, *, target: Target, source: str
 ) -> ModelOperatingPoint:
-    """:func:`fit_operating_point` on one labelled set (``fedeye calibrate``), on grids placed by its own scores."""
+    """:func:`fit_operating_point` on one labelled set (``fedeye calibrate``), on grids placed by its own scores.
+
+    The calibration is fitted on the same (bias, temperature) grid as the
+    federation's, not by a continuous logistic regression: one code path for
+    both, deterministic, and bounded. With 20-40 labels a class is often
+    separable, where the unpenalised maximum-likelihood slope is infinite; the
+    grid stops at temperature ``0.05 * spread``. Its steps (0.2 spreads in
+    bias, 5% in temperature) are finer than such a set can resolve.
+    """
     scale = ScoreScale.of(log_odds)
     pos, neg = counts_above(labels, log_odds, scale.thresholds)
     return fit_operating_point(
@@ -355,7 +444,9 @@ def fit_local_operating_point(
         negatives_above=neg,
         num_positive=int((labels == 1).sum()),
         num_negative=int((labels != 1).sum()),
-        nll=nll_per_temperature(labels, log_odds, scale.temperatures),
+        calibration=fit_calibration(
+            nll_per_bias_temperature(labels, log_odds, scale.biases, scale.temperatures), scale
+        ),
         target=target,
         source=source,
         scale=scale,

@@ -281,8 +281,9 @@ def _operating_point_blocks(final: list[SiteResult]) -> list[Block]:
     )
     first = at_point[0].metrics
     caption = (
-        f"At the operating point the federation chose (p ≥ {_fmt(first.get('threshold'))} after temperature "
-        f"{_fmt(first.get('temperature'))}), with per-image bootstrap 95% intervals computed at each site."
+        f"At the operating point the federation chose (p ≥ {_fmt(first.get('threshold'))} after bias "
+        f"{_fmt(first.get('bias', 0.0))}, temperature {_fmt(first.get('temperature'))}), with per-image bootstrap "
+        "95% intervals computed at each site. ECE before and after that calibration."
     )
     header = ("site", *(name for _, name in OPERATING_RATES), "ECE", "ECE calibrated")
     return [Table(header, rows, caption)]

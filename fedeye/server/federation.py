@@ -299,7 +299,7 @@ def _save_final(
     metadata: dict[str, object] = {"run_id": run_id, "round": cfg.training.rounds, "run_name": cfg.name}
     if experts:
         metadata["experts"] = experts  # the site that trained each domain expert
-    if point is not None:  # threshold and temperature chosen on the sites' pooled validation summaries
+    if point is not None:  # threshold and calibration chosen on the sites' pooled validation summaries
         metadata[OP_METADATA_KEY] = point.to_metadata()
         saved = write_point(point, out / "operating-point.json")
         store.record_artifact(run_id, server_round=cfg.training.rounds, kind="operating-point", path=saved)

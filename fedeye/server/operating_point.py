@@ -6,7 +6,7 @@ for the moments of its log-odds (count, sum, sum of squares), which place the
 grids (:class:`~fedeye.fairness.operating_point.ScoreScale`), then for its
 counts and log-losses on those grids (see :mod:`fedeye.client.operating_point`).
 The counts are summed and the run's ``[evaluation] operating_point`` and
-temperature are chosen on the sums (:mod:`fedeye.fairness.operating_point`). The result goes into the final
+calibration (bias and temperature) are chosen on the sums (:mod:`fedeye.fairness.operating_point`). The result goes into the final
 model file and, through the final evaluation's config, to every site.
 """
 
@@ -28,10 +28,14 @@ from fedeye import protocol as p
 from fedeye.config import RunConfig
 from fedeye.fairness.operating_point import (
     LOG_ODDS_GRID,
+    NLL_GRID_SHAPE,
     TEMPERATURE_GRID,
+    Calibration,
     ModelOperatingPoint,
     ScoreScale,
+    fit_calibration,
     fit_operating_point,
+    fit_temperature,
 )
 
 
@@ -45,6 +49,8 @@ class SummedScores:
     negatives_above: np.ndarray = field(default_factory=lambda: np.zeros(len(LOG_ODDS_GRID), dtype=np.int64))
     nll: np.ndarray = field(default_factory=lambda: np.zeros(len(TEMPERATURE_GRID)))
     sites_with_nll: int = 0
+    nll_grid: np.ndarray = field(default_factory=lambda: np.zeros(NLL_GRID_SHAPE))
+    sites_with_nll_grid: int = 0
 
     def add(self, record: MetricRecord) -> None:
         """Add one site's record; vectors of the wrong length are ignored (a site on another FedEye)."""
@@ -57,6 +63,22 @@ class SummedScores:
         if _fits(record, p.SUMMARY_NLL, TEMPERATURE_GRID):
             self.nll += np.asarray(record[p.SUMMARY_NLL], dtype=np.float64)
             self.sites_with_nll += 1
+        if _fits(record, p.SUMMARY_NLL_GRID, np.empty(NLL_GRID_SHAPE).ravel()):
+            self.nll_grid += np.asarray(record[p.SUMMARY_NLL_GRID], dtype=np.float64).reshape(NLL_GRID_SHAPE)
+            self.sites_with_nll_grid += 1
+
+    def calibration(self, scale: ScoreScale) -> Calibration | None:
+        """Bias and temperature of least pooled log-loss (None: no log-loss was sent).
+
+        Affine when every site that sent a log-loss sent the (bias, temperature)
+        grid; else (a site on an older FedEye) the temperature alone, on the sums
+        every site sent.
+        """
+        if not self.sites_with_nll:
+            return None
+        if self.sites_with_nll_grid == self.sites_with_nll:
+            return fit_calibration(self.nll_grid, scale)
+        return Calibration(temperature=fit_temperature(self.nll, scale.temperatures))
 
 
 def _fits(record: MetricRecord, key: str, grid: np.ndarray) -> bool:
@@ -101,13 +123,13 @@ def choose_from_summaries(
             total.negatives,
         )
         return None
-    nll = total.nll if cfg.evaluation.calibrate and total.sites_with_nll else None
+    scale = scale or ScoreScale()
     return fit_operating_point(
         positives_above=total.positives_above,
         negatives_above=total.negatives_above,
         num_positive=total.positives,
         num_negative=total.negatives,
-        nll=nll,
+        calibration=total.calibration(scale) if cfg.evaluation.calibrate else None,
         target=cfg.evaluation.operating_point,
         source="federation",
         scale=scale,
@@ -130,10 +152,10 @@ def federated_operating_point(
     if point is not None:
         log(
             INFO,
-            "operating point (%s): p >= %.3f after temperature %.2f (pooled val sensitivity %.3f, specificity %.3f)",
+            "operating point (%s): p >= %.3f after calibration (%s) (pooled val sensitivity %.3f, specificity %.3f)",
             point.target,
             point.threshold,
-            point.temperature,
+            point.calibration.describe(),
             point.sensitivity,
             point.specificity,
         )
@@ -153,7 +175,9 @@ def _ask(
 
 def point_config(point: ModelOperatingPoint | None) -> dict[str, float]:
     """The evaluate-config keys that make sites report metrics at ``point``."""
-    return {} if point is None else {p.OPERATING_LOG_ODDS: point.log_odds, p.TEMPERATURE: point.temperature}
+    if point is None:
+        return {}
+    return {p.OPERATING_LOG_ODDS: point.log_odds, p.TEMPERATURE: point.temperature, p.CALIBRATION_BIAS: point.bias}
 
 
 def write_point(point: ModelOperatingPoint, path: Path) -> Path:

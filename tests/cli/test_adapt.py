@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -44,6 +45,20 @@ def test_calibrate_writes_a_new_point_and_keeps_the_old_one_in_history(
     (record,) = meta["history"]
     assert record["command"] == "calibrate" and record["previous"]["source"] == "federation"
     assert meta["round"] == 3 and load_model(model_file)[2][METADATA_KEY]["source"] == "federation"  # input kept
+
+
+def test_calibrate_stores_and_shows_the_fitted_bias(model_file: Path, tiny_sites: Path, tmp_path: Path) -> None:
+    out = tmp_path / "calibrated.pt"
+    result = runner.invoke(
+        app, ["calibrate", "--model", str(model_file), "--data", str(tiny_sites / "site-1"), "--out", str(out)]
+    )
+
+    assert result.exit_code == 0, result.output
+    stored = load_model(out)[2][METADATA_KEY]
+    point = ModelOperatingPoint.from_metadata({METADATA_KEY: stored})
+    assert point is not None and stored["bias"] == point.bias
+    assert stored["threshold"] == pytest.approx(point.calibration.probability(np.array([point.log_odds]))[0])
+    assert f"after {point.calibration.describe()}" in " ".join(result.output.split())
 
 
 def test_calibrate_refuses_too_few_labels_and_says_what_to_do(

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -85,6 +86,19 @@ def test_the_table_names_the_operating_point(model_file: Path, test_only_site: P
     text = " ".join(result.output.split())  # rich wraps long lines
     assert "no 'val' images" in text and "set by federation on 20 positive and 30" in text
     assert "balanced-accuracy" in text and "95% CI" in text
+
+
+def test_a_model_file_written_before_the_bias_loads_with_bias_zero(tmp_path: Path, test_only_site: Path) -> None:
+    cfg = ModelConfig(img_size=32)
+    stored = {k: v for k, v in POINT.to_metadata().items() if k != "bias"}  # as written before affine calibration
+    save_model(tmp_path / "old.pt", build_model(cfg), cfg, metadata={METADATA_KEY: stored})
+
+    report = _evaluate(tmp_path / "old.pt", test_only_site)
+
+    point, metrics = report["operating_point"], report["metrics"]
+    assert isinstance(point, dict) and isinstance(metrics, dict)
+    assert point["bias"] == 0.0 and metrics["bias"] == 0.0 and metrics["temperature"] == 1.5
+    assert metrics["threshold"] == pytest.approx(1 / (1 + np.exp(-0.3 / 1.5)))
 
 
 def test_a_model_without_a_point_keeps_the_half_threshold(tmp_path: Path, test_only_site: Path) -> None:

@@ -257,10 +257,15 @@ def test_failed_site_shows_its_category_and_incident(runner: CliRunner, app: typ
     assert "failed: data-error (incident abc123abc123)" in shown.stdout
 
 
-def test_show_reports_rates_at_the_operating_point_with_intervals(runner: CliRunner, app: typer.Typer, db: str) -> None:
+@pytest.mark.parametrize(("bias", "shown_bias"), [(0.3, "0.300"), (None, "0.000")])  # None: a run before the bias
+def test_show_reports_rates_at_the_operating_point_with_intervals(
+    runner: CliRunner, app: typer.Typer, db: str, bias: float | None, shown_bias: str
+) -> None:
     store = RunStore(db)
     run_id = store.create_run(name="op", strategy="fedavg", config={}, num_rounds=1, num_sites=1)
     metrics = {"auc": 0.9, "threshold": 0.42, "temperature": 1.7, "ece": 0.2, "ece-calibrated": 0.05}
+    if bias is not None:
+        metrics["bias"] = bias
     for rate in ("sensitivity", "specificity", "balanced-accuracy", "ppv", "npv"):
         metrics.update({rate: 0.8, f"{rate}-ci-low": 0.7, f"{rate}-ci-high": 0.9})
     store.record_site_metrics(
@@ -270,5 +275,5 @@ def test_show_reports_rates_at_the_operating_point_with_intervals(runner: CliRun
     result = runner.invoke(app, ["runs", "show", run_id, "--db", db], env=WIDE)
 
     assert result.exit_code == 0, result.output
-    assert "operating point (p >= 0.420 after temperature 1.700)" in result.output
+    assert f"operating point (p >= 0.420 after bias {shown_bias}, temperature 1.700)" in result.output
     assert "0.800 [0.700, 0.900]" in result.output and "0.200 -> 0.050" in result.output

@@ -14,7 +14,15 @@ from fedeye import protocol as p
 from fedeye.client.app import app
 from fedeye.client.operating_point import metrics_at_point, score_summary
 from fedeye.config import RunConfig
-from fedeye.fairness.operating_point import LOG_ODDS_GRID, TEMPERATURE_GRID, ModelOperatingPoint
+from fedeye.fairness.operating_point import (
+    LOG_ODDS_GRID,
+    NLL_GRID_SHAPE,
+    TEMPERATURE_GRID,
+    ModelOperatingPoint,
+    ScoreScale,
+    nll_per_bias_temperature,
+    positive_log_odds,
+)
 from fedeye.models import build_model
 
 
@@ -34,7 +42,20 @@ def test_summary_holds_only_counts_on_fixed_grids() -> None:
         p.SUMMARY_POSITIVES_ABOVE: len(LOG_ODDS_GRID),
         p.SUMMARY_NEGATIVES_ABOVE: len(LOG_ODDS_GRID),
         p.SUMMARY_NLL: len(TEMPERATURE_GRID),
+        p.SUMMARY_NLL_GRID: NLL_GRID_SHAPE[0] * NLL_GRID_SHAPE[1],
     }  # vector lengths are the grids', never the number of images
+
+
+def test_the_log_loss_grid_is_row_major_and_its_last_row_is_the_temperature_summary() -> None:
+    labels = np.array([0] * 30 + [1] * 25)
+    probs, scale = _probs(labels), ScoreScale(-0.5, 1.2)
+    summary = score_summary(probs, labels, min_group_size=10, scale=scale)
+
+    assert summary is not None
+    grid = np.asarray(summary[p.SUMMARY_NLL_GRID]).reshape(NLL_GRID_SHAPE)
+    expected = nll_per_bias_temperature(labels, positive_log_odds(probs), scale.biases, scale.temperatures)
+    assert grid == pytest.approx(expected)
+    assert np.asarray(summary[p.SUMMARY_NLL]) == pytest.approx(expected[-1])  # bias 0, for older coordinators
 
 
 def test_summary_does_not_depend_on_image_order() -> None:
@@ -66,13 +87,13 @@ def test_multiclass_sends_no_summary() -> None:
 
 def test_metrics_at_a_point_carry_intervals_threshold_and_calibration() -> None:
     labels = np.array([0] * 40 + [1] * 40)
-    point = ModelOperatingPoint(0.2, 2.0, "youden", "federation", (40, 40), 0.8, 0.8)
+    point = ModelOperatingPoint(0.2, 2.0, "youden", "federation", (40, 40), 0.8, 0.8, bias=-0.4)
     metrics = metrics_at_point(_probs(labels), labels, point, resamples=200)
 
     for name in ("sensitivity", "specificity", "balanced-accuracy", "ppv", "npv"):
         assert metrics[f"{name}-ci-low"] <= metrics[name] <= metrics[f"{name}-ci-high"]
-    assert metrics["threshold"] == pytest.approx(1 / (1 + np.exp(-0.1)))
-    assert metrics["temperature"] == 2.0 and 0 <= metrics["ece-calibrated"] <= 1
+    assert metrics["threshold"] == pytest.approx(1 / (1 + np.exp(-0.3)))  # (0.2 - -0.4) / 2
+    assert metrics["temperature"] == 2.0 and metrics["bias"] == -0.4 and 0 <= metrics["ece-calibrated"] <= 1
 
 
 def _evaluate_request(cfg: RunConfig, **extra: object) -> Message:
@@ -101,15 +122,19 @@ def test_the_clientapp_replies_a_summary_only_when_asked(tiny_sites: Path) -> No
 
     plain = app(_evaluate_request(cfg), node)
     asked = app(
-        _evaluate_request(cfg, **{p.SUMMARIZE_SCORES: True, p.OPERATING_LOG_ODDS: 0.0, p.TEMPERATURE: 1.5}), node
+        _evaluate_request(
+            cfg,
+            **{p.SUMMARIZE_SCORES: True, p.OPERATING_LOG_ODDS: 0.0, p.TEMPERATURE: 1.5, p.CALIBRATION_BIAS: 0.25},
+        ),
+        node,
     )
 
     assert p.SCORE_SUMMARY not in plain.content.metric_records
     assert "balanced-accuracy" not in plain.content[p.METRICS] and "balanced-accuracy" in asked.content[p.METRICS]
-    assert asked.content[p.METRICS]["temperature"] == 1.5
+    assert asked.content[p.METRICS]["temperature"] == 1.5 and asked.content[p.METRICS]["bias"] == 0.25
     # 40 images at 32 px: the test split holds fewer than 10 of a class, so nothing of it is sent
     assert p.SCORE_SUMMARY not in asked.content.metric_records or all(
-        len(v) in (len(LOG_ODDS_GRID), len(TEMPERATURE_GRID))
+        len(v) in (len(LOG_ODDS_GRID), len(TEMPERATURE_GRID), NLL_GRID_SHAPE[0] * NLL_GRID_SHAPE[1])
         for v in asked.content[p.SCORE_SUMMARY].values()
         if isinstance(v, list)
     )

@@ -1,20 +1,28 @@
-"""Threshold choice and temperature fitting against sklearn and brute force."""
+"""Threshold choice, temperature and affine calibration fitting against sklearn and brute force."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from sklearn.metrics import log_loss, roc_curve
 
+from fedeye.fairness.metrics import expected_calibration_error
 from fedeye.fairness.operating_point import (
     LOG_ODDS_GRID,
+    METADATA_KEY,
+    NLL_GRID_SHAPE,
     TEMPERATURE_GRID,
+    Calibration,
+    ModelOperatingPoint,
+    ScoreScale,
     bootstrap_rates,
-    calibrated_positive,
     choose_threshold,
     counts_above,
+    fit_calibration,
+    fit_local_operating_point,
     fit_temperature,
+    nll_per_bias_temperature,
     nll_per_temperature,
     positive_log_odds,
     rates_at,
@@ -83,11 +91,98 @@ def test_temperature_is_the_continuous_minimum_on_the_grid(scores: tuple[np.ndar
     nll = nll_per_temperature(labels, d)
     fitted = fit_temperature(nll)
     exact = minimize_scalar(
-        lambda t: log_loss(labels, calibrated_positive(d, t), labels=[0, 1]), bounds=(0.05, 20), method="bounded"
+        lambda t: log_loss(labels, Calibration(0.0, t).probability(d), labels=[0, 1]),
+        bounds=(0.05, 20),
+        method="bounded",
     ).x
     step = TEMPERATURE_GRID[1] / TEMPERATURE_GRID[0]
     assert exact / step <= fitted <= exact * step
-    assert nll[np.argmin(nll)] / len(labels) == pytest.approx(log_loss(labels, calibrated_positive(d, fitted)))
+    assert nll[np.argmin(nll)] / len(labels) == pytest.approx(log_loss(labels, Calibration(0.0, fitted).probability(d)))
+
+
+def _offset_scores(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from true log-odds z; the model's log-odds compressed and offset: ``0.05 z + 0.15``.
+
+    Like the benchmark's FedAvg models (log-odds within a few hundredths of an offset, prevalence ~0.6).
+    """
+    rng = np.random.default_rng(seed)
+    z = rng.normal(1.0, 2.0, n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-z))).astype(np.int64)
+    return labels, 0.05 * z + 0.15
+
+
+def test_affine_calibration_lowers_ece_where_temperature_alone_raises_it() -> None:
+    labels, d = _offset_scores(0, 400)  # fitted here
+    new_labels, new_d = _offset_scores(1, 4000)  # scored here
+    scale = ScoreScale.of(d)
+    temperature = fit_temperature(nll_per_temperature(labels, d, scale.temperatures), scale.temperatures)
+    affine = fit_calibration(nll_per_bias_temperature(labels, d, scale.biases, scale.temperatures), scale)
+
+    raw = expected_calibration_error(new_labels, Calibration().probability(new_d))
+    temperature_only = expected_calibration_error(new_labels, Calibration(0.0, temperature).probability(new_d))
+    calibrated = expected_calibration_error(new_labels, affine.probability(new_d))
+
+    assert temperature_only > raw + 0.02  # stretching about 0 when the scores sit at +0.15: worse
+    assert calibrated < raw / 2 and calibrated < 0.05
+    assert affine.bias == pytest.approx(0.15, abs=0.02) and affine.temperature == pytest.approx(0.05, rel=0.15)
+
+
+def test_nll_grid_cells_are_the_log_loss_of_each_calibration(scores: tuple[np.ndarray, np.ndarray]) -> None:
+    labels, d = scores
+    scale = ScoreScale.of(d)
+    grid = nll_per_bias_temperature(labels, d, scale.biases, scale.temperatures)
+
+    assert grid.shape == NLL_GRID_SHAPE
+    for row, column in [(0, 60), (20, 30), (40, 120), (41, 50)]:  # not so sharp that sklearn clips
+        cell = Calibration(float(scale.biases[row]), float(scale.temperatures[column]))
+        assert grid[row, column] / len(labels) == pytest.approx(log_loss(labels, cell.probability(d), labels=[0, 1]))
+    assert scale.biases[-1] == 0.0
+    assert grid[-1] == pytest.approx(nll_per_temperature(labels, d, scale.temperatures))  # bias 0: temperature only
+
+
+def test_affine_fit_is_near_the_continuous_maximum_likelihood(scores: tuple[np.ndarray, np.ndarray]) -> None:
+    labels, d = scores
+    d = 0.3 * d - 2.0  # offset and scaled: the grid moves with the scores
+    scale = ScoreScale.of(d)
+    fitted = fit_calibration(nll_per_bias_temperature(labels, d, scale.biases, scale.temperatures), scale)
+    sign = np.where(labels == 1, 1.0, -1.0)
+
+    def nll(x: np.ndarray) -> float:
+        return float(np.logaddexp(0.0, -sign * (d - x[0]) / np.exp(x[1])).sum())
+
+    exact = minimize(nll, np.array([scale.center, np.log(scale.scale)]), method="Nelder-Mead").x
+    assert abs(fitted.bias - exact[0]) <= 0.2 * scale.scale  # one bias step
+    assert fitted.temperature == pytest.approx(np.exp(exact[1]), rel=0.06)  # one temperature step
+    assert nll(np.array([fitted.bias, np.log(fitted.temperature)])) <= nll(exact) * 1.002
+
+
+def test_summed_site_grids_give_the_pooled_calibration(scores: tuple[np.ndarray, np.ndarray]) -> None:
+    labels, d = scores
+    d = d - 1.5
+    scale = ScoreScale.of(d)
+    sites = [nll_per_bias_temperature(labels[i::3], d[i::3], scale.biases, scale.temperatures) for i in range(3)]
+    pooled = nll_per_bias_temperature(labels, d, scale.biases, scale.temperatures)
+
+    assert sum(sites) == pytest.approx(pooled)
+    assert fit_calibration(sum(sites), scale) == fit_calibration(pooled, scale)
+    assert fit_calibration(pooled, scale).bias != 0.0  # the offset was found, not the temperature-only column
+
+
+def test_local_fit_stores_the_bias_and_the_threshold_on_the_calibrated_probability() -> None:
+    labels, d = _offset_scores(0, 400)
+    point = fit_local_operating_point(labels, d, target="youden", source="calibrate")
+
+    assert point.bias == pytest.approx(0.15, abs=0.02)
+    assert point.threshold == pytest.approx(1 / (1 + np.exp(-(point.log_odds - point.bias) / point.temperature)))
+    assert ModelOperatingPoint.from_metadata({METADATA_KEY: point.to_metadata()}) == point
+
+
+def test_a_point_stored_before_the_bias_loads_with_bias_zero() -> None:
+    old = {"log_odds": 0.4, "threshold": 0.731, "temperature": 0.4, "target": "youden", "source": "federation"}
+    point = ModelOperatingPoint.from_metadata({METADATA_KEY: old})
+
+    assert point is not None and point.bias == 0.0 and point.calibration == Calibration(0.0, 0.4)
+    assert point.threshold == pytest.approx(1 / (1 + np.exp(-1.0)))
 
 
 def test_log_odds_of_probabilities() -> None:

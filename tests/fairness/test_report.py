@@ -127,7 +127,7 @@ def test_site_table_at_the_operating_point_shows_intervals_and_calibration(tmp_p
 
     store = RunStore(f"sqlite:///{tmp_path / 'op.db'}")
     run_id = store.create_run(name="op", strategy="fedavg", config={}, num_rounds=1, num_sites=1)
-    metrics = {"auc": 0.9, "threshold": 0.42, "temperature": 1.7, "ece": 0.2, "ece-calibrated": 0.05}
+    metrics = {"auc": 0.9, "threshold": 0.42, "temperature": 1.7, "bias": -0.3, "ece": 0.2, "ece-calibrated": 0.05}
     for rate in ("sensitivity", "specificity", "balanced-accuracy", "ppv", "npv"):
         metrics.update({rate: 0.8, f"{rate}-ci-low": 0.7, f"{rate}-ci-high": 0.9})
     store.record_site_metrics(
@@ -139,3 +139,4 @@ def test_site_table_at_the_operating_point_shows_intervals_and_calibration(tmp_p
     table = sites.blocks[-1]
     assert "balanced accuracy" in table.header and "ECE calibrated" in table.header  # type: ignore[union-attr]
     assert table.rows[0][1] == "0.800 [0.700, 0.900]" and "p ≥ 0.420" in table.caption  # type: ignore[union-attr]
+    assert "bias -0.300, temperature 1.700" in table.caption  # type: ignore[union-attr]

@@ -42,9 +42,11 @@ def test_federation_stores_the_point_in_the_model_file_and_the_run_store(
     assert json.loads(Path(artifact.path).read_text())["log_odds"] == point.log_odds
     tests = [m for m in store.get_run(run_id).site_metrics if m.phase == "test"]
     assert tests and all(m.metrics["threshold"] == pytest.approx(point.threshold) for m in tests)
+    assert all(m.metrics["bias"] == pytest.approx(point.bias) for m in tests)  # the stored calibration reached them
     assert all("balanced-accuracy-ci-low" in m.metrics for m in tests)
     logs = list((tmp_path / "home").rglob("*.jsonl"))
     assert len(logs) == 3 and all('"positives-above"' in f.read_text() for f in logs)  # each summary was audited
+    assert all('"nll-per-bias-temperature"' in f.read_text() for f in logs)
 
 
 def test_a_target_sensitivity_is_carried_too(
@@ -60,3 +62,4 @@ def test_a_target_sensitivity_is_carried_too(
 
     point = ModelOperatingPoint.from_metadata(load_model(path)[2])
     assert point is not None and point.target == "0.9" and point.sensitivity >= 0.9 and point.temperature == 1.0
+    assert point.bias == 0.0
