@@ -30,6 +30,7 @@ CONFIG: Final = "config"  #: ConfigRecord: what the coordinator asks for
 METRICS: Final = "metrics"  #: MetricRecord: a site's aggregate metrics
 SITE: Final = "site"  #: ConfigRecord: the replying site's name, status and (not ok) reason and category
 SCORE_SUMMARY: Final = "score-summary"  #: MetricRecord: a site's validation-score counts (keys below)
+RELIABILITY: Final = "reliability"  #: MetricRecord: a site's reliability-diagram bin sums (BIN_* keys below)
 
 # --- keys of the coordinator's config record -----------------------------------------
 RUN_CONFIG: Final = "run-config"  #: the validated run config as JSON (fedeye.config.RunConfig)
@@ -50,6 +51,7 @@ SCORE_SCALE: Final = "score-scale"
 OPERATING_LOG_ODDS: Final = "operating-log-odds"  #: evaluate: the chosen threshold on the positive-class log-odds
 TEMPERATURE: Final = "temperature"  #: evaluate: the fitted temperature (also a metric)
 CALIBRATION_BIAS: Final = "calibration-bias"  #: evaluate: the fitted bias (affine calibration; metric "bias")
+SEND_RELIABILITY: Final = "send-reliability"  #: evaluate (final test): also reply a :data:`RELIABILITY` record
 
 # --- keys of the site record ---------------------------------------------------------
 SITE_NAME: Final = "name"
@@ -119,6 +121,18 @@ SUMMARY_SUM: Final = "log-odds-sum"  #: moments: sum of the positive-class log-o
 SUMMARY_SQUARES: Final = "log-odds-squares"  #: moments: sum of their squares
 MOMENTS: Final = "moments"  #: value of SUMMARIZE_SCORES: send SUMMARY_IMAGES/SUM/SQUARES
 COUNTS: Final = "counts"  #: value of SUMMARIZE_SCORES: send the counts and log-losses on the grids
+
+# --- keys of the reliability record (per equal-width probability bin; fedeye.fairness.reliability) ----------
+BIN_IMAGES: Final = "bin-images"  #: per bin, images (0 where withheld: fewer than min_group_size)
+BIN_PROBABILITY_SUMS: Final = "bin-probability-sums"  #: per bin, the sum of predicted positive-class probabilities
+BIN_POSITIVES: Final = "bin-positives"  #: per bin, positives
+BIN_WITHHELD: Final = "bin-withheld"  #: images in withheld bins
+BIN_KEYS: Final = (BIN_IMAGES, BIN_PROBABILITY_SUMS, BIN_POSITIVES, BIN_WITHHELD)
+
+
+def calibrated_key(key: str) -> str:
+    """The key of a reliability record's bins after the federation's calibration (``bin-images-calibrated``)."""
+    return f"{key}-calibrated"
 
 
 def expert_weight_metric(index: int) -> str:

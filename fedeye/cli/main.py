@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.text import Text
@@ -23,6 +23,7 @@ from fedeye.cli.site_admin import site_approve, site_dashboard, site_deny, site_
 from fedeye.cli.site_cache import cache_app
 from fedeye.cli.site_status import site_status_command
 from fedeye.client.state import fedeye_home
+from fedeye.errors import ConfigError
 from fedeye.fairness.operating_point import Calibration
 
 if TYPE_CHECKING:
@@ -246,11 +247,22 @@ def evaluate(
         str, typer.Option(help="train, val, test, or all (every image: a site the federation never saw).")
     ] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also draw the reliability diagram (before and after the model's stored calibration) "
+            "into this file (.png, .svg or .pdf)."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a saved model on any site folder."""
     from fedeye.client.evaluate import evaluate_model_on_site
 
+    if plot is not None:
+        _check_plot_path(plot)
     report = evaluate_model_on_site(model, data, split=split)
+    if plot is not None:
+        _write_reliability_plot(report, plot, quiet=as_json)
     if as_json:
         print_json(report)
         return
@@ -287,6 +299,31 @@ def evaluate(
             mix,
             title="Which experts the router mixes for these images (mean weight)",
         )
+
+
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _check_plot_path(plot: Path) -> None:
+    if plot.suffix.lower() not in PLOT_SUFFIXES:
+        raise ConfigError(f"--plot: got {plot.name!r}; name a {', '.join(PLOT_SUFFIXES)} file, e.g. reliability.png")
+    if plot.is_dir():
+        raise ConfigError(f"--plot: {plot} is a folder; name a file in it, e.g. {plot / 'reliability.png'}")
+
+
+def _write_reliability_plot(report: dict[str, Any], plot: Path, *, quiet: bool) -> None:
+    """Draw ``report``'s reliability diagram into ``plot`` (a note instead for a multiclass task)."""
+    out = err_console if quiet else console
+    if report["reliability"] is None:
+        out.print("[yellow]note[/]: no reliability diagram: it is drawn for binary tasks only")
+        return
+    from fedeye.fairness.reliability import ReliabilityDiagram
+    from fedeye.fairness.reliability_plot import reliability_figure  # matplotlib loads only when asked
+
+    diagram = ReliabilityDiagram.from_json(report["reliability"])
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    reliability_figure({f"{report['site']} ({report['split']})": diagram}).savefig(plot, bbox_inches="tight")
+    out.print(f"reliability diagram written to {plot}")
 
 
 def _operating_point_line(point: dict[str, object]) -> str:

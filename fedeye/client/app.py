@@ -37,7 +37,7 @@ from fedeye.client.approval import admission, refusal
 from fedeye.client.audit import audit_mod
 from fedeye.client.incidents import SiteIdentity, contains_failures, failure_guard_mod
 from fedeye.client.ledger import SiteLedger, data_fingerprint, ledger_path
-from fedeye.client.operating_point import metrics_at_point, point_from_config, summary_for
+from fedeye.client.operating_point import metrics_at_point, point_from_config, reliability_for, summary_for
 from fedeye.client.site import SiteJob
 from fedeye.client.training import (
     LocalObjective,
@@ -351,4 +351,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     summary = summary_for(p.config_of(msg.content), probs, labels, min_group_size=min_group)
     if summary is not None:  # moments, or counts on the coordinator's grids; groups under min_group_size left out
         reply.content[p.SCORE_SUMMARY] = summary
+    reliability = reliability_for(p.config_of(msg.content), probs, labels, point, min_group_size=min_group)
+    if reliability is not None:  # final test: reliability-diagram bin sums; bins under min_group_size withheld
+        reply.content[p.RELIABILITY] = reliability
     return reply

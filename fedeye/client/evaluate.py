@@ -22,6 +22,7 @@ from fedeye.client.operating_point import metrics_at_point
 from fedeye.client.training import ImageDataset, mean_expert_weights, predict
 from fedeye.errors import ConfigError, Problem, SiteDataError, errors_only
 from fedeye.fairness.operating_point import DEFAULT_POINT, ModelOperatingPoint
+from fedeye.fairness.reliability import reliability_diagram
 from fedeye.metrics import classification_metrics
 from fedeye.models import load_model
 from fedeye.sites.base import Sample, SiteFormat, open_site
@@ -93,7 +94,10 @@ def evaluate_model_on_site(
     0.5 default) and ``note`` (a split fallback). For a model with domain
     experts it also holds ``experts``: the router's mean mixing weight per
     expert over these images, keyed by the expert's site when the model file
-    names them.
+    names them. A binary task's ``reliability`` holds its reliability-diagram
+    bins before and, with a stored calibration, after it
+    (:meth:`~fedeye.fairness.reliability.ReliabilityDiagram.to_json`; every
+    bin, as nothing leaves the site); None for a multiclass task.
     """
     model, cfg, meta = load_model(model_path)
     site = open_external_site(site_dir)
@@ -102,8 +106,10 @@ def evaluate_model_on_site(
     stored = ModelOperatingPoint.from_metadata(meta)
     point = stored or DEFAULT_POINT
     metrics = classification_metrics(labels, probs)
+    reliability = None
     if probs.shape[1] == 2:
         metrics.update(metrics_at_point(probs, labels, point, resamples=resamples))
+        reliability = reliability_diagram(labels, probs, None if stored is None else stored.calibration)
     return {
         "model": str(model_path),
         "site": site.info.name,
@@ -116,6 +122,7 @@ def evaluate_model_on_site(
         "metrics": metrics,
         "operating_point": point.to_metadata() | {"stored": stored is not None},
         "experts": _experts(model, dataset, meta),
+        "reliability": None if reliability is None else reliability.to_json(),
     }
 
 

@@ -11,6 +11,12 @@ its bias-0 row on its own for coordinators that fit a temperature only
 class with fewer than the site's ``min_group_size`` images is not sent, nor
 is the log-loss then, nor are the moments of fewer images. The audit mod
 logs the record with the rest of the reply.
+
+The final test evaluation (:data:`fedeye.protocol.SEND_RELIABILITY`) also
+asks for a :data:`fedeye.protocol.RELIABILITY` record: per probability bin,
+images, summed probability and positives, before and after the federation's
+calibration (:mod:`fedeye.fairness.reliability`); a bin with fewer than
+``min_group_size`` images is withheld by the same rule.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from fedeye.fairness.operating_point import (
     rates_at,
     score_moments,
 )
+from fedeye.fairness.reliability import ReliabilityBins, reliability_diagram
 
 
 def summary_for(
@@ -73,6 +80,39 @@ def score_summary(
         record[p.SUMMARY_NLL_GRID] = [float(v) for v in nll.ravel()]
         record[p.SUMMARY_NLL] = [float(v) for v in nll[-1]]  # the bias-0 row: temperature scaling
     return MetricRecord(record) if record else None
+
+
+def reliability_for(
+    config: ConfigRecord,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    point: ModelOperatingPoint | None,
+    *,
+    min_group_size: int,
+) -> MetricRecord | None:
+    """The reliability bins an evaluate message asks for (None: not asked, a multiclass task, or all withheld).
+
+    After calibration only when the message carries the federation's ``point``.
+    """
+    if not config.get(p.SEND_RELIABILITY) or probs.ndim != 2 or probs.shape[1] != 2:
+        return None
+    calibration = None if point is None else point.calibration
+    diagram = reliability_diagram(labels, probs, calibration, min_group_size=min_group_size)
+    if diagram.total == 0 and (diagram.after is None or diagram.after.total == 0):
+        return None
+    record = _bin_values(diagram.before)
+    if diagram.after is not None:
+        record.update({p.calibrated_key(k): v for k, v in _bin_values(diagram.after).items()})
+    return MetricRecord(record)
+
+
+def _bin_values(bins: ReliabilityBins) -> dict[str, int | float | list[int] | list[float]]:
+    return {
+        p.BIN_IMAGES: list(bins.images),
+        p.BIN_PROBABILITY_SUMS: list(bins.probability_sums),
+        p.BIN_POSITIVES: list(bins.positives),
+        p.BIN_WITHHELD: bins.withheld,
+    }
 
 
 def point_from_config(config: ConfigRecord) -> ModelOperatingPoint | None:

@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
+from fedeye.fairness.reliability import bin_sums
 from fedeye.metrics import classification_metrics
 
 ATTRIBUTES = ("sex", "race", "ethnicity", "age-band")
@@ -71,7 +72,9 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, *, n_bins:
     Returns
     -------
     float
-        ``sum_b (n_b / n) * |observed_b - confidence_b|``. Binary tasks
+        ``sum_b (n_b / n) * |observed_b - confidence_b|``, from the bins of
+        :func:`fedeye.fairness.reliability.bin_sums` (what a reliability
+        diagram shows). Binary tasks
         (``(n,)`` or two columns) use the positive-class probability and the
         positive rate; multiclass tasks the top-label confidence and accuracy.
         NaN for no images.
@@ -85,14 +88,7 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, *, n_bins:
     confidence, outcome = _confidence_and_outcome(labels, np.asarray(probs, dtype=np.float64))
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    if len(confidence) == 0:
-        return math.nan
-    bins = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
-    total = 0.0
-    for b in np.unique(bins):
-        inside = bins == b
-        total += inside.mean() * abs(outcome[inside].mean() - confidence[inside].mean())
-    return float(total)
+    return bin_sums(confidence, outcome, num_bins=n_bins).ece()  # NaN for no images
 
 
 def _confidence_and_outcome(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,9 +11,9 @@ Jinja2 templates shipped in ``fedeye/fairness/templates`` render them as HTML
 to a temporary folder next to ``out`` first, so an error leaves no
 half-written report behind.
 
-Missing data (no test phase, no per-group metrics, no privacy ledger, a run
-that failed before any round) gives a short "not recorded" note, never an
-error.
+Missing data (no test phase, no per-group metrics, no privacy ledger, no
+reliability bins, a run that failed before any round) gives a short "not
+recorded" note, never an error.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ from fedeye.fairness.metrics import (
     parse_group_metrics,
     slug,
 )
+from fedeye.fairness.reliability import RunReliability
+from fedeye.fairness.reliability_plot import reliability_figure
 from fedeye.fairness.report_data import PrivacyEntry, ReportData, SiteResult
 
 HTML_NAME = "report.html"
@@ -379,7 +381,7 @@ def _privacy_section(ledger: Sequence[PrivacyEntry]) -> Section:
 
 
 def _plots_section(data: ReportData, final: list[SiteResult]) -> Section:
-    blocks: list[Block] = []
+    blocks: list[Block] = _reliability_blocks(data.reliability, final)
     auc = evaluate_series(data, "auc")
     blocks.append(
         _line_figure("auc-over-rounds.png", auc, "AUC", "Each site's AUC over rounds (evaluate phase).")
@@ -400,6 +402,48 @@ def _plots_section(data: ReportData, final: list[SiteResult]) -> Section:
         else Note(f"ES-AUC over rounds {NOT_RECORDED}.")
     )
     return Section("Plots", tuple(blocks))
+
+
+def _reliability_blocks(reliability: RunReliability | None, final: list[SiteResult]) -> list[Block]:
+    """The final test's reliability diagram, pooled and (with two or more sites) per site."""
+    if reliability is None:
+        return [
+            Note(f"Reliability diagram {NOT_RECORDED} (a multiclass task, or a run recorded before sites sent it).")
+        ]
+    pooled, sites = reliability.pooled, reliability.sites
+    withheld = pooled.before.withheld
+    caption = (
+        "Reliability of the final model on the sites' test images: per probability bin (10, equal width), the "
+        "observed positive rate against the mean predicted probability, before and after the federation's "
+        f"calibration{_calibration_phrase(final)}; on the diagonal it is perfectly calibrated. Each site sends "
+        "per bin only its images, summed probability and positives; the pooled diagram is their sum. ECE in the "
+        "legend is over the binned images."
+        + (
+            f" {withheld} images were in bins with fewer images than their site's minimum group size and were withheld."
+            if withheld
+            else ""
+        )
+    )
+    blocks: list[Block] = [
+        Figure("reliability-pooled.png", _png(reliability_figure({f"all sites ({len(sites)})": pooled})), caption)
+    ]
+    if len(sites) >= 2:
+        blocks.append(
+            Figure(
+                "reliability-sites.png",
+                _png(reliability_figure(dict(sorted(sites.items())))),
+                "Reliability of the final model at each site (its test images), before and after calibration.",
+            )
+        )
+    return blocks
+
+
+def _calibration_phrase(final: list[SiteResult]) -> str:
+    """`` (bias b, temperature T)`` as the sites reported it, or nothing."""
+    metrics = next((m.metrics for m in final if _finite(m.metrics.get("temperature"))), None)
+    if metrics is None:
+        return ""
+    return f" (bias {_fmt(metrics.get('bias', 0.0))}, temperature {_fmt(metrics.get('temperature'))})"
 
 
 def es_auc_series(data: ReportData) -> dict[str, list[tuple[int, float]]]:

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from fedeye.fairness.reliability import RunReliability
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -67,6 +69,7 @@ class ReportData:
     run: RunInfo
     site_results: tuple[SiteResult, ...] = ()
     privacy: tuple[PrivacyEntry, ...] = field(default_factory=tuple)
+    reliability: RunReliability | None = None  # the final test's reliability bins (None: not recorded)
 
     def last_evaluated_round(self) -> int | None:
         """The highest round with site evaluation results, if any."""

@@ -27,7 +27,7 @@ from fedeye.fairness.operating_point import METADATA_KEY as OP_METADATA_KEY
 from fedeye.fairness.operating_point import ModelOperatingPoint
 from fedeye.models import build_model, save_model
 from fedeye.models.io import load_model, load_state
-from fedeye.protocol import RUN_CONFIG, RUN_ID, SERVER_ROUND, SPLIT
+from fedeye.protocol import RUN_CONFIG, RUN_ID, SEND_RELIABILITY, SERVER_ROUND, SPLIT
 from fedeye.server.operating_point import federated_operating_point, point_config, write_point
 from fedeye.server.recorder import ProgressSink, RunRecorder
 from fedeye.server.store import RunStore, resolve_db_url
@@ -279,6 +279,7 @@ def _final_evaluation(
     """Evaluate the final global model on every site's ``data.final_split`` (at ``point`` when chosen)."""
     config = _message_config(cfg, run_id=run_id, split=cfg.data.final_split)
     config[SERVER_ROUND] = cfg.training.rounds
+    config[SEND_RELIABILITY] = True  # reliability-diagram bins, kept with the run by the recorder
     config.update(point_config(point))
     messages = list(strategy.configure_evaluate(cfg.training.rounds, arrays, config, grid))
     replies = list(grid.send_and_receive(messages, timeout=cfg.strategy.round_timeout))

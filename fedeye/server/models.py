@@ -49,6 +49,8 @@ class RunRow(SQLModel, table=True):
     owner_pid: int | None = Field(default=None)
     owner_started: float | None = Field(default=None)  # the process's start time (epoch seconds), if known
     heartbeat_at: datetime | None = _time_column(nullable=True)  # renewed every phase of every round
+    # reliability-diagram bins of the final test, per site and pooled (fedeye.fairness.reliability.RunReliability)
+    reliability: dict[str, Any] | None = _json_column(nullable=True)
 
 
 class RoundRow(SQLModel, table=True):

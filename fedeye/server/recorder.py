@@ -11,6 +11,9 @@ names them from their earlier replies in this run. When the SuperLink itself
 answers for an unreachable node (an error reply from node
 ``SUPERLINK_NODE_ID``), that reply says nothing about which site it was, so
 it is not stored as a site of its own: the node is already reported missing.
+
+The final test's reliability-diagram bins (:mod:`fedeye.server.reliability`)
+are kept with the run, per site and summed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.common.logger import log
 
 from fedeye.fairness.metrics import cross_site_summary
+from fedeye.fairness.reliability import ReliabilityDiagram, RunReliability
 from fedeye.protocol import (
     DP_ACCOUNTANT,
     DP_BUDGET,
@@ -40,6 +44,7 @@ from fedeye.protocol import (
     SITE_NAME,
     site_field,
 )
+from fedeye.server.reliability import reliability_of
 from fedeye.server.store import PrivacyRecord, RunStore
 from fedeye.strategies.base import LEFT_BUDGET, Verdict, judge_status
 
@@ -197,6 +202,8 @@ class RunRecorder:
             if self.progress:
                 self.progress.site_reported(report)
         self._store_round(server_round, phase, reports)
+        if phase == "test":
+            self._store_reliability(replies, reports)
 
     def _named(self, report: SiteReport) -> SiteReport:
         """A report whose reply did not name its site (a failure), named from earlier replies of its node."""
@@ -260,6 +267,17 @@ class RunRecorder:
         )
         if report.status in ("failed", "rejected", LEFT_BUDGET):
             log(WARNING, "round %s: %s %s: %s", report.server_round, report.site, report.status, report.reason)
+
+    def _store_reliability(self, replies: list[Message], reports: list[SiteReport]) -> None:
+        """Each ok site's reliability bins of the final test and their sum, kept with the run."""
+        sites: dict[str, ReliabilityDiagram] = {}
+        for msg, report in zip(replies, reports):
+            diagram = reliability_of(msg) if report.status == "ok" else None
+            if diagram is not None:
+                name = report.site if report.site not in sites else f"{report.site} (node {report.node_id})"
+                sites[name] = diagram
+        if sites:
+            self.store.record_reliability(self.run_id, RunReliability.from_sites(sites).to_json())
 
     def _store_round(self, server_round: int, phase: str, reports: list[SiteReport]) -> None:
         ok = sum(r.status == "ok" for r in reports)

@@ -6,6 +6,10 @@ and never reads the store; this module is the bridge.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+from fedeye.fairness.reliability import RunReliability
 from fedeye.fairness.report_data import PrivacyEntry, ReportData, RunInfo, SiteResult
 from fedeye.server.store import (
     PrivacyRecord,
@@ -27,7 +31,18 @@ def build_report_data(detail: RunDetail) -> ReportData:
         run=_run_info(detail.run),
         site_results=tuple(_site_result(m) for m in detail.site_metrics),
         privacy=tuple(_privacy_entry(r) for r in detail.privacy),
+        reliability=_reliability(detail.reliability),
     )
+
+
+def _reliability(stored: Mapping[str, Any] | None) -> RunReliability | None:
+    """The stored reliability bins (None: a run recorded without them, or bins this FedEye cannot read)."""
+    if not stored:
+        return None
+    try:
+        return RunReliability.from_json(stored)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def _run_info(run: RunSummary) -> RunInfo:

@@ -183,6 +183,7 @@ class RunDetail:
     artifacts: tuple[ArtifactRecord, ...]
     privacy: tuple[PrivacyRecord, ...] = ()
     flower_runs: tuple[FlowerRunRecord, ...] = ()
+    reliability: dict[str, Any] | None = None  # the final test's reliability bins (None: not recorded)
 
     def last_evaluated_round(self) -> int | None:
         """Return the highest round with site evaluation results, if any."""
@@ -722,6 +723,13 @@ class RunStore:
             session.flush()
             return _artifact_record(row)
 
+    def record_reliability(self, run_id: str, reliability: Mapping[str, Any]) -> None:
+        """Keep the final test's reliability bins with the run (JSON; a later final evaluation replaces them)."""
+        with self._session(write=True) as session:
+            row = self._require_run(session, run_id)
+            row.reliability = _json_config(reliability)
+            session.add(row)
+
     def record_privacy(self, run_id: str, entry: PrivacyRecord) -> None:
         """Append a privacy-ledger row (epsilon spent so far) for a site or the federation."""
         row = PrivacyLedgerRow(run_id=run_id, **dataclasses.asdict(entry))
@@ -768,6 +776,7 @@ class RunStore:
                 artifacts=tuple(self._artifact_rows(session, full_id, None)),
                 privacy=tuple(self._privacy_rows(session, full_id)),
                 flower_runs=tuple(self._flower_rows(session, full_id)),
+                reliability=None if row.reliability is None else dict(row.reliability),
             )
 
     def site_metrics(self, run_id: str, *, phase: Phase | None = None) -> list[SiteMetricRecord]:

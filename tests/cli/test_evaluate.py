@@ -106,3 +106,39 @@ def test_a_model_without_a_point_keeps_the_half_threshold(tmp_path: Path, test_o
     save_model(tmp_path / "old.pt", build_model(cfg), cfg, metadata={"round": 3})
     report = _evaluate(tmp_path / "old.pt", test_only_site)
     assert report["operating_point"]["stored"] is False and report["metrics"]["threshold"] == 0.5  # type: ignore[index]
+
+
+def test_plot_writes_the_reliability_diagram_of_the_site(
+    model_file: Path, test_only_site: Path, tmp_path: Path
+) -> None:
+    plot = tmp_path / "plots" / "reliability.png"
+
+    result = runner.invoke(
+        app, ["evaluate", "--model", str(model_file), "--data", str(test_only_site), "--plot", str(plot)]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "reliability diagram written to" in " ".join(result.output.split())
+    report = _evaluate(model_file, test_only_site)  # the bins behind it, every image (nothing leaves the site)
+    reliability = report["reliability"]
+    assert isinstance(reliability, dict) and reliability["after"] is not None
+    assert sum(reliability["before"]["images"]) == report["num_examples"] == 40
+    assert reliability["before"]["withheld"] == 0
+
+
+def test_plot_with_json_keeps_stdout_json_and_a_bad_name_is_refused(
+    model_file: Path, test_only_site: Path, tmp_path: Path
+) -> None:
+    plot = tmp_path / "r.svg"
+    result = runner.invoke(
+        app, ["evaluate", "--model", str(model_file), "--data", str(test_only_site), "--json", "--plot", str(plot)]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["num_examples"] == 40  # the note went to stderr
+    assert "reliability diagram written" in result.stderr and plot.read_text().lstrip().startswith("<?xml")
+
+    refused = runner.invoke(
+        app, ["evaluate", "--model", str(model_file), "--data", str(test_only_site), "--plot", str(tmp_path / "r.txt")]
+    )
+    assert refused.exit_code == 1 and "--plot" in refused.output and not (tmp_path / "r.txt").exists()

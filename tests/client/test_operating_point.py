@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -150,3 +151,55 @@ def test_moments_are_three_numbers_and_respect_min_group_size() -> None:
     assert record[p.SUMMARY_IMAGES] == 55
     assert summary_for(asked, _probs(labels[:8]), labels[:8], min_group_size=10) is None
     assert summary_for(ConfigRecord({}), _probs(labels), labels, min_group_size=10) is None  # not asked
+
+
+def test_reliability_bins_are_sent_only_when_asked_with_small_bins_withheld() -> None:
+    from fedeye.client.operating_point import reliability_for
+
+    labels = np.array([0] * 30 + [1] * 25)
+    probs = _probs(labels)
+    asked = ConfigRecord({p.SEND_RELIABILITY: True})
+    point = ModelOperatingPoint(0.0, 1.5, "youden", "federation", (0, 0), 0.8, 0.8, bias=0.2)
+
+    record = reliability_for(asked, probs, labels, point, min_group_size=5)
+
+    assert record is not None
+    for key in (p.BIN_IMAGES, p.BIN_PROBABILITY_SUMS, p.BIN_POSITIVES):
+        assert len(record[key]) == 10 and len(record[p.calibrated_key(key)]) == 10  # type: ignore[arg-type]
+    images = np.asarray(record[p.BIN_IMAGES])
+    assert not ((images > 0) & (images < 5)).any()  # no bin of 1-4 images leaves the site
+    assert images.sum() + int(record[p.BIN_WITHHELD]) == 55  # type: ignore[call-overload]
+    assert int(record[p.BIN_WITHHELD]) > 0  # type: ignore[call-overload]  # this data has small bins
+    assert reliability_for(ConfigRecord({}), probs, labels, point, min_group_size=5) is None  # not asked
+    assert p.calibrated_key(p.BIN_IMAGES) not in reliability_for(asked, probs, labels, None, min_group_size=5)  # type: ignore[operator]
+    assert reliability_for(asked, probs, labels, point, min_group_size=56) is None  # every bin withheld
+    three = np.full((55, 3), 1 / 3)
+    assert reliability_for(asked, three, labels, point, min_group_size=5) is None  # multiclass
+
+
+def test_the_clientapp_sends_reliability_bins_at_the_final_test(tiny_sites: Path, tmp_path: Path) -> None:
+    # Prepare: site-1 as is (min_group_size 10, 7 test images) and a copy that allows groups of 2
+    cfg = RunConfig.model_validate({"data": {"root": str(tiny_sites)}, "model": {"img_size": 32}})
+    small = tmp_path / "site-1"
+    shutil.copytree(tiny_sites / "site-1", small)
+    (small / "fedeye-site.toml").write_text("[privacy]\nmin_group_size = 2\n")
+    point = {p.OPERATING_LOG_ODDS: 0.0, p.TEMPERATURE: 1.5, p.CALIBRATION_BIAS: 0.25}
+
+    def ask(site: Path, **extra: object) -> Message:
+        node = Context(run_id=1, node_id=7, node_config={"site-dir": str(site)}, state=RecordDict(), run_config={})
+        return app(_evaluate_request(cfg, **point, **extra), node)  # type: ignore[arg-type]
+
+    # Execute
+    plain, default, allowed = (
+        ask(small),
+        ask(tiny_sites / "site-1", **{p.SEND_RELIABILITY: True}),
+        ask(small, **{p.SEND_RELIABILITY: True}),
+    )
+
+    # Assert: only when asked, and nothing from bins under the site's min_group_size
+    assert p.RELIABILITY not in plain.content.metric_records
+    assert default.content[p.METRICS][p.NUM_EXAMPLES] < 10 and p.RELIABILITY not in default.content.metric_records
+    record = allowed.content[p.RELIABILITY]
+    sent = sum(record[p.BIN_IMAGES]) + int(record[p.BIN_WITHHELD])  # type: ignore[arg-type,call-overload]
+    assert sent == allowed.content[p.METRICS][p.NUM_EXAMPLES] and sum(record[p.BIN_IMAGES]) > 0  # type: ignore[arg-type]
+    assert p.calibrated_key(p.BIN_POSITIVES) in record

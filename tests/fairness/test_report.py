@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from fedeye.fairness.operating_point import Calibration
+from fedeye.fairness.reliability import RunReliability, reliability_diagram
 from fedeye.fairness.report import ReportError, write_report
 from fedeye.fairness.report_data import PrivacyEntry, ReportData, RunInfo, SiteResult
 from fedeye.server.report_data import load_report_data
 from fedeye.server.store import RunStore
-from tests.fairness.conftest import SITE_NAMES, fill_store
+from tests.fairness.conftest import SITE_NAMES, fill_store, random_site
 
 
 def test_html_is_self_contained_and_names_every_site(store: RunStore, tmp_path: Path) -> None:
@@ -48,6 +50,7 @@ def test_missing_data_gives_notes_not_errors(store: RunStore, tmp_path: Path) ->
     paths = write_report(load_report_data(store, run_id), tmp_path / "report")
     page = paths.html.read_text()
     assert "Per-group metrics not recorded" in page and "Privacy ledger not recorded" in page
+    assert "Reliability diagram not recorded" in page and not list(paths.directory.glob("reliability-*.png"))
     assert "evaluation of round 3 (no test phase recorded)" in page
 
 
@@ -140,3 +143,26 @@ def test_site_table_at_the_operating_point_shows_intervals_and_calibration(tmp_p
     assert "balanced accuracy" in table.header and "ECE calibrated" in table.header  # type: ignore[union-attr]
     assert table.rows[0][1] == "0.800 [0.700, 0.900]" and "p ≥ 0.420" in table.caption  # type: ignore[union-attr]
     assert "bias -0.300, temperature 1.700" in table.caption  # type: ignore[union-attr]
+
+
+def test_the_reliability_diagram_is_drawn_pooled_and_per_site(store: RunStore, tmp_path: Path) -> None:
+    # Prepare: the filled run, with two sites' final-test bins kept with it (one bin withheld at each)
+    run_id = fill_store(store)
+    point = Calibration(bias=0.1, temperature=1.4)
+    sites = {name: random_site(7 + k) for k, name in enumerate(SITE_NAMES[:2])}
+    diagrams = {name: reliability_diagram(lab, pr, point, min_group_size=15) for name, (lab, pr, _) in sites.items()}
+    reliability = RunReliability.from_sites(diagrams)
+    store.record_reliability(run_id, reliability.to_json())
+
+    # Execute
+    paths = write_report(load_report_data(store, run_id), tmp_path / "report")
+
+    # Assert: both figures written and embedded, the caption counts the withheld images
+    names = {image.name for image in paths.images}
+    assert {"reliability-pooled.png", "reliability-sites.png"} <= names
+    page = paths.html.read_text()
+    assert "Reliability of the final model" in page and "Reliability diagram not recorded" not in page
+    assert page.count('src="data:image/png;base64,') == len(paths.images)
+    withheld = reliability.pooled.before.withheld
+    assert withheld > 0 and f"{withheld} images were in bins with fewer images" in page
+    assert "](reliability-pooled.png)" in paths.markdown.read_text()

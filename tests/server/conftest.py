@@ -1,4 +1,4 @@
-"""Fixtures for the server tests: a throwaway PostgreSQL server and store URLs.
+"""Fixtures for the server tests: a throwaway PostgreSQL server and store URLs, and site replies.
 
 ``postgres_server`` starts a real PostgreSQL (``initdb`` + ``pg_ctl``) in a
 temporary folder, listening only on 127.0.0.1 on a free port, and stops it at
@@ -19,17 +19,41 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2  # type: ignore[import-untyped]
 import pytest
+from flwr.app import ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.app.message.message import make_message
 
 PG_USER = "fedeye"
 PG_PASSWORD = "s3cret-pw"
 PG_OS_USER = "postgres"
 PG_START_TIMEOUT_S = 60
+
+
+def reply_metadata(node_id: int) -> Metadata:
+    """A reply's metadata as a SuperNode would send it to the coordinator (node 0)."""
+    return Metadata(
+        run_id=1,
+        message_id="",
+        src_node_id=node_id,
+        dst_node_id=0,
+        reply_to_message_id="m",
+        group_id="",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type=MessageType.TRAIN,
+    )
+
+
+def site_reply(node_id: int, site: str, **metrics: float) -> Message:
+    """An ok reply of site ``site`` with ``metrics``."""
+    content = RecordDict({"metrics": MetricRecord(dict(metrics)), "site": ConfigRecord({"name": site})})
+    return make_message(reply_metadata(node_id), content=content)
 
 
 @dataclass(frozen=True)

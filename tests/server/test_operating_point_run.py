@@ -10,6 +10,7 @@ import pytest
 
 from fedeye.compose.dg_benchmark import _method_config, dg_run_config, federate
 from fedeye.fairness.operating_point import ModelOperatingPoint
+from fedeye.fairness.reliability import RunReliability
 from fedeye.models import load_model
 from fedeye.server.store import RunStore
 
@@ -47,6 +48,13 @@ def test_federation_stores_the_point_in_the_model_file_and_the_run_store(
     logs = list((tmp_path / "home").rglob("*.jsonl"))
     assert len(logs) == 3 and all('"positives-above"' in f.read_text() for f in logs)  # each summary was audited
     assert all('"nll-per-bias-temperature"' in f.read_text() for f in logs)
+    assert all('"bin-images-calibrated"' in f.read_text() for f in logs)  # the reliability bins were audited too
+    stored = store.get_run(run_id).reliability
+    assert stored is not None
+    reliability = RunReliability.from_json(stored)
+    assert set(reliability.sites) == {m.site for m in tests}
+    pooled = reliability.pooled
+    assert pooled.after is not None and pooled.total + pooled.before.withheld == sum(m.num_examples for m in tests)
 
 
 def test_a_target_sensitivity_is_carried_too(

@@ -3,43 +3,23 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
-from flwr.app import ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
 from fedeye.server.recorder import RunRecorder, SiteReport, site_report, weighted_mean
 from fedeye.server.store import RunStore
-
-
-def _metadata(node_id: int) -> Metadata:
-    """A reply's metadata as a SuperNode would send it to the coordinator (node 0)."""
-    return Metadata(
-        run_id=1,
-        message_id="",
-        src_node_id=node_id,
-        dst_node_id=0,
-        reply_to_message_id="m",
-        group_id="",
-        created_at=time.time(),
-        ttl=60.0,
-        message_type=MessageType.TRAIN,
-    )
-
-
-def _reply(node_id: int, site: str, **metrics: float) -> Message:
-    content = RecordDict({"metrics": MetricRecord(dict(metrics)), "site": ConfigRecord({"name": site})})
-    return make_message(_metadata(node_id), content=content)
+from tests.server.conftest import reply_metadata, site_reply
 
 
 def _error_reply(node_id: int, reason: str) -> Message:
-    return make_message(_metadata(node_id), error=Error(code=0, reason=reason))
+    return make_message(reply_metadata(node_id), error=Error(code=0, reason=reason))
 
 
 def test_site_report_reads_name_metrics_and_count() -> None:
-    report = site_report(3, "evaluate", _reply(17, "Eye Clinic", **{"auc": 0.8, "num-examples": 40}))
+    report = site_report(3, "evaluate", site_reply(17, "Eye Clinic", **{"auc": 0.8, "num-examples": 40}))
     assert report == SiteReport(3, "evaluate", "Eye Clinic", 17, 40, {"auc": 0.8})
 
 
@@ -52,7 +32,7 @@ def test_error_reply_is_a_failed_report_without_its_text() -> None:
 def _failed_reply(node_id: int, site: str, **fields: str) -> Message:
     record = ConfigRecord({"name": site, "status": "failed", **fields})
     content = RecordDict({"metrics": MetricRecord({"num-examples": 0}), "site": record})
-    return make_message(_metadata(node_id), content=content)
+    return make_message(reply_metadata(node_id), content=content)
 
 
 def test_weighted_mean_skips_nan_and_failed() -> None:
@@ -69,7 +49,7 @@ def test_recorder_stores_sites_and_rounds(tmp_path: Path) -> None:
     store = RunStore(f"sqlite:///{tmp_path / 's.db'}")
     run_id = store.create_run(name="t", strategy="fedavg", config={}, num_rounds=1, num_sites=2)
     recorder = RunRecorder(store, run_id)
-    recorder.on_replies(1, "train", [_reply(1, "a", loss=0.5, **{"num-examples": 10}), _error_reply(2, "boom")])
+    recorder.on_replies(1, "train", [site_reply(1, "a", loss=0.5, **{"num-examples": 10}), _error_reply(2, "boom")])
     detail = store.get_run(run_id)
     assert {(m.site, m.status) for m in detail.site_metrics} == {("a", "ok"), ("node-2", "failed")}
     assert detail.rounds[0].train_metrics == {"loss": 0.5} and detail.rounds[0].num_sites_trained == 1
@@ -89,7 +69,7 @@ def test_failed_reply_without_a_name_is_named_from_earlier_rounds(tmp_path: Path
     store = RunStore(f"sqlite:///{tmp_path / 's.db'}")
     run_id = store.create_run(name="t", strategy="fedavg", config={}, num_rounds=2, num_sites=1)
     recorder = RunRecorder(store, run_id)
-    recorder.on_replies(1, "train", [_reply(4, "Eye Clinic", loss=0.1, **{"num-examples": 3})])
+    recorder.on_replies(1, "train", [site_reply(4, "Eye Clinic", loss=0.1, **{"num-examples": 3})])
     recorder.on_replies(2, "train", [_error_reply(4, "boom")])
     assert [m.site for m in store.get_run(run_id).site_metrics] == ["Eye Clinic", "Eye Clinic"]
 
@@ -97,7 +77,7 @@ def test_failed_reply_without_a_name_is_named_from_earlier_rounds(tmp_path: Path
 def test_evaluation_round_stores_the_cross_site_view(tmp_path: Path) -> None:
     store = RunStore(f"sqlite:///{tmp_path / 's.db'}")
     run_id = store.create_run(name="t", strategy="fedavg", config={}, num_rounds=1, num_sites=2)
-    replies = [_reply(1, "a", auc=0.9, **{"num-examples": 10}), _reply(2, "b", auc=0.7, **{"num-examples": 30})]
+    replies = [site_reply(1, "a", auc=0.9, **{"num-examples": 10}), site_reply(2, "b", auc=0.7, **{"num-examples": 30})]
     RunRecorder(store, run_id).on_replies(1, "evaluate", replies)
     metrics = store.get_run(run_id).rounds[0].eval_metrics
     assert metrics is not None

@@ -16,7 +16,6 @@ from flwr.app import (
     MessageType,
     Metadata,
     MetricRecord,
-    RecordDict,
 )
 from flwr.app.message.message import make_message
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
@@ -27,6 +26,7 @@ from fedeye.errors import FederationError
 from fedeye.server.federation import RoundsAfter, resume_point
 from fedeye.server.recorder import RunRecorder
 from fedeye.server.store import RunStore
+from tests.server.conftest import site_reply
 
 
 @pytest.fixture
@@ -39,21 +39,7 @@ def _run(store: RunStore) -> str:
 
 
 def _reply(node_id: int, site: str) -> Message:
-    meta = Metadata(
-        run_id=1,
-        message_id="",
-        src_node_id=node_id,
-        dst_node_id=0,
-        reply_to_message_id="m",
-        group_id="",
-        created_at=time.time(),
-        ttl=60.0,
-        message_type=MessageType.TRAIN,
-    )
-    content = RecordDict(
-        {"metrics": MetricRecord({"loss": 0.5, "num-examples": 10}), "site": ConfigRecord({"name": site})}
-    )
-    return make_message(meta, content=content)
+    return site_reply(node_id, site, loss=0.5, **{"num-examples": 10})
 
 
 def _unreachable() -> Message:
