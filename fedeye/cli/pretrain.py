@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from fedeye.cli._common import console, exits_cleanly
-from fedeye.models.config import ArchName
-from fedeye.models.device import DeviceChoice
+from fedeye.models.config import ArchName, DeviceChoice
 
 
 @exits_cleanly

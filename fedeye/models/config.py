@@ -24,6 +24,8 @@ from pydantic import (
 )
 
 ArchName = Literal["vit-tiny-cpu", "vit-small", "vit-base", "vit-large"]
+#: Where a model runs (``fedeye.models.device.select_device``).
+DeviceChoice = Literal["auto", "cpu", "cuda"]
 TrainMode = Literal["full", "prompt"]
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from fedeye.errors import ConfigError
-
-DeviceChoice = Literal["auto", "cpu", "cuda"]
+from fedeye.models.config import DeviceChoice
 
 
 def select_device(preferred: DeviceChoice = "auto") -> torch.device:

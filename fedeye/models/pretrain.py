@@ -32,8 +32,8 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from fedeye.models.config import ArchName, ModelConfig
-from fedeye.models.device import DeviceChoice, autocast_context, select_device
+from fedeye.models.config import ArchName, DeviceChoice, ModelConfig
+from fedeye.models.device import autocast_context, select_device
 from fedeye.models.factory import build_model
 from fedeye.models.vit import PromptViT
 
