@@ -30,10 +30,12 @@ The final global model is scored on the union of the sites' test splits
 each run leaves site ``seed % sites`` out of training and scores on it
 (leave-one-site-out over the seeds).
 
-Writes ``--runs-csv`` (one line per run, appended as runs finish) and, at
-the end, ``--summary-csv`` (strategy, mode, backbone, epsilon, auc_mean,
-auc_sd, bacc_mean, runs). Synthetic data: the figures show the relative
-cost of DP here, not clinical accuracy.
+Writes ``--runs-csv`` (one line per run, appended as runs finish; each line
+carries the training setting of :data:`SETTING`: image size, rounds, local
+epochs, DP batch, learning rate) and, at the end, ``--summary-csv`` (mean and
+SD over seeds per strategy, mode, backbone, epsilon, test and setting, so
+runs at 32 px and at 64 px never share a mean). Synthetic data: the figures
+show the relative cost of DP here, not clinical accuracy.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ import torch
 State = dict[str, torch.Tensor]
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "dp-utility"
 LR = {"prompt": 1e-2, "full": 1e-3}  # AdamW learning rate per mode (prompts and head take larger steps)
+#: Columns of a run that describe its training setting; summarize() never averages across two settings.
+SETTING = ("image_size", "rounds", "local_epochs", "dp_batch", "lr")
 #: The informative subset (--subset): every epsilon for the best configuration, both strategies at each epsilon.
 SUBSET = [  # in order of priority: the best configuration first, then what it is compared with
     ("fedavg", "prompt", "pretrained", "none"),
@@ -119,6 +123,11 @@ class Outcome:
     mode: str
     backbone: str
     epsilon: str
+    image_size: int
+    rounds: int
+    local_epochs: int
+    dp_batch: int
+    lr: float
     seed: int
     unseen: str  # held-out site, or "" (pooled test of all sites)
     auc: float
@@ -197,6 +206,11 @@ def run(sites: list[Site], args: argparse.Namespace, key: tuple[str, str, str, s
         mode,
         backbone,
         eps,
+        args.image_size,
+        args.rounds,
+        args.local_epochs,
+        args.dp_batch,
+        cfg.lr,
         seed,
         held_out.name if held_out else "",
         auc,
@@ -327,26 +341,52 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
 
 
 def append_run(path: Path, outcome: Outcome) -> None:
+    """Append one run; refuse a runs file whose columns differ (rows would land under the wrong header)."""
+    fields = list(asdict(outcome))
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
+    new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with path.open(newline="") as handle:
+            header = next(csv.reader(handle), [])
+        if header != fields:
+            raise SystemExit(
+                f"{path} has the columns {header}, this script writes {fields}. "
+                "Write to a new --runs-csv, or add the missing columns to the old file first."
+            )
     with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(asdict(outcome)))
+        writer = csv.DictWriter(handle, fieldnames=fields)
         if new:
             writer.writeheader()
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in asdict(outcome).items()})
+        writer.writerow({k: _cell(k, v) for k, v in asdict(outcome).items()})
+
+
+def _cell(name: str, value: object) -> object:
+    """CSV text of one value: floats to 4 decimals, the learning rate in full (1e-05 would round to 0)."""
+    if name == "lr":
+        return f"{value:g}"
+    return f"{value:.4f}" if isinstance(value, float) else value
 
 
 def summarize(runs_csv: Path, summary_csv: Path) -> list[dict[str, str]]:
-    """Mean and SD over seeds per (strategy, mode, backbone, epsilon, unseen) from the runs file."""
+    """Mean and SD over seeds per (strategy, mode, backbone, epsilon, test, setting) from the runs file.
+
+    The setting (:data:`SETTING`: image size, rounds, local epochs, DP batch,
+    learning rate) is part of the group, so runs of two settings never share
+    a mean.
+    """
     with runs_csv.open() as handle:
-        rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        missing = [c for c in SETTING if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SystemExit(f"{runs_csv} lacks the setting columns {missing}: add them (one value per run) first.")
+        rows = list(reader)
     groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
     for row in rows:
-        groups.setdefault(
-            (row["strategy"], row["mode"], row["backbone"], row["epsilon"], "loso" if row["unseen"] else "pooled"), []
-        ).append(row)
+        test = "loso" if row["unseen"] else "pooled"
+        key = (row["strategy"], row["mode"], row["backbone"], row["epsilon"], test, *(row[c] for c in SETTING))
+        groups.setdefault(key, []).append(row)
     out = []
-    for (strategy, mode, backbone, eps, test), group in sorted(groups.items()):
+    for (strategy, mode, backbone, eps, test, *setting), group in sorted(groups.items(), key=_summary_order):
         auc = np.array([float(r["auc"]) for r in group])
         bacc = np.array([float(r["bacc"]) for r in group])
         out.append(
@@ -356,6 +396,7 @@ def summarize(runs_csv: Path, summary_csv: Path) -> list[dict[str, str]]:
                 "backbone": backbone,
                 "epsilon": eps,
                 "test": test,
+                **dict(zip(SETTING, setting)),
                 "auc_mean": f"{auc.mean():.3f}",
                 "auc_sd": f"{auc.std(ddof=1) if len(auc) > 1 else 0.0:.3f}",
                 "bacc_mean": f"{bacc.mean():.3f}",
@@ -367,6 +408,12 @@ def summarize(runs_csv: Path, summary_csv: Path) -> list[dict[str, str]]:
         writer.writeheader()
         writer.writerows(out)
     return out
+
+
+def _summary_order(item: tuple[tuple[str, ...], list[dict[str, str]]]) -> tuple[object, ...]:
+    """Largest images first (the newest setting on top), then by configuration."""
+    key = item[0]
+    return (-int(key[5]), key[5:], key[:5])
 
 
 def main(argv: list[str] | None = None) -> int:
