@@ -32,7 +32,7 @@ each run leaves site ``seed % sites`` out of training and scores on it
 
 Writes ``--runs-csv`` (one line per run, appended as runs finish; each line
 carries the training setting of :data:`SETTING`: image size, rounds, local
-epochs, DP batch, learning rate) and, at the end, ``--summary-csv`` (mean and
+epochs, DP batch, learning rate and its schedule, pooling) and, at the end, ``--summary-csv`` (mean and
 SD over seeds per strategy, mode, backbone, epsilon, test and setting, so
 runs at 32 px and at 64 px never share a mean). Synthetic data: the figures
 show the relative cost of DP here, not clinical accuracy.
@@ -60,7 +60,7 @@ State = dict[str, torch.Tensor]
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "dp-utility"
 LR = {"prompt": 1e-2, "full": 1e-3}  # AdamW learning rate per mode (prompts and head take larger steps)
 #: Columns of a run that describe its training setting; summarize() never averages across two settings.
-SETTING = ("image_size", "rounds", "local_epochs", "dp_batch", "lr")
+SETTING = ("image_size", "rounds", "local_epochs", "dp_batch", "lr", "lr_schedule", "pool")
 #: The informative subset (--subset): every epsilon for the best configuration, both strategies at each epsilon.
 SUBSET = [  # in order of priority: the best configuration first, then what it is compared with
     ("fedavg", "prompt", "pretrained", "none"),
@@ -103,6 +103,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sites-dir", type=Path, default=None, help="keep the synthetic sites here and reuse them (parallel runs)"
     )
+    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 1e-2 prompt, 1e-3 full)")
+    parser.add_argument(
+        "--lr-schedule", choices=("constant", "cosine"), default="constant", help="training.lr_schedule"
+    )
+    parser.add_argument(
+        "--pool", choices=("cls", "avg"), default="cls", help="model.pool: class token or mean of the patch tokens"
+    )
     parser.add_argument("--runs-csv", type=Path, default=DOCS / "runs.csv")
     parser.add_argument("--summarize-only", action="store_true", help="only summarise --runs-csv into --summary-csv")
     parser.add_argument("--summary-csv", type=Path, default=DOCS / "summary.csv")
@@ -128,6 +135,8 @@ class Outcome:
     local_epochs: int
     dp_batch: int
     lr: float
+    lr_schedule: str
+    pool: str
     seed: int
     unseen: str  # held-out site, or "" (pooled test of all sites)
     auc: float
@@ -170,7 +179,8 @@ def run(sites: list[Site], args: argparse.Namespace, key: tuple[str, str, str, s
         rounds=args.rounds,
         local_epochs=args.local_epochs,
         batch_size=args.dp_batch,
-        lr=LR[mode],
+        lr=args.lr or LR[mode],
+        lr_schedule=args.lr_schedule,
         device="cpu",
         seed=seed,
         class_weighting="none",
@@ -185,6 +195,7 @@ def run(sites: list[Site], args: argparse.Namespace, key: tuple[str, str, str, s
             mode=mode,
             num_domains=experts,  # type: ignore[arg-type]
             backbone_weights=args.backbone if backbone == "pretrained" else None,
+            pool=args.pool,
         )
     )
     state = model_state(model)
@@ -211,6 +222,8 @@ def run(sites: list[Site], args: argparse.Namespace, key: tuple[str, str, str, s
         args.local_epochs,
         args.dp_batch,
         cfg.lr,
+        args.lr_schedule,
+        args.pool,
         seed,
         held_out.name if held_out else "",
         auc,
@@ -371,7 +384,7 @@ def summarize(runs_csv: Path, summary_csv: Path) -> list[dict[str, str]]:
     """Mean and SD over seeds per (strategy, mode, backbone, epsilon, test, setting) from the runs file.
 
     The setting (:data:`SETTING`: image size, rounds, local epochs, DP batch,
-    learning rate) is part of the group, so runs of two settings never share
+    learning rate and its schedule, pooling) is part of the group, so runs of two settings never share
     a mean.
     """
     with runs_csv.open() as handle:

@@ -38,7 +38,7 @@ from pydantic import (
 from fedeye.errors import ConfigError
 from fedeye.models.config import ModelConfig
 from fedeye.privacy.policy import PrivacyConfig
-from fedeye.privacy.presets import PRESETS, preset_mode
+from fedeye.privacy.presets import PRESETS, preset_model
 
 
 class _Section(BaseModel):
@@ -221,16 +221,16 @@ class RunConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _preset_mode(cls, data: Any) -> Any:
-        """A DP preset names the model mode it was chosen for; an explicit ``model.mode`` wins."""
+    def _preset_model(cls, data: Any) -> Any:
+        """A DP preset names the model mode and pooling it was chosen for; explicit ``[model]`` values win."""
         privacy = data.get("privacy") if isinstance(data, dict) else None
         preset = privacy.get("preset") if isinstance(privacy, dict) else None
         if not isinstance(preset, str) or preset not in PRESETS:
             return data
-        mode, model = preset_mode(preset), data.get("model") or {}
-        if mode is None or not isinstance(model, dict) or "mode" in model:
+        implied, model = preset_model(preset), data.get("model") or {}
+        if not implied or not isinstance(model, dict):
             return data
-        return {**data, "model": {**model, "mode": mode}}
+        return {**data, "model": {**implied, **model}}
 
     def dp_training(self) -> TrainingConfig:
         """The training settings of a DP-SGD round: ``[training]`` with ``[privacy]``'s batch, epochs and lr."""

@@ -106,13 +106,16 @@ def test_operating_point_is_youden_or_a_sensitivity_in_the_open_unit_interval(va
 
 def test_dp_preset_fills_what_the_run_file_leaves_out_and_explicit_values_win() -> None:
     cfg = RunConfig.model_validate({"privacy": {"enabled": True, "preset": "pretrained-prompt", "lr": 0.003}})
-    assert cfg.model.mode == "prompt" and cfg.privacy.batch_size == 64 and cfg.privacy.lr == 0.003
+    assert cfg.model.mode == "prompt" and cfg.privacy.batch_size == 32 and cfg.privacy.lr == 0.003
+    assert cfg.model.pool == "avg"
     training = cfg.dp_training()
-    assert (training.batch_size, training.local_epochs, training.lr) == (64, 1, 0.003)
+    assert (training.batch_size, training.local_epochs, training.lr) == (32, 2, 0.003)
     assert cfg.training.batch_size == 32  # training without DP keeps its own settings
 
-    explicit = RunConfig.model_validate({"model": {"mode": "full"}, "privacy": {"preset": "pretrained-prompt"}})
-    assert explicit.model.mode == "full" and explicit.privacy.max_physical_batch == 64
+    explicit = RunConfig.model_validate(
+        {"model": {"mode": "full", "pool": "cls"}, "privacy": {"preset": "pretrained-prompt"}}
+    )
+    assert explicit.model.mode == "full" and explicit.model.pool == "cls" and explicit.privacy.max_physical_batch == 64
 
 
 def test_every_strategy_validates_with_dp_and_client_level_dp() -> None:

@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import fedeye.models.grad_samplers  # noqa: F401  (registers the token modules' grad samplers)
-from fedeye.client.training import LocalObjective, TrainResult, _ExpertTraining
+from fedeye.client.training import LocalObjective, TrainResult, _ExpertTraining, round_lr
 from fedeye.config import TrainingConfig
 from fedeye.models import select_device
 from fedeye.privacy.planning import RoundPlan
@@ -190,7 +190,7 @@ def prepare_private(
     engine = PrivacyEngine(accountant=plan.accountant)
     module, optimizer, loader = engine.make_private(
         module=model,
-        optimizer=torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
+        optimizer=torch.optim.AdamW(params, lr=round_lr(cfg, server_round), weight_decay=cfg.weight_decay),
         data_loader=loader,
         noise_multiplier=plan.noise_multiplier,
         max_grad_norm=max_grad_norm,

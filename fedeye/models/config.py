@@ -110,6 +110,10 @@ class ModelConfig(BaseModel):
         default=True,
         description="With domain experts: a router mixes them per image from the image's style (false = uniform mix).",
     )
+    pool: Literal["cls", "avg"] = Field(
+        default="cls",
+        description="Feature for the head: cls = class token; avg = mean of the patch tokens (MAE/RETFound).",
+    )
     mode: TrainMode = Field(
         default="full",
         description="full: train every parameter; prompt: freeze the backbone, train prompts and head.",

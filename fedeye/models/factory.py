@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 #: timm / RETFound key -> PromptViT key, for keys whose name differs.
 _RENAMED_KEYS = {"cls_token": "cls_token.tokens", "pos_embed": "pos_embed.weight"}
 #: Checkpoint keys that only MAE pretraining uses.
+#: Top-level checkpoint entry of ``fedeye pretrain``: ``{pool: {"mean": T, "std": T}}`` of the pooled,
+#: normed features on the pretraining images (see :class:`~fedeye.models.vit.FeatureStandardizer`).
+FEATURE_STATS_KEY = "fedeye_feature_stats"
 _MAE_ONLY = re.compile(r"^(decoder_|mask_token)")
 #: Below this share of backbone tensors loaded, the checkpoint is the wrong architecture.
 _MIN_BACKBONE_SHARE = 0.5
@@ -68,6 +71,7 @@ def build_model(cfg: ModelConfig, *, load_backbone: bool = True) -> PromptViT:
         drop_rate=cfg.drop_rate,
         attn_drop_rate=cfg.attn_drop_rate,
         drop_path_rate=cfg.drop_path_rate,
+        pool=cfg.pool,
     )
     if load_backbone and cfg.backbone_weights is not None:
         logger.info("%s", load_backbone_weights(model, cfg.backbone_weights))
@@ -148,20 +152,43 @@ def load_backbone_weights(model: PromptViT, path: Path) -> LoadReport:
         The file is missing, is not a checkpoint, or fits another architecture.
     """
     path = Path(path)
-    source = _to_fedeye_keys(_read_state_dict(path))
+    raw = _read_checkpoint(path)
+    source = _to_fedeye_keys(_unwrap(path, raw))
     target = model.state_dict()
     report = LoadReport(path=path, skipped=source.dropped)
     accepted = _match_tensors(source.tensors, target, model, report)
     _check_backbone_share(path, source.tensors, accepted, model)
     model.load_state_dict(accepted, strict=False)
     model.freeze_style()  # the router sees images through the loaded patch embedding
-    derived = {"style_embed.weight", "style_embed.bias"}
+    _load_feature_stats(path, raw, model, report)
+    derived = {"style_embed.weight", "style_embed.bias", "feature_norm.mean", "feature_norm.std"}
     report.missing.extend(k for k in target if k not in accepted and k not in derived)
     return report
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Safely read a checkpoint and unwrap ``{"model": ...}`` / ``{"state_dict": ...}``."""
+def _load_feature_stats(path: Path, raw: Any, model: PromptViT, report: LoadReport) -> None:
+    """Set ``model.feature_norm`` from a ``fedeye pretrain`` checkpoint's statistics for the model's pooling.
+
+    Other checkpoints (timm, RETFound) carry none: the standardiser stays the identity.
+    """
+    stats = raw.get(FEATURE_STATS_KEY) if isinstance(raw, Mapping) else None
+    if not isinstance(stats, Mapping):
+        return
+    pooled = stats.get(model.pool_name)
+    norm = model.feature_norm
+    if not isinstance(pooled, Mapping) or not all(
+        isinstance(pooled.get(k), torch.Tensor) and pooled[k].shape == getattr(norm, k).shape for k in ("mean", "std")
+    ):
+        report.skipped[f"{FEATURE_STATS_KEY}.{model.pool_name}"] = "no feature statistics of this size and pooling"
+        return
+    with torch.no_grad():
+        norm.mean.copy_(pooled["mean"])
+        norm.std.copy_(pooled["std"].clamp_min(1e-6))
+    report.loaded.extend(("feature_norm.mean", "feature_norm.std"))
+
+
+def _read_checkpoint(path: Path) -> Any:
+    """Safely read a checkpoint (tensors and plain values only)."""
     if not path.is_file():
         raise ModelError(
             f"backbone checkpoint {path} does not exist; check model.backbone_weights "
@@ -184,7 +211,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{path} is not a readable PyTorch checkpoint ({err.__class__.__name__}: {err}); "
             "pass a file written by torch.save(model.state_dict())"
         ) from err
-    return _unwrap(path, raw)
+    return raw
 
 
 def _unwrap(path: Path, raw: Any) -> dict[str, torch.Tensor]:

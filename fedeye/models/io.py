@@ -153,6 +153,10 @@ def model_state(model: nn.Module, *, trainable_only: bool = False) -> dict[str, 
     return {k: v.detach().cpu().clone() for k, v in inner.state_dict().items() if keep is None or k in keep}
 
 
+#: Buffers newer than some saved models (FedEye 0.x before the feature standardiser); missing means "as built".
+_ADDED_LATER = ("feature_norm.",)
+
+
 def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: bool = True) -> None:
     """Copy ``state`` into ``model`` in place, tolerating the Opacus ``_module.`` prefix on either side.
 
@@ -172,6 +176,9 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, strict: b
     """
     inner = _unwrap(model)
     clean = {k.removeprefix(_OPACUS_PREFIX): torch.as_tensor(v) for k, v in state.items()}
+    for key, value in inner.state_dict().items():
+        if key.startswith(_ADDED_LATER):  # weights saved before these buffers existed: keep the model's own
+            clean.setdefault(key, value)
     _check_state(inner, clean, strict=strict)
     inner.load_state_dict(clean, strict=strict)
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from fedeye.models.config import ArchName, DeviceChoice, ModelConfig
 from fedeye.models.device import autocast_context, select_device
-from fedeye.models.factory import build_model
+from fedeye.models.factory import FEATURE_STATS_KEY, build_model
 from fedeye.models.vit import PromptViT
 
 #: PromptViT key -> timm key, for the keys whose names differ.
@@ -179,6 +179,7 @@ class PretrainResult:
     epoch_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     device: str = "cpu"
+    feature_stats: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def pretrain_mae(
@@ -231,7 +232,38 @@ def pretrain_mae(
             log(f"epoch {epoch + 1}/{settings.epochs}: reconstruction loss {result.epoch_losses[-1]:.4f}")
     result.seconds = time.perf_counter() - start
     mae.encoder.freeze_style()  # the router's style embedding follows the pretrained patch embedding
+    result.feature_stats = feature_stats(mae.encoder, images, batch_size=settings.batch_size)
     return result
+
+
+@torch.no_grad()
+def feature_stats(
+    encoder: PromptViT, images: torch.Tensor, *, batch_size: int = 64
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-feature mean and SD of the normed features, for each pooling, over ``images`` (uint8).
+
+    The encoder sees whole images without prompts, as a fine-tuned model
+    does before its prompts have learned. Stored in the checkpoint, these
+    set :class:`~fedeye.models.vit.FeatureStandardizer` at fine-tuning
+    time: statistics of the public pretraining images, so they cost no
+    privacy at the sites.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    pooled: dict[str, list[torch.Tensor]] = {"cls": [], "avg": []}
+    for batch in torch.split(images, batch_size):
+        x = ((batch.float() / 255.0 - _MEAN) / _STD).to(device)
+        patches = encoder.patch_embed(x)
+        tokens = encoder.blocks(encoder.pos_embed(torch.cat([encoder.cls_token(patches), patches], dim=1)))
+        pooled["cls"].append(encoder.norm(tokens[:, 0]).float().cpu())
+        pooled["avg"].append(encoder.norm(tokens[:, 1:].mean(dim=1)).float().cpu())
+    encoder.train(was_training)
+    out = {}
+    for name, parts in pooled.items():
+        feats = torch.cat(parts)
+        out[name] = {"mean": feats.mean(dim=0), "std": feats.std(dim=0).clamp_min(1e-6)}
+    return out
 
 
 def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
@@ -256,7 +288,10 @@ def _normalise(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def save_pretrained(path: Path, result: PretrainResult, settings: PretrainSettings, data: list[dict[str, Any]]) -> Path:
-    """Write ``{"model": timm state dict, "fedeye_pretrain": provenance}`` (tensors and plain values only).
+    """Write ``{"model": timm state dict, "fedeye_pretrain": provenance, "fedeye_feature_stats": ...}``.
+
+    Tensors and plain values only. ``model`` is a plain timm state dict (timm
+    and RETFound code read it); the feature statistics sit beside it.
 
     The provenance holds the settings, the data (folder, fingerprint, image
     count per folder), the loss per epoch, the device and the time taken, so
@@ -273,5 +308,8 @@ def save_pretrained(path: Path, result: PretrainResult, settings: PretrainSettin
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": timm_state_dict(result.encoder), "fedeye_pretrain": record}, path)
+    payload: dict[str, Any] = {"model": timm_state_dict(result.encoder), "fedeye_pretrain": record}
+    if result.feature_stats:
+        payload[FEATURE_STATS_KEY] = result.feature_stats
+    torch.save(payload, path)
     return path

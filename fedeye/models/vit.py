@@ -8,7 +8,7 @@ checkpoints map onto it (see :func:`fedeye.models.factory.load_backbone_weights`
 from __future__ import annotations
 
 from functools import partial
-from typing import ClassVar, cast
+from typing import ClassVar, Literal, cast
 
 import torch
 from timm.layers.patch_embed import PatchEmbed
@@ -19,6 +19,36 @@ from torch import nn
 from fedeye.errors import ModelError
 from fedeye.models.router import ExpertRouter, StyleEmbed
 from fedeye.models.tokens import DomainPrompts, LearnedTokens, PositionEmbedding, vpt_init_bound
+
+#: How the block outputs become one feature vector (``ModelConfig.pool``).
+PoolName = Literal["cls", "avg"]
+
+
+class FeatureStandardizer(nn.Module):
+    """Fixed per-feature standardisation ``(x - mean) / std`` in front of the head (identity until set).
+
+    A pretrained backbone's features carry the label in small differences on
+    a few coordinates; a linear head needs large weights to read them, which
+    clipped and noised DP-SGD steps reach slowly or never. Standardising each
+    feature with statistics measured on the public pretraining images (no
+    private data, so no privacy cost) lets a small head read them, as
+    Tramer & Boneh (ICLR 2021) do for DP linear models on fixed features.
+    ``mean`` and ``std`` are buffers: saved with the model, never trained.
+
+    >>> FeatureStandardizer(2)(torch.ones(1, 2))
+    tensor([[1., 1.]])
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 class PromptViT(nn.Module):
@@ -60,6 +90,10 @@ class PromptViT(nn.Module):
         Block MLP width relative to ``embed_dim``.
     drop_rate, attn_drop_rate, drop_path_rate : float
         Token/head dropout, attention dropout, stochastic depth of the last block.
+    pool : {"cls", "avg"}
+        Feature for the head: the class token (timm's default) or the mean of
+        the patch tokens (MAE and RETFound fine-tuning; better for a frozen
+        MAE backbone, whose class token no loss trained).
 
     References
     ----------
@@ -97,9 +131,10 @@ class PromptViT(nn.Module):
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        pool: PoolName = "cls",
     ) -> None:
         super().__init__()
-        self.embed_dim = embed_dim
+        self.embed_dim, self.pool_name = embed_dim, pool
         self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=3, embed_dim=embed_dim)
         self.cls_token = LearnedTokens(1, embed_dim)
         self.pos_embed = PositionEmbedding(1 + self.patch_embed.num_patches, embed_dim)
@@ -111,6 +146,7 @@ class PromptViT(nn.Module):
         self.blocks = self._make_blocks(depth, num_heads, mlp_ratio, attn_drop_rate, drop_path_rate)
         # nn.LayerNorm itself (not timm's subclass) so Opacus has a grad sampler for it.
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.feature_norm = FeatureStandardizer(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes)
         self._init_weights(patch_size)
@@ -280,12 +316,14 @@ class PromptViT(nn.Module):
         return router.style(embed(x))
 
     def pool(self, feats: torch.Tensor) -> torch.Tensor:
-        """Class-token pooling: ``[B, N, dim]`` -> ``[B, dim]``."""
+        """``[B, N, dim]`` -> ``[B, dim]``: the class token (``cls``) or the mean of the patch tokens (``avg``)."""
+        if self.pool_name == "avg":
+            return feats[:, self.num_prefix_tokens :].mean(dim=1)
         return feats[:, 0]
 
     def forward_head(self, feats: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
-        """Block outputs -> class token -> norm -> head; ``pre_logits`` stops before the head."""
-        x = self.head_drop(self.norm(self.pool(feats)))
+        """Block outputs -> pool -> norm -> feature standardisation -> head; ``pre_logits`` stops before the head."""
+        x = self.head_drop(self.feature_norm(self.norm(self.pool(feats))))
         return x if pre_logits else cast(torch.Tensor, self.head(x))
 
     def forward(

@@ -8,9 +8,12 @@ slowly with ``B`` at a fixed epsilon), fewer steps and a larger learning
 rate. A preset fills the settings a run file leaves out; every value it sets
 can still be written explicitly, and the site's policy still caps epsilon,
 delta, ``C`` and ``sigma`` (:func:`fedeye.privacy.policy.effective_dp`).
-The values are the configuration ``benchmarks/dp_utility.py`` ran
-(docs/dp-utility.md); on the shared 2-core machine no sweep over them was
-possible, so they are a documented starting point, not a tuned optimum.
+The values are the configuration ``benchmarks/dp_utility.py`` measured
+(docs/dp-utility.md, "64 px, a pretrained backbone"): ``pretrained-prompt``
+is the best of six settings tried there (10 rounds in ``[training]``); a
+short sweep on one synthetic task, so a documented starting point, not a
+tuned optimum. ``pretrained-full`` was not measured with a pretrained
+backbone at 64 px.
 
 References
 ----------
@@ -27,21 +30,22 @@ from typing import Any, Literal
 
 DPPreset = Literal["none", "pretrained-prompt", "pretrained-full"]
 
-#: Per preset: values of ``[privacy]`` (and ``model.mode``) a run file may leave out.
+#: Per preset: values of ``[privacy]`` (and, under "model", of ``[model]``) a run file may leave out.
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
-    # frozen pretrained backbone (fedeye pretrain or RETFound); prompts, router and head train
+    # frozen pretrained backbone (fedeye pretrain or RETFound); prompts, router and head train on the
+    # mean of the patch tokens (an MAE backbone's class token was never trained by a loss)
     "pretrained-prompt": {
-        "mode": "prompt",
-        "batch_size": 64,
-        "local_epochs": 1,
+        "model": {"mode": "prompt", "pool": "avg"},
+        "batch_size": 32,
+        "local_epochs": 2,
         "lr": 1e-2,
         "max_grad_norm": 1.0,
         "max_physical_batch": 64,
     },
     # the whole pretrained network trains: smaller learning rate, same large batches
     "pretrained-full": {
-        "mode": "full",
+        "model": {"mode": "full", "pool": "avg"},
         "batch_size": 64,
         "local_epochs": 1,
         "lr": 1e-3,
@@ -52,11 +56,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset_defaults(name: str) -> dict[str, Any]:
-    """The ``[privacy]`` values of preset ``name`` (``mode`` excluded: it belongs to ``[model]``)."""
-    return {k: v for k, v in PRESETS[name].items() if k != "mode"}
+    """The ``[privacy]`` values of preset ``name`` (``model`` excluded: it belongs to ``[model]``)."""
+    return {k: v for k, v in PRESETS[name].items() if k != "model"}
 
 
-def preset_mode(name: str) -> str | None:
-    """The ``model.mode`` preset ``name`` implies, if any."""
-    mode = PRESETS[name].get("mode")
-    return None if mode is None else str(mode)
+def preset_model(name: str) -> dict[str, Any]:
+    """The ``[model]`` values (``mode``, ``pool``) preset ``name`` implies; an explicit value in the run file wins."""
+    return dict(PRESETS[name].get("model", {}))

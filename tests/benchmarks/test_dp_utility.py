@@ -34,6 +34,8 @@ def _outcome(module: ModuleType, *, image_size: int, seed: int, auc: float) -> o
         local_epochs=1,
         dp_batch=64,
         lr=1e-3,
+        lr_schedule="constant",
+        pool="cls",
         seed=seed,
         unseen="",
         auc=auc,

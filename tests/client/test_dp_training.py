@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from opacus import GradSampleModule
@@ -159,6 +161,26 @@ def test_model_trains_twice_and_stays_a_plain_module(train_split: SiteDataset) -
     assert not any(
         hasattr(p, "grad_sample") or hasattr(p, "summed_grad") or p.grad is not None for p in model.parameters()
     )
+
+
+def test_learning_rate_follows_the_runs_schedule_as_without_dp(
+    train_split: SiteDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[float] = []
+    adamw = torch.optim.AdamW
+
+    def recording(params: object, **kwargs: float) -> torch.optim.AdamW:
+        seen.append(kwargs["lr"])
+        return adamw(params, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.optim, "AdamW", recording)
+    cfg = CFG.model_copy(update={"rounds": 4, "lr_schedule": "cosine"})
+    for server_round in (1, 3):
+        train_local_dp(
+            _model("prompt"), train_split, cfg=cfg, plan=_plan(13), max_grad_norm=1.0, server_round=server_round
+        )
+
+    assert seen == pytest.approx([1e-2, 1e-2 * (1 + math.cos(math.pi * 2 / 4)) / 2])
 
 
 def test_empty_poisson_batches_still_step(train_split: SiteDataset) -> None:

@@ -28,6 +28,29 @@ def test_roundtrip_gives_equal_outputs(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # no temp file left behind
 
 
+def test_feature_standardiser_is_saved_with_the_model(tmp_path: Path) -> None:
+    cfg = ModelConfig(pool="avg")
+    model = build_model(cfg)
+    model.feature_norm.mean.fill_(0.25)
+    model.feature_norm.std.fill_(3.0)
+    save_model(tmp_path / "m.pt", model, cfg)
+    loaded, _, _ = load_model(tmp_path / "m.pt")  # no backbone checkpoint needed: the buffers are in the file
+    assert torch.equal(loaded.feature_norm.mean, model.feature_norm.mean)
+    assert torch.equal(loaded.feature_norm.std, model.feature_norm.std)
+
+
+def test_model_file_from_before_the_feature_standardiser_loads(tmp_path: Path) -> None:
+    cfg = ModelConfig()
+    model = build_model(cfg).eval()
+    save_model(tmp_path / "m.pt", model, cfg)
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload["state_dict"] = {k: v for k, v in payload["state_dict"].items() if not k.startswith("feature_norm.")}
+    torch.save(payload, tmp_path / "old.pt")
+    loaded, _, _ = load_model(tmp_path / "old.pt")
+    images = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(loaded.eval()(images), model(images))  # the identity, as before
+
+
 def test_saved_backbone_path_need_not_exist_when_loading(tmp_path: Path, timm_checkpoint: Path) -> None:
     cfg = ModelConfig(arch="vit-small", img_size=32, backbone_weights=timm_checkpoint)
     save_model(tmp_path / "m.pt", build_model(cfg), cfg.model_copy(update={"backbone_weights": tmp_path / "gone.pth"}))

@@ -12,7 +12,15 @@ from typer.testing import CliRunner
 
 from fedeye.cli.main import app
 from fedeye.models import ModelConfig, build_model
-from fedeye.models.pretrain import MaskedAutoencoder, patchify, random_split, timm_state_dict
+from fedeye.models.pretrain import (
+    _MEAN,
+    _STD,
+    MaskedAutoencoder,
+    feature_stats,
+    patchify,
+    random_split,
+    timm_state_dict,
+)
 
 
 def test_masking_splits_every_image_into_kept_and_hidden_patches() -> None:
@@ -80,6 +88,27 @@ def test_pretrain_command_writes_a_backbone_build_model_loads(tmp_path: Path) ->
     saved = torch.load(out, weights_only=True)["model"]
     assert torch.equal(model.patch_embed.proj.weight, saved["patch_embed.proj.weight"])
     assert torch.equal(model.blocks[0].attn.qkv.weight, saved["blocks.0.attn.qkv.weight"])
+    stats = torch.load(out, weights_only=True)["fedeye_feature_stats"]
+    for pool in ("cls", "avg"):  # each pooling gets the statistics of its own features
+        pooled = build_model(ModelConfig(img_size=32, pool=pool, backbone_weights=out))
+        assert torch.equal(pooled.feature_norm.mean, stats[pool]["mean"])
+        assert torch.equal(pooled.feature_norm.std, stats[pool]["std"])
+    assert not torch.equal(stats["cls"]["mean"], stats["avg"]["mean"])
+
+
+def test_feature_stats_standardise_the_pretraining_features() -> None:
+    torch.manual_seed(0)
+    encoder = build_model(ModelConfig(img_size=32, num_shared_prompts=0, mode="full", pool="avg"))
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    stats = feature_stats(encoder, images, batch_size=16)
+    encoder.feature_norm.mean.copy_(stats["avg"]["mean"])
+    encoder.feature_norm.std.copy_(stats["avg"]["std"])
+    x = ((images.float() / 255.0 - _MEAN) / _STD).float()
+    with torch.no_grad():
+        standardised = encoder.forward_head(encoder.forward_features(x), pre_logits=True)
+    # the head now sees each feature at mean 0 and SD 1 on these images
+    assert torch.allclose(standardised.mean(dim=0), torch.zeros(encoder.embed_dim), atol=1e-4)
+    assert torch.allclose(standardised.std(dim=0), torch.ones(encoder.embed_dim), atol=1e-3)
 
 
 def test_pretrain_command_explains_an_empty_folder(tmp_path: Path) -> None:

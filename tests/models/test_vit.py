@@ -113,3 +113,21 @@ def test_bad_domain_inputs(make_vit: Callable[..., PromptViT], kwargs: dict[str,
 def test_opacus_module_validator_accepts_the_model() -> None:
     model = build_model(ModelConfig(num_domains=2))
     assert ModuleValidator.validate(model, strict=False) == []
+
+
+def test_avg_pooling_averages_the_patch_tokens_only() -> None:
+    model = build_model(ModelConfig(pool="avg", num_domains=2))
+    feats = torch.randn(2, model.num_prefix_tokens + 64, 96)
+    feats[:, : model.num_prefix_tokens] = 1e6  # class token and prompts must not enter the mean
+    torch.testing.assert_close(model.pool(feats), feats[:, model.num_prefix_tokens :].mean(dim=1))
+    assert build_model(ModelConfig()).pool(feats).equal(feats[:, 0])  # cls: the default, as timm
+
+
+def test_feature_standardiser_sits_between_the_norm_and_the_head() -> None:
+    model = build_model(ModelConfig()).eval()
+    feats = torch.randn(3, model.num_prefix_tokens + 64, 96)
+    model.feature_norm.mean.fill_(0.5)
+    model.feature_norm.std.fill_(2.0)
+    expected = (model.norm(feats[:, 0]) - 0.5) / 2.0
+    torch.testing.assert_close(model.forward_head(feats, pre_logits=True), expected)
+    assert not any(p.requires_grad for p in model.feature_norm.parameters())  # buffers: never trained
