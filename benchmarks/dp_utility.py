@@ -32,7 +32,7 @@ each run leaves site ``seed % sites`` out of training and scores on it
 
 Writes ``--runs-csv`` (one line per run, appended as runs finish; each line
 carries the training setting of :data:`SETTING`: image size, rounds, local
-epochs, DP batch, learning rate and its schedule, pooling) and, at the end, ``--summary-csv`` (mean and
+epochs, DP batch, learning rate and its schedule, pooling, augmentation) and, at the end, ``--summary-csv`` (mean and
 SD over seeds per strategy, mode, backbone, epsilon, test and setting, so
 runs at 32 px and at 64 px never share a mean). Synthetic data: the figures
 show the relative cost of DP here, not clinical accuracy.
@@ -60,7 +60,7 @@ State = dict[str, torch.Tensor]
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "dp-utility"
 LR = {"prompt": 1e-2, "full": 1e-3}  # AdamW learning rate per mode (prompts and head take larger steps)
 #: Columns of a run that describe its training setting; summarize() never averages across two settings.
-SETTING = ("image_size", "rounds", "local_epochs", "dp_batch", "lr", "lr_schedule", "pool")
+SETTING = ("image_size", "rounds", "local_epochs", "dp_batch", "lr", "lr_schedule", "pool", "augment")
 #: The informative subset (--subset): every epsilon for the best configuration, both strategies at each epsilon.
 SUBSET = [  # in order of priority: the best configuration first, then what it is compared with
     ("fedavg", "prompt", "pretrained", "none"),
@@ -110,6 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pool", choices=("cls", "avg"), default="cls", help="model.pool: class token or mean of the patch tokens"
     )
+    parser.add_argument("--no-augment", action="store_true", help="train without augmentation (training.augment)")
     parser.add_argument("--runs-csv", type=Path, default=DOCS / "runs.csv")
     parser.add_argument("--summarize-only", action="store_true", help="only summarise --runs-csv into --summary-csv")
     parser.add_argument("--summary-csv", type=Path, default=DOCS / "summary.csv")
@@ -137,6 +138,7 @@ class Outcome:
     lr: float
     lr_schedule: str
     pool: str
+    augment: bool
     seed: int
     unseen: str  # held-out site, or "" (pooled test of all sites)
     auc: float
@@ -159,7 +161,7 @@ def load_sites(args: argparse.Namespace, root: Path) -> list[Site]:
     sites = []
     for folder in dirs:
         site = open_site(folder)
-        train = SiteDataset(site, "train", image_size=args.image_size, augment=True)
+        train = SiteDataset(site, "train", image_size=args.image_size, augment=not args.no_augment)
         sites.append(
             Site(folder.name, train, SiteDataset(site, "test", image_size=args.image_size), len(set(train.patient_ids)))
         )
@@ -184,7 +186,7 @@ def run(sites: list[Site], args: argparse.Namespace, key: tuple[str, str, str, s
         device="cpu",
         seed=seed,
         class_weighting="none",
-        augment=True,
+        augment=not args.no_augment,
     )
     torch.manual_seed(seed)
     experts = len(train_sites) if strategy == "prompt-experts" else 0
@@ -224,6 +226,7 @@ def run(sites: list[Site], args: argparse.Namespace, key: tuple[str, str, str, s
         cfg.lr,
         args.lr_schedule,
         args.pool,
+        not args.no_augment,
         seed,
         held_out.name if held_out else "",
         auc,
@@ -384,7 +387,7 @@ def summarize(runs_csv: Path, summary_csv: Path) -> list[dict[str, str]]:
     """Mean and SD over seeds per (strategy, mode, backbone, epsilon, test, setting) from the runs file.
 
     The setting (:data:`SETTING`: image size, rounds, local epochs, DP batch,
-    learning rate and its schedule, pooling) is part of the group, so runs of two settings never share
+    learning rate and its schedule, pooling, augmentation) is part of the group, so runs of two settings never share
     a mean.
     """
     with runs_csv.open() as handle:

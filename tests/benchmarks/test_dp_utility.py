@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "dp_utility.py"
+from tests.benchmarks.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def dp_utility() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dp_utility", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dp_utility"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script("dp_utility")
 
 
 def _outcome(module: ModuleType, *, image_size: int, seed: int, auc: float) -> object:
@@ -36,6 +29,7 @@ def _outcome(module: ModuleType, *, image_size: int, seed: int, auc: float) -> o
         lr=1e-3,
         lr_schedule="constant",
         pool="cls",
+        augment=True,
         seed=seed,
         unseen="",
         auc=auc,
