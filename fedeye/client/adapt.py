@@ -16,9 +16,13 @@ What changes at a new hospital, and what this module does about each
    the point where the two component *densities* cross is where sensitivity
    + specificity is highest under the mixture (Youden's J does not depend on
    prevalence). A target sensitivity ``s`` puts the threshold at the
-   positive component's ``1 - s`` quantile. Guards: the mixture must put at
-   least 5% on each component and separate them (their means at least one
-   pooled SD apart); otherwise the federation's threshold stays.
+   positive component's ``1 - s`` quantile. The same mixture re-fits the
+   calibration (bias and temperature, :func:`mixture_calibration`): the
+   federation's was fitted where the scores sat before the camera moved
+   them. Guards: the mixture must put at least 5% on each component and
+   separate them (their means at least one pooled SD apart); otherwise the
+   federation's threshold and calibration stay (the threshold then follows
+   the scores' quantile).
 2. **The features (optional, ``--tent-steps``).** TENT (Wang et al., "Tent:
    Fully Test-time Adaptation by Entropy Minimization", ICLR 2021) updates
    only the normalisation layers' affine parameters to lower the entropy of
@@ -52,7 +56,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedeye.client.training import ImageDataset, predict
-from fedeye.fairness.operating_point import DEFAULT_POINT, ModelOperatingPoint, Target, positive_log_odds
+from fedeye.fairness.operating_point import (
+    DEFAULT_POINT,
+    Calibration,
+    ModelOperatingPoint,
+    Target,
+    positive_log_odds,
+)
 from fedeye.models import select_device
 
 MIN_COMPONENT_WEIGHT = 0.05
@@ -222,8 +232,45 @@ def _point_from_mixture(
     target: Target = "youden" if start.target in ("youden", "p >= 0.5", "") else float(start.target)
     threshold = mixture_threshold(fit, target)
     sens, spec = _mixture_rates(fit, threshold)
-    moved = ModelOperatingPoint(threshold, start.temperature, str(target), "adapt", (0, 0), sens, spec, start.bias)
-    return moved, f"mixture threshold; estimated prevalence {fit.prior:.2f}"
+    calibration = mixture_calibration(fit, log_odds)
+    moved = ModelOperatingPoint(
+        threshold, calibration.temperature, str(target), "adapt", (0, 0), sens, spec, calibration.bias
+    )
+    return moved, (
+        f"mixture threshold; estimated prevalence {fit.prior:.2f}; calibration re-fitted to the mixture "
+        f"({calibration.describe()})"
+    )
+
+
+def mixture_calibration(fit: MixtureFit, log_odds: np.ndarray) -> Calibration:
+    """Affine calibration of the new site fitted to the mixture's posteriors, without labels.
+
+    Under the fitted mixture the probability that image ``i`` is positive is
+    its responsibility ``r_i`` (the E-step). The federation's calibration
+    was fitted where the scores sat before the camera moved them; this
+    re-fits ``sigmoid((d - bias) / temperature)`` to the ``r_i`` by
+    minimising the cross-entropy with soft labels (Saerens et al. 2002
+    re-weight posteriors for a new prior; here the score distributions moved
+    too, so the whole map is re-fitted). Only called when the mixture is
+    separated (:attr:`MixtureFit.separated`).
+
+    >>> fit = MixtureFit(prior=0.3, means=(-2.0, 2.0), sds=(1.0, 1.0), iterations=1)
+    >>> cal = mixture_calibration(fit, np.linspace(-5, 5, 201))
+    >>> round(cal.bias, 2), round(cal.temperature, 2)  # exact here: equal SDs give affine posteriors
+    (0.21, 0.25)
+    """
+    from scipy.optimize import minimize
+
+    x = np.asarray(log_odds, dtype=np.float64)
+    r = _e_step(x, fit.prior, fit.means, fit.sds)
+
+    def loss(theta: np.ndarray) -> float:
+        z = (x - theta[0]) * np.exp(-theta[1])
+        return float(np.mean(r * np.logaddexp(0.0, -z) + (1 - r) * np.logaddexp(0.0, z)))
+
+    scale = max(float(np.std(x)), 1e-3)
+    best = minimize(loss, np.array([float(np.mean(x)), math.log(scale)]), method="L-BFGS-B")
+    return Calibration(bias=float(best.x[0]), temperature=float(math.exp(best.x[1])))
 
 
 def _quantile_point(start: ModelOperatingPoint, log_odds: np.ndarray) -> tuple[ModelOperatingPoint, str]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from fedeye.client.adapt import AdaptSettings, adapt_model, fit_mixture, mixture_threshold
+from fedeye.client.adapt import AdaptSettings, adapt_model, fit_mixture, mixture_calibration, mixture_threshold
 from fedeye.client.training import predict, train_local
 from fedeye.config import TrainingConfig
 from fedeye.fairness.operating_point import ModelOperatingPoint, positive_log_odds
@@ -43,6 +43,23 @@ def test_youden_under_the_mixture_is_where_the_densities_cross() -> None:
     youden = norm.sf(grid, fit.means[1], fit.sds[1]) + norm.cdf(grid, fit.means[0], fit.sds[0])
     assert t == pytest.approx(grid[np.argmax(youden)], abs=0.01)
     assert norm.sf(mixture_threshold(fit, 0.9), fit.means[1], fit.sds[1]) == pytest.approx(0.9)
+
+
+def test_calibration_follows_the_shifted_scores_without_labels() -> None:
+    from fedeye.fairness.metrics import expected_calibration_error
+    from fedeye.fairness.operating_point import Calibration
+
+    labels, scores = _two_classes(0.3, seed=1)
+    shifted = scores + 6.0  # a camera that moves every score; the federation's calibration was fitted before
+    stored = Calibration(bias=0.0, temperature=1.0)
+    refit = mixture_calibration(fit_mixture(shifted, start=0.0), shifted)
+
+    def ece(calibration: Calibration) -> float:
+        p = calibration.probability(shifted)
+        return expected_calibration_error(labels, np.stack([1 - p, p], axis=1))
+
+    assert ece(refit) < 0.05 < 0.3 < ece(stored)
+    assert refit.bias > 5.0  # it moved with the scores
 
 
 def test_one_blob_is_not_separated() -> None:
