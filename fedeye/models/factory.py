@@ -29,10 +29,10 @@ logger = logging.getLogger(__name__)
 
 #: timm / RETFound key -> PromptViT key, for keys whose name differs.
 _RENAMED_KEYS = {"cls_token": "cls_token.tokens", "pos_embed": "pos_embed.weight"}
-#: Checkpoint keys that only MAE pretraining uses.
 #: Top-level checkpoint entry of ``fedeye pretrain``: ``{pool: {"mean": T, "std": T}}`` of the pooled,
 #: normed features on the pretraining images (see :class:`~fedeye.models.vit.FeatureStandardizer`).
 FEATURE_STATS_KEY = "fedeye_feature_stats"
+#: Checkpoint keys that only MAE pretraining uses.
 _MAE_ONLY = re.compile(r"^(decoder_|mask_token)")
 #: Below this share of backbone tensors loaded, the checkpoint is the wrong architecture.
 _MIN_BACKBONE_SHARE = 0.5
