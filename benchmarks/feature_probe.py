@@ -9,7 +9,7 @@ and the mean of the patch tokens (``avg``), each after the backbone's final
 norm. A logistic regression (scikit-learn, L2, ``C`` in ``--cs``) is fitted
 on the pooled train splits of all sites and scored on the pooled test
 splits: test AUC. Each pooling is probed twice: on the raw features and on
-features standardised per coordinate with ``--stats`` (``feature`` rows: the
+features standardised per coordinate (``feature`` rows: the
 statistics a ``fedeye pretrain`` checkpoint carries, measured on its public
 images; ``train`` rows: fitted on the probe's own train features, the upper
 bound). ``--backbone scratch`` probes random weights.
@@ -42,24 +42,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def pooled_features(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 128) -> dict[str, np.ndarray]:
-    """``cls`` and ``avg`` features after the final norm, as the head's input before standardisation."""
-    out: dict[str, list[np.ndarray]] = {"cls": [], "avg": []}
-    with torch.no_grad():
-        for batch in torch.split(images, batch_size):
-            feats = model.forward_features(batch)  # type: ignore[operator]
-            prefix = model.num_prefix_tokens
-            out["cls"].append(model.norm(feats[:, 0]).numpy())  # type: ignore[operator]
-            out["avg"].append(model.norm(feats[:, prefix:].mean(dim=1)).numpy())  # type: ignore[operator]
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
     from fedeye.models import ModelConfig, build_model
     from fedeye.models.factory import FEATURE_STATS_KEY
+    from fedeye.models.pretrain import pooled_features
     from fedeye.sites.base import open_site
     from fedeye.sites.dataset import SiteDataset
 
@@ -67,14 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     torch.manual_seed(args.seed)
     weights = None if args.backbone == "scratch" else Path(args.backbone)
-    model = build_model(ModelConfig(img_size=args.image_size, num_shared_prompts=0, backbone_weights=weights)).eval()
+    model = build_model(ModelConfig(img_size=args.image_size, backbone_weights=weights)).eval()
     stats = {} if weights is None else torch.load(weights, weights_only=True).get(FEATURE_STATS_KEY, {})
     splits: dict[str, tuple[dict[str, np.ndarray], np.ndarray]] = {}
     for split in ("train", "test"):
         feats, labels = [], []
         for folder in sorted(args.sites_dir.glob("site-*")):
             data = SiteDataset(open_site(folder), split, image_size=args.image_size)
-            feats.append(pooled_features(model, torch.stack([data[i][0] for i in range(len(data))])))
+            images = torch.stack([data[i][0] for i in range(len(data))])
+            feats.append({k: v.numpy() for k, v in pooled_features(model, images).items()})
             labels.append(data.labels)
         splits[split] = ({k: np.concatenate([f[k] for f in feats]) for k in ("cls", "avg")}, np.concatenate(labels))
     (train, y_train), (test, y_test) = splits["train"], splits["test"]

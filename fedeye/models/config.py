@@ -27,6 +27,8 @@ ArchName = Literal["vit-tiny-cpu", "vit-small", "vit-base", "vit-large"]
 #: Where a model runs (``fedeye.models.device.select_device``).
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 TrainMode = Literal["full", "prompt"]
+#: How the block outputs become one feature vector for the head.
+PoolName = Literal["cls", "avg"]
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class ModelConfig(BaseModel):
         default=True,
         description="With domain experts: a router mixes them per image from the image's style (false = uniform mix).",
     )
-    pool: Literal["cls", "avg"] = Field(
+    pool: PoolName = Field(
         default="cls",
         description="Feature for the head: cls = class token; avg = mean of the patch tokens (MAE/RETFound).",
     )

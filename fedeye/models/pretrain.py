@@ -237,6 +237,14 @@ def pretrain_mae(
 
 
 @torch.no_grad()
+def pooled_features(encoder: PromptViT, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The normed ``cls`` and ``avg`` features of normalised ``images``, the encoder run without prompts."""
+    patches = encoder.patch_embed(images)
+    tokens = encoder.blocks(encoder.pos_embed(torch.cat([encoder.cls_token(patches), patches], dim=1)))
+    return {"cls": encoder.norm(tokens[:, 0]), "avg": encoder.norm(tokens[:, 1:].mean(dim=1))}
+
+
+@torch.no_grad()
 def feature_stats(
     encoder: PromptViT, images: torch.Tensor, *, batch_size: int = 64
 ) -> dict[str, dict[str, torch.Tensor]]:
@@ -253,11 +261,8 @@ def feature_stats(
     device = next(encoder.parameters()).device
     pooled: dict[str, list[torch.Tensor]] = {"cls": [], "avg": []}
     for batch in torch.split(images, batch_size):
-        x = ((batch.float() / 255.0 - _MEAN) / _STD).to(device)
-        patches = encoder.patch_embed(x)
-        tokens = encoder.blocks(encoder.pos_embed(torch.cat([encoder.cls_token(patches), patches], dim=1)))
-        pooled["cls"].append(encoder.norm(tokens[:, 0]).float().cpu())
-        pooled["avg"].append(encoder.norm(tokens[:, 1:].mean(dim=1)).float().cpu())
+        for name, feats in pooled_features(encoder, ((batch.float() / 255.0 - _MEAN) / _STD).to(device)).items():
+            pooled[name].append(feats.float().cpu())
     encoder.train(was_training)
     out = {}
     for name, parts in pooled.items():

@@ -8,7 +8,7 @@ checkpoints map onto it (see :func:`fedeye.models.factory.load_backbone_weights`
 from __future__ import annotations
 
 from functools import partial
-from typing import ClassVar, Literal, cast
+from typing import ClassVar, cast
 
 import torch
 from timm.layers.patch_embed import PatchEmbed
@@ -17,11 +17,9 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from fedeye.errors import ModelError
+from fedeye.models.config import PoolName
 from fedeye.models.router import ExpertRouter, StyleEmbed
 from fedeye.models.tokens import DomainPrompts, LearnedTokens, PositionEmbedding, vpt_init_bound
-
-#: How the block outputs become one feature vector (``ModelConfig.pool``).
-PoolName = Literal["cls", "avg"]
 
 
 class FeatureStandardizer(nn.Module):
