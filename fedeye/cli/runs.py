@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,8 @@ from rich.text import Text
 
 from fedeye.cli._common import Cell, Column, JsonOption, print_json, print_table
 from fedeye.errors import FedEyeError
+from fedeye.fairness.reliability import ReliabilityBins
+from fedeye.server.report_data import read_reliability
 from fedeye.server.store import (
     DB_ENV_VAR,
     ArtifactRecord,
@@ -47,6 +50,10 @@ STATUS_STYLE = {
     "stale": "dim",
 }
 STALE_NOTE = "its process ({owner}) is gone or has sent no heartbeat since {since}; it will not finish by itself"
+NO_RELIABILITY_NOTE = (
+    "reliability diagram: none recorded for this run (a multiclass task, no final test yet, every bin smaller "
+    "than the sites' minimum group size, or a run recorded before FedEye kept it)"
+)
 
 DbOption = Annotated[
     str | None,
@@ -133,8 +140,12 @@ def _print_runs(runs: list[RunSummary]) -> None:
 
 def _print_detail(detail: RunDetail) -> None:
     print_table([Column("", style="bold"), Column("")], _header_rows(detail), show_header=False)
-    for title, columns, rows in _detail_tables(detail):
+    for section in _detail_tables(detail):
         typer.echo()
+        if isinstance(section, str):
+            typer.echo(section)
+            continue
+        title, columns, rows = section
         print_table(columns, rows, title=title, show_header=title != "configuration")
 
 
@@ -219,6 +230,7 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> list[tuple[st
 
 Rows = list[list[Cell]]
 TableSpec = tuple[str, list[Column], Rows]  # title, columns, rows
+Section = TableSpec | str  # a table, or a one-line note where there is nothing to tabulate
 RIGHT: Literal["right"] = "right"
 
 
@@ -242,8 +254,10 @@ def _runs_rows(runs: list[RunSummary]) -> Rows:
     ]
 
 
-def _detail_tables(detail: RunDetail) -> list[TableSpec]:
-    tables = [("configuration", [Column("key", style="cyan"), Column("value")], _config_rows(detail.config))]
+def _detail_tables(detail: RunDetail) -> list[Section]:
+    tables: list[Section] = [
+        ("configuration", [Column("key", style="cyan"), Column("value")], _config_rows(detail.config))
+    ]
     if detail.rounds:
         tables.append(_rounds_table(detail.rounds))
     last = detail.last_evaluated_round()
@@ -256,6 +270,7 @@ def _detail_tables(detail: RunDetail) -> list[TableSpec]:
         at_point = [m for m in tested if m.metrics.get("threshold") is not None]
         if at_point:
             tables.append(_operating_point_table(at_point))
+    tables.append(_reliability_table(detail))
     tables.extend(_event_tables(detail))
     return tables
 
@@ -404,6 +419,49 @@ def _operating_point_table(records: list[SiteMetricRecord]) -> TableSpec:
         ]
         rows.append([r.site, *cells, f"{_format_value(m.get('ece'))} -> {_format_value(m.get('ece-calibrated'))}"])
     return title, columns, rows
+
+
+RELIABILITY_COLUMNS = ("bin", "images", "mean predicted", "observed rate")
+
+
+def _reliability_table(detail: RunDetail) -> Section:
+    """The final test's reliability diagram of all sites pooled, bin by bin: ``before -> after`` calibration.
+
+    Each site's own bins are in ``--json`` (``reliability.sites``) and in ``fedeye report``.
+    """
+    reliability = read_reliability(detail.reliability)
+    if reliability is None:
+        return NO_RELIABILITY_NOTE
+    pooled = reliability.pooled
+    if pooled.after is None:
+        stages, ece = [pooled.before], f"ECE {_format_rate(pooled.before.ece())}, no calibration recorded"
+    else:
+        stages = [pooled.before, pooled.after]
+        before, after = _format_rate(pooled.before.ece()), _format_rate(pooled.after.ece())
+        ece = f"before -> after calibration; ECE {before} -> {after}"
+    withheld = pooled.before.withheld
+    if withheld:
+        ece += f"; {withheld} images withheld in bins smaller than their site's minimum group size"
+    sites = len(reliability.sites)
+    title = f"reliability of the final model, {sites} site{'' if sites == 1 else 's'} pooled ({ece})"
+    cells = [_bin_cells(bins) for bins in stages]  # stage -> bin -> (images, mean predicted, observed rate)
+    count = len(pooled.before.images)
+    rows: Rows = [
+        # one cell per quantity, its stages joined: "28 -> 15"
+        [f"{b / count:.1f}-{(b + 1) / count:.1f}", *(" -> ".join(values) for values in zip(*(c[b] for c in cells)))]
+        for b in range(count)
+    ]
+    return title, [Column(RELIABILITY_COLUMNS[0]), *_right(*RELIABILITY_COLUMNS[1:])], rows
+
+
+def _bin_cells(bins: ReliabilityBins) -> list[tuple[str, str, str]]:
+    """Per bin: images, mean predicted probability, observed positive rate ("-" where empty)."""
+    means, rates = bins.mean_probability(), bins.observed_rate()
+    return [(str(n), _format_rate(m), _format_rate(r)) for n, m, r in zip(bins.images, means, rates)]
+
+
+def _format_rate(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
 
 
 def _site_status(status: str, reason: str | None = None) -> Text:

@@ -31,12 +31,15 @@ def build_report_data(detail: RunDetail) -> ReportData:
         run=_run_info(detail.run),
         site_results=tuple(_site_result(m) for m in detail.site_metrics),
         privacy=tuple(_privacy_entry(r) for r in detail.privacy),
-        reliability=_reliability(detail.reliability),
+        reliability=read_reliability(detail.reliability),
     )
 
 
-def _reliability(stored: Mapping[str, Any] | None) -> RunReliability | None:
-    """The stored reliability bins (None: a run recorded without them, or bins this FedEye cannot read)."""
+def read_reliability(stored: Mapping[str, Any] | None) -> RunReliability | None:
+    """The stored reliability bins (None: a run recorded without them, or bins this FedEye cannot read).
+
+    The report, the dashboard and ``fedeye runs show`` read them through this one function.
+    """
     if not stored:
         return None
     try:

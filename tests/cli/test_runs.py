@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from sqlmodel import Session
@@ -18,6 +19,8 @@ from fedeye.cli.runs import (
     format_duration,
     metric_names,
 )
+from fedeye.fairness.operating_point import Calibration
+from fedeye.fairness.reliability import RunReliability, reliability_diagram
 from fedeye.server.models import RunRow
 from fedeye.server.store import RunStore
 
@@ -277,3 +280,72 @@ def test_show_reports_rates_at_the_operating_point_with_intervals(
     assert result.exit_code == 0, result.output
     assert f"operating point (p >= 0.420 after bias {shown_bias}, temperature 1.700)" in result.output
     assert "0.800 [0.700, 0.900]" in result.output and "0.200 -> 0.050" in result.output
+
+
+def _record_reliability(db: str, *, calibrated: bool) -> tuple[str, RunReliability]:
+    """A run whose final test kept two sites' reliability bins (bins 0.1-0.2 and 0.8-0.9 only)."""
+    labels = np.array([0] * 9 + [1] + [0] * 2 + [1] * 8)
+    p1 = np.array([0.15] * 10 + [0.85] * 10)
+    calibration = Calibration(bias=0.0, temperature=2.0) if calibrated else None
+    diagram = reliability_diagram(labels, np.column_stack([1 - p1, p1]), calibration)
+    reliability = RunReliability.from_sites({"moorfields": diagram, "aravind": diagram})
+    store = RunStore(db)
+    run_id = store.create_run(name="cal", strategy="fedavg", config={}, num_rounds=1, num_sites=2)
+    store.record_reliability(run_id, reliability.to_json())
+    return run_id, reliability
+
+
+def test_show_prints_the_pooled_reliability_diagram_before_and_after(
+    runner: CliRunner, app: typer.Typer, db: str
+) -> None:
+    run_id, reliability = _record_reliability(db, calibrated=True)
+    after = reliability.pooled.after
+    assert after is not None
+
+    result = runner.invoke(app, ["runs", "show", run_id, "--db", db], env=WIDE)
+
+    assert result.exit_code == 0, result.output
+    out = result.output
+    ece = f"ECE {reliability.pooled.before.ece():.3f} -> {after.ece():.3f}"
+    assert "reliability of the final model, 2 sites pooled (before -> after calibration; " + ece in out
+    assert "bin\timages\tmean predicted\tobserved rate" in out
+    rows = {cells[0]: cells[1:] for cells in (line.split("\t") for line in out.splitlines()) if cells[0][:2] == "0."}
+    assert list(rows) == [f"{b / 10:.1f}-{(b + 1) / 10:.1f}" for b in range(10)]
+    # 2 x 10 images at p = 0.15 (2 positives) and at 0.85 (16 positives); temperature 2 pulls both towards 0.5
+    assert rows["0.1-0.2"] == ["20 -> 0", "0.150 -> -", "0.100 -> -"]
+    assert rows["0.8-0.9"] == ["20 -> 0", "0.850 -> -", "0.800 -> -"]
+    assert rows["0.0-0.1"] == ["0 -> 0", "- -> -", "- -> -"]
+    low = next(b for b, n in enumerate(after.images) if n)  # where the calibrated p = 0.15 images went
+    assert rows[f"{low / 10:.1f}-{(low + 1) / 10:.1f}"][0] == f"0 -> {after.images[low]}"
+
+
+def test_show_reliability_without_calibration_has_one_stage(runner: CliRunner, app: typer.Typer, db: str) -> None:
+    run_id, reliability = _record_reliability(db, calibrated=False)
+
+    out = runner.invoke(app, ["runs", "show", run_id, "--db", db], env=WIDE).output
+
+    assert f"ECE {reliability.pooled.before.ece():.3f}, no calibration recorded" in out
+    assert "0.1-0.2\t20\t0.150\t0.100" in out.splitlines()
+
+
+def test_show_notes_a_run_without_a_reliability_diagram(
+    runner: CliRunner, app: typer.Typer, db: str, tmp_path: Path
+) -> None:
+    run_id = _record_run(db, tmp_path / "final.pt")
+
+    result = runner.invoke(app, ["runs", "show", run_id, "--db", db], env=WIDE)
+
+    assert result.exit_code == 0, result.output
+    assert "reliability diagram: none recorded for this run" in result.output
+    assert "reliability of the final model" not in result.output
+
+
+def test_show_json_has_each_sites_reliability_bins(runner: CliRunner, app: typer.Typer, db: str) -> None:
+    run_id, reliability = _record_reliability(db, calibrated=True)
+
+    result = runner.invoke(app, ["runs", "show", run_id, "--db", db, "--json"])
+
+    assert result.exit_code == 0, result.output
+    stored = json.loads(result.stdout)["reliability"]
+    assert RunReliability.from_json(stored) == reliability
+    assert stored["sites"]["moorfields"]["before"]["images"][1] == 10

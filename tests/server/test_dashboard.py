@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import typer
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from fedeye.fairness.operating_point import Calibration
+from fedeye.fairness.reliability import RunReliability, reliability_diagram
 from fedeye.server.dashboard import TOKEN_COOKIE, create_app
 from fedeye.server.store import PrivacyRecord, RunStore
 
@@ -162,6 +165,69 @@ def test_a_run_with_no_results_gives_empty_panels(store: RunStore, client: TestC
     assert detail["curves"]["rounds"] == [] and detail["curves"]["auc"]["sites"] == {}
     assert detail["participation"]["sites"] == [] and detail["fairness"]["sites"] == []
     assert detail["privacy"]["series"] == {}
+    assert detail["calibration"] == {"diagrams": [], "bias": None, "temperature": None}
+
+
+def _site_scores(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and two-column probabilities of a site's test images."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    p1 = np.clip(0.5 + (labels - 0.5) * 0.5 + rng.normal(0, 0.25, n), 0.001, 0.999)
+    return labels, np.column_stack([1 - p1, p1])
+
+
+def test_run_detail_has_the_stored_reliability_diagrams(store: RunStore, client: TestClient) -> None:
+    # Prepare: a run with two sites' final-test bins kept with it, and the calibration the sites reported
+    run_id = _fill(store)
+    calibration = Calibration(bias=-0.2, temperature=1.6)
+    diagrams = {
+        site: reliability_diagram(*_site_scores(seed, 120), calibration, min_group_size=8)
+        for seed, site in enumerate(SITES)
+    }
+    reliability = RunReliability.from_sites(diagrams)
+    store.record_reliability(run_id, reliability.to_json())
+    store.record_site_metrics(
+        run_id,
+        server_round=2,
+        phase="test",
+        site="site-b",
+        node_id=1,
+        num_examples=120,
+        metrics={"auc": 0.8, "threshold": 0.4, "bias": -0.2, "temperature": 1.6},
+    )
+
+    # Execute
+    cal = client.get(f"/api/runs/{run_id}", headers=AUTH).json()["calibration"]
+
+    # Assert: pooled first, then each site; every bin with its images and rates; ECE before and after
+    assert [(d["name"], d["scope"]) for d in cal["diagrams"]] == [
+        ("All sites (2)", "pooled"),
+        ("site-a", "site"),
+        ("site-b", "site"),
+    ]
+    assert cal["bias"] == -0.2 and cal["temperature"] == 1.6
+    pooled = cal["diagrams"][0]
+    assert pooled["images"] == reliability.pooled.total and pooled["withheld"] == reliability.pooled.before.withheld
+    for stage in ("before", "after"):
+        bins = getattr(reliability.pooled, stage)
+        shown = pooled[stage]
+        assert shown["ece"] == pytest.approx(bins.ece())
+        assert [b["images"] for b in shown["bins"]] == list(bins.images)
+        assert [(b["low"], b["high"]) for b in shown["bins"]][:2] == [(0.0, 0.1), (0.1, 0.2)]
+        for b, mean, rate in zip(shown["bins"], bins.mean_probability(), bins.observed_rate()):
+            assert (b["mean"], b["observed"]) == ((None, None) if b["images"] == 0 else pytest.approx((mean, rate)))
+    assert pooled["before"]["ece"] != pytest.approx(pooled["after"]["ece"])
+    site_b, stored_b = cal["diagrams"][2], diagrams["site-b"].after
+    assert stored_b is not None and [b["images"] for b in site_b["after"]["bins"]] == list(stored_b.images)
+
+
+def test_unreadable_reliability_bins_give_the_empty_calibration_panel(store: RunStore, client: TestClient) -> None:
+    run_id = store.create_run(name="old", strategy="fedavg", config={}, num_rounds=1, num_sites=1)
+    store.record_reliability(run_id, {"pooled": {}, "sites": {}})  # as a FedEye with another format might leave it
+
+    detail = client.get(f"/api/runs/{run_id}", headers=AUTH)
+
+    assert detail.status_code == 200 and detail.json()["calibration"]["diagrams"] == []
 
 
 def test_empty_store_lists_no_runs(client: TestClient) -> None:

@@ -9,6 +9,8 @@ empty state), never an exception.
 >>> run_id = store.create_run(name="demo", strategy="fedavg", config={}, num_rounds=1, num_sites=1)
 >>> run_panels(store.get_run(run_id))["experts"]
 {'round': None, 'experts': [], 'sites': {}, 'owners': {}}
+>>> run_panels(store.get_run(run_id))["calibration"]
+{'diagrams': [], 'bias': None, 'temperature': None}
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from fedeye.fairness.metrics import (
     parse_fair_metrics,
     parse_group_metrics,
 )
+from fedeye.fairness.reliability import ReliabilityBins, ReliabilityDiagram
+from fedeye.server.report_data import read_reliability
 from fedeye.server.store import RunDetail, RunSummary, SiteMetricRecord
 
 CURVE_METRICS = ("auc", "loss")
@@ -67,6 +71,7 @@ def run_panels(detail: RunDetail) -> Json:
         "fairness": fairness(detail),
         "privacy": privacy(detail),
         "experts": experts(detail.site_metrics),
+        "calibration": calibration(detail),
     }
 
 
@@ -235,3 +240,74 @@ def _expert_weights(metrics: Mapping[str, float | None]) -> dict[str, float | No
         for key, value in metrics.items()
         if key.startswith(EXPERT_PREFIX) and key.endswith(EXPERT_SUFFIX)
     }
+
+
+# -------------------------------------------------------------------- calibration
+
+
+def calibration(detail: RunDetail) -> Json:
+    """The final test's reliability diagrams (all sites pooled, then each site) and the calibration applied.
+
+    ``diagrams`` is empty for a run without them: a multiclass task, a final
+    test not run yet, every bin smaller than the sites' minimum group size
+    (withheld), or a run recorded before sites sent them.
+    """
+    reliability = read_reliability(detail.reliability)
+    if reliability is None:
+        return {"diagrams": [], "bias": None, "temperature": None}
+    pooled = _diagram_json(f"All sites ({len(reliability.sites)})", "pooled", reliability.pooled)
+    sites = [_diagram_json(site, "site", diagram) for site, diagram in sorted(reliability.sites.items())]
+    return {"diagrams": [pooled, *sites], **_calibration_applied(detail.site_metrics)}
+
+
+def _diagram_json(name: str, scope: str, diagram: ReliabilityDiagram) -> Json:
+    return {
+        "name": name,
+        "scope": scope,
+        "images": diagram.total,
+        "withheld": diagram.before.withheld,
+        "before": reliability_bins_json(diagram.before),
+        "after": None if diagram.after is None else reliability_bins_json(diagram.after),
+    }
+
+
+def reliability_bins_json(bins: ReliabilityBins) -> Json:
+    """The ECE and, per bin, its range, images, mean predicted probability and observed positive rate.
+
+    An empty (or withheld) bin has ``None`` for both rates.
+
+    >>> from fedeye.fairness.reliability import bin_sums
+    >>> import numpy as np
+    >>> out = reliability_bins_json(bin_sums(np.array([0.05, 0.15, 0.15]), np.array([0.0, 0.0, 1.0])))
+    >>> out["bins"][1]
+    {'low': 0.1, 'high': 0.2, 'images': 2, 'mean': 0.15, 'observed': 0.5}
+    >>> out["bins"][2]["mean"] is None
+    True
+    """
+    count = len(bins.images)
+    mean, observed = bins.mean_probability(), bins.observed_rate()
+    rows = [
+        {
+            "low": b / count,
+            "high": (b + 1) / count,
+            "images": bins.images[b],
+            "mean": _finite(mean[b]),
+            "observed": _finite(observed[b]),
+        }
+        for b in range(count)
+    ]
+    return {"ece": _finite(bins.ece()), "bins": rows}
+
+
+def _calibration_applied(records: Iterable[SiteMetricRecord]) -> dict[str, float | None]:
+    """Bias and temperature the sites reported with the final test (a run before the bias: bias 0)."""
+    tested = (m.metrics for m in records if m.phase == "test" and m.status == "ok")
+    metrics = next((m for m in tested if _finite(m.get("temperature")) is not None), None)
+    if metrics is None:
+        return {"bias": None, "temperature": None}
+    return {"bias": _finite(metrics.get("bias", 0.0)), "temperature": _finite(metrics.get("temperature"))}
+
+
+def _finite(value: float | None) -> float | None:
+    """``value`` as a float, ``None`` when missing or not finite (JSON has no NaN)."""
+    return float(value) if value is not None and math.isfinite(value) else None

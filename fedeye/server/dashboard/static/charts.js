@@ -1,4 +1,4 @@
-/* FedEye dashboard charts: small inline-SVG line charts, no dependencies.
+/* FedEye dashboard charts: small inline-SVG charts, no dependencies.
  *
  * FedEyeCharts.line(container, {series, rounds, yLabel, yMin, yMax, refLines})
  *   series:   [{name, color, points: [[round, value], ...], dashed, kind}]
@@ -6,6 +6,13 @@
  *   refLines: [{value, color, label}] dotted horizontal lines (budgets)
  * Draws one <path class="series"> per series with points, one <circle class="pt">
  * per point, and an HTML legend with one .legend-item per series.
+ *
+ * FedEyeCharts.reliability(container, {series})
+ *   series: [{name, color, kind, valueText, points: [{x, y, n, title}, ...]}]
+ * A reliability diagram: x and y both 0..1 (mean predicted probability, observed
+ * positive rate), the dashed diagonal of perfect calibration (<line class="diagonal">),
+ * one <path class="series"> and one <circle class="pt"> per point, its area growing
+ * with n (images in the bin) and its <title> the given text; the legend shows valueText.
  */
 (function () {
   "use strict";
@@ -111,12 +118,64 @@
       li.appendChild(document.createTextNode(s.name));
       var val = document.createElement("span");
       val.className = "legend-value";
-      val.textContent = fmt(last);
+      val.textContent = s.valueText !== undefined ? s.valueText : fmt(last);
       li.appendChild(val);
       ul.appendChild(li);
     });
     return ul;
   }
 
-  window.FedEyeCharts = {line: line, palette: PALETTE, fmt: fmt};
+  var RW = 480, RH = 440;  // nearly square plot area, so the diagonal is close to 45 degrees
+
+  function reliability(container, opts) {
+    container.textContent = "";
+    var series = opts.series;
+    var iw = RW - M.left - M.right, ih = RH - M.top - M.bottom, ticks = [0, 0.2, 0.4, 0.6, 0.8, 1];
+    var x = function (v) { return M.left + v * iw; };
+    var y = function (v) { return M.top + ih - v * ih; };
+    var maxN = 1;
+    series.forEach(function (s) { s.points.forEach(function (p) { maxN = Math.max(maxN, p.n); }); });
+    var radius = function (n) { return 3 + 6 * Math.sqrt(n / maxN); };
+
+    var svg = svgEl("svg", {viewBox: "0 0 " + RW + " " + RH, role: "img", "class": "line-chart reliability-chart",
+      "aria-label": "Reliability diagram: observed positive rate against mean predicted probability"});
+    svg.style.maxWidth = RW + "px";
+    var grid = svgEl("g", {"class": "grid"});
+    ticks.forEach(function (t) {
+      grid.appendChild(svgEl("line", {x1: M.left, x2: RW - M.right, y1: y(t), y2: y(t)}));
+      grid.appendChild(svgEl("text", {x: M.left - 8, y: y(t) + 4, "text-anchor": "end", "class": "y-tick"}, String(t)));
+      grid.appendChild(svgEl("line", {x1: x(t), x2: x(t), y1: M.top + ih, y2: M.top + ih + 5, "class": "tick-mark"}));
+      grid.appendChild(svgEl("text", {x: x(t), y: M.top + ih + 20, "text-anchor": "middle", "class": "x-tick"}, String(t)));
+    });
+    grid.appendChild(svgEl("line", {x1: M.left, x2: RW - M.right, y1: M.top + ih, y2: M.top + ih, "class": "axis"}));
+    grid.appendChild(svgEl("text", {x: M.left + iw / 2, y: RH - 4, "text-anchor": "middle", "class": "axis-label"},
+      "Mean predicted probability"));
+    grid.appendChild(svgEl("text", {x: 14, y: M.top + ih / 2, "text-anchor": "middle", "class": "axis-label",
+      transform: "rotate(-90 14 " + (M.top + ih / 2) + ")"}, "Observed positive rate"));
+    svg.appendChild(grid);
+
+    var diagonal = svgEl("line", {x1: x(0), y1: y(0), x2: x(1), y2: y(1), stroke: "#7b8794", "stroke-width": 1.5,
+      "stroke-dasharray": "6 5", "class": "diagonal"});
+    diagonal.appendChild(svgEl("title", {}, "Perfectly calibrated: observed rate equals predicted probability"));
+    svg.appendChild(diagonal);
+
+    series.forEach(function (s) {
+      var pts = s.points.slice().sort(function (a, b) { return a.x - b.x; });
+      var d = pts.map(function (p, i) { return (i ? "L" : "M") + x(p.x).toFixed(1) + "," + y(p.y).toFixed(1); }).join("");
+      var g = svgEl("g", {"class": "series-group " + (s.kind || ""), "data-name": s.name});
+      g.appendChild(svgEl("path", {d: d, "class": "series", fill: "none", stroke: s.color, "stroke-width": 2.5}));
+      pts.forEach(function (p) {
+        var c = svgEl("circle", {cx: x(p.x), cy: y(p.y), r: radius(p.n).toFixed(1), fill: s.color, "class": "pt",
+          "data-images": p.n});
+        c.appendChild(svgEl("title", {}, p.title));
+        g.appendChild(c);
+      });
+      svg.appendChild(g);
+    });
+    container.appendChild(svg);
+    container.appendChild(legend(series.concat([{name: "perfectly calibrated", color: "#7b8794", points: [],
+      dashed: true, kind: "diagonal", valueText: ""}])));
+  }
+
+  window.FedEyeCharts = {line: line, reliability: reliability, palette: PALETTE, fmt: fmt};
 })();

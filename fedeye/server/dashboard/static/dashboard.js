@@ -196,6 +196,55 @@
     })), rows));
   }
 
+  // Reliability diagrams: all sites pooled first, then each site; the choice survives a refresh.
+  var calibrationPick = 0;
+
+  function drawCalibration(cal, run) {
+    if (!cal.diagrams.length) {
+      fill("calibration", empty(run.status === "running" ? "No reliability diagram yet: the sites send it with the final test." :
+        "No reliability diagram recorded for this run: a multiclass task, every bin smaller than the sites' " +
+        "minimum group size, or a run recorded before FedEye kept it."));
+      return;
+    }
+    calibrationPick = Math.min(calibrationPick, cal.diagrams.length - 1);
+    var wrap = el("div"), chart = el("div", "chart"), caption = el("p", "hint");
+    if (cal.diagrams.length > 1) {
+      var label = wrap.appendChild(el("label", "hint", "Diagram of: "));
+      var pick = label.appendChild(el("select"));
+      pick.id = "calibration-scope";
+      cal.diagrams.forEach(function (d, i) { pick.appendChild(el("option", null, d.name)).value = String(i); });
+      pick.value = String(calibrationPick);
+      pick.addEventListener("change", function () {
+        calibrationPick = Number(pick.value);
+        drawDiagram(chart, caption, cal.diagrams[calibrationPick], cal);
+      });
+    }
+    wrap.appendChild(chart);
+    wrap.appendChild(caption);
+    fill("calibration", wrap);
+    drawDiagram(chart, caption, cal.diagrams[calibrationPick], cal);
+  }
+
+  function drawDiagram(chart, caption, diagram, cal) {
+    var stages = [["before", "before calibration", C.palette[0]], ["after", "after calibration", C.palette[1]]];
+    var series = stages.filter(function (st) { return diagram[st[0]]; }).map(function (st) {
+      var part = diagram[st[0]];
+      return {name: st[1], color: st[2], kind: st[0], valueText: "ECE " + num(part.ece),
+        points: part.bins.filter(function (b) { return b.images > 0; }).map(function (b) {
+          return {x: b.mean, y: b.observed, n: b.images, title: st[1] + ", bin " + num(b.low, 1) + "\u2013" + num(b.high, 1) +
+            ": " + b.images + " images, mean predicted " + num(b.mean) + ", observed positive rate " + num(b.observed)};
+        })};
+    });
+    C.reliability(chart, {series: series});
+    var parts = [diagram.after ? "ECE " + num(diagram.before.ece) + " before calibration, " + num(diagram.after.ece) + " after" +
+      (cal.temperature !== null ? " (bias " + num(cal.bias) + ", temperature " + num(cal.temperature) + ")." : ".") :
+      "ECE " + num(diagram.before.ece) + "; no calibration recorded for this run."];
+    parts.push(diagram.images + " images in the bins" + (diagram.withheld ? "; " + diagram.withheld +
+      " more were in bins smaller than their site's minimum group size and were withheld." : "."));
+    parts.push("A point's area grows with the images in its bin; hover it for the counts.");
+    caption.textContent = parts.join(" ");
+  }
+
   function runId() { return decodeURIComponent(location.pathname.split("/").pop()); }
 
   function loadRun() {
@@ -209,6 +258,7 @@
       drawPrivacy(d.privacy);
       drawFairness(d.fairness);
       drawExperts(d.experts);
+      drawCalibration(d.calibration, d.run);
       var running = d.run.status === "running";
       setLive(running);
       if (running) setTimeout(loadRun, POLL_MS);
