@@ -5,7 +5,7 @@ What is run
 ``--sites`` synthetic fundus sites (seed 0) with ``--images-per-site`` images
 (default 500 images, about 330 patients per site) at ``--image-size`` px, a
 vit-tiny-cpu model and the grid of ``--strategies`` (fedavg, prompt-experts)
-x ``--modes`` (prompt: frozen backbone, prompts/router/head train; full) x
+x ``--modes`` (prompt: frozen backbone, prompts/router/head train; head: the head alone; full) x
 ``--backbones`` (scratch: random weights; pretrained: ``fedeye pretrain``
 MAE on a *disjoint* public synthetic set, generator seed 1234, whose
 checkpoint is ``--backbone``) x ``--epsilons`` (``none`` = no DP) x ``--seeds``.
@@ -58,7 +58,7 @@ import torch
 
 State = dict[str, torch.Tensor]
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "dp-utility"
-LR = {"prompt": 1e-2, "full": 1e-3}  # AdamW learning rate per mode (prompts and head take larger steps)
+LR = {"head": 1e-2, "prompt": 1e-2, "full": 1e-3}  # AdamW learning rate per mode (prompts and head take larger steps)
 #: Columns of a run that describe its training setting; summarize() never averages across two settings.
 SETTING = ("image_size", "rounds", "local_epochs", "dp_batch", "lr", "lr_schedule", "pool", "augment")
 #: The informative subset (--subset): every epsilon for the best configuration, both strategies at each epsilon.
@@ -196,6 +196,7 @@ def run(sites: list[Site], args: argparse.Namespace, key: tuple[str, str, str, s
             img_size=args.image_size,
             mode=mode,
             num_domains=experts,  # type: ignore[arg-type]
+            **({"num_shared_prompts": 0} if mode == "head" else {}),  # a linear probe: no prompt tokens
             backbone_weights=args.backbone if backbone == "pretrained" else None,
             pool=args.pool,
         )

@@ -38,7 +38,7 @@ from pydantic import (
 from fedeye.errors import ConfigError
 from fedeye.models.config import ModelConfig
 from fedeye.privacy.policy import PrivacyConfig
-from fedeye.privacy.presets import PRESETS, preset_model
+from fedeye.privacy.presets import PRESETS, preset_sections
 
 
 class _Section(BaseModel):
@@ -221,16 +221,18 @@ class RunConfig(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _preset_model(cls, data: Any) -> Any:
-        """A DP preset names the model mode and pooling it was chosen for; explicit ``[model]`` values win."""
+    def _preset_sections(cls, data: Any) -> Any:
+        """A DP preset names the model (mode, pooling) and augmentation it was chosen for; explicit values win."""
         privacy = data.get("privacy") if isinstance(data, dict) else None
         preset = privacy.get("preset") if isinstance(privacy, dict) else None
         if not isinstance(preset, str) or preset not in PRESETS:
             return data
-        implied, model = preset_model(preset), data.get("model") or {}
-        if not implied or not isinstance(model, dict):
-            return data
-        return {**data, "model": {**implied, **model}}
+        filled = dict(data)
+        for section, implied in preset_sections(preset).items():
+            explicit = data.get(section) or {}
+            if isinstance(explicit, dict):
+                filled[section] = {**implied, **explicit}
+        return filled
 
     def dp_training(self) -> TrainingConfig:
         """The training settings of a DP-SGD round: ``[training]`` with ``[privacy]``'s batch, epochs and lr."""

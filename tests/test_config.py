@@ -118,6 +118,32 @@ def test_dp_preset_fills_what_the_run_file_leaves_out_and_explicit_values_win() 
     assert explicit.model.mode == "full" and explicit.model.pool == "cls" and explicit.privacy.max_physical_batch == 64
 
 
+def test_head_preset_trains_a_linear_probe_without_augmentation_unless_the_run_file_says_otherwise() -> None:
+    cfg = RunConfig.model_validate({"privacy": {"enabled": True, "preset": "pretrained-head"}})
+    assert (cfg.model.mode, cfg.model.pool, cfg.model.num_prompt_tokens) == ("head", "avg", 0)
+    assert (cfg.training.augment, cfg.training.lr_schedule, cfg.dp_training().lr) == ("none", "cosine", 0.1)
+
+    explicit = RunConfig.model_validate(
+        {"training": {"augment": "light", "rounds": 3}, "privacy": {"preset": "pretrained-head"}}
+    )
+    assert explicit.training.augment == "light" and explicit.training.rounds == 3
+
+
+def test_head_mode_refuses_prompt_tokens_it_would_never_train() -> None:
+    from fedeye.config import parse_run_config
+
+    with pytest.raises(ConfigError, match="num_shared_prompts = 0"):
+        parse_run_config({"model": {"mode": "head"}})
+    with pytest.raises(ConfigError, match="prompt-experts needs mode 'prompt' or 'full'"):
+        parse_run_config(
+            {
+                "model": {"num_domains": 3},
+                "strategy": {"name": "prompt-experts"},
+                "privacy": {"preset": "pretrained-head"},
+            }
+        )
+
+
 def test_every_strategy_validates_with_dp_and_client_level_dp() -> None:
     from fedeye.strategies import list_strategies
 

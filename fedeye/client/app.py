@@ -49,6 +49,7 @@ from fedeye.client.training import (
 )
 from fedeye.config import RunConfig, TrainingConfig
 from fedeye.fairness.metrics import site_fairness_metrics
+from fedeye.models.config import FROZEN_BACKBONE_MODES
 from fedeye.models.io import load_state, model_state
 from fedeye.models.prompt_arrays import site_update
 from fedeye.privacy.accounting import MechanismStep
@@ -165,7 +166,7 @@ def _update_reply(
     if objective.expert_index is None:
         return _reply(msg, job, metrics, arrays=ArrayRecord(state), status=status)
     metrics[p.EXPERT_INDEX] = objective.expert_index
-    update = site_update(state, objective.expert_index, prompt_only=job.cfg.model.mode == "prompt")
+    update = site_update(state, objective.expert_index, prompt_only=job.cfg.model.mode in FROZEN_BACKBONE_MODES)
     return _reply(msg, job, metrics, arrays=ArrayRecord(_tensors(update)), status=status)
 
 

@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedeye.client.audit import DecisionEntry, append_decision
 from fedeye.errors import SiteStateError
+from fedeye.models.config import TrainMode
 from fedeye.protocol import SITE_CATEGORY, SITE_REASON, SITE_STATUS, DenialCategory, SiteStatus
 
 ApprovalMode = Literal["manual", "policy", "open"]
@@ -72,7 +73,7 @@ class ApprovalPolicy(BaseModel):
     )
     strategies: list[str] | None = Field(default=None, description="policy: allowed strategy names (None: any).")
     architectures: list[str] | None = Field(default=None, description="policy: allowed model.arch values.")
-    model_modes: list[Literal["full", "prompt"]] | None = Field(default=None, description="policy: allowed model.mode.")
+    model_modes: list[TrainMode] | None = Field(default=None, description="policy: allowed model.mode.")
     require_dp: bool = Field(default=False, description="policy: only runs with DP-SGD (privacy.enabled).")
     max_epsilon: float | None = Field(
         default=None, gt=0, allow_inf_nan=False, description="policy: the largest per-run epsilon a run may ask for."

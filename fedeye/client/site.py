@@ -23,6 +23,7 @@ from fedeye.client.state import SiteState, fedeye_home, site_state_for
 from fedeye.config import RunConfig
 from fedeye.errors import ConfigError, ModelError
 from fedeye.models import ModelConfig, PromptViT, build_model
+from fedeye.models.config import FROZEN_BACKBONE_MODES
 from fedeye.models.io import load_state
 from fedeye.models.prompt_arrays import backbone_fingerprint
 from fedeye.privacy.policy import DPSettings, effective_dp
@@ -70,7 +71,9 @@ def _model(model_json: str, seed: int) -> PromptViT:
     # a missing file is not an error here: full arrays overwrite everything, and with
     # partial arrays the backbone fingerprint check names the file
     weights = cfg.backbone_weights
-    return build_model(cfg, load_backbone=cfg.mode == "prompt" and weights is not None and weights.is_file())
+    return build_model(
+        cfg, load_backbone=cfg.mode in FROZEN_BACKBONE_MODES and weights is not None and weights.is_file()
+    )
 
 
 _FINGERPRINTS: dict[int, str] = {}

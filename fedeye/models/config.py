@@ -26,7 +26,10 @@ from pydantic import (
 ArchName = Literal["vit-tiny-cpu", "vit-small", "vit-base", "vit-large"]
 #: Where a model runs (``fedeye.models.device.select_device``).
 DeviceChoice = Literal["auto", "cpu", "cuda"]
-TrainMode = Literal["full", "prompt"]
+#: Which parameters train (``fedeye.models.factory.set_trainable``).
+TrainMode = Literal["full", "prompt", "head"]
+#: Modes whose backbone is frozen: only the parts ``is_prompt_key`` names train and travel.
+FROZEN_BACKBONE_MODES: frozenset[str] = frozenset({"prompt", "head"})
 #: How the block outputs become one feature vector for the head.
 PoolName = Literal["cls", "avg"]
 
@@ -118,7 +121,10 @@ class ModelConfig(BaseModel):
     )
     mode: TrainMode = Field(
         default="full",
-        description="full: train every parameter; prompt: freeze the backbone, train prompts and head.",
+        description=(
+            "full: train every parameter; prompt: freeze the backbone, train prompts and head; "
+            "head: freeze the backbone, train only the head (a linear probe, fewest parameters under DP)."
+        ),
     )
     backbone_weights: Path | None = Field(
         default=None, description="timm or RETFound checkpoint loaded into the backbone at build time."
@@ -159,6 +165,12 @@ class ModelConfig(BaseModel):
                 "mode='prompt' freezes the backbone but the model has no prompt tokens "
                 "(num_shared_prompts=0 and no domain prompts); set num_shared_prompts >= 1 "
                 "or num_domains >= 1, or use mode='full'"
+            )
+        if self.mode == "head" and self.num_prompt_tokens > 0:
+            raise ValueError(
+                f"mode='head' trains only the head, so the model's {self.num_prompt_tokens} prompt tokens "
+                "would stay at their random start and shift the features the head reads; set "
+                "num_shared_prompts = 0 and num_domains = 0 (strategy prompt-experts needs mode 'prompt' or 'full')"
             )
         return self
 

@@ -86,17 +86,19 @@ def set_trainable(model: PromptViT, mode: TrainMode) -> None:
     ----------
     model : PromptViT
         Model to change in place.
-    mode : {"full", "prompt"}
+    mode : {"full", "prompt", "head"}
         ``full`` trains everything; ``prompt`` freezes the patch embedding,
         class token, position embedding, blocks and norm and trains only
-        ``PromptViT.PROMPT_MODULES`` (prompts and head), as in VPT.
+        ``PromptViT.PROMPT_MODULES`` (prompts, router and head), as in VPT;
+        ``head`` trains the head alone, a linear probe of the frozen features
+        (the fewest parameters, so the least noise under DP-SGD).
     """
     model.requires_grad_(mode == "full")
-    if mode == "prompt":
-        for name in model.PROMPT_MODULES:
-            module = getattr(model, name, None)
-            if module is not None:
-                module.requires_grad_(True)
+    trained = model.PROMPT_MODULES if mode == "prompt" else ("head",) if mode == "head" else ()
+    for name in trained:
+        module = getattr(model, name, None)
+        if module is not None:
+            module.requires_grad_(True)
 
 
 @dataclass(frozen=True)

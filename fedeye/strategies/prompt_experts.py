@@ -79,6 +79,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
 
 from fedeye.errors import ConfigError
+from fedeye.models.config import FROZEN_BACKBONE_MODES
 from fedeye.models.prompt_arrays import (
     BANK_KEY,
     EXPERT_PREFIX,
@@ -166,7 +167,7 @@ class PromptExperts(ObservedStrategy, _ExpertBankFedAvg):
                 "strategy.name = 'prompt-experts' needs one domain expert per site: set model.num_domains "
                 "to at least the number of sites (the model has none)"
             )
-        self.prompt_only = _mode(config) == "prompt"
+        self.prompt_only = _mode(config) in FROZEN_BACKBONE_MODES
         sent = {k: v for k, v in self.global_numpy.items() if not self.prompt_only or is_prompt_key(k)}
         self._sent = _record(sent) if self.prompt_only else arrays
         if self.prompt_only and not getattr(self, "_fingerprint", None):

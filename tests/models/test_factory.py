@@ -25,6 +25,12 @@ def test_prompt_mode_trains_only_prompts_and_head() -> None:
     assert _count(model, trainable=True) < 0.01 * _count(model, trainable=False)
 
 
+def test_head_mode_trains_only_the_head_and_keeps_the_standardiser_fixed() -> None:
+    model = build_model(ModelConfig(mode="head", num_shared_prompts=0, pool="avg"))
+    assert _trainable(model) == {"head"}
+    assert not any(p.requires_grad for p in model.feature_norm.parameters())
+
+
 def test_full_mode_trains_everything() -> None:
     model = build_model(ModelConfig(mode="full", num_domains=3))
     assert _count(model, trainable=True) == _count(model, trainable=False)
