@@ -14,9 +14,12 @@ held-out site at the operating point each model carries, after ``fedeye
 adapt`` and after ``fedeye calibrate`` with 10/20/40 labels, against an oracle.
 
 Options are those of the command (``--help``); the default (5 synthetic
-hospitals x 160 images, 64 px, 5 rounds x 2 epochs, 3 seeds) took about
-25 minutes on 2 quiet CPU cores with 2 seeds; split a run by ``--held-out``
-or ``--seed`` and join the parts with ``fedeye benchmark dg-merge``. Results go to ``--out`` (default ``dg-results``).
+hospitals x 160 images, 64 px, 10 rounds x 1 epoch, 3 seeds) took 23 and 29
+minutes as two processes split by held-out site on 2 CPU cores shared with
+other benchmarks (fedavg, prompt-experts, centralized and oracle; every
+method takes longer); split a run by ``--held-out`` or ``--seed`` and join
+the parts with ``fedeye benchmark dg-merge``. Results go to ``--out``
+(default ``dg-results``).
 """
 
 from __future__ import annotations

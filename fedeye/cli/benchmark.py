@@ -51,8 +51,8 @@ def dg_command(
     held_out: Annotated[
         str | None, typer.Option("--held-out", help="Comma-separated site folder names to hold out (default: each).")
     ] = None,
-    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 5,
-    local_epochs: Annotated[int, typer.Option("--local-epochs", help="Local epochs per round.")] = 2,
+    rounds: Annotated[int, typer.Option("--rounds", help="Federated rounds.")] = 10,
+    local_epochs: Annotated[int, typer.Option("--local-epochs", help="Local epochs per round.")] = 1,
     img_size: Annotated[
         int, typer.Option("--img-size", help="Image side in pixels (vit-tiny-cpu, patches of 8).")
     ] = 64,
