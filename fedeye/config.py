@@ -222,13 +222,29 @@ class RunConfig(_Section):
     @model_validator(mode="before")
     @classmethod
     def _preset_sections(cls, data: Any) -> Any:
-        """A DP preset names the model (mode, pooling) and augmentation it was chosen for; explicit values win."""
+        """A DP preset names the model (mode, pooling) and augmentation it was chosen for; explicit values win.
+
+        A run file that sets another ``model.mode`` than the preset's keeps
+        only the preset's ``[privacy]`` values: the rest was measured for that
+        mode (the head preset's "no prompt tokens" would break prompt mode).
+        """
         privacy = data.get("privacy") if isinstance(data, dict) else None
         preset = privacy.get("preset") if isinstance(privacy, dict) else None
         if not isinstance(preset, str) or preset not in PRESETS:
             return data
+        sections = preset_sections(preset)
+        implied_mode = sections.get("model", {}).get("mode")
+        strategy = data.get("strategy") if isinstance(data.get("strategy"), dict) else {}
+        if implied_mode == "head" and strategy.get("name") == "prompt-experts":
+            raise ValueError(
+                f"privacy.preset {preset!r} trains the head alone, but prompt-experts' domain experts are "
+                "prompt tokens: use preset 'pretrained-prompt' with strategy prompt-experts"
+            )
+        model = data.get("model")
+        if isinstance(model, dict) and model.get("mode", implied_mode) != implied_mode:
+            return data
         filled = dict(data)
-        for section, implied in preset_sections(preset).items():
+        for section, implied in sections.items():
             explicit = data.get(section) or {}
             if isinstance(explicit, dict):
                 filled[section] = {**implied, **explicit}

@@ -135,6 +135,8 @@ def test_head_mode_refuses_prompt_tokens_it_would_never_train() -> None:
     with pytest.raises(ConfigError, match="num_shared_prompts = 0"):
         parse_run_config({"model": {"mode": "head"}})
     with pytest.raises(ConfigError, match="prompt-experts needs mode 'prompt' or 'full'"):
+        parse_run_config({"model": {"mode": "head", "num_domains": 3}, "strategy": {"name": "prompt-experts"}})
+    with pytest.raises(ConfigError, match="use preset 'pretrained-prompt' with strategy prompt-experts"):
         parse_run_config(
             {
                 "model": {"num_domains": 3},
@@ -142,6 +144,14 @@ def test_head_mode_refuses_prompt_tokens_it_would_never_train() -> None:
                 "privacy": {"preset": "pretrained-head"},
             }
         )
+
+
+def test_a_preset_for_another_mode_fills_only_the_privacy_values() -> None:
+    """The head preset's "no prompt tokens" and "no augmentation" were measured for head mode only."""
+    from fedeye.config import parse_run_config
+
+    cfg = parse_run_config({"model": {"mode": "prompt"}, "privacy": {"preset": "pretrained-head"}})
+    assert cfg.model.num_shared_prompts == 4 and cfg.training.augment == "light" and cfg.privacy.batch_size == 32
 
 
 def test_every_strategy_validates_with_dp_and_client_level_dp() -> None:

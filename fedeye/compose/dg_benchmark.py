@@ -98,7 +98,7 @@ class FoldResult:
 
 @dataclass(frozen=True)
 class BenchmarkSettings:
-    """What ``fedeye benchmark dg`` runs; the defaults fit two CPU cores in under 30 minutes."""
+    """What ``fedeye benchmark dg`` runs (four of the methods at three seeds took 23 + 29 minutes on two cores)."""
 
     sites_root: Path
     out_dir: Path
@@ -135,8 +135,9 @@ def dg_run_config(
     two: the same compute, but the sites drift apart for half as long before
     each average. With five of two, prompt-experts did not learn on two folds
     of seed 2 (unseen AUC 0.64 and 0.67, seen 0.64 and 0.77); with ten of one
-    the same folds reached 0.88 and 0.96 (seen 0.91 and 0.87), FedAvg 0.75 ->
-    0.87 on the first (docs/dg-benchmark.md).
+    the same folds reached 0.90 and 0.96 (seen 0.94 and 0.86). It failed on
+    another fold instead (seed 2, site-1: 0.50), so one run in 15 still does
+    not learn for each method (docs/dg-benchmark.md).
     """
     return RunConfig.model_validate(
         {

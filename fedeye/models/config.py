@@ -28,8 +28,9 @@ ArchName = Literal["vit-tiny-cpu", "vit-small", "vit-base", "vit-large"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
 #: Which parameters train (``fedeye.models.factory.set_trainable``).
 TrainMode = Literal["full", "prompt", "head"]
-#: Modes whose backbone is frozen: only the parts ``is_prompt_key`` names train and travel.
-FROZEN_BACKBONE_MODES: frozenset[str] = frozenset({"prompt", "head"})
+#: Modes whose backbone is frozen: the site loads it from ``backbone_weights``, and prompt-experts
+#: exchanges only the parts ``is_prompt_key`` names (head mode trains a subset of them, the head).
+FROZEN_BACKBONE_MODES: frozenset[TrainMode] = frozenset({"prompt", "head"})
 #: How the block outputs become one feature vector for the head.
 PoolName = Literal["cls", "avg"]
 

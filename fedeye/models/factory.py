@@ -94,8 +94,8 @@ def set_trainable(model: PromptViT, mode: TrainMode) -> None:
         (the fewest parameters, so the least noise under DP-SGD).
     """
     model.requires_grad_(mode == "full")
-    trained = model.PROMPT_MODULES if mode == "prompt" else ("head",) if mode == "head" else ()
-    for name in trained:
+    trained: dict[TrainMode, tuple[str, ...]] = {"full": (), "prompt": model.PROMPT_MODULES, "head": ("head",)}
+    for name in trained[mode]:
         module = getattr(model, name, None)
         if module is not None:
             module.requires_grad_(True)

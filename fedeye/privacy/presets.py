@@ -35,7 +35,8 @@ from typing import Any, Literal
 
 DPPreset = Literal["none", "pretrained-head", "pretrained-prompt", "pretrained-full"]
 
-#: Per preset: values of ``[privacy]`` (and, under "model", of ``[model]``) a run file may leave out.
+#: Per preset: values of ``[privacy]`` (and, under "model" and "training", of ``[model]`` and ``[training]``)
+#: a run file may leave out.
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     # frozen pretrained backbone (fedeye pretrain or RETFound); prompts, router and head train on the
@@ -49,7 +50,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_physical_batch": 64,
     },
     # a linear probe: only the head trains, on the frozen backbone's standardised mean-pooled features
-    # (the fewest noised parameters); no augmentation (it cost 14-20 points here) and a cosine decay
+    # (the fewest noised parameters); no augmentation (it cost 10-15 points here) and a cosine decay
     # (the private AUC's SD over seeds fell from 0.035 to 0.011 at epsilon 8)
     "pretrained-head": {
         "model": {"mode": "head", "pool": "avg", "num_shared_prompts": 0},

@@ -18,6 +18,7 @@ from fedeye.client.audit import read_decisions
 from fedeye.compose.inline import InlineGrid, serverapp_task
 from fedeye.config import RunConfig
 from fedeye.errors import SiteStateError
+from fedeye.models import ModelConfig
 from fedeye.protocol import RUN_ID
 from fedeye.server.federation import create_run, run_federation
 from fedeye.server.recorder import SiteReport
@@ -64,6 +65,14 @@ def test_policy_names_every_rule_a_run_breaks() -> None:
     assert len(broken) == 3
     assert any("DP-SGD" in b for b in broken) and any("9 rounds" in b for b in broken)
     assert any("model.mode 'full'" in b for b in broken)
+
+
+def test_a_policy_may_allow_head_mode_the_linear_probe() -> None:
+    policy = ApprovalPolicy(mode="policy", model_modes=["head"])
+    head = _cfg(Path("/x/s")).model_copy(update={"model": ModelConfig(img_size=32, mode="head", num_shared_prompts=0)})
+
+    assert policy_violations(policy, run_request(head.to_json(), run_key=RUN)) == []
+    assert policy_violations(policy, run_request(_cfg(Path("/x/s")).to_json(), run_key=RUN))
 
 
 def test_an_approval_binds_to_the_exact_config() -> None:

@@ -24,7 +24,7 @@ from fedeye.sites.dataset import SiteDataset
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Full backward hook is firing", "ignore:Secure RNG turned off", "ignore:Optimal order"
 )
-MODES = ["full", "prompt"]
+MODES = ["full", "prompt", "head"]
 CFG = TrainingConfig(batch_size=6, lr=1e-2, device="cpu", seed=1)
 
 
@@ -44,7 +44,8 @@ def _plan(num_patients: int, *, steps: int = 3, sigma: float = 1.0) -> RoundPlan
 
 def _model(mode: str) -> PromptViT:
     torch.manual_seed(0)
-    return build_model(ModelConfig(img_size=32, mode=mode))  # type: ignore[arg-type]
+    prompts = {"num_shared_prompts": 0} if mode == "head" else {}  # a linear probe has no prompt tokens
+    return build_model(ModelConfig(img_size=32, mode=mode, **prompts))  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ PatientSampledDataset
