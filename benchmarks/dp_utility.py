@@ -58,7 +58,7 @@ import torch
 
 State = dict[str, torch.Tensor]
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "dp-utility"
-LR = {"head": 1e-2, "prompt": 1e-2, "full": 1e-3}  # AdamW learning rate per mode (prompts and head take larger steps)
+LR = {"head": 1e-1, "prompt": 1e-2, "full": 1e-3}  # AdamW learning rate per mode; head = the pretrained-head preset's
 #: Columns of a run that describe its training setting; summarize() never averages across two settings.
 SETTING = ("image_size", "rounds", "local_epochs", "dp_batch", "lr", "lr_schedule", "pool", "augment")
 #: The informative subset (--subset): every epsilon for the best configuration, both strategies at each epsilon.
@@ -103,7 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sites-dir", type=Path, default=None, help="keep the synthetic sites here and reuse them (parallel runs)"
     )
-    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 1e-2 prompt, 1e-3 full)")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="AdamW learning rate (default: 1e-1 head, 1e-2 prompt, 1e-3 full)"
+    )
     parser.add_argument(
         "--lr-schedule", choices=("constant", "cosine"), default="constant", help="training.lr_schedule"
     )

@@ -11,8 +11,12 @@ audit log written by each site.
 
 Needs root (or the docker group), ``dockerd``, ``docker-compose`` and
 ``debootstrap`` (``.ci/install-docker.sh``). A running engine is used as it
-is; otherwise one is started here and stopped afterwards by its PID. The
-images stay behind as Docker's build cache, so a second run rebuilds nothing.
+is; otherwise one is started here and stopped afterwards by its PID. On a
+developer's machine the images stay behind as Docker's build cache, so a
+second run rebuilds nothing. Under ``CI=true`` the site and coordinator images
+this module built (about 7 GB: they carry PyTorch) and the build cache are
+removed afterwards, so the rest of the suite does not run on a nearly full
+disk (a CI run once failed 79 tests after this one with no space left).
 Without Docker the test skips, except under ``CI=true``, where it fails and
 says why.
 """
@@ -83,8 +87,41 @@ def _engine_answers() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True, timeout=30, check=False).returncode == 0
 
 
+BUILT_IMAGES = ("fedeye-site:latest", "fedeye-coordinator:latest")
+
+
+def _present(images: Sequence[str]) -> set[str]:
+    return {
+        image
+        for image in images
+        if subprocess.run(
+            ["docker", "image", "inspect", image], capture_output=True, timeout=60, check=False
+        ).returncode
+        == 0
+    }
+
+
+def _give_back_disk(images: Sequence[str]) -> None:
+    """Under CI, remove the images this module built and the build cache that holds their layers."""
+    if os.environ.get("CI", "").lower() != "true":
+        return
+    if images:
+        subprocess.run(["docker", "image", "rm", "--force", *images], capture_output=True, timeout=300, check=False)
+    subprocess.run(["docker", "builder", "prune", "--all", "--force"], capture_output=True, timeout=300, check=False)
+
+
 @pytest.fixture(scope="module")
-def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def docker_engine(running_engine: None) -> Iterator[None]:
+    """A Docker engine; under CI, the images built while it served this module are removed afterwards."""
+    before = _present(BUILT_IMAGES)
+    try:
+        yield
+    finally:
+        _give_back_disk(sorted(_present(BUILT_IMAGES) - before))
+
+
+@pytest.fixture(scope="module")
+def running_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A Docker engine: the running one, else a ``dockerd`` started here and stopped afterwards."""
     missing = [
         tool
