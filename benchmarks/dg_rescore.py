@@ -36,6 +36,7 @@ from fedeye.compose.dg_benchmark import (
 from fedeye.config import RunConfig
 from fedeye.fairness.operating_point import DEFAULT_POINT, ModelOperatingPoint
 from fedeye.models import load_model
+from fedeye.server.store import RunStore
 from fedeye.sites.base import open_site
 from fedeye.sites.dataset import SiteDataset
 
@@ -74,33 +75,38 @@ def _oracle_own_point(row: FoldResult, model: object, target: Path, scored: _Poo
     return _with_rates(_variant(row, "oracle + own threshold"), probs, labels, point)
 
 
-def rescore(run_dir: Path, sites: Path, out: Path, *, refit: bool = False) -> list[FoldResult]:
+def rescore(
+    run_dir: Path, sites: Path, out: Path, *, refit: bool = False, adapt: AdaptSettings | None = None
+) -> list[FoldResult]:
     rows = [FoldResult(**raw) for raw in json.loads((run_dir / "rows.json").read_text())]
-    models = {}
+    store = RunStore(f"sqlite:///{run_dir / 'runs.db'}")
+    models = {}  # (method, seed) -> the run's final model: a run folder may hold several seeds
     for path in sorted((run_dir / "runs").glob("*/global-model.pt")):
         model, cfg, meta = load_model(path)
-        models[str(meta["run_name"]).removeprefix("dg-")] = (model, cfg, meta)
+        seed = int(store.get_run(str(meta["run_id"])).config["training"]["seed"])
+        models[(str(meta["run_name"]).removeprefix("dg-"), seed)] = (model, cfg, meta)
     oracle = all(r.method == "oracle" for r in rows)  # one FedAvg over every site, scored on each
     if oracle:
-        models = {"oracle": models["fedavg"]}
+        models = {("oracle", seed): m for (name, seed), m in models.items() if name == "fedavg"}
     points = {}
-    for method, (model, cfg, meta) in models.items():
+    for key, (model, cfg, meta) in models.items():
         held = "" if oracle else next(r.held_out for r in rows)
         train_sites = sorted(s for s in sites.iterdir() if s.is_dir() and s.name != held)
         stored = ModelOperatingPoint.from_metadata(meta) or DEFAULT_POINT
-        points[method] = (federation_point(model, int(cfg.img_size or 64), train_sites) or stored) if refit else stored
+        points[key] = (federation_point(model, int(cfg.img_size or 64), train_sites) or stored) if refit else stored
     fresh = []
     for row in rows:
         method = row.method.removesuffix(" + adapt").split(" + calibrate(")[0]
-        if refit and method in models and " + calibrate(" in row.method:
+        key = (method, row.seed)
+        if refit and key in models and " + calibrate(" in row.method:
             continue  # recomputed with the method's own row below
-        if method not in models or not (row.method.endswith(" + adapt") or (refit and row.method == method)):
+        if key not in models or not (row.method.endswith(" + adapt") or (refit and row.method == method)):
             fresh.append(row)
             continue
-        model, cfg, meta = models[method]
+        model, cfg, meta = models[key]
         run_cfg = RunConfig.model_validate({"model": cfg.model_dump(mode="json")})
         target = sites / row.held_out
-        point = points[method]
+        point = points[key]
         scored = _Pooled([SiteDataset(open_site(target), s, image_size=int(cfg.img_size or 64)) for s in SCORED_SPLITS])
         if row.method == method:
             fresh.append(_scored(row, model, scored, point))
@@ -110,7 +116,7 @@ def rescore(run_dir: Path, sites: Path, out: Path, *, refit: bool = False) -> li
                 else _calibrated_rows(row, model, target, run_cfg, scored, point)
             )
             continue
-        adapted, _ = adapt_model(model, _all_images(target, run_cfg), point=point, settings=AdaptSettings())
+        adapted, _ = adapt_model(model, _all_images(target, run_cfg), point=point, settings=adapt or AdaptSettings())
         fresh.append(_scored(_variant(row, row.method), model, scored, adapted))
     (out / run_dir.name).mkdir(parents=True, exist_ok=True)
     write_results(fresh, out / run_dir.name)
@@ -123,9 +129,16 @@ def main() -> None:
     parser.add_argument("--sites", type=Path, required=True, help="The benchmark's site folders.")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--federation-point", action="store_true", help="Choose the federation's point again too.")
+    parser.add_argument(
+        "--prevalence-strength",
+        type=float,
+        default=AdaptSettings().prevalence_strength,
+        help="adapt's prevalence prior in pseudo-images (0: maximum-likelihood EM)",
+    )
     args = parser.parse_args()
+    adapt = AdaptSettings(prevalence_strength=args.prevalence_strength)
     for run in args.runs:
-        rows = rescore(run, args.sites, args.out, refit=args.federation_point)
+        rows = rescore(run, args.sites, args.out, refit=args.federation_point, adapt=adapt)
         print(
             run.name, json.dumps([asdict(r) | {"expert_mix": None} for r in rows if r.method.endswith("adapt")])[:300]
         )

@@ -83,18 +83,23 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def accepts_connections(address: Address, *, timeout_s: float = 2.0) -> bool:
+    """Whether a TCP connection to ``address`` opens (a wildcard bind is tried on loopback; TLS is Flower's to check)."""
+    host = "127.0.0.1" if address.wildcard else address.host
+    try:
+        with socket.create_connection((host, address.port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_port(address: Address, *, proc: subprocess.Popen[bytes], timeout_s: float = 120.0) -> bool:
     """Wait until ``address`` accepts TCP connections; False if ``proc`` exits first or time runs out."""
-    host = "127.0.0.1" if address.wildcard else address.host
 
     def listening() -> bool | None:
         if proc.poll() is not None:
             return False
-        try:
-            with socket.create_connection((host, address.port), timeout=1.0):
-                return True
-        except OSError:
-            return None
+        return True if accepts_connections(address, timeout_s=1.0) else None
 
     return bool(wait_until(listening, timeout=timeout_s, interval=0.3))
 

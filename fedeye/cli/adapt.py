@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,13 +56,25 @@ def adapt_command(
             "--tent-steps", min=0, help="Entropy-minimisation steps on LayerNorms and prompts (0: threshold only)."
         ),
     ] = 0,
+    prevalence_strength: Annotated[
+        float | None,
+        typer.Option(
+            "--prevalence-strength",
+            min=0.0,
+            help="Weight, in images, of the federation's validation prevalence as the prior of the new site's "
+            "(0: none; default: fedeye.client.adapt.PREVALENCE_STRENGTH).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Adapt a model to a new hospital from its unlabelled images (see fedeye/client/adapt.py)."""
     from fedeye.client.adapt import AdaptSettings
     from fedeye.client.calibrate import adapt_file
 
-    result = adapt_file(model, data, out, split=split, settings=AdaptSettings(tent_steps=tent_steps))
+    settings = AdaptSettings(tent_steps=tent_steps)
+    if prevalence_strength is not None:
+        settings = replace(settings, prevalence_strength=prevalence_strength)
+    result = adapt_file(model, data, out, split=split, settings=settings)
     _show(result, as_json, f"adapted on {result['num_images']} unlabelled images: {result['reason']}")
 
 

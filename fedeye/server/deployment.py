@@ -9,7 +9,6 @@ Flower's own view (``flwr ls``). Every wait goes through
 
 from __future__ import annotations
 
-import socket
 import tempfile
 import time
 import tomllib
@@ -19,7 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedeye.errors import DeploymentError
-from fedeye.flower_programs import Address, flower_program, flwr_json, parse_address, save_connection
+from fedeye.flower_programs import (
+    Address,
+    accepts_connections,
+    flower_program,
+    flwr_json,
+    parse_address,
+    save_connection,
+)
 from fedeye.server.store import RunDetail, RunStore, resolve_db_url
 from fedeye.wait import wait_until
 
@@ -124,15 +130,6 @@ def await_superlink(address: Address, *, wait_s: float, on_wait: Callable[[], No
         f"--superlink {address}: nothing answers there after {wait_s:.0f} s. Check that the coordinator runs "
         "(`fedeye coordinator start`) and that this machine reaches that host and port."
     )
-
-
-def accepts_connections(address: Address) -> bool:
-    """Whether a TCP connection to ``address`` opens (the SuperLink listens; TLS is Flower's to check)."""
-    try:
-        with socket.create_connection((address.host, address.port), timeout=2.0):
-            return True
-    except OSError:
-        return False
 
 
 def flower_app_dir() -> Path:

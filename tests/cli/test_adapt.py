@@ -114,3 +114,20 @@ def test_adapt_records_what_it_did(model_file: Path, tiny_sites: Path, tmp_path:
     assert record["command"] == "adapt" and record["num_images"] == 40 and 0.0 <= record["prior_estimate"] <= 1.0
     assert meta[METADATA_KEY] == reported["operating_point"]
     assert meta[METADATA_KEY]["source"] == ("adapt" if record["threshold_moved"] else "federation")
+
+
+@pytest.mark.parametrize("option", [[], ["--prevalence-strength", "0"], ["--prevalence-strength", "25"]])
+def test_adapt_records_its_prevalence_prior(
+    model_file: Path, tiny_sites: Path, tmp_path: Path, option: list[str]
+) -> None:
+    from fedeye.client.adapt import PREVALENCE_STRENGTH
+
+    out = tmp_path / "adapted.pt"
+    args = ["adapt", "--model", str(model_file), "--data", str(tiny_sites / "site-3"), "--out", str(out), "--json"]
+    result = runner.invoke(app, [*args, *option])
+
+    assert result.exit_code == 0, result.output
+    (record,) = load_model(out)[2]["history"]
+    strength = float(option[1]) if option else PREVALENCE_STRENGTH
+    centre = 30 / 70 if strength else 0.5  # the model file's point was fitted on 30 positives and 40 negatives
+    assert record["prevalence_prior"] == pytest.approx([centre, strength])

@@ -108,3 +108,46 @@ def test_without_two_modes_the_threshold_follows_the_scores_to_the_same_positive
     point, reason = _quantile_point(start, shifted)
     assert float((shifted >= point.log_odds).mean()) == pytest.approx(0.38, abs=0.01)
     assert point.source == "adapt" and "not bimodal" in reason
+
+
+def _two_cameras(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Negatives from two cameras (two humps), 30% positives above the second: three humps in all."""
+    rng = np.random.default_rng(seed)
+    negatives = np.concatenate([rng.normal(-4.0, 0.7, 140), rng.normal(-1.0, 0.7, 140)])
+    return negatives, rng.normal(2.0, 1.0, 120)
+
+
+def test_the_prevalence_prior_keeps_two_negative_humps_in_one_component() -> None:
+    from fedeye.client.adapt import PrevalencePrior
+
+    negatives, positives = _two_cameras()
+    scores = np.concatenate([negatives, positives])
+
+    def rates(prior: PrevalencePrior) -> tuple[float, float, float]:
+        fit = fit_mixture(scores, prior=prior)
+        t = mixture_threshold(fit, "youden")
+        return fit.prior, float((positives >= t).mean()), float((negatives < t).mean())
+
+    ml_weight, _, ml_spec = rates(PrevalencePrior(0.3, 0.0))
+    map_weight, map_sens, map_spec = rates(PrevalencePrior(0.3, 200.0))
+    assert ml_weight > 0.6 and ml_spec < 0.5  # likelihood alone: the middle hump joins the positives
+    assert map_weight == pytest.approx(0.3, abs=0.05) and map_sens > 0.85 and map_spec > 0.95
+
+
+def test_the_prior_is_the_federations_validation_prevalence_or_off() -> None:
+    from fedeye.client.adapt import NO_PRIOR, prevalence_prior
+
+    fitted = ModelOperatingPoint(0.0, 1.0, "youden", "federation", (30, 90), 0.8, 0.8)
+    assert prevalence_prior(fitted, 50.0).mean == pytest.approx(0.25)
+    assert prevalence_prior(fitted, 50.0).strength == 50.0
+    unknown = ModelOperatingPoint(0.0, 1.0, "youden", "adapt", (0, 0), 0.8, 0.8)  # adapted: no labels behind it
+    assert prevalence_prior(unknown, 50.0) is NO_PRIOR and prevalence_prior(fitted, 0.0) is NO_PRIOR
+
+
+def test_without_a_prior_map_em_is_maximum_likelihood() -> None:
+    from fedeye.client.adapt import NO_PRIOR, PrevalencePrior
+
+    _, scores = _two_classes(0.3, n=1000, seed=3)
+    assert fit_mixture(scores, prior=PrevalencePrior(0.9, 0.0)) == fit_mixture(scores, prior=NO_PRIOR)
+    pulled = fit_mixture(scores, prior=PrevalencePrior(0.9, 1000.0))
+    assert fit_mixture(scores).prior < pulled.prior < 0.9  # a prior moves the estimate toward it, not onto it
