@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -44,6 +45,29 @@ class Column:
     header: str
     justify: Literal["left", "right"] = "left"
     style: str = ""
+
+
+def finite(low: float, high: float | None = None, *, above: bool = False) -> Callable[[float | None], float | None]:
+    """A typer callback for a float option: a finite number >= ``low`` (> with ``above``) and <= ``high``.
+
+    Click's ``min``/``max`` let ``nan`` through (every comparison with it is
+    false) and ``inf`` past a bare ``min``; an option such as a learning rate
+    then fails deep inside PyTorch, or writes a checkpoint of NaNs.
+
+    >>> finite(0.0)(2.5)
+    2.5
+    """
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return None
+        ok = math.isfinite(value) and (value > low if above else value >= low) and (high is None or value <= high)
+        if not ok:
+            bound = f"{'>' if above else '>='} {low:g}" + ("" if high is None else f" and <= {high:g}")
+            raise typer.BadParameter(f"{value} is not a finite number {bound}")
+        return value
+
+    return check
 
 
 def exits_cleanly(command: Callable[P, R]) -> Callable[P, R]:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fedeye.cli._common import console, exits_cleanly
+from fedeye.cli._common import console, exits_cleanly, finite
 from fedeye.errors import ConfigError
 from fedeye.fairness.operating_point import Calibration, Target
 
@@ -60,7 +60,7 @@ def adapt_command(
         float | None,
         typer.Option(
             "--prevalence-strength",
-            min=0.0,
+            callback=finite(0.0),
             help="Weight, in images, of the federation's validation prevalence as the prior of the new site's "
             "(0: none; default: fedeye.client.adapt.PREVALENCE_STRENGTH).",
         ),

@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.text import Text
 
-from fedeye.cli._common import Cell, JsonOption, console, err_console, exits_cleanly, print_json, print_table
+from fedeye.cli._common import (
+    Cell,
+    JsonOption,
+    console,
+    err_console,
+    exits_cleanly,
+    finite,
+    print_json,
+    print_table,
+)
 from fedeye.cli.provision import AUTHORIZED_SITES, read_authorized_sites
 from fedeye.cli.runs import DbOption, default_store_dir
 from fedeye.cli.site_state import SiteStateRow, site_states
@@ -160,7 +169,7 @@ def site_start(
         float,
         typer.Option(
             "--rejoin-wait",
-            min=0,
+            callback=finite(0.0),
             help="Seconds to keep retrying while the SuperLink refuses this node (it still sees this site's previous SuperNode online).",
         ),
     ] = REJOIN_WAIT_S,
@@ -305,7 +314,9 @@ def run_launch(
     db: Annotated[
         str | None, typer.Option("--db", help="Run store (default: the run file's output.db / output.dir).")
     ] = None,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for the ServerApp to record the run.")] = 180.0,
+    wait: Annotated[
+        float, typer.Option(callback=finite(0.0), help="Seconds to wait for the ServerApp to record the run.")
+    ] = 180.0,
 ) -> None:
     """Start a run on the SuperLink through `flwr run`; print its FedEye and Flower run ids."""
     from fedeye.config import load_run_config
@@ -337,7 +348,9 @@ def run_resume(
     ca: CaOption = None,
     insecure: InsecureOption = False,
     db: DbOption = None,
-    wait: Annotated[float, typer.Option(help="Seconds to wait for the ServerApp to take the run up.")] = 180.0,
+    wait: Annotated[
+        float, typer.Option(callback=finite(0.0), help="Seconds to wait for the ServerApp to take the run up.")
+    ] = 180.0,
 ) -> None:
     """Continue a run whose coordinator stopped, from its last completed round's checkpoint."""
     store = _store(db)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fedeye.cli._common import console, exits_cleanly
+from fedeye.cli._common import console, exits_cleanly, finite
 from fedeye.models.config import ArchName, DeviceChoice
 
 
@@ -28,8 +28,13 @@ def pretrain_command(
     img_size: Annotated[int | None, typer.Option(help="Image side in pixels; default: the arch's.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the images.")] = 20,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Base learning rate (scaled by batch / 256, as MAE).")] = 1.5e-4,
-    mask_ratio: Annotated[float, typer.Option(min=0.05, max=0.95, help="Share of patches hidden (MAE: 0.75).")] = 0.75,
+    lr: Annotated[
+        float,
+        typer.Option(callback=finite(0.0, above=True), help="Base learning rate (scaled by batch / 256, as MAE)."),
+    ] = 1.5e-4,
+    mask_ratio: Annotated[
+        float, typer.Option(callback=finite(0.05, 0.95), help="Share of patches hidden (MAE: 0.75; 0.05-0.95).")
+    ] = 0.75,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, masking and order.")] = 0,
     device: Annotated[DeviceChoice, typer.Option(help="auto: CUDA (mixed precision) if present, else CPU.")] = "auto",
 ) -> None:

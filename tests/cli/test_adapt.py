@@ -131,3 +131,14 @@ def test_adapt_records_its_prevalence_prior(
     strength = float(option[1]) if option else PREVALENCE_STRENGTH
     centre = 30 / 70 if strength else 0.5  # the model file's point was fitted on 30 positives and 40 negatives
     assert record["prevalence_prior"] == pytest.approx([centre, strength])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_adapt_refuses_a_prevalence_strength_that_is_not_a_finite_count(
+    model_file: Path, tiny_sites: Path, tmp_path: Path, value: str
+) -> None:
+    out = tmp_path / "adapted.pt"
+    args = ["adapt", "--model", str(model_file), "--data", str(tiny_sites / "site-3"), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--prevalence-strength", value])
+    assert result.exit_code == 2 and "is not a finite number >= 0" in " ".join(result.output.split())
+    assert not out.exists()

@@ -114,3 +114,13 @@ def test_feature_stats_standardise_the_pretraining_features() -> None:
 def test_pretrain_command_explains_an_empty_folder(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "b.pt")])
     assert result.exit_code == 1 and "holds no image" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--lr", "nan"), ("--lr", "inf"), ("--lr", "0"), ("--mask-ratio", "nan")]
+)
+def test_pretrain_refuses_a_number_it_cannot_train_with(tmp_path: Path, option: str, value: str) -> None:
+    out = tmp_path / "b.pt"
+    result = CliRunner().invoke(app, ["pretrain", "--data", str(tmp_path), "--out", str(out), option, value])
+    assert result.exit_code == 2 and "is not a finite number" in " ".join(result.output.split())
+    assert option in result.output and not out.exists()
