@@ -11,7 +11,7 @@ prevalences (dropping positives or negatives at random; ``natural`` keeps
 them all) and the threshold step of ``adapt`` runs at each strength::
 
     python benchmarks/adapt_prior.py RUN_DIR [RUN_DIR ...] --sites SITES \\
-        --strengths 0,50,160,400 --prevalences natural,0.15,0.6 --draws 5
+        --strengths 0,50,200,400 --prevalences natural,0.15,0.7 --draws 5
 
 Each RUN_DIR holds one held-out site (``fedeye benchmark dg --held-out``),
 any number of seeds. As in the benchmark, ``adapt`` sees every image of
@@ -33,9 +33,8 @@ import numpy as np
 
 from fedeye.client.adapt import point_from_scores
 from fedeye.client.training import predict
+from fedeye.compose.dg_benchmark import final_models
 from fedeye.fairness.operating_point import DEFAULT_POINT, ModelOperatingPoint, positive_log_odds, rates_at
-from fedeye.models import load_model
-from fedeye.server.store import RunStore
 from fedeye.sites.base import open_site
 from fedeye.sites.dataset import SiteDataset
 
@@ -61,16 +60,13 @@ def score_runs(run_dir: Path, sites: Path) -> list[Scored]:
     if len(held_out) != 1:
         raise SystemExit(f"{run_dir}: holds {len(held_out)} held-out sites; run the benchmark with one --held-out")
     (held,) = held_out
-    store = RunStore(f"sqlite:///{run_dir / 'runs.db'}")
+    site = open_site(sites / held)
     out = []
-    for path in sorted((run_dir / "runs").glob("*/global-model.pt")):
-        model, cfg, meta = load_model(path)
-        seed = int(store.get_run(str(meta["run_id"])).config["training"]["seed"])
-        site = open_site(sites / held)
+    for (method, seed), (model, cfg, meta) in final_models(run_dir).items():
         parts = [predict(model, SiteDataset(site, s, image_size=int(cfg.img_size or 64))) for s in SPLITS]  # type: ignore[arg-type]
         out.append(
             Scored(
-                method=str(meta["run_name"]).removeprefix("dg-"),
+                method=method,
                 seed=seed,
                 held_out=held,
                 start=ModelOperatingPoint.from_metadata(meta) or DEFAULT_POINT,
@@ -99,8 +95,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--sites", type=Path, required=True, help="The benchmark's site folders.")
-    parser.add_argument("--strengths", default="0,50,160,400", help="prior strengths in pseudo-images")
-    parser.add_argument("--prevalences", default="natural,0.15,0.6", help="'natural' or a prevalence in (0, 1)")
+    parser.add_argument("--strengths", default="0,50,200,400", help="prior strengths in pseudo-images")
+    parser.add_argument("--prevalences", default="natural,0.15,0.7", help="'natural' or a prevalence in (0, 1)")
     parser.add_argument("--draws", type=int, default=5, help="random subsamples per prevalence")
     args = parser.parse_args()
     strengths = [float(s) for s in args.strengths.split(",")]

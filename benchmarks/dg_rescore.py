@@ -31,12 +31,11 @@ from fedeye.compose.dg_benchmark import (
     _Pooled,
     _scored,
     _variant,
+    final_models,
     write_results,
 )
 from fedeye.config import RunConfig
 from fedeye.fairness.operating_point import DEFAULT_POINT, ModelOperatingPoint
-from fedeye.models import load_model
-from fedeye.server.store import RunStore
 from fedeye.sites.base import open_site
 from fedeye.sites.dataset import SiteDataset
 
@@ -79,12 +78,7 @@ def rescore(
     run_dir: Path, sites: Path, out: Path, *, refit: bool = False, adapt: AdaptSettings | None = None
 ) -> list[FoldResult]:
     rows = [FoldResult(**raw) for raw in json.loads((run_dir / "rows.json").read_text())]
-    store = RunStore(f"sqlite:///{run_dir / 'runs.db'}")
-    models = {}  # (method, seed) -> the run's final model: a run folder may hold several seeds
-    for path in sorted((run_dir / "runs").glob("*/global-model.pt")):
-        model, cfg, meta = load_model(path)
-        seed = int(store.get_run(str(meta["run_id"])).config["training"]["seed"])
-        models[(str(meta["run_name"]).removeprefix("dg-"), seed)] = (model, cfg, meta)
+    models = final_models(run_dir)  # by (method, seed): a run folder may hold several seeds
     oracle = all(r.method == "oracle" for r in rows)  # one FedAvg over every site, scored on each
     if oracle:
         models = {("oracle", seed): m for (name, seed), m in models.items() if name == "fedavg"}

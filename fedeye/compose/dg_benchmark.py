@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,6 +55,8 @@ from fedeye.fairness.operating_point import (
 )
 from fedeye.metrics import classification_metrics
 from fedeye.models import build_model, load_model
+from fedeye.models.config import ModelConfig
+from fedeye.models.vit import PromptViT
 from fedeye.protocol import EXPERT_INDEX
 from fedeye.server.federation import create_run, run_federation
 from fedeye.server.store import RunStore
@@ -463,6 +466,21 @@ def _split(site: Path, cfg: RunConfig, split: str) -> SiteDataset:
         image_size=int(cfg.model.img_size or 64),
         augment=cfg.training.augment if split == "train" else "none",
     )
+
+
+def final_models(run_dir: Path) -> dict[tuple[str, int], tuple[PromptViT, ModelConfig, dict[str, Any]]]:
+    """A finished ``benchmark dg`` folder's federated models by (method, seed), read back with their run's seed.
+
+    A folder holds one final model per method, held-out site and seed
+    (``OUT/runs/*/global-model.pt``); the seed is the run's, from ``OUT/runs.db``.
+    """
+    store = RunStore(f"sqlite:///{run_dir / 'runs.db'}")
+    models = {}
+    for path in sorted((run_dir / "runs").glob("*/global-model.pt")):
+        model, cfg, meta = load_model(path)
+        seed = int(store.get_run(str(meta["run_id"])).config["training"]["seed"])
+        models[(str(meta["run_name"]).removeprefix("dg-"), seed)] = (model, cfg, meta)
+    return models
 
 
 def _all_images(site: Path, cfg: RunConfig) -> _Pooled:
