@@ -153,6 +153,26 @@ def model_state(model: nn.Module, *, trainable_only: bool = False) -> dict[str, 
     return {k: v.detach().cpu().clone() for k, v in inner.state_dict().items() if keep is None or k in keep}
 
 
+def untrained_keys(model: nn.Module) -> frozenset[str]:
+    """State-dict keys that are not trainable parameters: frozen parameters and buffers.
+
+    In FedEye's ViT no buffer changes in training: the feature standardiser
+    (``feature_norm``) is fixed when the model is built, and the router's
+    prototypes are set apart from training (see :mod:`fedeye.strategies.client_dp`).
+    A model with BatchNorm running statistics would not fit this description.
+
+    >>> from torch import nn
+    >>> layer = nn.Linear(2, 1)
+    >>> _ = layer.bias.requires_grad_(False)
+    >>> layer.register_buffer("scale", torch.ones(1))
+    >>> sorted(untrained_keys(layer))
+    ['bias', 'scale']
+    """
+    inner = _unwrap(model)
+    trained = {n for n, p in inner.named_parameters() if p.requires_grad}
+    return frozenset(k for k in inner.state_dict() if k not in trained)
+
+
 #: Buffers newer than some saved models (FedEye 0.x before the feature standardiser); missing means "as built".
 _ADDED_LATER = ("feature_norm.",)
 

@@ -26,7 +26,7 @@ from fedeye.errors import FederationError, FedEyeError
 from fedeye.fairness.operating_point import METADATA_KEY as OP_METADATA_KEY
 from fedeye.fairness.operating_point import ModelOperatingPoint
 from fedeye.models import build_model, save_model
-from fedeye.models.io import load_model, load_state
+from fedeye.models.io import load_model, load_state, untrained_keys
 from fedeye.protocol import RUN_CONFIG, RUN_ID, SEND_RELIABILITY, SERVER_ROUND, SPLIT
 from fedeye.server.operating_point import federated_operating_point, point_config, write_point
 from fedeye.server.recorder import ProgressSink, RunRecorder
@@ -141,8 +141,8 @@ def _run(
 ) -> tuple[Path, str | None]:
     """Returns the final model's path and, if the run ended early, why."""
     recorder = RunRecorder(store, run_id, progress=progress)
-    strategy = _strategy(cfg, recorder, num_sites=len(list(grid.get_node_ids())))
     model = _initial_model(cfg, resume)
+    strategy = _strategy(cfg, recorder, num_sites=len(list(grid.get_node_ids())), frozen=untrained_keys(model))
     done = resume.completed_round if resume else 0
     out = run_dir(cfg, run_id)
     initial = ArrayRecord(model.state_dict())
@@ -181,11 +181,11 @@ def _expert_sites(strategy: Strategy, recorder: RunRecorder) -> list[str] | None
     return [by_row.get(row, "") for row in range(max(by_row) + 1)]
 
 
-def _strategy(cfg: RunConfig, recorder: RunRecorder, *, num_sites: int) -> Strategy:
-    """The configured strategy, wrapped in client-level DP when the run asks for it."""
+def _strategy(cfg: RunConfig, recorder: RunRecorder, *, num_sites: int, frozen: frozenset[str]) -> Strategy:
+    """The configured strategy, wrapped in client-level DP when the run asks for it (``frozen``: arrays it leaves)."""
     strategy = build_strategy(cfg.strategy, observer=recorder)
     sampled = max(int(num_sites * cfg.strategy.fraction_train), cfg.strategy.min_train_nodes)
-    return wrap_client_dp(strategy, cfg.privacy, num_sampled_sites=sampled, num_sites=num_sites)
+    return wrap_client_dp(strategy, cfg.privacy, num_sampled_sites=sampled, num_sites=num_sites, frozen=frozen)
 
 
 def _initial_model(cfg: RunConfig, resume: ResumePoint | None = None) -> torch.nn.Module:

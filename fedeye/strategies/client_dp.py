@@ -49,6 +49,15 @@ client-level DP they are not sent on (the router stays untrained and
 unseen images get the uniform mix of experts). Caveat: one row per site
 makes the set of experts visible; with a fixed consortium the sites'
 participation is public anyway.
+
+**Arrays no site trains** (the frozen backbone in ``prompt`` and ``head``
+mode, and buffers such as the feature standardiser in every mode) are not
+part of the mechanism: Flower's wrappers would add ``sigma C / m`` of noise
+to every coordinate of the aggregate, re-noising a pretrained backbone every
+round. :func:`wrap_client_dp` takes their names (``frozen``); the wrapper
+clips and noises the other arrays and releases the frozen ones as this
+round's global model sent them, whatever the sites replied. Their values
+then do not depend on any site's data, so releasing them costs no privacy.
 """
 
 from __future__ import annotations
@@ -78,6 +87,8 @@ class _JudgedClientDP:
     noise_multiplier: float
     delta: float
     history: list[MechanismStep]
+    current_arrays: ArrayRecord
+    frozen: frozenset[str] = frozenset()  # arrays no site trains: released as sent, never clipped or noised
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -88,9 +99,19 @@ class _JudgedClientDP:
         if not accepted:
             return None, None
         self.num_sampled_clients = len(accepted)
-        result = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        sent = self.current_arrays
+        frozen = [k for k in sent if k in self.frozen]
+        for reply in accepted:  # Flower's wrapper pairs arrays by position: the same keys, in the same order
+            reply.content["arrays"] = _without(reply.content.array_records["arrays"], frozen)
+        self.current_arrays = _without(sent, frozen)
+        try:
+            arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        finally:
+            self.current_arrays = sent
         self._account(server_round)
-        return result  # type: ignore[no-any-return]
+        if arrays is None or not frozen:
+            return arrays, metrics
+        return ArrayRecord({k: sent[k] if k in frozen else arrays[k] for k in sent}), metrics
 
     def _account(self, server_round: int) -> None:
         """Compose this round (sample rate = sampled / connected sites) into the ledger."""
@@ -146,13 +167,15 @@ class _ExpertClientDP(_JudgedClientDP):
         if aggregated is not None:
             noisy = noise_expert_aggregate(
                 {k: v.numpy() for k, v in aggregated.items()},
-                set(accepted[0].content["arrays"]),
+                set(accepted[0].content["arrays"]) - self.frozen,
                 rows=sorted(self.strategy.experts.values()),
                 noise_multiplier=self.noise_multiplier,
                 clipping_norm=norm,
                 num_sites=len(accepted),
                 rng=self.rng,
             )
+            for key in self.frozen & set(noisy):  # as the global model sent them, whatever a site replied
+                noisy[key] = reference[key]
             aggregated = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in noisy.items()})
         self._account(server_round)
         return aggregated, metrics
@@ -192,6 +215,11 @@ def clip_site_update(
     scale = min(1.0, clipping_norm / max(total, 1e-12))
     clipped = {k: (_reference(reference, k, row) + d * scale).astype(kept[k].dtype) for k, d in deltas.items()}
     return clipped, scale < 1.0
+
+
+def _without(record: ArrayRecord, keys: list[str]) -> ArrayRecord:
+    """``record`` without the arrays named in ``keys``, in its order."""
+    return ArrayRecord({k: v for k, v in record.items() if k not in keys}) if keys else record
 
 
 def _reference(reference: dict[str, np.ndarray], key: str, row: int) -> np.ndarray:
@@ -240,7 +268,12 @@ def clipped_count_stddev(*, noise_multiplier: float, num_sampled_sites: int) -> 
 
 
 def wrap_client_dp(
-    strategy: Strategy, privacy: PrivacyConfig, *, num_sampled_sites: int, num_sites: int | None = None
+    strategy: Strategy,
+    privacy: PrivacyConfig,
+    *,
+    num_sampled_sites: int,
+    num_sites: int | None = None,
+    frozen: frozenset[str] = frozenset(),
 ) -> Strategy:
     """Wrap ``strategy`` in Flower's server-side clipping per ``privacy.client_level``.
 
@@ -248,6 +281,8 @@ def wrap_client_dp(
     ``client_clipping_norm``; ``"adaptive"`` starts there and adapts
     (target quantile 0.5, learning rate 0.2). ``num_sampled_sites`` is the
     number of sites trained per round (the noise is divided by it).
+    ``frozen`` names the arrays no site trains (:func:`fedeye.models.io.untrained_keys`):
+    they are released unchanged, outside the mechanism.
 
     >>> from fedeye.config import StrategyConfig
     >>> from fedeye.strategies import build_strategy
@@ -273,6 +308,7 @@ def wrap_client_dp(
     strategy.equal_weights = True  # type: ignore[attr-defined]
     wrapper.delta = privacy.delta or 1.0 / (10.0 * max(num_sites or num_sampled_sites, 1))
     wrapper.history = []
+    wrapper.frozen = frozenset(frozen)
     if isinstance(wrapper, _ExpertClientDP):
         wrapper.rng = np.random.default_rng()  # OS entropy: the noise must be unpredictable
     return wrapper

@@ -190,3 +190,41 @@ def test_prompt_experts_update_is_clipped_jointly_and_prototypes_are_dropped() -
     np.testing.assert_allclose(
         change / np.linalg.norm(change), direction / np.linalg.norm(direction)
     )  # scaled, not cut
+
+
+@pytest.mark.parametrize("mode", ["fixed", "adaptive"])
+def test_arrays_no_site_trains_are_released_as_sent_not_noised(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frozen backbone (prompt/head mode) or a fixed buffer is outside the mechanism: no noise, sites ignored."""
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    inner = build_strategy(StrategyConfig(min_train_nodes=3, min_available_nodes=3))
+    wrapped = wrap_client_dp(
+        inner,
+        _privacy(mode, client_noise_multiplier=1.0, client_clipping_norm=1.0),
+        num_sampled_sites=3,
+        frozen=frozenset({"w"}),
+    )
+    sent = {"w": np.full((4, 3), 0.5, dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
+    list(wrapped.configure_train(1, _arrays(sent), ConfigRecord(), FakeGrid()))  # type: ignore[arg-type]
+    replies = [_reply(node, 0.5, 10) for node in NODES]  # every reply also moved "w" (a site must not)
+
+    arrays, _ = wrapped.aggregate_train(1, replies)
+
+    assert arrays is not None and list(arrays) == ["w", "b"]
+    np.testing.assert_array_equal(arrays["w"].numpy(), sent["w"])  # as sent: neither the sites' values nor noise
+    assert np.std(arrays["b"].numpy()) > 0.05  # the trained array is noised (sigma C / m = 1/3)
+    assert list(wrapped.current_arrays) == ["w", "b"]  # type: ignore[attr-defined]
+
+
+def test_untrained_keys_of_a_prompt_model_are_the_backbone_and_the_feature_standardiser() -> None:
+    from fedeye.models import build_model
+    from fedeye.models.config import ModelConfig
+    from fedeye.models.io import untrained_keys
+
+    model = build_model(ModelConfig(arch="vit-tiny-cpu", img_size=32, mode="prompt"))
+    frozen = untrained_keys(model)
+
+    assert "blocks.0.attn.qkv.weight" in frozen and any(k.startswith("feature_norm.") for k in frozen)
+    assert not any(k.startswith("head.") for k in frozen)
+    full = untrained_keys(build_model(ModelConfig(arch="vit-tiny-cpu", img_size=32, mode="full")))
+    assert full and all(not k.startswith("blocks.") for k in full)
