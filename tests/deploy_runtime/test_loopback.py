@@ -2,21 +2,32 @@
 
 One federation (SuperLink with TLS and SuperNode authentication, keys from
 `coordinator init` / `site init`, three registered sites over tiny synthetic
-data, one unregistered site) lives through one run:
+data, one unregistered site; site-2's `site.toml` says
+``[approval] mode = "manual"``) lives through one four-round run. Each phase
+is one thing a hospital deployment must survive; they share one federation
+because starting one costs about a minute:
 
 1. the unregistered site is refused;
-2. round 1 trains on all three sites;
-3. site-3 is killed (its whole process group) in round 2: the round
-   completes with the other two after the round timeout and site-3 is
-   recorded ``missing``; site-3 is started again at once;
-4. after round 2's checkpoint the coordinator (SuperLink, SuperExec,
-   ServerApp) is killed and started again on the same state file;
-   `fedeye run resume` continues the run: round 3 (site-3 back) and the final
-   evaluation land in the same run record, rounds 1-2 unchanged.
+2. run approval: site-2 answers round 1 with ``awaiting-approval`` (the
+   coordinator's store and `fedeye run status` show it, `fedeye site runs`
+   lists the request as pending; the round goes on with the other two);
+   its admin runs `fedeye site approve`, and site-2 trains from a later round
+   on;
+3. a lost site: site-3 is killed (its whole process group) in round 2: the
+   round completes without it after the round timeout and site-3 is recorded
+   ``missing``; site-3 is started again at once;
+4. a lost coordinator: after round 2's checkpoint the coordinator
+   (SuperLink, SuperExec, ServerApp) is killed and started again on the same
+   state file; `fedeye run resume` continues the run in the same run record,
+   rounds 1-2 unchanged;
+5. a lost site worker: site-1's warm worker is SIGKILLed while it trains in
+   round 3: the ClientApp of the message in flight answers ``failed`` /
+   ``worker-unavailable`` at once, the round completes with the other two,
+   `site start` starts a new worker, and round 4 has all three sites.
 
 Every process the test starts, and every process those start in their own
 sessions (SuperExec, flwr-serverapp, flwr-clientapp), is killed by PID at
-the end.
+the end. Simulation covers approval in tests/client/test_approval.py.
 """
 
 from __future__ import annotations
@@ -35,17 +46,20 @@ from pathlib import Path
 
 import pytest
 
+from fedeye.client.worker import ping
 from fedeye.server.store import RunDetail, RunStore, resolve_db_url
 from fedeye.sites.base import open_site
 from tests.test_flower_app import _free_ports, _processes, _sessions
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds Flower's detached processes through /proc"),
+    pytest.mark.skipif(
+        not Path("/proc/self/stat").is_file(), reason="finds Flower's detached processes and worker CPU time in /proc"
+    ),
 ]
 
 FEDEYE = str(Path(sys.executable).parent / "fedeye")
-ROUND_TIMEOUT_S = 50.0
+ROUND_TIMEOUT_S = 60.0
 STEP_TIMEOUT_S = 240.0
 
 
@@ -139,10 +153,11 @@ def _provision(fed: Federation, sites: Path) -> None:
 
 
 def _run_file(fed: Federation, *, rounds: int) -> Path:
+    """20 local epochs: each training message keeps a site's worker busy for a few seconds (phase 5)."""
     path = fed.root / "run.toml"
     path.write_text(
         'name = "loopback"\n[model]\narch = "vit-tiny-cpu"\nimg_size = 32\n'
-        f"[training]\nrounds = {rounds}\nlocal_epochs = 1\nbatch_size = 16\n"
+        f"[training]\nrounds = {rounds}\nlocal_epochs = 20\nbatch_size = 16\n"
         f"[strategy]\nround_timeout = {ROUND_TIMEOUT_S}\nmin_train_nodes = 2\nmin_evaluate_nodes = 2\nmin_available_nodes = 2\n"
         '[output]\ndir = "out"\n'
     )
@@ -195,12 +210,14 @@ def _online(fed: Federation, count: int) -> bool:
     return sum(n.get("status") == "online" for n in nodes) >= count
 
 
-def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(
+def test_loopback_federation_survives_approval_and_lost_sites_workers_and_coordinator(
     federation: Federation, tiny_sites: Path
 ) -> None:
     fed = federation
     names = {open_site(d).info.name for d in tiny_sites.iterdir()}
-    site3 = open_site(sorted(tiny_sites.iterdir())[2]).info.name
+    site1, site2, site3 = (open_site(d).info.name for d in sorted(tiny_sites.iterdir()))
+    site_toml = fed.root / "site-2" / "site.toml"
+    site_toml.write_text(site_toml.read_text() + '\n[approval]\nmode = "manual"\n')
     started = time.monotonic()
 
     # Prepare: the coordinator registers the three authorized sites; the sites and an intruder connect
@@ -221,18 +238,27 @@ def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(
         "0",
     )
     _wait("three sites online", lambda: _online(fed, 3), fed)
+    worker1 = ping(fed.root / "site-1" / "state" / "worker.sock")
+    assert worker1 is not None, fed.log("site-1")
 
     # 1. the unregistered site is refused
     assert intruder.wait(timeout=120) == 1, fed.log("intruder")
     assert "refused this site" in fed.log("intruder")
     fed.procs.pop("intruder")
 
-    # 2. launch; round 1 on all three sites
+    # 2. launch; site-2 is asked and waits for its admin, who approves
     launched = fed.fedeye(
-        "run", "launch", "--config", str(_run_file(fed, rounds=3)), "--superlink", fed.address, "--ca", "coord/ca.crt"
+        "run", "launch", "--config", str(_run_file(fed, rounds=4)), "--superlink", fed.address, "--ca", "coord/ca.crt"
     )
     assert launched.returncode == 0, launched.stdout + launched.stderr + fed.logs()
     run_id = launched.stdout.split("FedEye run ", 1)[1].split()[0]
+    _wait("site-2's round-1 answer", lambda: 1 in _train_status(fed, run_id, site2), fed)
+    assert _train_status(fed, run_id, site2)[1] == "awaiting-approval"
+    status = fed.fedeye("run", "status", run_id, "--db", str(fed.root / "out" / "fedeye.db"))
+    assert status.returncode == 0 and "awaiting-approval" in status.stdout, status.stdout + status.stderr
+    assert _site_request(fed, run_id)["status"] == "pending"
+    approved = fed.fedeye("site", "approve", run_id, "--dir", "site-2")
+    assert approved.returncode == 0, approved.stdout + approved.stderr
     _wait(
         "round 1 evaluated by all sites",
         lambda: (
@@ -248,9 +274,12 @@ def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(
     _start_site(fed, 3)
     _wait("round 2 checkpoint", lambda: 2 in _checkpoints(fed, run_id), fed)
     detail = _detail(fed, run_id)
-    round2 = {(m.site, m.status) for m in detail.site_metrics if m.server_round == 2 and m.phase == "train"}
-    assert round2 == {*((n, "ok") for n in names - {site3}), (site3, "missing")}, round2
-    assert [r.num_sites_trained for r in detail.rounds if r.server_round == 2] == [2]
+    round2 = {m.site: m.status for m in detail.site_metrics if m.server_round == 2 and m.phase == "train"}
+    assert (round2[site1], round2[site3]) == ("ok", "missing"), round2
+    assert round2[site2] in {"ok", "awaiting-approval"}, round2  # the approval may land before round 2 or after
+    assert [r.num_sites_trained for r in detail.rounds if r.server_round == 2] == [
+        sum(s == "ok" for s in round2.values())
+    ]
 
     # 4. the coordinator dies after round 2; started again on the same state, the run resumes
     before = _detail(fed, run_id)
@@ -269,19 +298,33 @@ def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr + fed.logs()
     assert "resumes after round 2" in resumed.stdout
-    _wait("the resumed run to finish", lambda: _detail(fed, run_id).run.status != "running", fed, timeout=300)
 
-    # Assert: one run record holds every round, rounds 1-2 as they were, site-3 back in round 3
+    # 5. site-1's worker is killed while it trains in round 3 (the first message after the resume)
+    _kill_when_busy(worker1, fed)
+    _wait("the resumed run to finish", lambda: _detail(fed, run_id).run.status != "running", fed, timeout=400)
+
+    # Assert: one run record holds every round, rounds 1-2 as they were
     after = _detail(fed, run_id)
-    assert (after.run.status, after.run.rounds_done) == ("finished", 3), (after.run, fed.logs())
+    assert (after.run.status, after.run.rounds_done) == ("finished", 4), (after.run, fed.logs())
     assert [r for r in after.rounds if r.server_round <= 2] == [r for r in before.rounds if r.server_round <= 2]
     assert all(m in after.site_metrics for m in before.site_metrics)
-    assert {
-        m.site for m in after.site_metrics if m.server_round == 3 and m.phase == "train" and m.status == "ok"
-    } == names
-    assert sorted(m.site for m in after.site_metrics if m.phase == "test" and m.status == "ok") == sorted(names)
     assert [fr.first_round for fr in after.flower_runs] == [1, 3]
     assert after.final_model() is not None and Path(after.final_model().path).is_file()  # type: ignore[union-attr]
+    train = {(m.server_round, m.site): (m.status, m.reason) for m in after.site_metrics if m.phase == "train"}
+    # round 3 went on without site-1 (its worker died mid-message); site-3 is back; round 4 has all three
+    assert train[(3, site1)] == ("failed", "worker-unavailable"), train
+    assert (train[(3, site2)][0], train[(3, site3)][0]) == ("ok", "ok"), train
+    assert {s for (rnd, s), (st, _) in train.items() if rnd == 4 and st == "ok"} == names, train
+    assert sorted(m.site for m in after.site_metrics if m.phase == "test" and m.status == "ok") == sorted(names)
+    worker1_again = ping(fed.root / "site-1" / "state" / "worker.sock")
+    assert worker1_again is not None and worker1_again != worker1
+    assert "site worker restarted" in fed.log("site-1", tail=None), fed.log("site-1")
+    # site-2 joined after its approval, answered only awaiting-approval before; its admin sees the rounds
+    trained2 = _train_status(fed, run_id, site2)
+    first_ok = min(rnd for rnd, st in trained2.items() if st == "ok")
+    assert first_ok > 1 and all(trained2[rnd] == "awaiting-approval" for rnd in trained2 if rnd < first_ok), trained2
+    request = _site_request(fed, run_id)
+    assert request["status"] == "approved" and request["rounds_joined"] == sum(st == "ok" for st in trained2.values())
 
     # `fedeye run status` shows every site finished, and the missing round in `runs show`
     status = fed.fedeye("run", "status", run_id, "--db", str(fed.root / "out" / "fedeye.db"))
@@ -292,6 +335,41 @@ def test_loopback_federation_survives_a_lost_site_and_a_lost_coordinator(
         f"loopback federation: {time.monotonic() - started:.0f} s in all, round 1 done after {round1_done - started:.0f} s"
     )
     print(_figures(after))
+
+
+def _train_status(fed: Federation, run_id: str, site: str) -> dict[int, str]:
+    """Round -> the status the site's train reply was recorded with."""
+    return {
+        m.server_round: m.status for m in _detail(fed, run_id).site_metrics if m.site == site and m.phase == "train"
+    }
+
+
+def _site_request(fed: Federation, run_id: str) -> dict[str, object]:
+    """The run's approval request as site-2's admin sees it (`fedeye site runs --json`)."""
+    listed = fed.fedeye("site", "runs", "--dir", "site-2", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    rows = {row["run"]: row for row in json.loads(listed.stdout)}
+    assert rows[run_id]["name"] == "loopback", rows
+    return dict(rows[run_id])
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _kill_when_busy(pid: int, fed: Federation, *, timeout: float = STEP_TIMEOUT_S) -> None:
+    """SIGKILL ``pid`` once it is using CPU (it is handling a message)."""
+    deadline = time.monotonic() + timeout
+    before = _cpu_ticks(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = _cpu_ticks(pid)
+        if now - before >= 5:  # >= 50 ms of CPU in 200 ms
+            os.kill(pid, signal.SIGKILL)
+            return
+        before = now
+    raise AssertionError(f"the worker never got busy\n{fed.logs()}")
 
 
 def _figures(detail: RunDetail) -> str:
