@@ -27,7 +27,7 @@ from fedeye.fairness.operating_point import METADATA_KEY as OP_METADATA_KEY
 from fedeye.fairness.operating_point import ModelOperatingPoint
 from fedeye.models import build_model, save_model
 from fedeye.models.io import load_model, load_state, untrained_keys
-from fedeye.protocol import RUN_CONFIG, RUN_ID, SEND_RELIABILITY, SERVER_ROUND, SPLIT
+from fedeye.protocol import MOMENTS, RUN_CONFIG, RUN_ID, SEND_RELIABILITY, SERVER_ROUND, SPLIT, SUMMARIZE_SCORES
 from fedeye.server.operating_point import federated_operating_point, point_config, write_point
 from fedeye.server.recorder import ProgressSink, RunRecorder
 from fedeye.server.store import RunStore, resolve_db_url
@@ -156,7 +156,7 @@ def _run(
                 num_rounds=max(cfg.training.rounds - done, 0),
                 timeout=cfg.strategy.round_timeout,
                 train_config=_message_config(cfg, run_id=run_id),
-                evaluate_config=_message_config(cfg, run_id=run_id, split=cfg.data.eval_split),
+                evaluate_config=_evaluate_config(cfg, run_id=run_id),
                 evaluate_fn=_checkpointer(cfg, store=store, run_id=run_id, out=out, offset=done),
             )
             .arrays
@@ -165,7 +165,9 @@ def _run(
         inner = getattr(strategy, "strategy", strategy)  # a client-DP wrapper holds the FedEye strategy
         final, note = getattr(inner, "global_arrays", None) or initial, f"ended early: {stop}"
     load_state(model, final.to_torch_state_dict())
-    point = federated_operating_point(grid, strategy, final, cfg, run_id=run_id)
+    evaluated_round, replies = recorder.evaluated
+    last = replies if note is None and evaluated_round == cfg.training.rounds else None  # evaluated the final arrays
+    point = federated_operating_point(grid, strategy, final, cfg, run_id=run_id, moments=last)
     _final_evaluation(grid, strategy, final, cfg, recorder, run_id=run_id, point=point)
     experts = _expert_sites(strategy, recorder)
     return _save_final(model, cfg, store=store, run_id=run_id, out=out, experts=experts, point=point), note
@@ -246,6 +248,13 @@ def _message_config(cfg: RunConfig, *, run_id: str, split: str | None = None) ->
     record = ConfigRecord({RUN_CONFIG: cfg.to_json(), RUN_ID: run_id})
     if split is not None:
         record[SPLIT] = split
+    return record
+
+
+def _evaluate_config(cfg: RunConfig, *, run_id: str) -> ConfigRecord:
+    """Every round's evaluation: the validation split, and the moments of its scores (for the operating point)."""
+    record = _message_config(cfg, run_id=run_id, split=cfg.data.eval_split)
+    record[SUMMARIZE_SCORES] = MOMENTS
     return record
 
 

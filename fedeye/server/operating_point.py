@@ -1,10 +1,12 @@
 """The coordinator's side of the operating point: ask the sites for score summaries, sum them, choose.
 
-After the last round the final global model goes to every site twice more
-with :data:`fedeye.protocol.SUMMARIZE_SCORES` on its validation split: first
-for the moments of its log-odds (count, sum, sum of squares), which place the
-grids (:class:`~fedeye.fairness.operating_point.ScoreScale`), then for its
-counts and log-losses on those grids (see :mod:`fedeye.client.operating_point`).
+Every round's evaluation asks (:data:`fedeye.protocol.SUMMARIZE_SCORES`)
+for the moments of the sites' validation log-odds (count, sum, sum of
+squares); the last round's, taken on the final global model, place the
+grids (:class:`~fedeye.fairness.operating_point.ScoreScale`). The final model
+then goes to every site once more, for its counts and log-losses on those
+grids (see :mod:`fedeye.client.operating_point`); a run that ended early or
+whose last evaluation is missing asks for the moments first.
 The counts are summed and the run's ``[evaluation] operating_point`` and
 calibration (bias and temperature) are chosen on the sums (:mod:`fedeye.fairness.operating_point`). The result goes into the final
 model file and, through the final evaluation's config, to every site.
@@ -137,10 +139,22 @@ def choose_from_summaries(
 
 
 def federated_operating_point(
-    grid: Grid, strategy: Strategy, arrays: ArrayRecord, cfg: RunConfig, *, run_id: str
+    grid: Grid,
+    strategy: Strategy,
+    arrays: ArrayRecord,
+    cfg: RunConfig,
+    *,
+    run_id: str,
+    moments: list[Message] | None = None,
 ) -> ModelOperatingPoint | None:
-    """Ask every site for its validation-score summaries of ``arrays`` and choose the operating point."""
-    scale = pooled_scale(_ask(grid, strategy, arrays, cfg, {p.RUN_ID: run_id, p.SUMMARIZE_SCORES: p.MOMENTS}))
+    """Ask every site for its validation-score summaries of ``arrays`` and choose the operating point.
+
+    ``moments``: the replies of the last round's evaluation when it evaluated
+    ``arrays`` (they carry the moments); without them the sites are asked.
+    """
+    if moments is None:
+        moments = _ask(grid, strategy, arrays, cfg, {p.RUN_ID: run_id, p.SUMMARIZE_SCORES: p.MOMENTS})
+    scale = pooled_scale(moments)
     counts = _ask(
         grid,
         strategy,

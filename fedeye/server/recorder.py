@@ -144,6 +144,7 @@ class RunRecorder:
         self.run_id = run_id
         self.progress = progress
         self._site_names: dict[int, str] | None = None  # node id -> site name, from replies
+        self.evaluated: tuple[int, list[Message]] = (0, [])  # the latest evaluate round and its replies
 
     def site_name(self, node_id: int) -> str:
         """The name a node's site gave in this run (earlier rounds included), else ``node <id>``."""
@@ -182,6 +183,8 @@ class RunRecorder:
         self, server_round: int, phase: str, replies: list[Message], verdicts: list[Verdict] | None = None
     ) -> None:
         self.store.heartbeat(self.run_id)
+        if phase == "evaluate":  # they carry the moments of the sites' scores (fedeye.server.operating_point)
+            self.evaluated = (server_round, list(replies))
         verdicts = verdicts or [judge_status(m) for m in replies]
         judged = [(m, v) for m, v in zip(replies, verdicts, strict=True) if not from_superlink(m)]
         for msg in replies:

@@ -49,6 +49,10 @@ def test_federation_stores_the_point_in_the_model_file_and_the_run_store(
     assert len(logs) == 3 and all('"positives-above"' in f.read_text() for f in logs)  # each summary was audited
     assert all('"nll-per-bias-temperature"' in f.read_text() for f in logs)
     assert all('"bin-images-calibrated"' in f.read_text() for f in logs)  # the reliability bins were audited too
+    for log in logs:  # one round's validation (with the moments), the counts, the test: no separate moments request
+        replies = [json.loads(line) for line in log.read_text().splitlines() if '"message_type"' in line]
+        evaluations = [r for r in replies if r["message_type"] == "evaluate"]
+        assert len(evaluations) == 3, [r.get("metrics") for r in evaluations]
     stored = store.get_run(run_id).reliability
     assert stored is not None
     reliability = RunReliability.from_json(stored)
