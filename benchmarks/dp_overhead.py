@@ -22,6 +22,8 @@ Configurations:
 - ``vit-tiny-cpu`` at 64 px, batch 32, prompt mode with 3 domain experts
   (``prompt+experts``: prompt-experts' site step, its own expert one-hot,
   the bank's per-sample gradients masked to its row before clipping).
+- ``vit-tiny-cpu`` at 64 px, batch 32, ``head`` mode (the linear probe of
+  the ``pretrained-head`` preset: mean pooling, no prompt tokens).
 - ``vit-small`` at 224 px, batch 4 (``--no-small`` skips it), both modes.
 
 Run ``python benchmarks/dp_overhead.py --help``; it exits 0 whether or not
@@ -67,8 +69,9 @@ def _model(arch: str, img_size: int, mode: str) -> torch.nn.Module:
 
     torch.manual_seed(0)
     experts = 3 if mode == "prompt+experts" else 0
+    prompts = {"num_shared_prompts": 0, "pool": "avg"} if mode == "head" else {}  # as the pretrained-head preset
     return build_model(
-        ModelConfig(arch=arch, img_size=img_size, mode=mode.split("+")[0], num_domains=experts),  # type: ignore[arg-type]
+        ModelConfig(arch=arch, img_size=img_size, mode=mode.split("+")[0], num_domains=experts, **prompts),  # type: ignore[arg-type]
         load_backbone=False,
     )
 
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[list[object]] = []
     with TreeMonitor(interval=1.0, pss_every=0) as monitor:
         for arch, size, batch, steps, warmup in configs:
-            for mode in ("prompt", "full", "prompt+experts") if arch == "vit-tiny-cpu" else ("prompt", "full"):
+            for mode in ("prompt", "full", "prompt+experts", "head") if arch == "vit-tiny-cpu" else ("prompt", "full"):
                 start = time.perf_counter()
                 plain, private = measure(arch, size, batch, mode, steps=steps, warmup=warmup)
                 rows.append([arch, size, batch, mode, plain, private, private / plain, (start, time.perf_counter())])
