@@ -92,16 +92,20 @@ def sum_summaries(replies: Iterable[Message]) -> SummedScores:
     """Sum the score summaries of the replies that carry one."""
     total = SummedScores()
     for reply in replies:
-        if not reply.has_error() and p.SCORE_SUMMARY in reply.content.metric_records:
+        if _has_summary(reply):
             total.add(reply.content.metric_records[p.SCORE_SUMMARY])
     return total
+
+
+def _has_summary(reply: Message) -> bool:
+    return not reply.has_error() and p.SCORE_SUMMARY in reply.content.metric_records
 
 
 def pooled_scale(replies: Iterable[Message]) -> ScoreScale:
     """Where the grids go: centre and spread of the log-odds pooled from the sites' moments."""
     count = total = squares = 0.0
     for reply in replies:
-        if not reply.has_error() and p.SCORE_SUMMARY in reply.content.metric_records:
+        if _has_summary(reply):
             record = reply.content.metric_records[p.SCORE_SUMMARY]
             if all(
                 isinstance(record.get(k), int | float) for k in (p.SUMMARY_IMAGES, p.SUMMARY_SUM, p.SUMMARY_SQUARES)
@@ -150,11 +154,13 @@ def federated_operating_point(
     """Ask every site for its validation-score summaries of ``arrays`` and choose the operating point.
 
     ``moments``: the replies of the last round's evaluation when it evaluated
-    ``arrays`` (they carry the moments); without them the sites are asked.
+    ``arrays`` (they carry the moments); without them, or when none of them
+    carries any, the sites are asked.
     """
-    if moments is None:
-        moments = _ask(grid, strategy, arrays, cfg, {p.RUN_ID: run_id, p.SUMMARIZE_SCORES: p.MOMENTS})
-    scale = pooled_scale(moments)
+    kept = moments or []
+    if not any(_has_summary(reply) for reply in kept):  # none kept, or no site could send them then
+        kept = _ask(grid, strategy, arrays, cfg, {p.RUN_ID: run_id, p.SUMMARIZE_SCORES: p.MOMENTS})
+    scale = pooled_scale(kept)
     counts = _ask(
         grid,
         strategy,

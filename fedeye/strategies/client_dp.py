@@ -55,9 +55,15 @@ mode, and buffers such as the feature standardiser in every mode) are not
 part of the mechanism: Flower's wrappers would add ``sigma C / m`` of noise
 to every coordinate of the aggregate, re-noising a pretrained backbone every
 round. :func:`wrap_client_dp` takes their names (``frozen``); the wrapper
-clips and noises the other arrays and releases the frozen ones as this
-round's global model sent them, whatever the sites replied. Their values
-then do not depend on any site's data, so releasing them costs no privacy.
+sets them in every reply to what this round's global model sent (an update
+of 0, so clipping is unchanged), lets Flower clip, aggregate and noise, and
+releases them as sent. Their values then do not depend on any site's data,
+so releasing them costs no privacy. (They stay in the replies because
+FedAdam and FedYogi check that the aggregate has every array they sent.)
+
+**fairfedavg** under client-level DP aggregates with equal weights: its
+q-FFL loss weights would let one site carry up to the whole update, above
+the ``C / m`` the noise is calibrated to.
 """
 
 from __future__ import annotations
@@ -100,18 +106,14 @@ class _JudgedClientDP:
             return None, None
         self.num_sampled_clients = len(accepted)
         sent = self.current_arrays
-        frozen = [k for k in sent if k in self.frozen]
-        for reply in accepted:  # Flower's wrapper pairs arrays by position: the same keys, in the same order
-            reply.content["arrays"] = _without(reply.content.array_records["arrays"], frozen)
-        self.current_arrays = _without(sent, frozen)
-        try:
-            arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
-        finally:
-            self.current_arrays = sent
+        frozen = {k for k in sent if k in self.frozen}
+        for reply in accepted:  # frozen arrays as sent (an update of 0); every array in sent's order, as Flower
+            reply.content["arrays"] = _as_sent(reply.content.array_records["arrays"], sent, frozen)  # pairs them
+        arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
         self._account(server_round)
         if arrays is None or not frozen:
             return arrays, metrics
-        return ArrayRecord({k: sent[k] if k in frozen else arrays[k] for k in sent}), metrics
+        return _as_sent(arrays, sent, frozen), metrics  # the noise Flower added to frozen arrays is dropped
 
     def _account(self, server_round: int) -> None:
         """Compose this round (sample rate = sampled / connected sites) into the ledger."""
@@ -217,9 +219,9 @@ def clip_site_update(
     return clipped, scale < 1.0
 
 
-def _without(record: ArrayRecord, keys: list[str]) -> ArrayRecord:
-    """``record`` without the arrays named in ``keys``, in its order."""
-    return ArrayRecord({k: v for k, v in record.items() if k not in keys}) if keys else record
+def _as_sent(record: ArrayRecord, sent: ArrayRecord, frozen: set[str]) -> ArrayRecord:
+    """``record`` in ``sent``'s key order, with the ``frozen`` arrays replaced by ``sent``'s."""
+    return ArrayRecord({k: sent[k] if k in frozen else record[k] for k in sent})
 
 
 def _reference(reference: dict[str, np.ndarray], key: str, row: int) -> np.ndarray:

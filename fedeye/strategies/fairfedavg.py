@@ -84,7 +84,10 @@ class _LossWeightedFedAvg(FlowerFedAvg):
         losses = [m.get(LOSS_KEY) for m in metrics]
         if not all(isinstance(x, int | float) and np.isfinite(x) and x >= 0 for x in losses):
             return qffl_weights([1.0] * len(n), n, q=0.0)
-        return qffl_weights([float(x) for x in losses], n, q=self.q)  # type: ignore[arg-type]
+        # Client-level DP calibrates its noise to an unweighted mean (sensitivity C / m): loss weights would let
+        # one site carry up to the whole update, so under it q-FFL is off (equal_weights, set by wrap_client_dp).
+        q = 0.0 if getattr(self, "equal_weights", False) else self.q
+        return qffl_weights([float(x) for x in losses], n, q=q)  # type: ignore[arg-type]
 
 
 @register_strategy("fairfedavg")

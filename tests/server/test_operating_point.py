@@ -85,3 +85,24 @@ def test_calibrate_off_keeps_the_identity(sites: list[tuple[np.ndarray, np.ndarr
     point = choose_from_summaries(total, cfg)
 
     assert point is not None and point.calibration == Calibration()
+
+
+@pytest.mark.parametrize(("kept", "asks"), [("with-moments", 1), ("without", 2), ("none", 2)])
+def test_the_last_rounds_moments_save_a_request_unless_none_came(
+    kept: str, asks: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moments kept from the last evaluation are used; without any (no summary, no replies) the sites are asked."""
+    import fedeye.server.operating_point as op
+    from tests.strategies.conftest import reply
+
+    asked: list[object] = []
+    monkeypatch.setattr(op, "_ask", lambda *args: asked.append(args[-1][p.SUMMARIZE_SCORES]) or [])
+    last = [reply(1), reply(2)]
+    if kept == "with-moments":
+        last[0].content[p.SCORE_SUMMARY] = MetricRecord(
+            {p.SUMMARY_IMAGES: 10, p.SUMMARY_SUM: -5.0, p.SUMMARY_SQUARES: 4.0}
+        )
+
+    op.federated_operating_point(None, None, None, RunConfig(), run_id="r", moments=None if kept == "none" else last)  # type: ignore[arg-type]
+
+    assert asked == ([p.COUNTS] if asks == 1 else [p.MOMENTS, p.COUNTS])

@@ -192,12 +192,15 @@ def test_prompt_experts_update_is_clipped_jointly_and_prototypes_are_dropped() -
     )  # scaled, not cut
 
 
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
 @pytest.mark.parametrize("mode", ["fixed", "adaptive"])
-def test_arrays_no_site_trains_are_released_as_sent_not_noised(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_arrays_no_site_trains_are_released_as_sent_not_noised(
+    mode: str, strategy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A frozen backbone (prompt/head mode) or a fixed buffer is outside the mechanism: no noise, sites ignored."""
     for name in ("_run_id", "_node_id", "_task_id"):
         monkeypatch.setattr(TaskIdentity, name, 1)
-    inner = build_strategy(StrategyConfig(min_train_nodes=3, min_available_nodes=3))
+    inner = build_strategy(StrategyConfig(name=strategy, min_train_nodes=3, min_available_nodes=3))
     wrapped = wrap_client_dp(
         inner,
         _privacy(mode, client_noise_multiplier=1.0, client_clipping_norm=1.0),

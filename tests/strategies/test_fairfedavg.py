@@ -77,3 +77,15 @@ def test_from_config_defaults_and_mro() -> None:
     assert strategy.q == fedeye.strategies.fairfedavg.DEFAULT_Q and strategy.min_train_nodes == 3
     names = [c.__name__ for c in FairFedAvg.__mro__]
     assert names.index("ObservedStrategy") < names.index("_LossWeightedFedAvg") < names.index("FedAvg", 2)
+
+
+def test_under_client_level_dp_sites_weigh_equally() -> None:
+    """The noise is calibrated to an unweighted mean: loss weights would raise one site's share above 1/m."""
+    replies = [
+        reply(1, arrays={"w": np.full((2, 2), 1.0, np.float32)}, n=30, loss=0.2),
+        reply(2, arrays={"w": np.full((2, 2), 3.0, np.float32)}, n=10, loss=0.8),
+    ]
+    strategy = _strategy(q=5.0)
+    strategy.equal_weights = True  # what wrap_client_dp sets
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None and np.allclose(arrays["w"].numpy(), 2.0)
