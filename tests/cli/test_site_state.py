@@ -55,3 +55,12 @@ def test_states_after_the_run(store: RunStore) -> None:
     _record(store, run_id, 1, "train", "b", 2)
     store.finish_run(run_id, status="finished")
     assert _states(store, run_id) == {"a": "finished", "b": "ended"}
+
+
+def test_a_site_waiting_for_its_admin_shows_it_until_it_trains(store: RunStore) -> None:
+    run_id = store.create_run(name="r", strategy="fedavg", config={}, num_rounds=3, num_sites=2)
+    _record(store, run_id, 1, "train", "a", 1)
+    _record(store, run_id, 1, "train", "b", 2, "awaiting-approval")
+    assert _states(store, run_id)["b"] == "awaiting-approval"
+    _record(store, run_id, 2, "train", "b", 2)
+    assert _states(store, run_id)["b"] == "training"

@@ -9,10 +9,10 @@ because starting one costs about a minute:
 
 1. the unregistered site is refused;
 2. run approval: site-2 answers round 1 with ``awaiting-approval`` (the
-   coordinator's store and `fedeye run status` show it, `fedeye site runs`
-   lists the request as pending; the round goes on with the other two);
-   its admin runs `fedeye site approve`, and site-2 trains from a later round
-   on;
+   coordinator's store records it, `fedeye site runs` lists the request as
+   pending; the round goes on with the other two); its admin runs
+   `fedeye site approve` at once, and site-2 trains from a later round on
+   (`fedeye run status` of a waiting site: tests/cli/test_site_state.py);
 3. a lost site: site-3 is killed (its whole process group) in round 2: the
    round completes without it after the round timeout and site-3 is recorded
    ``missing``; site-3 is started again at once;
@@ -158,7 +158,7 @@ def _run_file(fed: Federation, *, rounds: int) -> Path:
     path.write_text(
         'name = "loopback"\n[model]\narch = "vit-tiny-cpu"\nimg_size = 32\n'
         f"[training]\nrounds = {rounds}\nlocal_epochs = 20\nbatch_size = 16\n"
-        f"[strategy]\nround_timeout = {ROUND_TIMEOUT_S}\nmin_train_nodes = 2\nmin_evaluate_nodes = 2\nmin_available_nodes = 2\n"
+        f"[strategy]\nround_timeout = {ROUND_TIMEOUT_S}\nmin_train_nodes = 1\nmin_evaluate_nodes = 2\nmin_available_nodes = 2\n"
         '[output]\ndir = "out"\n'
     )
     return path
@@ -252,13 +252,11 @@ def test_loopback_federation_survives_approval_and_lost_sites_workers_and_coordi
     )
     assert launched.returncode == 0, launched.stdout + launched.stderr + fed.logs()
     run_id = launched.stdout.split("FedEye run ", 1)[1].split()[0]
+    _wait("site-2's pending request", lambda: _site_request(fed, run_id).get("status") == "pending", fed)
+    approved = fed.fedeye("site", "approve", run_id, "--dir", "site-2")  # during round 1, before round 2 asks
+    assert approved.returncode == 0, approved.stdout + approved.stderr
     _wait("site-2's round-1 answer", lambda: 1 in _train_status(fed, run_id, site2), fed)
     assert _train_status(fed, run_id, site2)[1] == "awaiting-approval"
-    status = fed.fedeye("run", "status", run_id, "--db", str(fed.root / "out" / "fedeye.db"))
-    assert status.returncode == 0 and "awaiting-approval" in status.stdout, status.stdout + status.stderr
-    assert _site_request(fed, run_id)["status"] == "pending"
-    approved = fed.fedeye("site", "approve", run_id, "--dir", "site-2")
-    assert approved.returncode == 0, approved.stdout + approved.stderr
     _wait(
         "round 1 evaluated by all sites",
         lambda: (
@@ -285,6 +283,7 @@ def test_loopback_federation_survives_approval_and_lost_sites_workers_and_coordi
     before = _detail(fed, run_id)
     fed.kill("coordinator")
     _start_coordinator(fed)
+    _wait("three sites back online", lambda: _online(fed, 3), fed)  # round 3 needs all three (phase 5)
     resumed = fed.fedeye(
         "run",
         "resume",
@@ -325,6 +324,9 @@ def test_loopback_federation_survives_approval_and_lost_sites_workers_and_coordi
     assert first_ok > 1 and all(trained2[rnd] == "awaiting-approval" for rnd in trained2 if rnd < first_ok), trained2
     request = _site_request(fed, run_id)
     assert request["status"] == "approved" and request["rounds_joined"] == sum(st == "ok" for st in trained2.values())
+    audit = [json.loads(line) for line in (fed.root / "site-2" / "audit.jsonl").read_text().splitlines()]
+    decisions = [(e["decision"], e["by"]) for e in audit if e.get("event") == "approval" and e["run"] == run_id]
+    assert decisions == [("pending", ""), ("approved", "admin")], decisions  # the site's audit log holds both
 
     # `fedeye run status` shows every site finished, and the missing round in `runs show`
     status = fed.fedeye("run", "status", run_id, "--db", str(fed.root / "out" / "fedeye.db"))
@@ -345,12 +347,12 @@ def _train_status(fed: Federation, run_id: str, site: str) -> dict[int, str]:
 
 
 def _site_request(fed: Federation, run_id: str) -> dict[str, object]:
-    """The run's approval request as site-2's admin sees it (`fedeye site runs --json`)."""
+    """The run's approval request as site-2's admin sees it (`fedeye site runs --json`; empty: none yet)."""
     listed = fed.fedeye("site", "runs", "--dir", "site-2", "--json")
     assert listed.returncode == 0, listed.stdout + listed.stderr
     rows = {row["run"]: row for row in json.loads(listed.stdout)}
-    assert rows[run_id]["name"] == "loopback", rows
-    return dict(rows[run_id])
+    assert run_id not in rows or rows[run_id]["name"] == "loopback", rows
+    return dict(rows.get(run_id, {}))
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -358,16 +360,19 @@ def _cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # utime + stime
 
 
-def _kill_when_busy(pid: int, fed: Federation, *, timeout: float = STEP_TIMEOUT_S) -> None:
-    """SIGKILL ``pid`` once it is using CPU (it is handling a message)."""
+def _kill_when_busy(pid: int, fed: Federation, *, timeout: float = STEP_TIMEOUT_S, idle_first: float = 3.0) -> None:
+    """SIGKILL ``pid`` once it is using CPU (handling a message), after ``idle_first`` s without (no older job)."""
     deadline = time.monotonic() + timeout
-    before = _cpu_ticks(pid)
+    before, idle_since = _cpu_ticks(pid), time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.2)
         now = _cpu_ticks(pid)
-        if now - before >= 5:  # >= 50 ms of CPU in 200 ms
+        busy = now - before >= 5  # >= 50 ms of CPU in 200 ms
+        if busy and time.monotonic() - idle_since >= idle_first:
             os.kill(pid, signal.SIGKILL)
             return
+        if busy:
+            idle_since = time.monotonic()
         before = now
     raise AssertionError(f"the worker never got busy\n{fed.logs()}")
 
