@@ -21,7 +21,6 @@ through :func:`from_flower_config`.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from fedeye._toml import load_toml
 from fedeye.errors import ConfigError
 from fedeye.models.config import ModelConfig
 from fedeye.privacy.policy import PrivacyConfig
@@ -49,6 +49,13 @@ class _Section(BaseModel):
 MAX_SITES = 10_000  # upper bound of every site count
 
 
+def _non_empty_path(value: object) -> object:
+    """Refuse ``""`` for a path (it would silently mean the run file's own folder)."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("an empty path; name the folder, or leave the key out")
+    return value
+
+
 class DataConfig(_Section):
     """Where the sites' data lives (simulation) and how it is split."""
 
@@ -58,6 +65,12 @@ class DataConfig(_Section):
         "deployment each SuperNode names its own folder in its node config.",
     )
     eval_split: Literal["val", "test"] = Field(default="val", description="Split evaluated every round.")
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _root_named(cls, value: object) -> object:
+        return _non_empty_path(value)
+
     final_split: Literal["val", "test"] = Field(
         default="test", description="Split evaluated once after the last round."
     )
@@ -196,6 +209,11 @@ class OutputConfig(_Section):
         default=None, description="SQLAlchemy URL of the run store; default: FEDEYE_DB or <dir>/fedeye.db."
     )
 
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir_named(cls, value: object) -> object:
+        return _non_empty_path(value)
+
 
 class RunConfig(_Section):
     """Everything that describes one federated run."""
@@ -291,12 +309,9 @@ def parse_run_config(raw: dict[str, Any], *, source: str = "run config") -> RunC
 
 def load_run_config(path: Path) -> RunConfig:
     """Read and validate a run TOML file; relative data paths resolve against it."""
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: no such run file. Write one (see README, 'Run files').")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid TOML ({err}). Check the syntax near that line.") from None
+    raw = load_toml(path)
     cfg = parse_run_config(raw, source=str(path))
     return _resolve_paths(cfg, base=path.parent)
 

@@ -63,6 +63,35 @@ def test_unparsable_and_missing_files(tmp_path: Path) -> None:
         load_run_config(tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply"),
+        ('name = "Caf\xe9"\n'.encode("latin-1"), "not UTF-8"),
+        (b"[privacy]\npreset = [1]\n", "privacy.preset"),
+        (b'[data]\nroot = ""\n', "data.root: Value error, an empty path"),
+        (b'[output]\ndir = " "\n', "output.dir"),
+    ],
+)
+def test_hostile_run_files_are_config_errors(tmp_path: Path, content: bytes, message: str) -> None:
+    run_file = tmp_path / "run.toml"
+    run_file.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_run_config(run_file)
+    assert str(run_file) in str(err.value)
+
+
+def test_a_run_file_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    run_file = tmp_path / "run.toml"
+    run_file.write_bytes(b"\xef\xbb\xbf[training]\nrounds = 2\n")
+    assert load_run_config(run_file).training.rounds == 2
+
+
+def test_a_folder_as_run_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_run_config(tmp_path)
+
+
 def test_flower_config_roundtrip() -> None:
     cfg = RunConfig.model_validate({"data": {"root": "/x"}, "training": {"rounds": 7}})
     back = from_flower_config(to_flower_config(cfg))

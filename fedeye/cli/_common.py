@@ -27,7 +27,7 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from fedeye.errors import FedEyeError, RunInterrupted
+from fedeye.errors import ConfigError, FedEyeError, RunInterrupted
 
 console = Console()
 err_console = Console(stderr=True)
@@ -68,6 +68,37 @@ def finite(low: float, high: float | None = None, *, above: bool = False) -> Cal
         return value
 
     return check
+
+
+def check_output_file(path: Path, *, option: str, example: str, inputs: Sequence[Path] = ()) -> None:
+    """Refuse an output file option before any work: a folder, under a file, or an existing input.
+
+    ``inputs`` are files and folders the command reads: ``path`` may not be
+    one of those files, nor an existing file in one of those folders (a site's
+    manifest or images).
+
+    The write itself can still fail (a full disk, no permission); each writer
+    turns that :class:`OSError` into its own error. This check only spares a
+    long computation that could never be saved.
+
+    >>> check_output_file(Path("new-model.pt"), option="--out", example="adapted.pt")
+    """
+    if path.is_dir():  # also "" (an empty option is the current folder)
+        raise ConfigError(f"{option}: {path} is a folder; name a file in it, e.g. {path / example}")
+    if path.exists() and any(_within(path, source) for source in inputs):
+        raise ConfigError(f"{option}: {path} is one of the inputs, or a file in an input folder; name a new file")
+    ancestor = next((p for p in path.absolute().parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise ConfigError(f"{option}: {ancestor} is a file, so {path} cannot be created under it; name another path")
+
+
+def _within(path: Path, source: Path) -> bool:
+    """Whether existing ``path`` is the file ``source`` or lies in the folder ``source``."""
+    if not source.exists():
+        return False
+    if source.is_dir():
+        return path.resolve().is_relative_to(source.resolve())
+    return path.samefile(source)
 
 
 def exits_cleanly(command: Callable[P, R]) -> Callable[P, R]:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fedeye.cli._common import console, exits_cleanly, finite
+from fedeye.cli._common import check_output_file, console, exits_cleanly, finite
 from fedeye.errors import ConfigError
 from fedeye.fairness.operating_point import Calibration, Target
 
@@ -40,6 +40,7 @@ def calibrate_command(
     """Re-fit threshold and temperature from a small labelled local set."""
     from fedeye.client.calibrate import calibrate_file
 
+    check_output_file(out, option="--out", example="calibrated.pt", inputs=[model, data])
     result = calibrate_file(model, data, out, split=split, target=_target(operating_point), max_labels=max_labels)
     _show(result, as_json, f"calibrated on {result['images']} labelled images ({result['positives']} positive)")
 
@@ -71,6 +72,7 @@ def adapt_command(
     from fedeye.client.adapt import AdaptSettings
     from fedeye.client.calibrate import adapt_file
 
+    check_output_file(out, option="--out", example="adapted.pt", inputs=[model, data])
     settings = AdaptSettings(tent_steps=tent_steps)
     if prevalence_strength is not None:
         settings = replace(settings, prevalence_strength=prevalence_strength)

@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 from rich.text import Text
 
-from fedeye.cli._common import Cell, Column, JsonOption, console, err_console, exits_cleanly, print_json, print_table
+from fedeye.cli._common import (
+    Cell,
+    Column,
+    JsonOption,
+    check_output_file,
+    console,
+    err_console,
+    exits_cleanly,
+    print_json,
+    print_table,
+)
 from fedeye.cli.adapt import adapt_command, calibrate_command
 from fedeye.cli.benchmark import benchmark_app
 from fedeye.cli.dashboard import dashboard_command
@@ -307,8 +317,7 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 def _check_plot_path(plot: Path) -> None:
     if plot.suffix.lower() not in PLOT_SUFFIXES:
         raise ConfigError(f"--plot: got {plot.name!r}; name a {', '.join(PLOT_SUFFIXES)} file, e.g. reliability.png")
-    if plot.is_dir():
-        raise ConfigError(f"--plot: {plot} is a folder; name a file in it, e.g. {plot / 'reliability.png'}")
+    check_output_file(plot, option="--plot", example="reliability.png")
 
 
 def _write_reliability_plot(report: dict[str, Any], plot: Path, *, quiet: bool) -> None:
@@ -321,8 +330,12 @@ def _write_reliability_plot(report: dict[str, Any], plot: Path, *, quiet: bool) 
     from fedeye.fairness.reliability_plot import reliability_figure  # matplotlib loads only when asked
 
     diagram = ReliabilityDiagram.from_json(report["reliability"])
-    plot.parent.mkdir(parents=True, exist_ok=True)
-    reliability_figure({f"{report['site']} ({report['split']})": diagram}).savefig(plot, bbox_inches="tight")
+    figure = reliability_figure({f"{report['site']} ({report['split']})": diagram})
+    try:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(plot, bbox_inches="tight")
+    except OSError as err:
+        raise ConfigError(f"--plot: cannot write {plot}: {err.strerror or err}; choose another path") from err
     out.print(f"reliability diagram written to {plot}")
 
 

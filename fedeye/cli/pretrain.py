@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from fedeye.cli._common import console, exits_cleanly, finite
+from fedeye.cli._common import check_output_file, console, exits_cleanly, finite
 from fedeye.models.config import ArchName, DeviceChoice
 
 
@@ -52,6 +52,7 @@ def pretrain_command(
         seed=seed,
         device=device,
     )
+    check_output_file(out, option="--out", example="backbone.pt", inputs=[data, *(more or [])])
     size = int(settings.model_config().img_size or 0)
     images, records = load_unlabelled([data, *(more or [])], size=size)
     console.print(f"{len(images)} images from {len(records)} folder(s) at {size} px; {arch}, {epochs} epochs")

@@ -214,6 +214,11 @@ def provision_site(
     if not SITE_NAME.fullmatch(name):
         raise ProvisioningError(f"site name {name!r} is not allowed; use 1-64 letters, digits, '.', '_' or '-'")
     out_dir = out_dir.resolve()
+    if out_dir == data.resolve():
+        raise ProvisioningError(
+            f"{out_dir} is the data folder, whose site.toml describes the data; "
+            f"write the site's config and keys to another folder, e.g. {out_dir.parent / 'site-config'}"
+        )
     paths = [out_dir / "site.toml", out_dir / "node.key", out_dir / "node.pub"]
     keys.refuse_existing(paths, force=force)
     cfg = SiteConfig(

@@ -287,12 +287,28 @@ def read_decisions(path: Path) -> list[DecisionEntry]:
 
 def _read_lines(path: Path) -> list[dict[str, object]]:
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         return []
     except OSError as err:
         raise AuditError(f"cannot read the audit log {path}: {err.strerror or err}") from err
-    return [json.loads(line) for line in lines if line.strip()]
+    return [_parse_line(path, number, line) for number, line in enumerate(raw.splitlines(), start=1) if line.strip()]
+
+
+def _parse_line(path: Path, number: int, line: bytes) -> dict[str, object]:
+    """One audit line as its JSON object; a damaged line raises :class:`AuditError` naming it."""
+    try:
+        entry = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        entry, reason = None, f"{type(err).__name__}: {err}"
+    else:
+        reason = f"a JSON {type(entry).__name__}"
+    if not isinstance(entry, dict):
+        raise AuditError(
+            f"line {number} of the audit log {path} is not a JSON object ({reason}): the file was damaged or "
+            "edited. FedEye only appends to it; keep a copy for your records, then remove or repair that line"
+        )
+    return entry
 
 
 # ------------------------------------------------------------------ the mod

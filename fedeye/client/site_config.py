@@ -22,13 +22,13 @@ from ``fedeye-site.toml`` inside the simulated site's folder. Example::
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedeye._toml import load_toml
 from fedeye.client.approval import ApprovalPolicy
 from fedeye.errors import ConfigError
 from fedeye.privacy.policy import PrivacyPolicy
@@ -61,14 +61,9 @@ class SiteConfig(BaseModel):
 
 def load_site_config(path: Path) -> SiteConfig:
     """Read and validate a site config file; errors name the file and field."""
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: site config not found; create it or fix the '{SITE_CONFIG_KEY}' node config"
-        ) from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from None
+    if not path.exists():
+        raise ConfigError(f"{path}: site config not found; create it or fix the '{SITE_CONFIG_KEY}' node config")
+    raw = load_toml(path)
     try:
         cfg = SiteConfig.model_validate(raw)
     except ValidationError as err:

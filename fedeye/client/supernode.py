@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fedeye.errors import DeploymentError
 from fedeye.flower_programs import Address, Finished, flower_program, run_foreground
+from fedeye.privacy import keys
 from fedeye.protocol import NODE_AUDIT_LOG, NODE_SITE_CONFIG, NODE_SITE_DIR, NODE_SITE_NAME, NODE_STATE_DIR, NODE_WORKER
 from fedeye.wait import wait_until
 
@@ -57,6 +58,8 @@ def site_credentials(site_dir: Path, *, ca: Path | None, insecure: bool) -> tupl
             f"{root}: not found; copy ca.crt from the coordinator (written by `fedeye coordinator init`) "
             f"to {site_dir / 'ca.crt'} or pass --ca PATH, or --insecure for a local test without TLS"
         )
+    keys.load_private_key(key)  # a damaged key or certificate fails here, not deep inside flower-supernode
+    keys.load_certificate(root)
     return root.resolve(), key.resolve()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from torch import nn
 
 from fedeye.errors import ModelError
 from fedeye.models.config import ARCH_PRESETS, ModelConfig, TrainMode
+from fedeye.models.torch_file import load_tensors
 from fedeye.models.vit import PromptViT
 
 logger = logging.getLogger(__name__)
@@ -191,13 +191,14 @@ def _load_feature_stats(path: Path, raw: Any, model: PromptViT, report: LoadRepo
 
 def _read_checkpoint(path: Path) -> Any:
     """Safely read a checkpoint (tensors and plain values only)."""
-    if not path.is_file():
+    if not path.exists():
         raise ModelError(
             f"backbone checkpoint {path} does not exist; check model.backbone_weights "
             "or remove it to start from random weights"
         )
+    fix = "pass a file written by torch.save(model.state_dict())"
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = load_tensors(path, what="backbone checkpoint", fix=fix)
     except pickle.UnpicklingError as err:
         if "safe_globals" not in str(err):  # torch names the refused class this way; else: not a checkpoint
             raise ModelError(
@@ -207,11 +208,6 @@ def _read_checkpoint(path: Path) -> Any:
             f"{path} holds Python objects besides tensors (e.g. training args) and FedEye only reads "
             "tensors (torch.load(weights_only=True)). If you trust the file, keep its weights only: "
             "ckpt = torch.load(path, weights_only=False); torch.save({'model': ckpt['model']}, 'clean.pth')"
-        ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise ModelError(
-            f"{path} is not a readable PyTorch checkpoint ({err.__class__.__name__}: {err}); "
-            "pass a file written by torch.save(model.state_dict())"
         ) from err
     return raw
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from fedeye._atomic import atomic_write_bytes
 from fedeye.errors import ModelError
 from fedeye.models.config import ModelConfig
 from fedeye.models.factory import build_model
+from fedeye.models.torch_file import load_tensors
 from fedeye.models.vit import PromptViT
 
 FILE_FORMAT = "fedeye-model"
@@ -94,24 +94,25 @@ def load_model(path: Path) -> tuple[PromptViT, ModelConfig, dict[str, Any]]:
     path = Path(path)
     payload = _read_payload(path)
     cfg = _parse_config(path, payload["config"])
+    metadata = _parse_metadata(path, payload["metadata"])
     # The saved weights replace the backbone checkpoint; do not require it on this machine.
     model = build_model(cfg.model_copy(update={"backbone_weights": None}))
     try:
         load_state(model, payload["state_dict"])
     except ModelError as err:
         raise ModelError(f"{path}: {err}") from err
-    return model, cfg, json.loads(payload["metadata"])
+    return model, cfg, metadata
 
 
 def _read_payload(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         raise ModelError(f"model file {path} does not exist; check the path or train a model first")
+    fix = "re-save it with fedeye.models.save_model or restore a backup"
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        payload = load_tensors(path, what="model file", fix=fix)
+    except pickle.UnpicklingError as err:
         raise ModelError(
-            f"model file {path} is corrupt or not a PyTorch file ({err.__class__.__name__}); "
-            "re-save it with fedeye.models.save_model or restore a backup"
+            f"model file {path} is corrupt or not a PyTorch file ({err.__class__.__name__}); {fix}"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
         raise ModelError(
@@ -123,7 +124,39 @@ def _read_payload(path: Path) -> dict[str, Any]:
             f"{path} has model file version {payload.get('version')!r}; this FedEye reads "
             f"version {FILE_VERSION}; upgrade FedEye or re-save the model"
         )
+    _check_payload(path, payload)
     return payload
+
+
+def _check_payload(path: Path, payload: dict[str, Any]) -> None:
+    """Refuse a payload whose parts are missing, of the wrong type, or whose weights are not finite."""
+    expected = {"config": str, "metadata": str, "state_dict": dict}
+    wrong = [key for key, kind in expected.items() if not isinstance(payload.get(key), kind)]
+    if wrong:
+        raise ModelError(
+            f"{path} is a damaged FedEye model file: {wrong} missing or of the wrong type "
+            "(config and metadata are JSON text, state_dict maps names to tensors); restore a backup"
+        )
+    state = payload["state_dict"]
+    bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise ModelError(f"{path}: state_dict entry {bad!r} is not a named tensor; restore a backup")
+    broken = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if broken is not None:
+        raise ModelError(
+            f"{path}: weights {broken!r} hold NaN or infinity (training diverged, or the file is damaged); "
+            "use an earlier checkpoint, or train again with a lower learning rate"
+        )
+
+
+def _parse_metadata(path: Path, text: str) -> dict[str, Any]:
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path} holds metadata that is not valid JSON ({err}); restore a backup") from err
+    if not isinstance(metadata, dict):
+        raise ModelError(f"{path} holds metadata that is not a JSON object; restore a backup")
+    return metadata
 
 
 def _parse_config(path: Path, config_json: Any) -> ModelConfig:

@@ -21,6 +21,7 @@ retinal images", Nature 2023.
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from fedeye._atomic import atomic_write_bytes
+from fedeye.errors import ModelError
 from fedeye.models.config import ArchName, DeviceChoice, ModelConfig
 from fedeye.models.device import autocast_context, select_device
 from fedeye.models.factory import FEATURE_STATS_KEY, build_model
@@ -312,9 +315,14 @@ def save_pretrained(path: Path, result: PretrainResult, settings: PretrainSettin
         "torch": str(torch.__version__),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {"model": timm_state_dict(result.encoder), "fedeye_pretrain": record}
     if result.feature_stats:
         payload[FEATURE_STATS_KEY] = result.feature_stats
-    torch.save(payload, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buffer.getvalue())  # never a half-written checkpoint
+    except OSError as err:
+        raise ModelError(f"cannot write checkpoint {path}: {err.strerror or err}; choose another --out") from err
     return path

@@ -208,9 +208,14 @@ def certificate_pem(cert: x509.Certificate) -> bytes:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and make it 0700."""
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o700)
+    """Create ``path`` (and parents) and make it 0700; a path that cannot be a folder raises :class:`ProvisioningError`."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)
+    except OSError as err:
+        raise ProvisioningError(
+            f"cannot create folder {path}: {err.strerror or err} ({err.filename}); choose another folder"
+        ) from err
     return path
 
 
@@ -278,3 +283,7 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise ProvisioningError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ProvisioningError(f"{path} is a folder; pass the key or certificate file in it") from None
+    except OSError as err:
+        raise ProvisioningError(f"{path}: cannot read ({err.strerror or err}); check its permissions") from None

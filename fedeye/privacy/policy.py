@@ -103,7 +103,7 @@ class PrivacyConfig(BaseModel):
         if isinstance(data, dict) and data.get("preset", "none") != "none":
             from fedeye.privacy.presets import PRESETS
 
-            if data["preset"] in PRESETS:
+            if isinstance(data["preset"], str) and data["preset"] in PRESETS:  # else the field's own check reports it
                 return {**preset_defaults(str(data["preset"])), **data}
         return data
 

@@ -9,7 +9,6 @@ manner of Flower Datasets' ``Partitioner`` and timm's ``@register_model``.
 from __future__ import annotations
 
 import functools
-import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fedeye._toml import read_toml
 from fedeye.errors import ConfigError, Problem, SiteDataError, errors_only
 
 SplitName = Literal["train", "val", "test"]
@@ -211,13 +211,13 @@ def _field_hint(loc: str) -> str:
 def read_site_toml(root: Path) -> tuple[dict[str, Any], list[Problem]]:
     """Read ``root/site.toml`` (missing file -> empty table); report parse errors."""
     path = root / SITE_TOML
-    if not path.is_file():
+    if not path.exists():
         return {}, []
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8")), []
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        fix = 'fix the TOML syntax, e.g. name = "City Eye Hospital"'
-        return {}, [Problem(file=str(path), message=f"cannot parse TOML: {exc}", fix=fix)]
+    table, reason = read_toml(path)
+    if reason is not None:
+        fix = 'fix or rewrite the file, e.g. name = "City Eye Hospital"'
+        return {}, [Problem(file=str(path), message=f"cannot use {SITE_TOML}: {reason}", fix=fix)]
+    return table, []
 
 
 def load_site_info(root: Path) -> SiteInfo:

@@ -165,17 +165,33 @@ def prepare_image(site: SiteFormat, sample: Sample, *, preprocess: PreprocessMod
 def open_entry(cache_dir: Path, key: CacheKey) -> CachedSplit | None:
     """The complete entry for ``key``, memory-mapped; None if it is missing or unreadable."""
     meta_path, npy_path = cache_dir / f"{key.stem}.json", cache_dir / f"{key.stem}.npy"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        images = np.load(npy_path, mmap_mode="r")
-    except (OSError, ValueError):  # missing, half-copied by hand, or not ours
+    meta = _read_meta(meta_path)
+    if meta is None:  # missing, half-copied by hand, or not ours
         return None
-    expected = (int(meta.get("count", -1)), key.image_size, key.image_size, 3)
+    try:
+        images = np.load(npy_path, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    expected = (_count(meta), key.image_size, key.image_size, 3)
     if meta.get("version") != CACHE_VERSION or meta.get("fingerprint") != key.fingerprint:
         return None
     if images.dtype != np.uint8 or images.shape != expected:
         return None
     return CachedSplit(key, [_sample(s) for s in meta["samples"]], images, npy_path)
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any] | None:
+    """An entry's metadata; None if it is missing, unreadable or not a JSON object (edited by hand, not ours)."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _count(meta: dict[str, Any]) -> int:
+    count = meta.get("count")
+    return count if isinstance(count, int) else -1
 
 
 def _sample(raw: dict[str, Any]) -> Sample:
@@ -367,9 +383,8 @@ def list_entries(cache_dir: Path) -> list[CacheEntry]:
         match, npy = ENTRY.match(meta_path.name), meta_path.with_suffix(".npy")
         if match is None or not npy.is_file():
             continue
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        meta = _read_meta(meta_path)
+        if meta is None:
             continue
         size = npy.stat().st_size + meta_path.stat().st_size
         found.append(
@@ -378,7 +393,7 @@ def list_entries(cache_dir: Path) -> list[CacheEntry]:
                 int(match["size"]),
                 match["mode"],
                 str(meta.get("fingerprint", "")),
-                int(meta.get("count", 0)),
+                max(_count(meta), 0),
                 size,
                 npy,
             )

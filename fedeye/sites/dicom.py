@@ -50,6 +50,7 @@ from fedeye.sites.manifest import (
     assign_splits,
     duplicate_image_problems,
     empty_split_problems,
+    image_path_problem,
 )
 from fedeye.sites.pixels import check_pixel_count
 
@@ -187,6 +188,10 @@ class DicomSite(SiteFormat):
         headers: list[DicomHeader] = []
         problems: list[Problem] = []
         for path in sorted(self.root.rglob("*.dcm")):
+            outside = image_path_problem(self.root, path.relative_to(self.root).as_posix())
+            if outside is not None:
+                problems.append(_file_problem(path, *outside))
+                continue
             header, problem = read_header(path, self.root)
             headers += [header] if header else []
             problems += [problem] if problem else []
@@ -298,6 +303,9 @@ def read_header(path: Path, root: Path) -> tuple[DicomHeader | None, Problem | N
                 field=missing[0],
             )
         check_pixel_count(int(ds.Columns), int(ds.Rows))
+        unreadable = _pixel_format_problem(ds, path)
+        if unreadable:
+            return None, unreadable
         short = _pixel_problem(ds, path)
         if short:
             return None, short
@@ -310,6 +318,29 @@ def read_header(path: Path, root: Path) -> tuple[DicomHeader | None, Problem | N
             "re-export or re-copy the file (it may be truncated), or remove it",
         )
     return _header(ds, rel), None
+
+
+def _pixel_format_problem(ds: pydicom.Dataset, path: Path) -> Problem | None:
+    """A colour model FedEye reads, and BitsStored within BitsAllocated (8 or 16): else pixels would be misread."""
+    photometric = str(getattr(ds, "PhotometricInterpretation", ""))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB") and not photometric.startswith("YBR_"):
+        return _file_problem(
+            path,
+            f"PhotometricInterpretation {photometric!r} is not read by FedEye (MONOCHROME1/2, RGB or YBR_* only); "
+            "its pixel values would be misread",
+            "re-export the image as RGB or grayscale from the device or PACS",
+            field="PhotometricInterpretation",
+        )
+    stored, allocated = int(ds.BitsStored), int(getattr(ds, "BitsAllocated", 0) or 0)
+    if allocated in (8, 16) and 1 <= stored <= allocated:
+        return None
+    return _file_problem(
+        path,
+        f"BitsStored {stored} with BitsAllocated {allocated}; expected BitsAllocated 8 or 16 and "
+        "BitsStored from 1 up to it",
+        "re-export the image from the device or PACS (the header is inconsistent)",
+        field="BitsStored",
+    )
 
 
 def _pixel_problem(ds: pydicom.Dataset, path: Path) -> Problem | None:

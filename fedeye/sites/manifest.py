@@ -9,6 +9,7 @@ split by patient with :func:`fedeye.sites.split.split_patients`.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 import warnings
@@ -46,6 +47,7 @@ SEXES = ("M", "F", "O")
 WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16/32-bit integer and float gray: scaled, not clipped
 LOW_BIT_COLOUR_MAX = 16  # high byte of a 16-bit value below 4096
 PIL_ERRORS = (OSError, ValueError, EOFError, SyntaxError)
+MAX_LABEL_DIGITS = 18  # a longer integer label is out of range anyway
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 _AGE = re.compile(r"[0-9]+(\.[0-9]+)?")
 
@@ -67,13 +69,17 @@ class ManifestRow:
 
 def column_problems(header: Sequence[str], *, file: str) -> list[Problem]:
     """Report every required column missing from the header."""
+    separator = next((sep for sep in (";", "\t", "|") if len(header) == 1 and sep in header[0]), None)
+    hint = (
+        "" if separator is None else f" (the file separates values with {separator!r}: save it as comma-separated CSV)"
+    )
     return [
         Problem(
             file=file,
             row=1,
             field=name,
             message=f"required column '{name}' is missing (header has {list(header)})",
-            fix=f"add a '{name}' column; required columns are {list(REQUIRED_COLUMNS)}",
+            fix=f"add a '{name}' column; required columns are {list(REQUIRED_COLUMNS)}{hint}",
         )
         for name in REQUIRED_COLUMNS
         if name not in header
@@ -123,9 +129,9 @@ def _parse_label(row: int, raw: str | None, *, num_classes: int, file: str) -> t
     valid = f"an integer in 0..{num_classes - 1} (one per label_names entry in {SITE_TOML})"
     if not _INTEGER.fullmatch(raw):
         return None, [_row_problem(file, row, "label", f"label {raw!r} is not an integer", f"use {valid}")]
-    label = int(raw)
-    if not 0 <= label < num_classes:
-        message = f"label {label} is outside range(0, {num_classes})"
+    label = int(raw) if len(raw) <= MAX_LABEL_DIGITS else None  # int() refuses over 4300 digits
+    if label is None or not 0 <= label < num_classes:
+        message = f"label {_shown(raw) if label is None else label} is outside range(0, {num_classes})"
         return None, [_row_problem(file, row, "label", message, f"use {valid}, or extend label_names")]
     return label, []
 
@@ -318,11 +324,14 @@ class ManifestSite(SiteFormat):
         if outside is not None:
             return outside
         path = self.root / image
-        if not path.is_file():
+        if not _is_file(path):
             return (
                 f"image file {image!r} not found",
-                f"copy the image to {path} or fix the path (relative to {self.root})",
+                f"copy the image to {path} or fix the path (relative to {self.root})"
+                + (", with '/' between folders, not '\\'" if "\\" in image else ""),
             )
+        if path.stat().st_size == 0:
+            return f"image file {image!r} is empty (0 bytes)", "copy the image again from its source, or remove its row"
         try:
             pixels = decode_image_file(path)
         except ImageDataError as exc:
@@ -366,10 +375,21 @@ def image_path_problem(root: Path, image: str) -> tuple[str, str] | None:
     relative = Path(image)
     if relative.is_absolute() or ".." in relative.parts:
         return f"image path {image!r} is not inside the site folder (absolute or '..')", fix
-    target = (root / relative).resolve()
+    try:
+        target = (root / relative).resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13), a name too long
+        return f"image path {image!r} cannot be followed ({exc})", "replace the symlink by the image file itself"
     if not target.is_relative_to(root.resolve()):
         return f"image path {image!r} leads outside the site folder (to {target}, through a symlink)", fix
     return None
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False also for a name the file system refuses (too long: ENAMETOOLONG)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def decode_image_file(path: Path) -> np.ndarray:
@@ -435,22 +455,92 @@ def to_modality(pixels: np.ndarray, modality: str) -> np.ndarray:
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]], list[Problem]]:
-    """Read a CSV into its header and ``(line, record)`` pairs; blank lines are skipped."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            lines = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        return [], [], [Problem(file=str(path), message=f"cannot read manifest: {exc}", fix="save it as UTF-8 CSV")]
-    if not lines or not any(cell.strip() for cell in lines[0]):
+    """Read a CSV into its header and ``(line, record)`` pairs; blank lines are skipped.
+
+    A file that cannot be decoded or parsed, and rows whose structure is broken
+    (a NUL byte, a line break inside a value, more values than columns), come
+    back as problems, without records: the rows cannot be trusted then.
+    """
+    lines, problems = _csv_lines(path)
+    if problems:
+        return [], [], problems
+    if not lines or not any(cell.strip() for cell in lines[0][1]):
         fix = "write a header line 'image,label,patient_id' and one line per image"
         return [], [], [Problem(file=str(path), message="manifest is empty", fix=fix)]
-    header = [cell.strip().lower() for cell in lines[0]]
+    header = [cell.strip().lower() for cell in lines[0][1]]
+    rows = [(number, cells) for number, cells in lines[1:] if any(cell.strip() for cell in cells)]
+    problems = [p for number, cells in lines for p in _structure_problems(number, cells, header, file=str(path))]
+    if problems:
+        return header, [], problems
     records = [
         (number, {name: (cells[i].strip() if i < len(cells) else "") for i, name in enumerate(header)})
-        for number, cells in enumerate(lines[1:], start=2)
-        if any(cell.strip() for cell in cells)
+        for number, cells in rows
     ]
     if not records:
         fix = "add one line per image below the header"
         return header, [], [Problem(file=str(path), row=1, message="manifest has a header but no images", fix=fix)]
     return header, records, []
+
+
+def _csv_lines(path: Path) -> tuple[list[tuple[int, list[str]]], list[Problem]]:
+    """Decode ``path`` as UTF-8 (a BOM is allowed) and split it into ``(first line, cells)`` records."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return [], [
+            Problem(
+                file=str(path),
+                message=f"cannot read file: {exc.strerror or exc}",
+                fix="check the path and its permissions",
+            )
+        ]
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return [], [_encoding_problem(path, raw, exc)]
+    reader = csv.reader(io.StringIO(text, newline=""))
+    lines: list[tuple[int, list[str]]] = []
+    first = 1
+    try:
+        for cells in reader:
+            lines.append((first, cells))
+            first = reader.line_num + 1
+    except csv.Error as exc:
+        fix = "fix that line (a value may be too long, or a double quote never closed)"
+        return [], [Problem(file=str(path), row=first, message=f"cannot parse CSV: {exc}", fix=fix)]
+    return lines, []
+
+
+def _encoding_problem(path: Path, raw: bytes, exc: UnicodeDecodeError) -> Problem:
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        message = "file is UTF-16 text (Excel's 'Unicode Text'), not UTF-8"
+        return Problem(file=str(path), message=message, fix="save it as 'CSV UTF-8 (comma delimited)'")
+    line = raw.count(b"\n", 0, exc.start) + 1
+    byte = raw[exc.start : exc.start + 1].hex()
+    message = f"byte 0x{byte} on line {line} is not UTF-8 (the file may be Latin-1/Windows-1252, or not text)"
+    return Problem(file=str(path), row=line, message=message, fix="save it as 'CSV UTF-8 (comma delimited)'")
+
+
+def _structure_problems(number: int, cells: list[str], header: list[str], *, file: str) -> list[Problem]:
+    """A record whose cells cannot be trusted: a NUL byte, a line break inside a value, values past the header."""
+    problems: list[Problem] = []
+    names = [*header, *(f"column {i + 1}" for i in range(len(header), len(cells)))]
+    for name, cell in zip(names, cells):
+        if "\x00" in cell:
+            fix = "re-export the file as plain UTF-8 CSV (a NUL byte means a damaged or binary file)"
+            problems.append(_row_problem(file, number, name, f"value {_shown(cell)} contains a NUL byte", fix))
+        elif "\n" in cell or "\r" in cell:
+            message = f"value {_shown(cell)} spans several lines (a double quote opened here is closed on a later line, or never)"
+            fix = "remove the line break or the stray double quote; the lines after it were read as part of this value"
+            problems.append(_row_problem(file, number, name, message, fix))
+    extra = [cell for cell in cells[len(header) :] if cell.strip()]
+    if number > 1 and extra:
+        message = f"line has {len(cells)} values but the header names {len(header)} columns (extra: {_shown(', '.join(extra))})"
+        fix = 'quote values that contain a comma (e.g. "Smith, J"), or name the extra column in the header'
+        problems.append(_row_problem(file, number, header[-1] if header else "", message, fix))
+    return problems
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """``repr`` of a value, cut to ``limit`` characters for a message."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")

@@ -26,7 +26,7 @@ import tomli_w
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from fedeye.errors import SiteExistsError
+from fedeye.errors import ConfigError, SiteExistsError
 
 Modality = Literal["fundus", "oct"]
 RACES = ("Asian", "Black", "White")
@@ -510,6 +510,19 @@ def synthesize_sites(
     out = Path(out)
     targets = [out / f"site-{i}" for i in range(1, sites + 1)]
     _refuse_existing(targets, overwrite=overwrite)
+    try:
+        _write_sites(out, targets, images_per_site=images_per_site, modality=modality, seed=seed, size=size)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot write sites into {out}: {err.strerror or err} ({err.filename}); choose another output folder"
+        ) from err
+    return targets
+
+
+def _write_sites(
+    out: Path, targets: list[Path], *, images_per_site: int, modality: Modality, seed: int, size: int
+) -> None:
+    """Write every site into a staging folder under ``out``, then move each into place."""
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
     try:
@@ -522,7 +535,6 @@ def synthesize_sites(
             (staging / target.name).rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return targets
 
 
 def _refuse_existing(targets: list[Path], *, overwrite: bool) -> None:

@@ -142,3 +142,64 @@ def test_adapt_refuses_a_prevalence_strength_that_is_not_a_finite_count(
     result = runner.invoke(app, [*args, "--prevalence-strength", value])
     assert result.exit_code == 2 and "is not a finite number >= 0" in " ".join(result.output.split())
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- --out that could never be written
+
+
+def _flat(output: str) -> str:
+    """The output with the console's line wrapping undone."""
+    return " ".join(output.split())
+
+
+@pytest.mark.parametrize("command", ["calibrate", "adapt"])
+def test_out_is_checked_before_any_work(model_file: Path, tiny_sites: Path, tmp_path: Path, command: str) -> None:
+    site = tiny_sites / "site-1"
+    (tmp_path / "a-file").write_text("x")
+    cases = {
+        str(tmp_path): "is a folder",
+        str(model_file): "one of the inputs",
+        str(site / "manifest.csv"): "one of the inputs",
+        str(tmp_path / "a-file" / "m.pt"): "is a file, so",
+    }
+    for out, message in cases.items():
+        before = Path(out).read_bytes() if Path(out).is_file() else None
+        result = runner.invoke(app, [command, "--model", str(model_file), "--data", str(site), "--out", out])
+        assert result.exit_code == 1 and message in _flat(result.output), (out, result.output)
+        assert before is None or Path(out).read_bytes() == before
+
+
+def test_an_unwritable_out_is_a_clean_error(model_file: Path, tiny_sites: Path) -> None:
+    result = runner.invoke(
+        app, ["adapt", "--model", str(model_file), "--data", str(tiny_sites / "site-1"), "--out", "/proc/fedeye/m.pt"]
+    )
+    assert result.exit_code == 1 and "cannot write model file /proc/fedeye/m.pt" in _flat(result.output)
+
+
+@pytest.mark.parametrize(
+    ("point", "message"),
+    [
+        ({"threshold": 0.3}, "malformed (KeyError"),
+        ([0.3], "is a list, not a table"),
+        ({"log_odds": float("nan"), "temperature": 1.0}, "expected finite numbers"),
+        ({"log_odds": 0.0, "temperature": 0.0}, "temperature above 0"),
+        ({"log_odds": 0.0, "fitted_on": 5}, "malformed (TypeError"),
+    ],
+)
+def test_a_malformed_stored_operating_point_is_a_model_error(
+    tiny_sites: Path, tmp_path: Path, point: object, message: str
+) -> None:
+    cfg = ModelConfig(img_size=32)
+    model = tmp_path / "odd.pt"
+    save_model(model, build_model(cfg), cfg, metadata={METADATA_KEY: point})
+    site = str(tiny_sites / "site-1")
+    for args in (
+        ["evaluate"],
+        ["calibrate", "--out", str(tmp_path / "c.pt")],
+        ["adapt", "--out", str(tmp_path / "a.pt")],
+    ):
+        result = runner.invoke(app, [*args, "--model", str(model), "--data", site])
+        assert result.exit_code == 1 and message in _flat(result.output) and "odd.pt" in _flat(result.output), (
+            result.output
+        )
+    assert not (tmp_path / "c.pt").exists() and not (tmp_path / "a.pt").exists()

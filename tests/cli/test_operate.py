@@ -72,6 +72,18 @@ def test_site_start_without_the_ca_certificate_names_it(site: Path) -> None:
     assert f"{site / 'ca.crt'}: not found" in out and "copy ca.crt from the coordinator" in out
 
 
+@pytest.mark.parametrize(
+    ("damaged", "message"), [("ca.crt", "not a PEM certificate"), ("node.key", "cannot read private key")]
+)
+def test_site_start_with_a_damaged_key_or_certificate_names_it(
+    site: Path, coord: Path, damaged: str, message: str
+) -> None:
+    shutil.copy(coord / "ca.crt", site / "ca.crt")
+    (site / damaged).write_text("not a key\n")
+    code, out = _invoke("site", "start", "--dir", str(site), "--superlink", "127.0.0.1:1", "--rejoin-wait", "0")
+    assert code == 1 and f"{site / damaged}: {message}" in out
+
+
 def test_site_start_without_site_init(tmp_path: Path) -> None:
     code, out = _invoke("site", "start", "--dir", str(tmp_path), "--superlink", "127.0.0.1:1", "--insecure")
     assert code == 1 and "site.toml: not found" in out and "fedeye site init" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import stat
 from pathlib import Path
 
@@ -164,3 +165,24 @@ def test_coordinator_init_refuses_a_bad_host_and_writes_nothing(tmp_path: Path, 
     result = runner.invoke(root, ["coordinator", "init", str(out), "--host", host], env=WIDE)
     assert result.exit_code == 1 and "neither an IP address nor a DNS name" in result.output
     assert not out.exists()
+
+
+def test_site_init_under_a_file_is_a_clean_error(tiny_sites: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    result = runner.invoke(
+        root,
+        ["site", "init", str(tmp_path / "notes.txt" / "site"), "--name", "s1", "--data", str(tiny_sites / "site-1")],
+        env=WIDE,
+    )
+    assert result.exit_code == 1 and "cannot create folder" in result.output
+    assert not isinstance(result.exception, OSError)
+
+
+def test_site_init_refuses_the_data_folder_even_with_force(tiny_sites: Path, tmp_path: Path) -> None:
+    """The data folder's site.toml describes the data; --force must not replace it with the site's config."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_sites / "site-1", data)
+    before = (data / "site.toml").read_text()
+    result = runner.invoke(root, ["site", "init", str(data), "--name", "s1", "--data", str(data), "--force"], env=WIDE)
+    assert result.exit_code == 1 and "is the data folder" in result.output
+    assert (data / "site.toml").read_text() == before and not (data / "node.key").exists()

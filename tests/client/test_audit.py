@@ -351,3 +351,16 @@ def test_threads_creating_one_audit_folder_all_succeed(tmp_path: Path) -> None:
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda i: _create_after(barrier, folder / f"{i}.jsonl"), range(16)))
     assert len(results) == 16 and len(list(folder.iterdir())) == 16
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [b"\x00\xff not text\n", b"{not json\n", b"[1, 2]\n", b'"a string"\n'],
+    ids=["bytes", "json", "list", "str"],
+)
+def test_a_damaged_audit_line_is_an_audit_error_naming_it(tmp_path: Path, damaged: bytes) -> None:
+    log = tmp_path / "audit.jsonl"
+    log.write_bytes(b'{"run-id": "r1"}\n\n' + damaged)
+
+    with pytest.raises(AuditError, match=r"line 3 of the audit log .*audit.jsonl is not a JSON object"):
+        read_audit(log)

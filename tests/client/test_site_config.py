@@ -30,3 +30,16 @@ def test_bad_value_names_file_and_field(tmp_path: Path) -> None:
 def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="site config not found"):
         site_config_for(None, {"site-config": str(tmp_path / "nope.toml")})
+
+
+def test_a_site_config_saved_by_notepad_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_bytes(b"\xef\xbb\xbf[privacy]\nepsilon = 3.0\n")
+    assert load_site_config(path).privacy.epsilon == 3.0
+
+
+def test_a_deeply_nested_site_config_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "site.toml"
+    path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_site_config(path)

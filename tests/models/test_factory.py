@@ -153,3 +153,16 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path: Path) -> None:
     torch.save({"model": {"cls_token": torch.zeros(1)}, "args": Path("x")}, path)
     with pytest.raises(ModelError, match="Python objects besides tensors.*clean.pth"):
         load_backbone_weights(build_model(ModelConfig()), path)
+
+
+def test_a_truncated_checkpoint_is_a_model_error(tmp_path: Path) -> None:
+    path = tmp_path / "cut.pth"
+    torch.save(build_model(ModelConfig()).state_dict(), path)
+    path.write_bytes(path.read_bytes()[:4000])
+    with pytest.raises(ModelError, match="cut.pth is corrupt or truncated"):
+        load_backbone_weights(build_model(ModelConfig()), path)
+
+
+def test_a_folder_as_checkpoint_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="is a folder"):
+        build_model(ModelConfig(backbone_weights=tmp_path))

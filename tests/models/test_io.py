@@ -125,3 +125,89 @@ def test_load_state_accepts_numpy_arrays_from_flower() -> None:
     source, target = build_model(cfg), build_model(cfg)
     load_state(target, {k: v.numpy() for k, v in model_state(source).items()})
     torch.testing.assert_close(target.state_dict(), source.state_dict())
+
+
+# ------------------------------------------------------------- files that are not FedEye models
+
+
+def _saved_payload(tmp_path: Path) -> dict[str, object]:
+    cfg = ModelConfig(img_size=32)
+    save_model(tmp_path / "good.pt", build_model(cfg), cfg, metadata={"round": 1})
+    payload: dict[str, object] = torch.load(tmp_path / "good.pt", weights_only=True)
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"hello, I am a text file\n", r"not a readable PyTorch checkpoint \(it starts with b'hell'\)"),
+        (b"", "it is empty"),
+    ],
+)
+def test_a_file_that_is_no_checkpoint_is_a_model_error(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ModelError, match=message):
+        load_model(path)
+
+
+def test_a_truncated_model_file_is_a_model_error(tmp_path: Path) -> None:
+    _saved_payload(tmp_path)
+    path = tmp_path / "cut.pt"
+    path.write_bytes((tmp_path / "good.pt").read_bytes()[:5000])
+    with pytest.raises(ModelError, match="cut.pt is corrupt or truncated"):
+        load_model(path)
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="is a folder"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"config": None}, r"\['config'\] missing or of the wrong type"),
+        ({"state_dict": [1, 2]}, r"\['state_dict'\] missing or of the wrong type"),
+        ({"metadata": 5}, r"\['metadata'\] missing or of the wrong type"),
+        ({"metadata": "{not json"}, "metadata that is not valid JSON"),
+        ({"metadata": "[1, 2]"}, "metadata that is not a JSON object"),
+    ],
+)
+def test_a_damaged_payload_is_a_model_error(tmp_path: Path, change: dict[str, object], message: str) -> None:
+    payload = {k: v for k, v in {**_saved_payload(tmp_path), **change}.items() if v is not None}
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(ModelError, match=message):
+        load_model(tmp_path / "bad.pt")
+
+
+def test_weights_that_are_not_tensors_are_a_model_error(tmp_path: Path) -> None:
+    payload = _saved_payload(tmp_path)
+    state = payload["state_dict"]
+    assert isinstance(state, dict)
+    torch.save({**payload, "state_dict": {k: "x" for k in state}}, tmp_path / "bad.pt")
+    with pytest.raises(ModelError, match="is not a named tensor"):
+        load_model(tmp_path / "bad.pt")
+
+
+def test_nan_weights_are_refused_when_loading(tmp_path: Path) -> None:
+    payload = _saved_payload(tmp_path)
+    state = payload["state_dict"]
+    assert isinstance(state, dict)
+    broken = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save({**payload, "state_dict": broken}, tmp_path / "nan.pt")
+    with pytest.raises(ModelError, match="hold NaN or infinity"):
+        load_model(tmp_path / "nan.pt")
+
+
+def test_pickled_code_is_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (Path.touch, (str(marker),))
+
+    torch.save({"format": "fedeye-model", "x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ModelError, match="corrupt or not a PyTorch file"):
+        load_model(tmp_path / "evil.pt")
+    assert not marker.exists()

@@ -21,6 +21,7 @@ from fedeye.models.pretrain import (
     random_split,
     timm_state_dict,
 )
+from fedeye.sites.synth import synthesize_sites
 
 
 def test_masking_splits_every_image_into_kept_and_hidden_patches() -> None:
@@ -124,3 +125,12 @@ def test_pretrain_refuses_a_number_it_cannot_train_with(tmp_path: Path, option: 
     result = CliRunner().invoke(app, ["pretrain", "--data", str(tmp_path), "--out", str(out), option, value])
     assert result.exit_code == 2 and "is not a finite number" in " ".join(result.output.split())
     assert option in result.output and not out.exists()
+
+
+@pytest.mark.parametrize(("target", "message"), [("manifest.csv", "one of the inputs"), (".", "is a folder")])
+def test_pretrain_refuses_an_out_that_would_overwrite_its_data(tmp_path: Path, target: str, message: str) -> None:
+    site = synthesize_sites(tmp_path, sites=1, images_per_site=10, size=32, seed=0)[0]
+    before = (site / "manifest.csv").read_bytes()
+    result = CliRunner().invoke(app, ["pretrain", "--data", str(site), "--out", str(site / target), "--epochs", "1"])
+    assert result.exit_code == 1 and message in " ".join(result.output.split())
+    assert (site / "manifest.csv").read_bytes() == before

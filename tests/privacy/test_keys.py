@@ -96,3 +96,14 @@ def test_refuse_existing_unless_forced(tmp_path: Path) -> None:
     with pytest.raises(ProvisioningError, match="--force"):
         keys.refuse_existing([tmp_path / "ca.key"], force=False)
     keys.refuse_existing([tmp_path / "ca.key"], force=True)
+
+
+def test_a_folder_given_as_a_key_file_is_a_provisioning_error(tmp_path: Path) -> None:
+    with pytest.raises(ProvisioningError, match="is a folder"):
+        keys.load_public_key_line(tmp_path)
+
+
+def test_a_private_dir_under_a_file_is_a_provisioning_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ProvisioningError, match="cannot create folder"):
+        keys.ensure_private_dir(tmp_path / "notes.txt" / "keys")

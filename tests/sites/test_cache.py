@@ -280,6 +280,19 @@ def test_entry_without_its_sidecar_is_rebuilt(make_site: SiteWriter, cache: Path
     assert _rebuilds(root, cache, count_decodes)
 
 
+@pytest.mark.parametrize("sidecar", ["[1, 2]", '{"count": "x"}', '"text"'])
+def test_a_sidecar_that_is_not_ours_is_rebuilt_not_a_crash(
+    make_site: SiteWriter, cache: Path, count_decodes: list[str], sidecar: str
+) -> None:
+    root = _varied_site(make_site)
+    _rebuilds(root, cache, count_decodes)
+    for path in cache.glob("*.json"):
+        path.write_text(sidecar, encoding="utf-8")
+
+    assert all(e.count >= 0 for e in list_entries(cache))
+    assert _rebuilds(root, cache, count_decodes)
+
+
 def test_cache_files_are_private(make_site: SiteWriter, cache: Path) -> None:
     root = _varied_site(make_site)
 

@@ -107,3 +107,39 @@ def test_values_outside_bits_stored_are_refused_not_clipped() -> None:
     with pytest.raises(ImageDataError, match="-3"):
         to_uint8(np.array([[-3, 10]], np.int16), bits_stored=12, monochrome1=False)
     assert to_uint8(np.array([[0, 4095]], np.uint16), bits_stored=12, monochrome1=False).tolist() == [[0, 255]]
+
+
+def test_a_bits_stored_beyond_bits_allocated_is_refused(tmp_path: Path) -> None:
+    import pydicom
+
+    site = write_dicom_site(tmp_path / "site")
+    ds = pydicom.dcmread(site / "p0_OD.dcm")
+    ds.BitsStored = 40
+    ds.save_as(site / "p0_OD.dcm")
+
+    problems = [p for p in DicomSite(site).problems() if p.field == "BitsStored"]
+
+    assert len(problems) == 1 and "BitsStored 40 with BitsAllocated 8" in problems[0].message
+
+
+def test_a_dcm_symlink_leading_outside_the_site_is_refused(tmp_path: Path) -> None:
+    elsewhere = write_dicom_site(tmp_path / "elsewhere")
+    site = write_dicom_site(tmp_path / "site")
+    (site / "extra.dcm").symlink_to(elsewhere / "p0_OD.dcm")
+
+    [problem] = [p for p in DicomSite(site).problems() if p.severity == "error"]
+
+    assert problem.file == str(site / "extra.dcm") and "leads outside the site folder" in problem.message
+
+
+def test_a_palette_colour_image_is_refused_not_read_as_gray(tmp_path: Path) -> None:
+    import pydicom
+
+    site = write_dicom_site(tmp_path / "site")
+    ds = pydicom.dcmread(site / "p0_OD.dcm")
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.save_as(site / "p0_OD.dcm")
+
+    [problem] = [p for p in DicomSite(site).problems() if p.field == "PhotometricInterpretation"]
+
+    assert "'PALETTE COLOR' is not read by FedEye" in problem.message

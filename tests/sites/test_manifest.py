@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,33 @@ def test_unparsable_site_toml(make_site: SiteWriter) -> None:
     assert "TOML" in problem.message
 
 
+def test_site_toml_with_a_byte_order_mark_is_read(make_site: SiteWriter) -> None:
+    root = make_site()
+    (root / "site.toml").write_bytes(b'\xef\xbb\xbfname = "Notepad Eye Clinic"\n')
+
+    site = ManifestSite(root)
+
+    assert site.problems() == [] and site.info.name == "Notepad Eye Clinic"
+
+
+@pytest.mark.parametrize(
+    ("make_toml", "message"),
+    [
+        (lambda path: path.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n"), "nested too deeply"),
+        (lambda path: path.mkdir(), "is a folder"),
+    ],
+)
+def test_unusable_site_toml_is_a_problem(
+    make_site: SiteWriter, make_toml: Callable[[Path], object], message: str
+) -> None:
+    root = make_site()
+    make_toml(root / "site.toml")
+
+    [problem] = ManifestSite(root).problems()
+
+    assert message in problem.message and problem.file == str(root / "site.toml")
+
+
 def test_site_toml_defaults(make_site: SiteWriter) -> None:
     root = make_site()
 
@@ -351,3 +379,146 @@ def test_label_names_must_be_distinct_and_non_empty(make_site: SiteWriter, names
     [problem] = _only(ManifestSite(root).problems(), "label_names")
 
     assert "distinct and non-empty" in problem.message
+
+
+# ------------------------------------------------------- hostile manifests (never a traceback)
+
+
+def _replace_in_manifest(root: Path, old: str, new: str) -> None:
+    manifest = root / "manifest.csv"
+    text = manifest.read_text(encoding="utf-8")
+    assert old in text
+    manifest.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def test_a_label_of_thousands_of_digits_is_out_of_range_not_a_crash(make_site: SiteWriter) -> None:
+    root = make_site()
+    _replace_in_manifest(root, "images/p0_OD.png,0,", "images/p0_OD.png," + "9" * 5000 + ",")
+
+    [problem] = _only(ManifestSite(root).problems(), "label")
+
+    assert problem.row == 2 and "outside range" in problem.message and len(problem.message) < 200
+
+
+def test_a_symlink_loop_is_a_row_problem(make_site: SiteWriter) -> None:
+    root = make_site()
+    image = root / "images" / "p0_OD.png"
+    image.unlink()
+    image.symlink_to(image.name)
+
+    [problem] = _only(ManifestSite(root).problems(), "image")
+
+    assert problem.row == 2 and "cannot be followed" in problem.message
+
+
+def test_an_image_name_too_long_for_the_file_system_is_not_found(make_site: SiteWriter) -> None:
+    root = make_site()
+    _replace_in_manifest(root, "images/p0_OD.png", "images/" + "a" * 300 + ".png")
+
+    [problem] = _only(ManifestSite(root).problems(), "image")
+
+    assert problem.row == 2 and "not found" in problem.message
+
+
+def test_an_unclosed_quote_is_reported_instead_of_swallowing_the_rows_after_it(make_site: SiteWriter) -> None:
+    root = make_site()
+    _replace_in_manifest(root, "images/p0_OS.png", '"images/p0_OS.png')
+
+    problems = ManifestSite(root).problems()
+
+    [problem] = problems
+    assert problem.row == 3 and problem.field == "image" and "spans several lines" in problem.message
+
+
+def test_a_quoted_line_break_in_a_value_is_refused(make_site: SiteWriter) -> None:
+    root = make_site()
+    _replace_in_manifest(root, ",p1,", ',"p\n1",')
+
+    [problem] = ManifestSite(root).problems()
+
+    assert problem.row == 4 and problem.field == "patient_id"
+
+
+def test_a_nul_byte_in_a_value_is_refused(make_site: SiteWriter) -> None:
+    root = make_site()
+    _replace_in_manifest(root, ",p1,", ",p\x001,")
+
+    [problem] = ManifestSite(root).problems()
+
+    assert problem.row == 4 and problem.field == "patient_id" and "NUL" in problem.message
+
+
+def test_values_beyond_the_header_are_refused(make_site: SiteWriter) -> None:
+    """An unquoted comma shifts every later value into the wrong column: never read such a row."""
+    root = make_site()
+    _replace_in_manifest(root, ",p1,OD,", ",p1,OD,Smith, J,")
+
+    [problem] = ManifestSite(root).problems()
+
+    assert problem.row == 4 and "values but the header names" in problem.message
+
+
+def test_trailing_empty_values_are_accepted(make_site: SiteWriter) -> None:
+    root = make_site()
+    manifest = root / "manifest.csv"
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace("\n", ",,\n"), encoding="utf-8")
+
+    assert ManifestSite(root).problems() == []
+
+
+def test_a_latin1_manifest_names_the_line_of_the_first_bad_byte(make_site: SiteWriter) -> None:
+    root = make_site()
+    manifest = root / "manifest.csv"
+    lines = manifest.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[3] = lines[3].replace(",p1,", ",Jos\xe9,")
+    manifest.write_bytes("".join(lines).encode("latin-1"))
+
+    [problem] = ManifestSite(root).problems()
+
+    assert problem.row == 4 and "0xe9" in problem.message and "UTF-8" in problem.fix
+
+
+def test_a_utf16_manifest_says_so(make_site: SiteWriter) -> None:
+    root = make_site()
+    manifest = root / "manifest.csv"
+    manifest.write_bytes(manifest.read_text(encoding="utf-8").encode("utf-16"))
+
+    [problem] = ManifestSite(root).problems()
+
+    assert "UTF-16" in problem.message
+
+
+def test_a_bom_and_crlf_lines_are_accepted(make_site: SiteWriter) -> None:
+    root = make_site()
+    manifest = root / "manifest.csv"
+    manifest.write_bytes(b"\xef\xbb\xbf" + manifest.read_text(encoding="utf-8").replace("\n", "\r\n").encode())
+
+    assert ManifestSite(root).problems() == []
+
+
+def test_a_semicolon_separated_manifest_says_so(make_site: SiteWriter) -> None:
+    root = make_site()
+    manifest = root / "manifest.csv"
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(",", ";"), encoding="utf-8")
+
+    problems = _only(ManifestSite(root).problems(), "label")
+
+    assert problems and "separates values with ';'" in problems[0].fix
+
+
+def test_a_windows_style_image_path_gets_a_hint(make_site: SiteWriter) -> None:
+    root = make_site()
+    _replace_in_manifest(root, "images/p0_OD.png", "images\\p0_OD.png")
+
+    [problem] = _only(ManifestSite(root).problems(), "image")
+
+    assert "not found" in problem.message and "not '\\'" in problem.fix
+
+
+def test_a_zero_byte_image_is_called_empty(make_site: SiteWriter) -> None:
+    root = make_site()
+    (root / "images" / "p0_OD.png").write_bytes(b"")
+
+    [problem] = _only(ManifestSite(root).problems(), "image")
+
+    assert problem.row == 2 and "is empty (0 bytes)" in problem.message

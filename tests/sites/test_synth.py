@@ -153,3 +153,11 @@ def test_oct_images_are_gray(synth_oct: list[Path]) -> None:
 def test_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         synthesize_sites(tmp_path, sites=0, images_per_site=4)
+
+
+def test_an_output_path_that_cannot_be_a_folder_is_a_clean_error(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    for out in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "sites"):
+        with pytest.raises(FedEyeError, match="cannot write sites into"):
+            synthesize_sites(out, sites=1, images_per_site=4, size=32)
+    assert (tmp_path / "notes.txt").read_text() == "x"
