@@ -48,6 +48,14 @@ def dg_command(
     augment: Annotated[
         str, typer.Option("--augment", help="Training augmentation of every method: none, light or strong.")
     ] = "light",
+    preprocess: Annotated[
+        str | None,
+        typer.Option(
+            "--preprocess",
+            help="Fundus preprocessing of every site (model.preprocess): none, fov-crop or fov-crop+clahe "
+            "(default: each site's own).",
+        ),
+    ] = None,
     held_out: Annotated[
         str | None, typer.Option("--held-out", help="Comma-separated site folder names to hold out (default: each).")
     ] = None,
@@ -76,6 +84,8 @@ def dg_command(
     logging.getLogger("flwr").setLevel(logging.WARNING)
     if augment not in ("none", "light", "strong"):
         raise ConfigError(f"--augment: {augment!r} is not none, light or strong")
+    if preprocess not in (None, "none", "fov-crop", "fov-crop+clahe"):
+        raise ConfigError(f"--preprocess: {preprocess!r} is not none, fov-crop or fov-crop+clahe")
     base = dg_run_config(
         sites.resolve(),
         out,
@@ -84,6 +94,7 @@ def dg_command(
         img_size=img_size,
         device=device,
         augment=augment,
+        preprocess=preprocess,
     )
     settings = BenchmarkSettings(
         sites_root=sites.resolve(),

@@ -20,9 +20,9 @@ import numpy as np
 from torch.utils.data import Subset
 
 from fedeye.client.adapt import AdaptSettings, adapt_model, report_metadata
-from fedeye.client.evaluate import open_external_site, site_images
+from fedeye.client.evaluate import check_labels_fit, open_external_site, site_images, stored_operating_point
 from fedeye.client.training import ImageDataset, predict
-from fedeye.errors import ConfigError
+from fedeye.errors import ConfigError, ModelError
 from fedeye.fairness.operating_point import (
     METADATA_KEY,
     ModelOperatingPoint,
@@ -48,10 +48,12 @@ def calibrate_file(
 ) -> dict[str, Any]:
     """Fit threshold and calibration on the labelled images of ``site_dir``; write the model to ``out``."""
     model, cfg, meta = load_model(model_path)
-    dataset, used, _ = site_images(open_external_site(site_dir), split, image_size=int(cfg.img_size or 0))
+    stored = stored_operating_point(model_path, meta)
+    site = open_external_site(site_dir)
+    check_labels_fit(site, cfg, model_path)
+    dataset, used, _ = site_images(site, split, cfg)
     dataset = _at_most(dataset, max_labels, seed)
     probs, labels = predict(model, dataset)
-    stored = ModelOperatingPoint.from_metadata(meta)
     goal: Target = target if target is not None else _stored_target(stored)
     point = fit_labelled(probs, labels, target=goal)
     record = {
@@ -87,9 +89,10 @@ def adapt_file(
 ) -> dict[str, Any]:
     """Adapt to the unlabelled images of ``site_dir`` (labels, if any, are not read); write to ``out``."""
     model, cfg, meta = load_model(model_path)
-    dataset, used, _ = site_images(open_external_site(site_dir), split, image_size=int(cfg.img_size or 0))
+    stored = stored_operating_point(model_path, meta)
+    dataset, used, _ = site_images(open_external_site(site_dir), split, cfg)
     settings = settings or AdaptSettings()
-    point, report = adapt_model(model, dataset, point=ModelOperatingPoint.from_metadata(meta), settings=settings)
+    point, report = adapt_model(model, dataset, point=stored, settings=settings)
     record = {"command": "adapt", "site_dir": str(site_dir), "split": used, **report_metadata(report)}
     _write(out, model, cfg, meta, point, record)
     return {"out": str(out), "operating_point": point.to_metadata(), **record}
@@ -113,5 +116,9 @@ def _write(
 ) -> None:
     metadata = dict(meta)
     metadata[METADATA_KEY] = point.to_metadata()
-    metadata["history"] = [*list(meta.get("history") or []), record]
-    save_model(out, model, cfg, metadata=metadata)
+    history = meta.get("history")
+    metadata["history"] = [*(history if isinstance(history, list) else []), record]
+    try:
+        save_model(out, model, cfg, metadata=metadata)
+    except OSError as err:
+        raise ModelError(f"cannot write model file {out}: {err.strerror or err}; choose another --out") from err

@@ -12,6 +12,7 @@ at p >= 0.5.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -20,11 +21,12 @@ from torch.utils.data import ConcatDataset
 
 from fedeye.client.operating_point import metrics_at_point
 from fedeye.client.training import ImageDataset, mean_expert_weights, predict
-from fedeye.errors import ConfigError, Problem, SiteDataError, errors_only
-from fedeye.fairness.operating_point import DEFAULT_POINT, ModelOperatingPoint
+from fedeye.errors import ConfigError, ModelError, Problem, SiteDataError, errors_only
+from fedeye.fairness.operating_point import DEFAULT_POINT, METADATA_KEY, ModelOperatingPoint
 from fedeye.fairness.reliability import reliability_diagram
 from fedeye.metrics import classification_metrics
 from fedeye.models import load_model
+from fedeye.models.config import ModelConfig
 from fedeye.sites.base import Sample, SiteFormat, open_site
 from fedeye.sites.dataset import SiteDataset
 
@@ -64,11 +66,13 @@ def open_external_site(site_dir: Path) -> SiteFormat:
     return cast(SiteFormat, ExternalSite(open_site(site_dir)))
 
 
-def site_images(site: SiteFormat, split: str, *, image_size: int) -> tuple[ImageDataset, str, str | None]:
-    """The images of ``split`` (``all``: every split the site has): (dataset, split used, note or None).
+def site_images(site: SiteFormat, split: str, model: ModelConfig) -> tuple[ImageDataset, str, str | None]:
+    """The images of ``split`` (``all``: every split the site has) as ``model`` reads them: (dataset, split used, note).
 
-    A split the site does not have falls back to every image, with a note
-    saying so (an external validation set often marks every image ``test``).
+    Image size and preprocessing are the model's (its ``preprocess``, else the
+    site's own). A split the site does not have falls back to every image,
+    with a note saying so (an external validation set often marks every image
+    ``test``).
     """
     if split not in (*SPLITS, "all"):
         raise ConfigError(f"--split: got {split!r}; use train, val, test or all (every image: an unseen site)")
@@ -77,9 +81,10 @@ def site_images(site: SiteFormat, split: str, *, image_size: int) -> tuple[Image
     if split != "all" and split not in present:
         note = f"this site has no {split!r} images; evaluated every image (splits: {', '.join(present)}) instead"
         split = "all"
+    size, mode = int(model.img_size or 0), model.preprocess
     if split == "all":
-        return ConcatDataset([SiteDataset(site, s, image_size=image_size) for s in present]), "all", note
-    return SiteDataset(site, split, image_size=image_size), split, note
+        return ConcatDataset([SiteDataset(site, s, image_size=size, preprocess=mode) for s in present]), "all", note
+    return SiteDataset(site, split, image_size=size, preprocess=mode), split, note
 
 
 def evaluate_model_on_site(
@@ -100,10 +105,11 @@ def evaluate_model_on_site(
     bin, as nothing leaves the site); None for a multiclass task.
     """
     model, cfg, meta = load_model(model_path)
+    stored = stored_operating_point(model_path, meta)
     site = open_external_site(site_dir)
-    dataset, used, note = site_images(site, split, image_size=int(cfg.img_size or 0))
+    check_labels_fit(site, cfg, model_path)
+    dataset, used, note = site_images(site, split, cfg)
     probs, labels = predict(model, dataset)
-    stored = ModelOperatingPoint.from_metadata(meta)
     point = stored or DEFAULT_POINT
     metrics = classification_metrics(labels, probs)
     reliability = None
@@ -126,9 +132,43 @@ def evaluate_model_on_site(
     }
 
 
+def check_labels_fit(site: SiteFormat, model: ModelConfig, model_path: Path) -> None:
+    """Refuse a site whose labels the model has no output for (a model trained for another task)."""
+    beyond = sorted({s.label for s in site.samples() if s.label >= model.num_classes})
+    if beyond:
+        raise ConfigError(
+            f"site {site.site_name!r} has labels {beyond[:5]}, but {model_path} has {model.num_classes} classes "
+            f"(labels 0..{model.num_classes - 1}): it was trained for another task. Use a site with the model's "
+            "label_names, or a model trained for this site's task"
+        )
+
+
+def stored_operating_point(model_path: Path, meta: dict[str, Any]) -> ModelOperatingPoint | None:
+    """The operating point a model file's metadata carries (None: none); a malformed one raises :class:`ModelError`."""
+    raw = meta.get(METADATA_KEY)
+    fix = "restore a backup of the model file, or re-save it without this entry (then `fedeye calibrate` fits one)"
+    if raw is not None and not isinstance(raw, dict):
+        raise ModelError(f"{model_path}: metadata {METADATA_KEY!r} is a {type(raw).__name__}, not a table; {fix}")
+    try:
+        point = ModelOperatingPoint.from_metadata(meta)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelError(
+            f"{model_path}: metadata {METADATA_KEY!r} is malformed ({type(err).__name__}: {err}); {fix}"
+        ) from None
+    if point is not None:
+        numbers = (point.log_odds, point.bias, point.temperature)
+        if not all(math.isfinite(x) for x in numbers) or point.temperature <= 0:
+            raise ModelError(
+                f"{model_path}: metadata {METADATA_KEY!r} has log_odds {point.log_odds}, bias {point.bias}, "
+                f"temperature {point.temperature}; expected finite numbers and a temperature above 0; {fix}"
+            )
+    return point
+
+
 def _experts(model: Any, dataset: ImageDataset, meta: dict[str, Any]) -> dict[str, float] | None:
     mix = mean_expert_weights(model, dataset)
-    names = list(meta.get("experts") or [])
+    listed = meta.get("experts")
+    names = [str(n) if n else "" for n in listed] if isinstance(listed, list) else []
     return (
         None
         if mix is None

@@ -31,6 +31,7 @@ from fedeye.protocol import NODE_PARTITION_ID, NODE_SITE_DIR
 from fedeye.sites.base import SiteFormat, open_site
 from fedeye.sites.dataset import SiteDataset
 from fedeye.sites.layout import simulated_site_dirs
+from fedeye.sites.preprocess import PreprocessMode
 
 SITE_DIR_KEY = NODE_SITE_DIR
 
@@ -87,8 +88,13 @@ def _fingerprint(model: PromptViT) -> str:
 
 
 @lru_cache(maxsize=32)
-def _dataset(path: str, split: str, image_size: int, augment: str, cache_dir: str) -> SiteDataset:
-    return SiteDataset(_open(path), split, image_size=image_size, augment=augment, cache_dir=Path(cache_dir))
+def _dataset(
+    path: str, split: str, image_size: int, augment: str, cache_dir: str, preprocess: PreprocessMode | None
+) -> SiteDataset:
+    site = _open(path)
+    return SiteDataset(
+        site, split, image_size=image_size, augment=augment, cache_dir=Path(cache_dir), preprocess=preprocess
+    )
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,8 @@ class SiteJob:
 
     def dataset(self, split: str) -> SiteDataset:
         augment = self.cfg.training.augment if split == "train" else "none"
-        return _dataset(str(self.site_dir), split, self.image_size, augment, str(self.state.cache_dir))
+        preprocess = self.cfg.model.preprocess  # the run's, else the site's own (SiteDataset)
+        return _dataset(str(self.site_dir), split, self.image_size, augment, str(self.state.cache_dir), preprocess)
 
     @property
     def state(self) -> SiteState:

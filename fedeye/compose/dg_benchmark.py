@@ -60,7 +60,7 @@ from fedeye.models.vit import PromptViT
 from fedeye.protocol import EXPERT_INDEX
 from fedeye.server.federation import create_run, run_federation
 from fedeye.server.store import RunStore
-from fedeye.sites.base import open_site
+from fedeye.sites.base import SiteFormat, open_site
 from fedeye.sites.dataset import SiteDataset
 from fedeye.sites.layout import simulated_site_dirs
 
@@ -125,8 +125,12 @@ def dg_run_config(
     lr: float = 2e-3,
     max_grad_norm: float | None = 1.0,
     augment: str = "light",
+    preprocess: str | None = None,
 ) -> RunConfig:
     """The benchmark's base run config (every method trains with these settings).
+
+    ``preprocess`` (``model.preprocess``): the fundus preprocessing of every
+    site's images, held-out site included; None leaves each site's own.
 
     ``lr`` 2e-3 with a cosine decay over the rounds, not FedEye's default
     constant 1e-3: with ten epochs in all, FedAvg at 1e-3 failed to take off
@@ -146,7 +150,7 @@ def dg_run_config(
         {
             "name": "dg-benchmark",
             "data": {"root": str(sites_root)},
-            "model": {"arch": "vit-tiny-cpu", "img_size": img_size},
+            "model": {"arch": "vit-tiny-cpu", "img_size": img_size, "preprocess": preprocess},
             "strategy": {
                 "min_train_nodes": 1,
                 "min_evaluate_nodes": 1,
@@ -246,9 +250,7 @@ def _federated_rows(
     probs, labels = predict(model, unseen, batch_size=64)
     down, up = grid.traffic.per_site_round("train")
     point = ModelOperatingPoint.from_metadata(meta) or DEFAULT_POINT
-    scored = _Pooled(
-        [SiteDataset(open_site(target), s, image_size=int(cfg.model.img_size or 64)) for s in SCORED_SPLITS]
-    )
+    scored = _Pooled([_images(open_site(target), s, cfg.model) for s in SCORED_SPLITS])
     row = FoldResult(
         method=method,
         held_out=target.name,
@@ -307,7 +309,7 @@ def _calibrated_rows(
     row: FoldResult, model: torch.nn.Module, target: Path, cfg: RunConfig, scored: _Pooled, point: ModelOperatingPoint
 ) -> list[FoldResult]:
     """`fedeye calibrate` on n labelled images of the held-out site's train split, scored on its val + test."""
-    train = SiteDataset(open_site(target), "train", image_size=int(cfg.model.img_size or 64))
+    train = _images(open_site(target), "train", cfg.model)
     train_probs, train_labels = predict(model, train, batch_size=64)
     probs, labels = predict(model, scored, batch_size=64)
     out = []
@@ -426,9 +428,7 @@ def _oracle_row(
     """The oracle on the held-out site's val + test images (it trained on that site's train split)."""
     assert oracle is not None
     model, point = oracle
-    scored = _Pooled(
-        [SiteDataset(open_site(target), s, image_size=int(settings.base.model.img_size or 64)) for s in SCORED_SPLITS]
-    )
+    scored = _Pooled([_images(open_site(target), s, settings.base.model) for s in SCORED_SPLITS])
     row = FoldResult(method="oracle", held_out=target.name, seed=seed, unseen_auc=float("nan"), seen_auc=float("nan"))
     return _scored(row, model, scored, point)
 
@@ -460,12 +460,13 @@ def _fresh_model(cfg: RunConfig, seed: int) -> torch.nn.Module:
 
 
 def _split(site: Path, cfg: RunConfig, split: str) -> SiteDataset:
-    return SiteDataset(
-        open_site(site),
-        split,
-        image_size=int(cfg.model.img_size or 64),
-        augment=cfg.training.augment if split == "train" else "none",
-    )
+    return _images(open_site(site), split, cfg.model, augment=cfg.training.augment if split == "train" else "none")
+
+
+def _images(site: SiteFormat, split: str, model: ModelConfig, *, augment: str = "none") -> SiteDataset:
+    """A site's split as the model reads it: its image size and preprocessing (the run's, else the site's)."""
+    size = int(model.img_size or 64)
+    return SiteDataset(site, split, image_size=size, augment=augment, preprocess=model.preprocess)
 
 
 def final_models(run_dir: Path) -> dict[tuple[str, int], tuple[PromptViT, ModelConfig, dict[str, Any]]]:
@@ -486,7 +487,7 @@ def final_models(run_dir: Path) -> dict[tuple[str, int], tuple[PromptViT, ModelC
 def _all_images(site: Path, cfg: RunConfig) -> _Pooled:
     """Every image of an unseen site (none of it was used for training)."""
     opened = open_site(site)
-    return _Pooled([SiteDataset(opened, s, image_size=int(cfg.model.img_size or 64), augment=False) for s in SPLITS])
+    return _Pooled([_images(opened, s, cfg.model) for s in SPLITS])
 
 
 def _auc(labels: np.ndarray, probs: np.ndarray) -> float:

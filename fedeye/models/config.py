@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from fedeye.sites.preprocess import PreprocessMode
+
 ArchName = Literal["vit-tiny-cpu", "vit-small", "vit-base", "vit-large"]
 #: Where a model runs (``fedeye.models.device.select_device``).
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -115,6 +117,15 @@ class ModelConfig(BaseModel):
     router: StrictBool = Field(
         default=True,
         description="With domain experts: a router mixes them per image from the image's style (false = uniform mix).",
+    )
+    preprocess: PreprocessMode | None = Field(
+        default=None,
+        description=(
+            "Fundus preprocessing every site applies to this model's images (fedeye.sites.preprocess: "
+            "'none', 'fov-crop' or 'fov-crop+clahe'); unset: each site's own `preprocess` in site.toml. "
+            "Saved in the model file, so `fedeye evaluate`, `adapt` and `calibrate` prepare a new hospital's "
+            "images the way the model was trained."
+        ),
     )
     pool: PoolName = Field(
         default="cls",

@@ -142,3 +142,42 @@ def test_plot_with_json_keeps_stdout_json_and_a_bad_name_is_refused(
         app, ["evaluate", "--model", str(model_file), "--data", str(test_only_site), "--plot", str(tmp_path / "r.txt")]
     )
     assert refused.exit_code == 1 and "--plot" in refused.output and not (tmp_path / "r.txt").exists()
+
+
+def test_the_model_files_preprocessing_is_applied_at_a_site_that_sets_none(
+    tmp_path: Path, test_only_site: Path
+) -> None:
+    """A model trained on CLAHE images is evaluated on CLAHE images, whatever the new site's site.toml says."""
+    from fedeye.client.evaluate import open_external_site, site_images
+    from fedeye.models import load_model
+
+    cfg = ModelConfig(img_size=32, preprocess="fov-crop+clahe")
+    save_model(tmp_path / "clahe.pt", build_model(cfg), cfg, metadata={})
+    _, loaded, _ = load_model(tmp_path / "clahe.pt")
+    site = open_external_site(test_only_site)
+
+    images, _, _ = site_images(site, "all", loaded)
+    own, _, _ = site_images(site, "all", ModelConfig(img_size=32))
+
+    assert loaded.preprocess == "fov-crop+clahe" and site.info.preprocess == "none"
+    assert not torch.equal(images[0][0], own[0][0])
+    assert _evaluate(tmp_path / "clahe.pt", test_only_site)["metrics"]  # and `fedeye evaluate` runs with it
+
+
+@pytest.mark.parametrize("command", ["evaluate", "calibrate"])
+def test_a_site_with_labels_the_model_has_no_output_for_is_refused(
+    model_file: Path, tiny_sites: Path, tmp_path: Path, command: str
+) -> None:
+    site = tmp_path / "four-classes"
+    shutil.copytree(tiny_sites / "site-1", site)
+    (site / "site.toml").write_text('name = "four"\nlabel_names = ["a", "b", "c", "d"]\n')
+    lines = (site / "manifest.csv").read_text().splitlines()
+    header, first, rest = lines[0], lines[1].split(","), lines[2:]
+    first[header.split(",").index("label")] = "3"
+    (site / "manifest.csv").write_text("\n".join([header, ",".join(first), *rest]) + "\n")
+    out = ["--out", str(tmp_path / "c.pt")] if command == "calibrate" else []
+
+    result = runner.invoke(app, [command, "--model", str(model_file), "--data", str(site), "--split", "all", *out])
+
+    assert result.exit_code == 1 and "has labels [3]" in " ".join(result.output.split())
+    assert not (tmp_path / "c.pt").exists()

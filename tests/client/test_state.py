@@ -144,3 +144,17 @@ def test_site_job_datasets_come_from_the_state_folder_cache(tiny_sites: Path) ->
     assert job.state == simulated_state(tiny_sites / "site-2")
     entries = {e.split: (e.image_size, e.count) for e in list_entries(job.state.cache_dir)}
     assert set(entries) == {"train", "val", "test"} and entries["val"] == (32, len(data))
+
+
+def test_site_job_prepares_images_the_way_the_run_says_not_the_site(tiny_sites: Path) -> None:
+    """model.preprocess overrides the site's own; unset, the site's own stays."""
+    raw = {"data": {"root": str(tiny_sites)}, "model": {"img_size": 32, "preprocess": "fov-crop+clahe"}}
+    job = SiteJob.resolve(RunConfig.model_validate(raw), {"partition-id": 0})
+    plain = SiteJob.resolve(RunConfig.model_validate({**raw, "model": {"img_size": 32}}), {"partition-id": 0})
+
+    data, site_own = job.dataset("val"), plain.dataset("val")
+
+    assert (data.preprocess, site_own.preprocess) == ("fov-crop+clahe", "none")
+    assert not (data[0][0] == site_own[0][0]).all()  # other pixels reach the model
+    entries = {(e.split, e.preprocess) for e in list_entries(job.state.cache_dir)}
+    assert ("val", "fov-crop+clahe") in entries and ("val", "none") in entries  # cached apart

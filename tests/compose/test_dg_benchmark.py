@@ -109,6 +109,7 @@ def _config(path: Path) -> dict[str, object]:
         (["--methods", "fedavg,magic"], "unknown ['magic']"),
         (["--held-out", "site-9"], "no site folder named ['site-9']"),
         (["--device", "tpu"], "--device"),
+        (["--preprocess", "sharpen"], "--preprocess: 'sharpen' is not none, fov-crop or fov-crop+clahe"),
     ],
 )
 def test_bad_benchmark_options_are_named_and_exit_1(
@@ -148,3 +149,8 @@ def test_merge_joins_runs_split_by_held_out_site(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = (tmp_path / "all" / "results.md").read_text()
     assert "| fedavg | 2 |" in report and "| site-1 | site-2 |" in report
+
+
+def test_preprocess_reaches_every_method_through_the_model_config(tiny_sites: Path, tmp_path: Path) -> None:
+    cfg = dg_run_config(tiny_sites, tmp_path, preprocess="fov-crop+clahe")
+    assert cfg.model.preprocess == "fov-crop+clahe" and dg_run_config(tiny_sites, tmp_path).model.preprocess is None
